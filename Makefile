@@ -1,0 +1,162 @@
+# nvlm - build, test, install.  `make help` lists the targets.
+#
+#   make                 lib/libnvlm.so.$(VERSION), lib/libnvlm.a, bin/nvlm
+#   make test            build and run every tests/test_*.c (last line: "N passed, N failed")
+#   make test SANITIZE=1 the same under ASan + UBSan (separate build tree)
+#   make CC=clang        any C11 compiler; CUDA=0 leaves the CUDA backend out
+#   make install PREFIX=/usr/local
+
+VERSION_MAJOR := 0
+VERSION_MINOR := 1
+VERSION_PATCH := 0
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+DESTDIR ?=
+
+CC ?= cc
+CXX ?= c++
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+ifeq ($(origin CUDA), undefined)
+CUDA := $(if $(wildcard $(NVCC)),1,0)
+endif
+SANITIZE ?= 0
+
+ifeq ($(SANITIZE),1)
+BUILD := build/san
+OUT := build/san
+OPT ?= -O1 -g -fno-omit-frame-pointer
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+CUDA := 0
+else ifeq ($(SANITIZE),thread)
+BUILD := build/tsan
+OUT := build/tsan
+OPT ?= -O1 -g
+SANFLAGS := -fsanitize=thread
+CUDA := 0
+else
+BUILD := build/obj
+OUT := .
+OPT ?= -O2 -g
+SANFLAGS :=
+endif
+
+LIBOUT := $(OUT)/lib
+BINOUT := $(OUT)/bin
+
+PKGS_LIBS := -lcjson -lpng -ljpeg -lpcre2-8 -lutf8proc -lopenblas -lm -lpthread
+WARN := -Wall -Wextra -Wno-unused-parameter
+CPPFLAGS += -Iinclude -Isrc -I/usr/include/cjson -I/usr/include/openblas -D_GNU_SOURCE
+CFLAGS += -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -pthread -ffp-contract=off $(SANFLAGS)
+CXXFLAGS += -std=c++17 $(OPT) $(WARN) -pthread $(SANFLAGS)
+LDFLAGS += -pthread $(SANFLAGS)
+
+LIB_SRC := $(wildcard src/*.c src/cpu/*.c)
+CUDA_SRC := $(wildcard src/cuda/*.cu)
+CLI_SRC := $(wildcard src/cli/*.c)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_UTIL_SRC := tests/testutil.c
+BENCH_SRC := $(wildcard bench/*.c)
+
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
+
+ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CPPFLAGS += -DNVLM_WITH_CUDA=1 -I$(CUDA_HOME)/include
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart
+NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+else
+CUDA_OBJ :=
+CUDA_LIBS :=
+endif
+
+LIBS := $(PKGS_LIBS) $(CUDA_LIBS)
+
+SONAME := libnvlm.so.$(VERSION_MAJOR)
+SHLIB := $(LIBOUT)/libnvlm.so.$(VERSION)
+STLIB := $(LIBOUT)/libnvlm.a
+CLI := $(BINOUT)/nvlm
+
+.SECONDARY:
+.PHONY: all lib test check bench fuzz demo install uninstall clean help deps
+all: $(SHLIB) $(STLIB) $(CLI)
+lib: $(SHLIB) $(STLIB)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DNVLM_WITH_CUDA=1 -c $< -o $@
+
+$(SHLIB): $(LIB_OBJ) $(CUDA_OBJ) src/nvlm.map
+	@mkdir -p $(LIBOUT)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/nvlm.map -Wl,--no-undefined \
+	    $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
+	ln -sf libnvlm.so.$(VERSION) $(LIBOUT)/$(SONAME)
+	ln -sf $(SONAME) $(LIBOUT)/libnvlm.so
+
+$(STLIB): $(LIB_OBJ) $(CUDA_OBJ)
+	@mkdir -p $(LIBOUT)
+	rm -f $@
+	ar rcs $@ $^
+
+$(CLI): $(CLI_OBJ) $(STLIB)
+	@mkdir -p $(BINOUT)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STLIB) $(LIBS)
+
+# Test binaries link the static library so they can reach internal functions as well.
+$(BUILD)/tests/%: tests/%.c $(TEST_UTIL_OBJ) $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(STLIB) $(LIBS) $(LDFLAGS)
+
+test: $(TEST_BIN) $(CLI)
+	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)
+
+check: test
+
+demo: deps all
+	$(CLI) info tests/data/tiny-nvlm-d
+	$(CLI) generate tests/data/tiny-nvlm-d -i tests/data/images/coffee_600x400.jpg \
+	    -p "Please describe the image shortly." -n 16
+
+# Installs the Debian packages the build needs when they are missing (root or sudo).
+DEB_PKGS := build-essential pkg-config libcjson-dev libpng-dev libjpeg62-turbo-dev \
+            libpcre2-dev libutf8proc-dev libopenblas-dev
+deps:
+	@sh tools/install-deps.sh $(DEB_PKGS)
+
+install: $(SHLIB) $(STLIB)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/nvlm $(DESTDIR)$(LIBDIR)/pkgconfig \
+	    $(DESTDIR)$(BINDIR)
+	install -m 644 include/nvlm/nvlm.h $(DESTDIR)$(INCLUDEDIR)/nvlm/
+	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf libnvlm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libnvlm.so
+	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
+	[ ! -f $(CLI) ] || install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(LIBS)|g' pkgconfig/nvlm.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libnvlm.* $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc \
+	    $(DESTDIR)$(BINDIR)/nvlm
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/nvlm
+
+clean:
+	rm -rf build lib bin
+
+help:
+	@sed -n '1,10p' Makefile
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,595 @@
+/*
+ * nvlm.h - embeddable inference for NVIDIA NVLM-1.0-D (InternViT-6B -> MLP -> Qwen2-72B).
+ *
+ * Usage (error handling shortened; every call returns an nvlm_status):
+ *
+ *     nvlm_context_params cp;
+ *     nvlm_context_default_params(&cp);
+ *     nvlm_context *ctx;
+ *     nvlm_context_create(&cp, &ctx);
+ *
+ *     nvlm_model *model;
+ *     if (nvlm_model_load(ctx, "/models/NVLM-D-72B", NULL, &model) != NVLM_OK) {
+ *         fprintf(stderr, "%s\n", nvlm_last_error(ctx));
+ *     }
+ *
+ *     nvlm_image *img;
+ *     nvlm_image_load_file(ctx, "photo.jpg", NULL, &img);      // decode + dynamic tiles
+ *
+ *     nvlm_session *s;
+ *     nvlm_session_create(model, NULL, &s);                      // owns the KV cache
+ *     nvlm_session_add_turn(s, NVLM_ROLE_USER, "Describe the image.", &img, 1);
+ *     nvlm_session_generate(s, NULL, on_text, user_data, NULL); // streams UTF-8 pieces
+ *
+ *     nvlm_session_free(s);
+ *     nvlm_image_free(img);
+ *     nvlm_model_free(model);
+ *     nvlm_context_free(ctx);
+ *
+ * Conventions (see docs/abi.md):
+ *  - Every fallible call returns nvlm_status; NVLM_OK is 0. Detailed text for the last failure is
+ *    available from nvlm_last_error(handle). Constructors write the new handle through an
+ *    out-pointer and leave failure text on the parent handle (the context, model or tokenizer).
+ *  - Params structs start with `struct_size`; fill them with nvlm_*_default_params() and change
+ *    fields afterwards. The library reads only struct_size bytes, so old binaries keep working.
+ *    Passing NULL for a params pointer means "defaults".
+ *  - Strings are UTF-8. Outputs go into caller buffers; size queries report the size needed.
+ *  - Free functions accept NULL. No global state: everything hangs off an nvlm_context.
+ *  - The library never prints, exits or aborts; diagnostics go to the context's log callback.
+ *
+ * Thread rules (each section repeats its own):
+ *  - nvlm_context: its functions are thread-safe.
+ *  - nvlm_model, nvlm_tokenizer: read-only after load; any number of threads may use one at once.
+ *  - nvlm_session, nvlm_image, nvlm_stream_decoder: one thread at a time per handle; different
+ *    handles may be used from different threads at the same time.
+ */
+#ifndef NVLM_NVLM_H
+#define NVLM_NVLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32) && defined(NVLM_BUILD)
+#define NVLM_API __declspec(dllexport)
+#elif defined(NVLM_BUILD)
+#define NVLM_API __attribute__((visibility("default")))
+#else
+#define NVLM_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ============================================================================================ */
+/* Version                                                                                       */
+/* ============================================================================================ */
+
+#define NVLM_VERSION_MAJOR 0
+#define NVLM_VERSION_MINOR 1
+#define NVLM_VERSION_PATCH 0
+#define NVLM_VERSION_STRING "0.1.0"
+/* MAJOR * 10000 + MINOR * 100 + PATCH */
+#define NVLM_VERSION_NUMBER (NVLM_VERSION_MAJOR * 10000 + NVLM_VERSION_MINOR * 100 + NVLM_VERSION_PATCH)
+
+/* Run-time version of the linked library: a static string such as "0.1.0". Thread-safe. */
+NVLM_API const char *nvlm_version(void);
+/* Run-time NVLM_VERSION_NUMBER of the linked library. Thread-safe. */
+NVLM_API uint32_t nvlm_version_number(void);
+
+/* ============================================================================================ */
+/* Status codes (values are pinned; new codes are appended)                                      */
+/* ============================================================================================ */
+
+typedef enum nvlm_status {
+    NVLM_OK = 0,
+    NVLM_ERR_INVALID_ARGUMENT = 1, /* NULL handle, bad value, wrong API use, invalid UTF-8 */
+    NVLM_ERR_OUT_OF_MEMORY = 2,    /* an allocation failed */
+    NVLM_ERR_IO = 3,               /* a file could not be opened, read or mapped */
+    NVLM_ERR_FORMAT = 4,           /* a file or buffer is corrupt, truncated or malformed */
+    NVLM_ERR_UNSUPPORTED = 5,      /* valid input that this build does not handle */
+    NVLM_ERR_LIMIT = 6,            /* a configured or built-in size limit was exceeded */
+    NVLM_ERR_SHAPE = 7,            /* tensors missing, unexpected or of the wrong shape or dtype */
+    NVLM_ERR_NOT_FOUND = 8,        /* a named file, tensor or token does not exist */
+    NVLM_ERR_CANCELLED = 9,        /* a callback asked to stop */
+    NVLM_ERR_BUFFER_TOO_SMALL = 10, /* the caller's buffer is too small; the size is reported */
+    NVLM_ERR_CONTEXT_FULL = 11,    /* the session's context window is exhausted */
+    NVLM_ERR_BACKEND = 12,         /* the compute backend failed (CUDA, cuBLASLt, NCCL) */
+    NVLM_ERR_NO_DEVICE = 13,       /* the requested device does not exist */
+    NVLM_ERR_INTERNAL = 14         /* a bug in nvlm; please report it */
+} nvlm_status;
+
+/* Static, never-NULL English name of a status ("NVLM_OK", "invalid argument", ...). Thread-safe. */
+NVLM_API const char *nvlm_status_str(nvlm_status status);
+
+/* The detailed message of the last failed call on `handle` (an nvlm_context, nvlm_model,
+ * nvlm_tokenizer, nvlm_session, nvlm_image or nvlm_stream_decoder pointer), or "" when the last
+ * call succeeded. Owned by the handle; valid until the next call on that handle. For a context
+ * shared by several threads the message is the last failure of any of them.
+ * Returns "" for NULL and "invalid handle" for a pointer that is not an nvlm handle. */
+NVLM_API const char *nvlm_last_error(const void *handle);
+
+/* ============================================================================================ */
+/* Context: allocator, logging, threads, devices.  Thread-safe.                                 */
+/* ============================================================================================ */
+
+typedef struct nvlm_context nvlm_context;
+typedef struct nvlm_model nvlm_model;
+typedef struct nvlm_tokenizer nvlm_tokenizer;
+typedef struct nvlm_session nvlm_session;
+typedef struct nvlm_image nvlm_image;
+typedef struct nvlm_stream_decoder nvlm_stream_decoder;
+
+typedef enum nvlm_log_level {
+    NVLM_LOG_ERROR = 0,
+    NVLM_LOG_WARN = 1,
+    NVLM_LOG_INFO = 2,
+    NVLM_LOG_DEBUG = 3
+} nvlm_log_level;
+
+/* Receives one message (no trailing newline, borrowed for the call). May be called from any
+ * thread that uses the context; must not call back into nvlm. */
+typedef void (*nvlm_log_fn)(void *user, nvlm_log_level level, const char *message);
+
+/* Allocator hooks. All three set, or all NULL for malloc/realloc/free. alloc_fn must return
+ * memory aligned to at least 16 bytes (64 preferred). The hooks must be thread-safe.
+ * Memory-mapped weights and third-party decoders' scratch memory do not go through them. */
+typedef void *(*nvlm_alloc_fn)(void *user, size_t size);
+typedef void *(*nvlm_realloc_fn)(void *user, void *ptr, size_t size);
+typedef void (*nvlm_free_fn)(void *user, void *ptr);
+
+typedef enum nvlm_backend {
+    NVLM_BACKEND_AUTO = 0, /* CUDA when built in and a device exists, else CPU */
+    NVLM_BACKEND_CPU = 1,
+    NVLM_BACKEND_CUDA = 2
+} nvlm_backend;
+
+typedef struct nvlm_context_params {
+    uint32_t struct_size;
+    int32_t n_threads;        /* CPU worker threads; 0 = number of online cores */
+    nvlm_backend backend;     /* default NVLM_BACKEND_AUTO */
+    int32_t device;           /* CUDA device ordinal; default 0 */
+    nvlm_log_fn log_fn;       /* NULL = no logging */
+    void *log_user;
+    nvlm_log_level log_level; /* messages above this level are dropped; default NVLM_LOG_WARN */
+    nvlm_alloc_fn alloc_fn;
+    nvlm_realloc_fn realloc_fn;
+    nvlm_free_fn free_fn;
+    void *alloc_user;
+} nvlm_context_params;
+
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
+NVLM_API void nvlm_context_params_init(nvlm_context_params *p, size_t size);
+static inline void nvlm_context_default_params(nvlm_context_params *p)
+{
+    nvlm_context_params_init(p, sizeof *p);
+}
+
+/* Creates a context. params may be NULL (defaults). On success *out owns a new context that the
+ * caller frees with nvlm_context_free after every model, image and tokenizer made from it.
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (out NULL, struct_size too small, bad field),
+ * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_NO_DEVICE (backend CUDA requested but unavailable). */
+NVLM_API nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context **out);
+NVLM_API void nvlm_context_free(nvlm_context *ctx);
+/* The backend the context resolved to (never NVLM_BACKEND_AUTO). */
+NVLM_API nvlm_backend nvlm_context_backend(const nvlm_context *ctx);
+/* Static name of a backend: "auto", "cpu", "cuda". */
+NVLM_API const char *nvlm_backend_name(nvlm_backend backend);
+
+/* ============================================================================================ */
+/* Model: config, weights, tokenizer.  Read-only once loaded; shareable between threads.        */
+/* ============================================================================================ */
+
+/* Load progress, fraction in [0, 1]. Return non-zero to cancel the load (NVLM_ERR_CANCELLED). */
+typedef int (*nvlm_progress_fn)(void *user, float fraction);
+
+typedef enum nvlm_load_mode {
+    NVLM_LOAD_FULL = 0,        /* config, tokenizer and every weight (mapped, shapes checked) */
+    NVLM_LOAD_CONFIG_ONLY = 1  /* config.json (+ index and shard headers when present): for
+                                  introspection and memory estimates; sessions cannot be created */
+} nvlm_load_mode;
+
+typedef struct nvlm_model_params {
+    uint32_t struct_size;
+    nvlm_load_mode mode;       /* default NVLM_LOAD_FULL */
+    nvlm_progress_fn progress; /* NULL = none */
+    void *progress_user;
+    int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
+} nvlm_model_params;
+
+NVLM_API void nvlm_model_params_init(nvlm_model_params *p, size_t size);
+static inline void nvlm_model_default_params(nvlm_model_params *p)
+{
+    nvlm_model_params_init(p, sizeof *p);
+}
+
+/* Loads an NVLM-D checkpoint from a Hugging Face directory: config.json, model.safetensors or
+ * model.safetensors.index.json + shards, tokenizer.json (or vocab.json + merges.txt +
+ * tokenizer_config.json) and optional generation_config.json. Every file is treated as
+ * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32) is checked against the
+ * config before use. On success *out is a new model owned by the caller (nvlm_model_free), which
+ * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_FORMAT (bad JSON, corrupt
+ * safetensors), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
+ * NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT, NVLM_ERR_NOT_FOUND (missing file or shard),
+ * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_CANCELLED (progress callback), NVLM_ERR_BACKEND. */
+NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
+                                     const nvlm_model_params *params, nvlm_model **out);
+NVLM_API void nvlm_model_free(nvlm_model *model);
+
+/* Everything about a model that does not need the weights. Field names follow config.json. */
+typedef struct nvlm_model_info {
+    uint32_t struct_size;
+    /* vision_config (InternViT) */
+    int32_t vision_hidden_size;
+    int32_t vision_intermediate_size;
+    int32_t vision_num_hidden_layers;
+    int32_t vision_num_attention_heads; /* real heads (25 for NVLM-D-72B) */
+    int32_t vision_num_dummy_heads;     /* padding heads (7), derived from the qkv shape */
+    int32_t vision_head_dim;
+    int32_t vision_image_size;
+    int32_t vision_patch_size;
+    double vision_layer_norm_eps;
+    /* projector (mlp1) */
+    double downsample_ratio;
+    int32_t num_image_token;            /* per tile (256) */
+    int32_t projector_input_size;       /* vision_hidden_size / downsample_ratio^2 */
+    int32_t projector_hidden_size;      /* mlp1.1 output width (29568) */
+    int32_t projector_output_size;      /* = llm hidden size */
+    /* llm_config (Qwen2) */
+    int32_t llm_hidden_size;
+    int32_t llm_intermediate_size;
+    int32_t llm_num_hidden_layers;
+    int32_t llm_num_attention_heads;
+    int32_t llm_num_key_value_heads;
+    int32_t llm_head_dim;
+    int32_t vocab_size;                 /* embedding rows */
+    int32_t max_position_embeddings;
+    double rope_theta;
+    double rms_norm_eps;
+    /* tiling */
+    int32_t image_size;                 /* force_image_size: 448 */
+    int32_t min_dynamic_patch;
+    int32_t max_dynamic_patch;
+    int32_t use_thumbnail;
+    /* tokens (-1 when absent) */
+    int32_t bos_token_id;
+    int32_t eos_token_id;
+    int32_t pad_token_id;
+    int32_t image_context_token_id;     /* <|vision_pad|> */
+    int32_t tokenizer_vocab_size;       /* 0 when no tokenizer was loaded */
+    /* sizes */
+    uint64_t n_params;                  /* parameters, dummy-head padding included */
+    uint64_t weight_bytes;              /* bytes of the tensors as stored in the checkpoint */
+    uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights */
+    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs (all bf16) */
+    uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
+    uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
+    int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
+} nvlm_model_info;
+
+/* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).
+ * Returns NVLM_OK or NVLM_ERR_INVALID_ARGUMENT. */
+NVLM_API nvlm_status nvlm_model_get_info(const nvlm_model *model, nvlm_model_info *info);
+/* The model's tokenizer, borrowed (valid while the model lives), or NULL if none was loaded. */
+NVLM_API nvlm_tokenizer *nvlm_model_tokenizer(const nvlm_model *model);
+
+/* ============================================================================================ */
+/* Tokenizer: byte-level BPE from tokenizer.json, exact to Hugging Face `tokenizers`.            */
+/* Read-only once loaded; shareable between threads.                                             */
+/* ============================================================================================ */
+
+/* Loads a tokenizer from `path`: a tokenizer.json file, or a directory holding tokenizer.json
+ * or vocab.json + merges.txt (+ tokenizer_config.json for the added tokens). The caller owns
+ * *out (nvlm_tokenizer_free). Failure text goes to ctx. Returns NVLM_OK,
+ * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_NOT_FOUND, NVLM_ERR_FORMAT,
+ * NVLM_ERR_UNSUPPORTED (a normalizer/pre-tokenizer/model type it does not implement, named in
+ * the message), NVLM_ERR_OUT_OF_MEMORY. */
+NVLM_API nvlm_status nvlm_tokenizer_load(nvlm_context *ctx, const char *path, nvlm_tokenizer **out);
+/* Frees a tokenizer from nvlm_tokenizer_load. Do not free the one owned by a model. */
+NVLM_API void nvlm_tokenizer_free(nvlm_tokenizer *tok);
+
+/* Number of ids the tokenizer can produce (base vocabulary plus added tokens). */
+NVLM_API int32_t nvlm_tokenizer_vocab_size(const nvlm_tokenizer *tok);
+/* Id of the token whose text is exactly `text` (base or added), or -1. */
+NVLM_API int32_t nvlm_tokenizer_token_id(const nvlm_tokenizer *tok, const char *text);
+
+typedef struct nvlm_special_tokens {
+    uint32_t struct_size;
+    int32_t bos;           /* -1 when none (NVLM-D has none) */
+    int32_t eos;           /* <|im_end|> */
+    int32_t pad;           /* <|endoftext|> */
+    int32_t image_context; /* <|vision_pad|> */
+    int32_t im_start;      /* <|im_start|> */
+    int32_t im_end;        /* <|im_end|> */
+} nvlm_special_tokens;
+/* Fills the first out->struct_size bytes. Returns NVLM_OK or NVLM_ERR_INVALID_ARGUMENT. */
+NVLM_API nvlm_status nvlm_tokenizer_special_tokens(const nvlm_tokenizer *tok, nvlm_special_tokens *out);
+
+enum {
+    /* Tokens flagged special are encoded as plain text (tokenizers' split_special_tokens);
+     * non-special added tokens are still matched. */
+    NVLM_TOKENIZE_SPLIT_SPECIAL = 1u << 0
+};
+
+/* Encodes `len` bytes of UTF-8 `text` (NUL bytes allowed) without adding any special token.
+ * Writes up to `cap` ids to `ids` (may be NULL when cap is 0) and the number of ids the whole
+ * encoding has to *n_ids. Returns NVLM_OK, NVLM_ERR_BUFFER_TOO_SMALL (nothing useful written;
+ * *n_ids says how many are needed), NVLM_ERR_INVALID_ARGUMENT (invalid UTF-8: the message
+ * gives the byte offset), NVLM_ERR_OUT_OF_MEMORY. Failure text goes to tok. */
+NVLM_API nvlm_status nvlm_tokenize(const nvlm_tokenizer *tok, const char *text, size_t len,
+                                   uint32_t flags, int32_t *ids, size_t cap, size_t *n_ids);
+
+enum {
+    NVLM_DETOKENIZE_SKIP_SPECIAL = 1u << 0 /* drop tokens flagged special */
+};
+
+/* Decodes ids to UTF-8 text, invalid byte sequences replaced by U+FFFD as Rust's
+ * String::from_utf8_lossy does. snprintf-style: writes at most cap-1 bytes plus a NUL to buf
+ * (buf may be NULL when cap is 0) and the full length (without NUL) to *len.
+ * Returns NVLM_OK (also when truncated; compare *len with cap), NVLM_ERR_INVALID_ARGUMENT
+ * (an id out of range), NVLM_ERR_OUT_OF_MEMORY. */
+NVLM_API nvlm_status nvlm_detokenize(const nvlm_tokenizer *tok, const int32_t *ids, size_t n_ids,
+                                     uint32_t flags, char *buf, size_t cap, size_t *len);
+
+/* The raw bytes of one token (byte-level decoded; may be an incomplete UTF-8 sequence), not
+ * NUL-terminated; snprintf-style sizes as nvlm_detokenize without the NUL. */
+NVLM_API nvlm_status nvlm_token_to_piece(const nvlm_tokenizer *tok, int32_t id, char *buf,
+                                         size_t cap, size_t *len);
+
+/* Streaming detokenizer: feed ids one at a time and get text that never ends inside a UTF-8
+ * sequence; the concatenation of all pieces plus the final flush equals nvlm_detokenize of all
+ * ids. One thread at a time. The tokenizer must outlive it. */
+NVLM_API nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint32_t flags,
+                                                nvlm_stream_decoder **out);
+/* Pushes one id; writes the newly completed text to buf (snprintf-style, *len = bytes of new
+ * text). Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (bad id), NVLM_ERR_BUFFER_TOO_SMALL (the
+ * id is not consumed; retry with a buffer of *len + 1 bytes). */
+NVLM_API nvlm_status nvlm_stream_decoder_push(nvlm_stream_decoder *sd, int32_t id, char *buf,
+                                              size_t cap, size_t *len);
+/* Emits what is left (an incomplete trailing sequence becomes U+FFFD) and resets the decoder. */
+NVLM_API nvlm_status nvlm_stream_decoder_flush(nvlm_stream_decoder *sd, char *buf, size_t cap,
+                                               size_t *len);
+NVLM_API void nvlm_stream_decoder_free(nvlm_stream_decoder *sd);
+
+/* ---- Prompt builder: the model's chatml template with NVLM tile tags ------------------------ */
+
+typedef enum nvlm_role {
+    NVLM_ROLE_SYSTEM = 0,
+    NVLM_ROLE_USER = 1,
+    NVLM_ROLE_ASSISTANT = 2
+} nvlm_role;
+
+typedef struct nvlm_chat_message {
+    nvlm_role role;
+    const char *content;         /* UTF-8, NUL-terminated; may contain "<image>" placeholders */
+    size_t n_images;             /* images attached to this message */
+    const int32_t *image_tiles;  /* n_images entries: tiles each image gives the encoder
+                                    (thumbnail included), from nvlm_image_tile_count */
+} nvlm_chat_message;
+
+typedef struct nvlm_prompt_params {
+    uint32_t struct_size;
+    const char *system_message;   /* NULL = the template default "Answer the questions." A
+                                     leading NVLM_ROLE_SYSTEM message overrides it. */
+    int32_t no_system_message;    /* 1: emit no system block at all */
+    int32_t add_generation_prompt;/* 1 (default): end with "<|im_start|>assistant\n" */
+} nvlm_prompt_params;
+
+NVLM_API void nvlm_prompt_params_init(nvlm_prompt_params *p, size_t size);
+static inline void nvlm_prompt_default_params(nvlm_prompt_params *p)
+{
+    nvlm_prompt_params_init(p, sizeof *p);
+}
+
+/* Where one tile's embeddings go in a token sequence: a run of `length` (num_image_token, 256)
+ * <|vision_pad|> ids starting at `start`. Tiles of one image are separated by their tile tags. */
+typedef struct nvlm_image_span {
+    uint32_t image;  /* image index, in order of appearance */
+    uint32_t tile;   /* tile index within the image, encoder order (thumbnail last) */
+    size_t start;    /* position of the first <|vision_pad|> of the tile */
+    size_t length;   /* number of <|vision_pad|> positions of the tile */
+} nvlm_image_span;
+
+/* Renders the prompt text (after <image> expansion) for `msgs`. When a user message has images
+ * but no "<image>" placeholder, one "<image>\n" per image is inserted at its start; a count
+ * mismatch is NVLM_ERR_INVALID_ARGUMENT. snprintf-style output as nvlm_detokenize. */
+NVLM_API nvlm_status nvlm_prompt_format(const nvlm_tokenizer *tok, const nvlm_chat_message *msgs,
+                                        size_t n_msgs, const nvlm_prompt_params *params, char *buf,
+                                        size_t cap, size_t *len);
+
+/* Renders and tokenizes the prompt. ids/cap/n_ids as nvlm_tokenize. spans (may be NULL) gets
+ * one entry per tile of every image in order, up to span_cap; *n_spans (may be NULL) the number
+ * of tile spans the prompt has (BUFFER_TOO_SMALL when span_cap is less). Returns NVLM_OK, NVLM_ERR_BUFFER_TOO_SMALL,
+ * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_OUT_OF_MEMORY. Failure text goes to tok. */
+NVLM_API nvlm_status nvlm_prompt_tokenize(const nvlm_tokenizer *tok, const nvlm_chat_message *msgs,
+                                          size_t n_msgs, const nvlm_prompt_params *params,
+                                          int32_t *ids, size_t cap, size_t *n_ids,
+                                          nvlm_image_span *spans, size_t span_cap,
+                                          size_t *n_spans);
+
+/* ============================================================================================ */
+/* Image: decode (PNG, JPEG) or raw pixels -> RGB -> dynamic 448x448 tiles (Pillow-exact).       */
+/* One thread at a time per image; images are independent of models.                            */
+/* ============================================================================================ */
+
+typedef struct nvlm_image_params {
+    uint32_t struct_size;
+    int32_t min_tiles;          /* min_dynamic_patch; default 1 */
+    int32_t max_tiles;          /* max_dynamic_patch (grid tiles, thumbnail not counted);
+                                   default 6 */
+    int32_t use_thumbnail;      /* default 1: append a thumbnail when the grid has > 1 tile */
+    int32_t tile_size;          /* default 448 */
+    int32_t apply_exif_orientation; /* default 0 (the reference ignores EXIF) */
+    uint64_t max_pixels;        /* decoded width*height limit; default 64 * 1024 * 1024 */
+} nvlm_image_params;
+
+NVLM_API void nvlm_image_params_init(nvlm_image_params *p, size_t size);
+static inline void nvlm_image_default_params(nvlm_image_params *p)
+{
+    nvlm_image_params_init(p, sizeof *p);
+}
+/* Tiling defaults taken from a model's config (min/max_dynamic_patch, use_thumbnail,
+ * force_image_size); the first p->struct_size bytes are filled. */
+NVLM_API nvlm_status nvlm_model_image_params(const nvlm_model *model, nvlm_image_params *p);
+
+typedef enum nvlm_pixel_format {
+    NVLM_PIXEL_RGB8 = 0,
+    NVLM_PIXEL_RGBA8 = 1,  /* alpha dropped, as Pillow's convert('RGB') */
+    NVLM_PIXEL_GRAY8 = 2
+} nvlm_pixel_format;
+
+/* Decode an image file / memory buffer (format sniffed from the bytes) and tile it. The caller
+ * owns *out (nvlm_image_free). Failure text goes to ctx. Returns NVLM_OK,
+ * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_FORMAT (corrupt, truncated, unknown format),
+ * NVLM_ERR_LIMIT (too many pixels, checked before any pixel buffer is allocated),
+ * NVLM_ERR_UNSUPPORTED, NVLM_ERR_OUT_OF_MEMORY. */
+NVLM_API nvlm_status nvlm_image_load_file(nvlm_context *ctx, const char *path,
+                                          const nvlm_image_params *params, nvlm_image **out);
+NVLM_API nvlm_status nvlm_image_load_memory(nvlm_context *ctx, const void *data, size_t size,
+                                            const nvlm_image_params *params, nvlm_image **out);
+/* From pixels the application holds: `stride` bytes between rows (0 = tightly packed). */
+NVLM_API nvlm_status nvlm_image_from_pixels(nvlm_context *ctx, const void *pixels, int32_t width,
+                                            int32_t height, size_t stride,
+                                            nvlm_pixel_format format,
+                                            const nvlm_image_params *params, nvlm_image **out);
+NVLM_API void nvlm_image_free(nvlm_image *img);
+
+NVLM_API int32_t nvlm_image_width(const nvlm_image *img);  /* source size (after EXIF, if applied) */
+NVLM_API int32_t nvlm_image_height(const nvlm_image *img);
+NVLM_API void nvlm_image_grid(const nvlm_image *img, int32_t *cols, int32_t *rows);
+/* Tiles the vision encoder sees: cols*rows plus the thumbnail when one is appended. */
+NVLM_API int32_t nvlm_image_tile_count(const nvlm_image *img);
+/* Tile `index` (encoder order, thumbnail last) as tile_size*tile_size*3 RGB bytes, row-major
+ * HWC; borrowed, valid while the image lives. NULL for a bad index. */
+NVLM_API const uint8_t *nvlm_image_tile_rgb(const nvlm_image *img, int32_t index);
+/* Tile `index` normalized as the encoder consumes it: float32 CHW (3, size, size),
+ * (u8/255 - mean) / std with ImageNet mean/std. `out` holds 3*size*size floats. */
+NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t index, float *out);
+
+/* ============================================================================================ */
+/* Session: one conversation and its KV cache.  One thread at a time per session; many          */
+/* sessions of one model may run on different threads at once.                                   */
+/* ============================================================================================ */
+
+typedef enum nvlm_kv_type {
+    NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend, bf16 on CUDA */
+    NVLM_KV_F32 = 1,
+    NVLM_KV_BF16 = 2
+} nvlm_kv_type;
+
+typedef struct nvlm_session_params {
+    uint32_t struct_size;
+    int32_t n_ctx;              /* context window in tokens; 0 = max_position_embeddings */
+    nvlm_kv_type kv_type;
+    uint64_t seed;              /* sampling RNG seed; default 0x5eed */
+    const char *system_message; /* NULL = template default; used by nvlm_session_add_turn */
+    int32_t no_system_message;  /* 1: no system block */
+} nvlm_session_params;
+
+NVLM_API void nvlm_session_params_init(nvlm_session_params *p, size_t size);
+static inline void nvlm_session_default_params(nvlm_session_params *p)
+{
+    nvlm_session_params_init(p, sizeof *p);
+}
+
+/* Creates a session over a fully loaded model (which must outlive it). Failure text goes to the
+ * model. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (config-only model, bad params),
+ * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
+                                         nvlm_session **out);
+NVLM_API void nvlm_session_free(nvlm_session *s);
+/* Forgets the conversation (KV cache emptied, RNG reseeded). */
+NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
+
+/* Appends one chat turn in the model's template and prefills only its new tokens: the system
+ * block first when the session is empty, then "<|im_start|>{role}\n{content}<|im_end|>" and, for
+ * a user turn, the generation prompt "<|im_start|>assistant\n". Images are encoded (all tiles as
+ * one batch) and spliced over their <|vision_pad|> positions; a user turn with images and no
+ * "<image>" gets "<image>\n" per image in front. If the previous assistant reply did not end in
+ * <|im_end|> (max tokens, stop string, cancel), one is appended first. The images are borrowed
+ * for the call only. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_CONTEXT_FULL (nothing
+ * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
+                                           nvlm_image *const *images, size_t n_images);
+
+/* Low level: appends raw token ids (which may contain <|vision_pad|> runs, filled in order by
+ * the tiles of `images`: their total tiles*256 must equal the number of pad ids) and runs them
+ * through the decoder in one batched pass. Afterwards nvlm_session_logits gives the logits of
+ * the last id. Returns as nvlm_session_add_turn. */
+NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
+                                       nvlm_image *const *images, size_t n_images);
+
+/* Logits (float32, *n_vocab entries) of the last fed position; borrowed, valid until the next
+ * call on the session. NULL before anything was fed. */
+NVLM_API const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab);
+/* Tokens in the KV cache (prompt and generated); borrowed as above. */
+NVLM_API const int32_t *nvlm_session_tokens(const nvlm_session *s, size_t *n_tokens);
+
+typedef struct nvlm_logit_bias {
+    int32_t token;
+    float bias;   /* added to the logit; -INFINITY bans the token */
+} nvlm_logit_bias;
+
+typedef struct nvlm_sampler_params {
+    uint32_t struct_size;
+    float temperature;        /* 0 = greedy (lowest index wins ties); default 0 */
+    int32_t top_k;            /* 0 = off */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 1 = off (CTRL-style, over the last penalty_last_n tokens) */
+    float presence_penalty;   /* 0 = off */
+    float frequency_penalty;  /* 0 = off */
+    int32_t penalty_last_n;   /* tokens the penalties look at; -1 = whole session; default 64 */
+    const nvlm_logit_bias *logit_bias; size_t n_logit_bias;
+    const int32_t *stop_ids;  size_t n_stop_ids;  /* NULL = the model's eos (<|im_end|>) */
+    const char *const *stop_strings; size_t n_stop_strings;
+    int32_t max_new_tokens;   /* default from generation_config.json, else 1024 */
+} nvlm_sampler_params;
+
+NVLM_API void nvlm_sampler_params_init(nvlm_sampler_params *p, size_t size);
+static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
+{
+    nvlm_sampler_params_init(p, sizeof *p);
+}
+
+/* Picks the next token from the current logits with the session's RNG (does not feed it).
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params). */
+NVLM_API nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
+                                         int32_t *token);
+
+/* Called for every generated token with the newly completed UTF-8 text (never a partial
+ * character; may be empty; special tokens produce no text). Borrowed for the call.
+ * Return 0 to continue, non-zero to stop. */
+typedef int (*nvlm_token_fn)(void *user, int32_t token, const char *text, size_t len);
+
+typedef enum nvlm_finish_reason {
+    NVLM_FINISH_STOP_TOKEN = 0,
+    NVLM_FINISH_STOP_STRING = 1,
+    NVLM_FINISH_MAX_TOKENS = 2,
+    NVLM_FINISH_CANCELLED = 3,   /* the callback returned non-zero */
+    NVLM_FINISH_CONTEXT_FULL = 4
+} nvlm_finish_reason;
+
+typedef struct nvlm_generate_result {
+    uint32_t struct_size;
+    int32_t n_tokens;            /* tokens generated by this call (stop token included) */
+    nvlm_finish_reason finish_reason;
+    double prefill_ms;           /* time of the pending prefill, if any */
+    double decode_ms;
+} nvlm_generate_result;
+
+/* Generates from the current state until a stop token, stop string, max_new_tokens, the
+ * callback's stop or a full context. Generated tokens (the stop token included) stay in the KV
+ * cache, so the next nvlm_session_add_turn continues the conversation. result may be NULL.
+ * Returns NVLM_OK (see result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet),
+ * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY. */
+NVLM_API nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
+                                           nvlm_token_fn on_token, void *user,
+                                           nvlm_generate_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NVLM_NVLM_H */

@@ -1,0 +1,24 @@
+/*
+ * cli.h - the `nvlm` command line: one file per subcommand, each `int cmd_NAME(argc, argv)`
+ * with argv[0] = the subcommand name. Exit status 0 on success, 1 on failure (one-line error
+ * on stderr), 2 on a usage error. Only the public API is used.
+ */
+#ifndef NVLM_CLI_H
+#define NVLM_CLI_H
+
+#include "nvlm/nvlm.h"
+
+#include <stdio.h>
+
+int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+
+/* Prints "nvlm: <what>: <status text>: <last error>" to stderr and returns 1. */
+int cli_fail(const char *what, nvlm_status st, const void *handle);
+/* Whether argv[i] is -h/--help. */
+int cli_is_help(const char *arg);
+
+#endif

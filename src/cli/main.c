@@ -1,0 +1,67 @@
+/*
+ * main.c - `nvlm` subcommand dispatch.
+ */
+#include "cli.h"
+
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} commands[] = {
+    {"info", cmd_info, "show a model's dimensions, parameter count and memory needs"},
+    {"tokenize", cmd_tokenize, "encode text with a model's tokenizer"},
+    {"preprocess", cmd_preprocess, "decode an image and show or dump its tiles"},
+    {"generate", cmd_generate, "answer a prompt (with images) and stream the text"},
+    {"chat", cmd_chat, "interactive conversation"},
+};
+
+int cli_fail(const char *what, nvlm_status st, const void *handle)
+{
+    const char *detail = nvlm_last_error(handle);
+    if (detail != NULL && detail[0] != '\0') {
+        fprintf(stderr, "nvlm: %s: %s\n", what, detail);
+    } else {
+        fprintf(stderr, "nvlm: %s: %s\n", what, nvlm_status_str(st));
+    }
+    return 1;
+}
+
+int cli_is_help(const char *arg)
+{
+    return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: nvlm COMMAND [ARGS]   (nvlm COMMAND --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
+    }
+    fprintf(f, "\nnvlm %s\n", nvlm_version());
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (cli_is_help(argv[1])) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("nvlm %s\n", nvlm_version());
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "nvlm: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,384 @@
+/*
+ * context.c - the root handle: allocator hooks, log callback, thread count, backend choice;
+ * plus the pieces every module shares (status names, per-handle error text, file reading).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *nvlm_version(void)
+{
+    return NVLM_VERSION_STRING;
+}
+
+uint32_t nvlm_version_number(void)
+{
+    return NVLM_VERSION_NUMBER;
+}
+
+const char *nvlm_status_str(nvlm_status status)
+{
+    switch (status) {
+    case NVLM_OK: return "ok";
+    case NVLM_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case NVLM_ERR_OUT_OF_MEMORY: return "out of memory";
+    case NVLM_ERR_IO: return "i/o error";
+    case NVLM_ERR_FORMAT: return "malformed input";
+    case NVLM_ERR_UNSUPPORTED: return "unsupported";
+    case NVLM_ERR_LIMIT: return "limit exceeded";
+    case NVLM_ERR_SHAPE: return "tensor shape mismatch";
+    case NVLM_ERR_NOT_FOUND: return "not found";
+    case NVLM_ERR_CANCELLED: return "cancelled";
+    case NVLM_ERR_BUFFER_TOO_SMALL: return "buffer too small";
+    case NVLM_ERR_CONTEXT_FULL: return "context full";
+    case NVLM_ERR_BACKEND: return "backend error";
+    case NVLM_ERR_NO_DEVICE: return "no device";
+    case NVLM_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+/* ---- handles and error text ------------------------------------------------------------- */
+
+void nv_handle_init(nv_handle *h, uint32_t magic, nvlm_context *ctx)
+{
+    h->magic = magic;
+    h->ctx = ctx;
+    h->err[0] = '\0';
+}
+
+static bool is_handle(const nv_handle *h)
+{
+    switch (h->magic) {
+    case NV_MAGIC_CONTEXT:
+    case NV_MAGIC_MODEL:
+    case NV_MAGIC_TOKENIZER:
+    case NV_MAGIC_SESSION:
+    case NV_MAGIC_IMAGE:
+    case NV_MAGIC_STREAM:
+        return true;
+    default:
+        return false;
+    }
+}
+
+const char *nvlm_last_error(const void *handle)
+{
+    if (handle == NULL) {
+        return "";
+    }
+    const nv_handle *h = handle;
+    if (!is_handle(h)) {
+        return "invalid handle";
+    }
+    return h->err;
+}
+
+static void set_text(nv_handle *h, const char *text)
+{
+    bool locked = h->magic == NV_MAGIC_CONTEXT;
+    if (locked) {
+        pthread_mutex_lock(&((nvlm_context *)h)->err_lock);
+    }
+    snprintf(h->err, sizeof h->err, "%s", text);
+    if (locked) {
+        pthread_mutex_unlock(&((nvlm_context *)h)->err_lock);
+    }
+}
+
+nvlm_status nv_error(void *handle, nvlm_status st, const char *fmt, ...)
+{
+    if (handle == NULL) {
+        return st;
+    }
+    nv_handle *h = handle;
+    char buf[NV_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    set_text(h, buf);
+    nv_log(h->ctx, NVLM_LOG_DEBUG, "%s: %s", nvlm_status_str(st), buf);
+    return st;
+}
+
+nvlm_status nv_error_copy(void *dst, const void *src, nvlm_status st)
+{
+    if (dst != NULL && src != NULL && dst != src) {
+        set_text(dst, ((const nv_handle *)src)->err);
+    }
+    return st;
+}
+
+void nv_clear(void *handle)
+{
+    nv_handle *h = handle;
+    if (h != NULL && h->err[0] != '\0') {
+        set_text(h, "");
+    }
+}
+
+void nv_log(nvlm_context *ctx, nvlm_log_level level, const char *fmt, ...)
+{
+    if (ctx == NULL || ctx->log_fn == NULL || level > ctx->log_level) {
+        return;
+    }
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    ctx->log_fn(ctx->log_user, level, buf);
+}
+
+/* ---- allocation ---------------------------------------------------------------------------- */
+
+void *nv_malloc(nvlm_context *ctx, size_t size)
+{
+    if (size == 0) {
+        size = 1;
+    }
+    if (ctx != NULL && ctx->alloc_fn != NULL) {
+        return ctx->alloc_fn(ctx->alloc_user, size);
+    }
+    return malloc(size);
+}
+
+void *nv_calloc(nvlm_context *ctx, size_t n, size_t size)
+{
+    size_t total;
+    if (!nv_mul_size(n, size, &total)) {
+        return NULL;
+    }
+    void *p = nv_malloc(ctx, total);
+    if (p != NULL) {
+        memset(p, 0, total);
+    }
+    return p;
+}
+
+void *nv_alloc_array(nvlm_context *ctx, size_t n, size_t size)
+{
+    size_t total;
+    if (!nv_mul_size(n, size, &total)) {
+        return NULL;
+    }
+    return nv_malloc(ctx, total);
+}
+
+void *nv_realloc(nvlm_context *ctx, void *ptr, size_t size)
+{
+    if (size == 0) {
+        size = 1;
+    }
+    if (ctx != NULL && ctx->realloc_fn != NULL) {
+        return ctx->realloc_fn(ctx->alloc_user, ptr, size);
+    }
+    return realloc(ptr, size);
+}
+
+void nv_free(nvlm_context *ctx, void *ptr)
+{
+    if (ptr == NULL) {
+        return;
+    }
+    if (ctx != NULL && ctx->free_fn != NULL) {
+        ctx->free_fn(ctx->alloc_user, ptr);
+        return;
+    }
+    free(ptr);
+}
+
+char *nv_strndup(nvlm_context *ctx, const char *s, size_t n)
+{
+    size_t total;
+    if (!nv_add_size(n, 1, &total)) {
+        return NULL;
+    }
+    char *p = nv_malloc(ctx, total);
+    if (p != NULL) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+char *nv_strdup(nvlm_context *ctx, const char *s)
+{
+    return nv_strndup(ctx, s, strlen(s));
+}
+
+bool nv_params_copy(void *dst, size_t dst_size, const void *src, size_t min_size)
+{
+    if (src == NULL) {
+        return true;
+    }
+    uint32_t size;
+    memcpy(&size, src, sizeof size);
+    if (size < sizeof(uint32_t) || size < min_size) {
+        return false;
+    }
+    size_t n = NV_MIN((size_t)size, dst_size);
+    memcpy(dst, src, n);
+    memcpy(dst, &(uint32_t){(uint32_t)dst_size}, sizeof(uint32_t));
+    return true;
+}
+
+nvlm_status nv_read_file(nvlm_context *ctx, void *err_handle, const char *path, size_t max_size,
+                         char **data, size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return nv_error(err_handle, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
+                        "cannot open %s: %s", path, strerror(errno));
+    }
+    if (fseeko(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return nv_error(err_handle, NVLM_ERR_IO, "cannot seek %s: %s", path, strerror(errno));
+    }
+    off_t len = ftello(f);
+    if (len < 0) {
+        fclose(f);
+        return nv_error(err_handle, NVLM_ERR_IO, "cannot size %s (not a regular file?)", path);
+    }
+    if ((uint64_t)len > max_size) {
+        fclose(f);
+        return nv_error(err_handle, NVLM_ERR_LIMIT, "%s is %lld bytes, more than the %zu allowed",
+                        path, (long long)len, max_size);
+    }
+    rewind(f);
+    char *buf = nv_malloc(ctx, (size_t)len + 1);
+    if (buf == NULL) {
+        fclose(f);
+        return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory reading %s", path);
+    }
+    size_t got = fread(buf, 1, (size_t)len, f);
+    int read_err = ferror(f);
+    fclose(f);
+    if (got != (size_t)len || read_err) {
+        nv_free(ctx, buf);
+        return nv_error(err_handle, NVLM_ERR_IO, "short read on %s", path);
+    }
+    buf[len] = '\0';
+    *data = buf;
+    *size = (size_t)len;
+    return NVLM_OK;
+}
+
+double nv_time_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* ---- context ---------------------------------------------------------------------------------- */
+
+void nvlm_context_params_init(nvlm_context_params *p, size_t size)
+{
+    if (p == NULL || size < sizeof(uint32_t)) {
+        return;
+    }
+    nvlm_context_params d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = (uint32_t)NV_MIN(size, sizeof d);
+    d.n_threads = 0;
+    d.backend = NVLM_BACKEND_AUTO;
+    d.device = 0;
+    d.log_level = NVLM_LOG_WARN;
+    memcpy(p, &d, NV_MIN(size, sizeof d));
+    p->struct_size = (uint32_t)size;
+}
+
+/* Implemented by the backend registry (src/backend.c): whether a CUDA device is usable. */
+bool nv_cuda_available(int device);
+
+nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context **out)
+{
+    if (out == NULL) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    *out = NULL;
+    nvlm_context_params p;
+    nvlm_context_default_params(&p);
+    if (!nv_params_copy(&p, sizeof p, params, offsetof(nvlm_context_params, backend))) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    bool hooks = p.alloc_fn != NULL;
+    if ((p.realloc_fn != NULL) != hooks || (p.free_fn != NULL) != hooks) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (p.n_threads < 0 || p.n_threads > 4096 || p.log_level < NVLM_LOG_ERROR ||
+        p.log_level > NVLM_LOG_DEBUG || p.backend < NVLM_BACKEND_AUTO ||
+        p.backend > NVLM_BACKEND_CUDA || p.device < 0) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    nvlm_backend backend = p.backend;
+    if (backend == NVLM_BACKEND_CUDA && !nv_cuda_available(p.device)) {
+        return NVLM_ERR_NO_DEVICE;
+    }
+    if (backend == NVLM_BACKEND_AUTO) {
+        backend = nv_cuda_available(p.device) ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU;
+    }
+    nvlm_context *ctx;
+    if (hooks) {
+        ctx = p.alloc_fn(p.alloc_user, sizeof *ctx);
+    } else {
+        ctx = malloc(sizeof *ctx);
+    }
+    if (ctx == NULL) {
+        return NVLM_ERR_OUT_OF_MEMORY;
+    }
+    memset(ctx, 0, sizeof *ctx);
+    nv_handle_init(&ctx->h, NV_MAGIC_CONTEXT, ctx);
+    pthread_mutex_init(&ctx->err_lock, NULL);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ctx->n_threads = p.n_threads > 0 ? p.n_threads : (int32_t)(cores > 0 ? cores : 1);
+    ctx->backend = backend;
+    ctx->device = p.device;
+    ctx->log_fn = p.log_fn;
+    ctx->log_user = p.log_user;
+    ctx->log_level = p.log_level;
+    ctx->alloc_fn = p.alloc_fn;
+    ctx->realloc_fn = p.realloc_fn;
+    ctx->free_fn = p.free_fn;
+    ctx->alloc_user = p.alloc_user;
+    *out = ctx;
+    return NVLM_OK;
+}
+
+void nvlm_context_free(nvlm_context *ctx)
+{
+    if (ctx == NULL || ctx->h.magic != NV_MAGIC_CONTEXT) {
+        return;
+    }
+    pthread_mutex_destroy(&ctx->err_lock);
+    ctx->h.magic = NV_MAGIC_DEAD;
+    if (ctx->free_fn != NULL) {
+        ctx->free_fn(ctx->alloc_user, ctx);
+    } else {
+        free(ctx);
+    }
+}
+
+nvlm_backend nvlm_context_backend(const nvlm_context *ctx)
+{
+    return ctx != NULL ? ctx->backend : NVLM_BACKEND_CPU;
+}
+
+const char *nvlm_backend_name(nvlm_backend backend)
+{
+    switch (backend) {
+    case NVLM_BACKEND_AUTO: return "auto";
+    case NVLM_BACKEND_CPU: return "cpu";
+    case NVLM_BACKEND_CUDA: return "cuda";
+    }
+    return "unknown";
+}

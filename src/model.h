@@ -1,0 +1,100 @@
+/*
+ * model.h - the loaded model as the pipeline sees it: parsed config.json (+ generation config),
+ * the checked tensor table over the mapped shards, the tokenizer and the engine's weights.
+ * Filled by model_load.c; read-only afterwards (models are shared between threads).
+ */
+#ifndef NVLM_MODEL_H
+#define NVLM_MODEL_H
+
+#include "internal.h"
+#include "tensor.h"
+
+typedef struct nv_vision_config {
+    int hidden_size;          /* 3200 */
+    int intermediate_size;    /* 12800 */
+    int num_layers;           /* 45 */
+    int num_heads;            /* real heads: 25 */
+    int num_dummy_heads;      /* padding heads: 7 (from the qkv shape; 7 when unknown) */
+    int head_dim;             /* hidden_size / num_heads: 128 */
+    int image_size;           /* 448 */
+    int patch_size;           /* 14 */
+    int num_channels;         /* 3 */
+    double layer_norm_eps;    /* 1e-6 */
+    bool qk_normalization;    /* true */
+    bool qkv_bias;            /* false */
+} nv_vision_config;
+
+typedef struct nv_llm_config {
+    int hidden_size;          /* 8192 */
+    int intermediate_size;    /* 29568 */
+    int num_layers;           /* 80 */
+    int num_heads;            /* 64 */
+    int num_kv_heads;         /* 8 */
+    int head_dim;             /* hidden_size / num_heads: 128 */
+    int vocab_size;           /* embedding rows: 152064 */
+    int max_position_embeddings; /* 32768 */
+    double rope_theta;        /* 1e6 */
+    double rms_norm_eps;      /* 1e-6 */
+    int bos_token_id;         /* -1 when null */
+    int eos_token_id;
+    int pad_token_id;
+    bool tie_word_embeddings; /* false */
+} nv_llm_config;
+
+typedef struct nv_config {
+    nv_vision_config vision;
+    nv_llm_config llm;
+    double downsample_ratio;  /* 0.5 */
+    int force_image_size;     /* 448 */
+    int min_dynamic_patch;    /* 1 */
+    int max_dynamic_patch;    /* 6 */
+    bool use_thumbnail;       /* true */
+    bool dynamic_image_size;  /* true */
+    int ps_version;           /* 2 ("v2") */
+    int select_layer;         /* -1 */
+    char template_name[32];   /* "chatml" */
+    int num_image_token;      /* (image/patch)^2 * ratio^2: 256 */
+    int proj_input_size;      /* vision hidden / ratio^2: 12800 */
+    int proj_hidden_size;     /* mlp1.1 rows: 29568 (= llm intermediate in NVLM-D) */
+    int proj_output_size;     /* llm hidden: 8192 */
+    /* generation_config.json, with the reference's defaults when absent */
+    int gen_max_new_tokens;   /* 1024 */
+    int gen_eos_ids[4];       /* stop ids; gen_n_eos of them */
+    int gen_n_eos;
+    bool gen_do_sample;       /* false */
+} nv_config;
+
+/* One mapped tensor of the checkpoint, already checked: dtype known, shape within limits,
+ * data inside its shard. */
+typedef struct nv_weight {
+    const char *name;
+    nv_tensor t;              /* t.data points into the mapped (or read) shard */
+} nv_weight;
+
+struct nv_checkpoint;         /* model_load.c: shards, their mappings, the tensor table */
+struct nv_engine;             /* engine: backend weights and per-model state */
+
+struct nvlm_model {
+    nv_handle h;
+    nv_config cfg;
+    nvlm_load_mode mode;
+    char *dir;                       /* model directory */
+    struct nv_checkpoint *ckpt;      /* NULL for a config-only model without shards */
+    nvlm_tokenizer *tok;             /* NULL when the directory has no tokenizer */
+    struct nv_engine *engine;        /* NULL until the engine prepared the weights */
+    uint64_t n_params;
+    uint64_t weight_bytes;
+};
+
+/* The checked tensor `name`, or NULL when the checkpoint has no such tensor. */
+const nv_weight *nv_model_weight(const nvlm_model *m, const char *name);
+
+/* Parse config.json text into cfg (NVLM_ERR_FORMAT with the field named on failure). */
+nvlm_status nv_config_parse(nv_config *cfg, const char *json, size_t len, void *err_handle);
+
+/* Engine hooks, called by nvlm_model_load (after the weights are checked) and nvlm_model_free.
+ * The engine lays out the weights for its backend and keeps them in m->engine. */
+nvlm_status nv_engine_init(nvlm_model *m);
+void nv_engine_free(nvlm_model *m);
+
+#endif /* NVLM_MODEL_H */
