@@ -44,6 +44,11 @@ OUT := .
 OPT ?= -O2 -g
 SANFLAGS :=
 endif
+# O=DIR puts every output (objects, lib/, bin/) under DIR: parallel builds that do not collide.
+ifneq ($(O),)
+BUILD := $(O)/obj
+OUT := $(O)
+endif
 
 LIBOUT := $(OUT)/lib
 BINOUT := $(OUT)/bin

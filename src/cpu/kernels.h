@@ -1,0 +1,44 @@
+/*
+ * kernels.h - the CPU backend's compute primitives: a per-session thread pool and the GEMM
+ * that carries almost all FLOPs (activations f32, weights bf16/f16/f32 used in place).
+ * Implementations pick AVX-512 / AVX512-BF16 / AVX2 / portable C at run time; all paths
+ * accumulate in f32 and agree within 1e-6 relative of each other.
+ */
+#ifndef NVLM_CPU_KERNELS_H
+#define NVLM_CPU_KERNELS_H
+
+#include "internal.h"
+#include "tensor.h"
+
+/* A fixed set of worker threads. nv_pool_run is called by one thread at a time (the pool's
+ * owner, e.g. one session); different pools run concurrently. */
+typedef struct nv_pool nv_pool;
+
+/* n_threads >= 1 (the calling thread counts as one: n_threads - 1 workers are started). */
+nvlm_status nv_pool_create(nvlm_context *ctx, int n_threads, nv_pool **out);
+void nv_pool_free(nv_pool *pool);
+int nv_pool_size(const nv_pool *pool);
+/* Runs fn(arg, i, n) for i = 0..n-1 (n = pool size) in parallel and waits for all.
+ * pool may be NULL: fn(arg, 0, 1) on the calling thread. */
+void nv_pool_run(nv_pool *pool, void (*fn)(void *arg, int i, int n), void *arg);
+
+/* y[M][N] = x[M][K] . W[N][K]^T (+ bias[N] when bias != NULL).
+ * x, y, bias: f32 row-major, contiguous (y must not alias x). W: `wt` = NV_BF16, NV_F16 or NV_F32,
+ * row-major (N, K) as stored in the checkpoint (a Linear weight). Threads split N (and M when
+ * M is large). Deterministic: the result does not depend on the thread count. */
+void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
+                const float *bias, int M, int N, int K);
+
+/* C[M][N] = alpha * A[M][K] . B[N][K]^T with A, B, C all f32 and row strides lda, ldb, ldc
+ * (used by attention: scores = Q K^T). */
+void cpu_gemm_nt_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, const float *b,
+                     int ldb, int M, int N, int K, float alpha);
+
+/* C[M][N] = A[M][K] . B[K][N] with f32 operands and row strides (attention: ctx = P V). */
+void cpu_gemm_nn_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, const float *b,
+                     int ldb, int M, int N, int K);
+
+/* Name of the SIMD path chosen at run time ("avx512bf16", "avx512", "avx2", "portable"). */
+const char *cpu_simd_name(void);
+
+#endif /* NVLM_CPU_KERNELS_H */
