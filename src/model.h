@@ -82,11 +82,18 @@ struct nvlm_model {
     struct nv_checkpoint *ckpt;      /* NULL for a config-only model without shards */
     nvlm_tokenizer *tok;             /* NULL when the directory has no tokenizer */
     struct nv_engine *engine;        /* NULL until the engine prepared the weights */
+    /* A model built in memory (benchmarks, tests; see synthetic.c) has no checkpoint: its
+     * weights are this array (names and data owned by the model, freed with nv_free by
+     * nvlm_model_free: each mem_weights[i].name, then mem_block, then mem_weights). */
+    nv_weight *mem_weights;
+    size_t n_mem_weights;
+    void *mem_block;
     uint64_t n_params;
     uint64_t weight_bytes;
 };
 
-/* The checked tensor `name`, or NULL when the checkpoint has no such tensor. */
+/* The checked tensor `name`, or NULL when the checkpoint has no such tensor. Looks in
+ * mem_weights when the model has no checkpoint. */
 const nv_weight *nv_model_weight(const nvlm_model *m, const char *name);
 
 /* Parse config.json text into cfg (NVLM_ERR_FORMAT with the field named on failure). */
