@@ -1,0 +1,447 @@
+/*
+ * bench_cuda.c - CUDA backend speed at the real NVLM-D-72B layer shapes (`make bench-cuda`).
+ * A synthetic model built on the device (random bf16 weights): a few Qwen2-72B decoder layers
+ * (hidden 8192, 64 heads / 8 KV heads of 128, FFN 29568) and InternViT-6B layers (hidden 3200,
+ * 32 padded heads of 128, MLP 12800), run through the same backend ops the pipeline calls.
+ * Per layer: decode at batch 1 over a 2048-token bf16 cache, prefill of 2048 tokens, ViT over
+ * 7 tiles (7 x 1025 tokens); next to the in-run ceilings: a read-only bandwidth probe and a
+ * plain cuBLASLt bf16 GEMM. Not a test: prints a table, exits 0 (also when there is no device).
+ *
+ *   bench_cuda [--layers N] [--ctx N] [--prefill N] [--tiles N] [--reps N] [--quick]
+ */
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NVLM_WITH_CUDA
+#include "cuda/cuda_api.h"
+
+typedef struct opts {
+    int layers, ctx, prefill, tiles, reps;
+    int D, H, KVH, hd, I;           /* decoder */
+    int vD, vH, vhd, vI, vtok;      /* ViT (padded heads) */
+} opts;
+
+typedef struct llm_layer {
+    nv_bweight in_norm, post_norm, q, q_b, k, k_b, v, v_b, o, gate, up, down;
+} llm_layer;
+
+typedef struct vit_layer_w {
+    nv_bweight norm1, norm2, qkv, q_norm, k_norm, proj, proj_b, ls1, ls2, fc1, fc1_b, fc2, fc2_b;
+} vit_layer_w;
+
+typedef struct run {
+    const opts *o;
+    llm_layer *L;
+    vit_layer_w *V;
+    void **kc, **vc;                /* per layer KV cache (bf16) */
+    int n;                          /* tokens this pass */
+    int64_t pos0;                   /* cache rows before this pass */
+    float *h, *x, *q, *k, *v, *ctxo, *a, *g, *u;   /* activations */
+} run;
+
+#define TRY(expr)                                                                        \
+    do {                                                                                 \
+        nvlm_status st_ = (expr);                                                        \
+        if (st_ != NVLM_OK) {                                                            \
+            return st_;                                                                  \
+        }                                                                                \
+    } while (0)
+
+static uint64_t g_seed = 1;
+
+static nvlm_status rw(nv_exec *ex, nv_bweight *w, int64_t rows, int64_t cols, float amp)
+{
+    int64_t shape[2] = {rows, cols};
+    if (rows <= 1) {
+        return nv_cuda_random_weight(ex, 1, &shape[1], g_seed++, amp, w);
+    }
+    return nv_cuda_random_weight(ex, 2, shape, g_seed++, amp, w);
+}
+
+static float *act(nv_exec *ex, size_t n)
+{
+    void *p = NULL;
+    if (ex->be->ops->alloc(ex, n * sizeof(float), &p) != NVLM_OK) {
+        return NULL;
+    }
+    if (nv_cuda_random_f32(ex, p, n, g_seed++, 1.0f) != NVLM_OK) {
+        return NULL;
+    }
+    return p;
+}
+
+/* One decoder layer over r->n tokens at cache position r->pos0 (decoder.c's op sequence). */
+static nvlm_status llm_layer_fwd(nv_exec *ex, run *r, int l)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    const opts *o = r->o;
+    const llm_layer *L = &r->L[l];
+    int n = r->n;
+    int HQ = o->H * o->hd;
+    int KV = o->KVH * o->hd;
+    TRY(op->rmsnorm(ex, r->x, o->D, r->h, o->D, &L->in_norm, n, o->D, o->D, 1e-6f));
+    TRY(op->matmul(ex, r->q, r->x, &L->q, &L->q_b, n));
+    TRY(op->matmul(ex, r->k, r->x, &L->k, &L->k_b, n));
+    TRY(op->matmul(ex, r->v, r->x, &L->v, &L->v_b, n));
+    TRY(op->rope(ex, r->q, HQ, n, o->H, o->hd, r->pos0, 1e6));
+    TRY(op->rope(ex, r->k, KV, n, o->KVH, o->hd, r->pos0, 1e6));
+    TRY(op->store_rows(ex, r->kc[l], NV_BF16, r->pos0, r->k, KV, (size_t)n, KV));
+    TRY(op->store_rows(ex, r->vc[l], NV_BF16, r->pos0, r->v, KV, (size_t)n, KV));
+    TRY(op->attention(ex, r->ctxo, HQ, r->q, HQ, r->kc[l], r->vc[l], KV, NV_BF16, 1, n,
+                      (int)(r->pos0 + n), o->H, o->KVH, o->hd, 0.08838834764831845f, r->pos0));
+    TRY(op->matmul(ex, r->a, r->ctxo, &L->o, NULL, n));
+    TRY(op->add_scaled(ex, r->h, r->a, NULL, n, o->D));
+    TRY(op->rmsnorm(ex, r->x, o->D, r->h, o->D, &L->post_norm, n, o->D, o->D, 1e-6f));
+    TRY(op->matmul(ex, r->g, r->x, &L->gate, NULL, n));
+    TRY(op->matmul(ex, r->u, r->x, &L->up, NULL, n));
+    TRY(op->silu_mul(ex, r->g, r->g, r->u, (size_t)n * o->I));
+    TRY(op->matmul(ex, r->a, r->g, &L->down, NULL, n));
+    return op->add_scaled(ex, r->h, r->a, NULL, n, o->D);
+}
+
+static nvlm_status llm_all(nv_exec *ex, void *arg)
+{
+    run *r = arg;
+    for (int l = 0; l < r->o->layers; l++) {
+        TRY(llm_layer_fwd(ex, r, l));
+    }
+    return NVLM_OK;
+}
+
+/* One InternViT layer over tiles x vtok tokens (vision.c's op sequence). */
+static nvlm_status vit_layer_fwd(nv_exec *ex, run *r, int l)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    const opts *o = r->o;
+    const vit_layer_w *L = &r->V[l];
+    int N = o->tiles * o->vtok;
+    int HP = o->vH * o->vhd;
+    float *qkv = r->q;
+    TRY(op->rmsnorm(ex, r->x, o->vD, r->h, o->vD, &L->norm1, N, o->vD, o->vD, 1e-6f));
+    TRY(op->matmul(ex, qkv, r->x, &L->qkv, NULL, N));
+    TRY(op->rmsnorm(ex, qkv, 3 * HP, qkv, 3 * HP, &L->q_norm, N, HP, o->vD, 1e-6f));
+    TRY(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, o->vD, 1e-6f));
+    TRY(op->attention(ex, r->ctxo, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32,
+                      o->tiles, o->vtok, o->vtok, o->vH, o->vH, o->vhd, 0.08838834764831845f,
+                      -1));
+    TRY(op->matmul(ex, r->a, r->ctxo, &L->proj, &L->proj_b, N));
+    TRY(op->add_scaled(ex, r->h, r->a, &L->ls1, N, o->vD));
+    TRY(op->rmsnorm(ex, r->x, o->vD, r->h, o->vD, &L->norm2, N, o->vD, o->vD, 1e-6f));
+    TRY(op->matmul(ex, r->g, r->x, &L->fc1, &L->fc1_b, N));
+    TRY(op->gelu(ex, r->g, r->g, (size_t)N * o->vI));
+    TRY(op->matmul(ex, r->a, r->g, &L->fc2, &L->fc2_b, N));
+    return op->add_scaled(ex, r->h, r->a, &L->ls2, N, o->vD);
+}
+
+static nvlm_status vit_all(nv_exec *ex, void *arg)
+{
+    run *r = arg;
+    for (int l = 0; l < r->o->layers; l++) {
+        TRY(vit_layer_fwd(ex, r, l));
+    }
+    return NVLM_OK;
+}
+
+/* Best of reps (after one warm-up pass) of fn, in ms per layer. */
+static nvlm_status best_ms(nv_exec *ex, nvlm_status (*fn)(nv_exec *, void *), run *r,
+                           int reset_pos, double *ms)
+{
+    double best = 1e30;
+    int64_t pos = r->pos0;
+    for (int i = 0; i < r->o->reps + 1; i++) {
+        double t = 0.0;
+        if (reset_pos) {
+            r->pos0 = pos;
+        }
+        TRY(nv_cuda_time(ex, fn, r, &t));
+        if (i > 0 && t < best) {
+            best = t;
+        }
+    }
+    *ms = best / r->o->layers;
+    return NVLM_OK;
+}
+
+static void free_w(nv_exec *ex, nv_bweight *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (w[i].t.data != NULL) {
+            ex->be->ops->free(ex, w[i].t.data);
+        }
+    }
+}
+
+static double layer_params_llm(const opts *o)
+{
+    double HQ = (double)o->H * o->hd;
+    double KV = (double)o->KVH * o->hd;
+    return o->D * HQ * 2 + o->D * KV * 2 + 3.0 * o->D * o->I;
+}
+
+static double layer_params_vit(const opts *o)
+{
+    double HP = (double)o->vH * o->vhd;
+    return o->vD * HP * 4 + 2.0 * o->vD * o->vI;
+}
+
+static int bench(const opts *o, nv_exec *ex)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    char name[256];
+    size_t mem = 0;
+    int sms = 0;
+    if (nv_cuda_device_info(ex, name, sizeof name, &mem, &sms) != NVLM_OK) {
+        return 1;
+    }
+    printf("device: %s, %.1f GiB, %d SMs\n", name, (double)mem / (1 << 30), sms);
+
+    /* Ceilings. */
+    double read_ms = 0.0;
+    double gemm_ms = 0.0;
+    size_t probe = (size_t)2 << 30;
+    if (nv_cuda_read_probe(ex, probe, o->reps, &read_ms) != NVLM_OK ||
+        nv_cuda_gemm_probe(ex, 8192, 8192, 8192, o->reps, &gemm_ms) != NVLM_OK) {
+        fprintf(stderr, "probe failed: %s\n", nvlm_last_error(ex->be->ctx));
+        return 1;
+    }
+    double read_tbs = (double)probe / (read_ms * 1e-3) / 1e12;
+    double gemm_tf = 2.0 * 8192.0 * 8192.0 * 8192.0 / (gemm_ms * 1e-3) / 1e12;
+    printf("ceiling: read-only probe %.2f TB/s (%.0f MiB, best of %d)\n", read_tbs,
+           (double)probe / (1 << 20), o->reps);
+    printf("ceiling: cuBLASLt bf16 GEMM 8192^3 %.1f TFLOP/s\n", gemm_tf);
+
+    /* Decoder layers. */
+    run r;
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.L = calloc((size_t)o->layers, sizeof *r.L);
+    r.kc = calloc((size_t)o->layers, sizeof *r.kc);
+    r.vc = calloc((size_t)o->layers, sizeof *r.vc);
+    int HQ = o->H * o->hd;
+    int KV = o->KVH * o->hd;
+    int64_t cap = (int64_t)o->ctx + o->prefill + 8;
+    nvlm_status st = NVLM_OK;
+    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+        llm_layer *L = &r.L[l];
+        st = rw(ex, &L->in_norm, 1, o->D, 1.0f);
+        if (st == NVLM_OK) { st = rw(ex, &L->post_norm, 1, o->D, 1.0f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->q, HQ, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->q_b, 1, HQ, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->k, KV, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->k_b, 1, KV, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->v, KV, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->v_b, 1, KV, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->o, o->D, HQ, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->gate, o->I, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->up, o->I, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->down, o->D, o->I, 0.02f); }
+        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.kc[l]); }
+        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.vc[l]); }
+    }
+    size_t nmax = (size_t)o->prefill;
+    if (st == NVLM_OK) {
+        r.h = act(ex, nmax * o->D);
+        r.x = act(ex, nmax * o->D);
+        r.q = act(ex, nmax * HQ);
+        r.k = act(ex, nmax * KV);
+        r.v = act(ex, nmax * KV);
+        r.ctxo = act(ex, nmax * HQ);
+        r.a = act(ex, nmax * o->D);
+        r.g = act(ex, nmax * o->I);
+        r.u = act(ex, nmax * o->I);
+        if (r.h == NULL || r.x == NULL || r.q == NULL || r.k == NULL || r.v == NULL ||
+            r.ctxo == NULL || r.a == NULL || r.g == NULL || r.u == NULL) {
+            st = NVLM_ERR_OUT_OF_MEMORY;
+        }
+    }
+    double pre_ms = 0.0;
+    double dec_ms = 0.0;
+    if (st == NVLM_OK) {
+        /* Fill the caches: rows 0..ctx hold random (finite) keys and values. */
+        for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+            st = op->zero(ex, r.kc[l], (size_t)cap * KV * 2);
+            if (st == NVLM_OK) {
+                st = op->zero(ex, r.vc[l], (size_t)cap * KV * 2);
+            }
+        }
+        r.n = o->prefill;
+        r.pos0 = 0;
+        if (st == NVLM_OK) {
+            st = best_ms(ex, llm_all, &r, 1, &pre_ms);
+        }
+        r.n = 1;
+        r.pos0 = o->ctx;
+        if (st == NVLM_OK) {
+            st = best_ms(ex, llm_all, &r, 1, &dec_ms);
+        }
+    }
+    if (st != NVLM_OK) {
+        fprintf(stderr, "decoder bench failed: %s\n", nvlm_last_error(ex->be->ctx));
+    }
+    double p = layer_params_llm(o);
+    double wbytes = p * 2.0;
+    double pre_flop = 2.0 * p * o->prefill +
+                      2.0 * 2.0 * (double)o->prefill * o->prefill / 2.0 * HQ; /* causal */
+    printf("\n%-34s %10s  %s\n", "stage (per layer)", "ms", "rate");
+    if (st == NVLM_OK) {
+        printf("%-34s %10.3f  %.2f TB/s weights = %.0f%% of read probe\n",
+               "llm decode b1, cache 2048", dec_ms, wbytes / (dec_ms * 1e-3) / 1e12,
+               100.0 * wbytes / (dec_ms * 1e-3) / 1e12 / read_tbs);
+        printf("%-34s %10.3f  %.1f TFLOP/s = %.0f%% of GEMM ceiling\n", "llm prefill 2048",
+               pre_ms, pre_flop / (pre_ms * 1e-3) / 1e12,
+               100.0 * pre_flop / (pre_ms * 1e-3) / 1e12 / gemm_tf);
+    }
+    for (int l = 0; l < o->layers; l++) {
+        free_w(ex, (nv_bweight *)&r.L[l], sizeof(llm_layer) / sizeof(nv_bweight));
+        if (r.kc[l] != NULL) { op->free(ex, r.kc[l]); }
+        if (r.vc[l] != NULL) { op->free(ex, r.vc[l]); }
+    }
+    float *acts[9] = {r.h, r.x, r.q, r.k, r.v, r.ctxo, r.a, r.g, r.u};
+    for (int i = 0; i < 9; i++) {
+        if (acts[i] != NULL) {
+            op->free(ex, acts[i]);
+        }
+    }
+    free(r.L);
+    free(r.kc);
+    free(r.vc);
+    if (st != NVLM_OK) {
+        return 1;
+    }
+
+    /* ViT layers. */
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.V = calloc((size_t)o->layers, sizeof *r.V);
+    int HP = o->vH * o->vhd;
+    size_t N = (size_t)o->tiles * o->vtok;
+    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+        vit_layer_w *L = &r.V[l];
+        st = rw(ex, &L->norm1, 1, o->vD, 1.0f);
+        if (st == NVLM_OK) { st = rw(ex, &L->norm2, 1, o->vD, 1.0f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->qkv, 3 * HP, o->vD, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->q_norm, 1, HP, 1.0f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->k_norm, 1, HP, 1.0f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->proj, o->vD, HP, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->proj_b, 1, o->vD, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->ls1, 1, o->vD, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->ls2, 1, o->vD, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->fc1, o->vI, o->vD, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->fc1_b, 1, o->vI, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->fc2, o->vD, o->vI, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->fc2_b, 1, o->vD, 0.1f); }
+    }
+    if (st == NVLM_OK) {
+        r.h = act(ex, N * o->vD);
+        r.x = act(ex, N * o->vD);
+        r.q = act(ex, N * 3 * HP);
+        r.ctxo = act(ex, N * HP);
+        r.a = act(ex, N * o->vD);
+        r.g = act(ex, N * o->vI);
+        if (r.h == NULL || r.x == NULL || r.q == NULL || r.ctxo == NULL || r.a == NULL ||
+            r.g == NULL) {
+            st = NVLM_ERR_OUT_OF_MEMORY;
+        }
+    }
+    double vit_ms = 0.0;
+    if (st == NVLM_OK) {
+        st = best_ms(ex, vit_all, &r, 0, &vit_ms);
+    }
+    if (st == NVLM_OK) {
+        double vflop = 2.0 * layer_params_vit(o) * (double)N +
+                       4.0 * (double)o->tiles * o->vtok * o->vtok * HP;
+        printf("%-34s %10.3f  %.1f TFLOP/s = %.0f%% of GEMM ceiling\n", "vit 7 tiles x 1025",
+               vit_ms, vflop / (vit_ms * 1e-3) / 1e12,
+               100.0 * vflop / (vit_ms * 1e-3) / 1e12 / gemm_tf);
+    } else {
+        fprintf(stderr, "vit bench failed: %s\n", nvlm_last_error(ex->be->ctx));
+    }
+    for (int l = 0; l < o->layers; l++) {
+        free_w(ex, (nv_bweight *)&r.V[l], sizeof(vit_layer_w) / sizeof(nv_bweight));
+    }
+    float *vacts[6] = {r.h, r.x, r.q, r.ctxo, r.a, r.g};
+    for (int i = 0; i < 6; i++) {
+        if (vacts[i] != NULL) {
+            op->free(ex, vacts[i]);
+        }
+    }
+    free(r.V);
+    printf("\n(%d layers each, best of %d after a warm-up; goals: decode >= 95%% of the read "
+           "probe, prefill >= 80%% and ViT >= 65%% of the GEMM ceiling)\n", o->layers, o->reps);
+    return st == NVLM_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    opts o = {.layers = 2, .ctx = 2048, .prefill = 2048, .tiles = 7, .reps = 5,
+              .D = 8192, .H = 64, .KVH = 8, .hd = 128, .I = 29568,
+              .vD = 3200, .vH = 32, .vhd = 128, .vI = 12800, .vtok = 1025};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            o.layers = 1;
+            o.reps = 2;
+            o.prefill = 256;
+            o.ctx = 512;
+            o.tiles = 1;
+        } else if (i + 1 < argc && strcmp(argv[i], "--layers") == 0) {
+            o.layers = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--ctx") == 0) {
+            o.ctx = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--prefill") == 0) {
+            o.prefill = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--tiles") == 0) {
+            o.tiles = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--reps") == 0) {
+            o.reps = atoi(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: %s [--layers N] [--ctx N] [--prefill N] [--tiles N] "
+                    "[--reps N] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (o.layers < 1 || o.reps < 1 || o.ctx < 1 || o.prefill < 1 || o.tiles < 1) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    char why[256];
+    if (!nv_cuda_probe_reason(0, why, sizeof why)) {
+        printf("SKIP bench_cuda: no CUDA device (%s)\n", why);
+        return 0;
+    }
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.backend = NVLM_BACKEND_CUDA;
+    nvlm_context *ctx = NULL;
+    nv_backend *be = NULL;
+    nv_exec *ex = NULL;
+    int rc = 1;
+    if (nvlm_context_create(&cp, &ctx) == NVLM_OK &&
+        nv_backend_cuda_create(ctx, 0, &be) == NVLM_OK &&
+        be->ops->exec_create(be, 1, ctx, &ex) == NVLM_OK) {
+        rc = bench(&o, ex);
+    } else {
+        fprintf(stderr, "cannot start the CUDA backend: %s\n",
+                ctx != NULL ? nvlm_last_error(ctx) : "no context");
+    }
+    if (ex != NULL) {
+        be->ops->exec_free(ex);
+    }
+    if (be != NULL) {
+        be->ops->destroy(be);
+    }
+    nvlm_context_free(ctx);
+    return rc;
+}
+
+#else
+
+int main(void)
+{
+    printf("SKIP bench_cuda: built without CUDA\n");
+    return 0;
+}
+
+#endif

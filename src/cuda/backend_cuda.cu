@@ -1,0 +1,581 @@
+/*
+ * backend_cuda.cu - the CUDA implementation of backend.h's op table. Per model: the device
+ * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints; vectors f32),
+ * uploaded once through double-buffered pinned staging. Per session: one non-blocking stream,
+ * the cuBLASLt state and scratch that grows at the first prefill, so decode allocates nothing.
+ * Activations are f32 device buffers; every op enqueues on the session's stream and returns;
+ * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
+ */
+#include "cuda/cuda_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define STAGE_BYTES ((size_t)32 << 20)   /* per pinned half */
+
+static nvlm_context *ctx_of(nv_exec *ex)
+{
+    return ex->be->ctx;
+}
+
+static cuda_backend *cb_of(nv_backend *be)
+{
+    return (cuda_backend *)be->impl;
+}
+
+/* Runs a launcher's result through cuda_status with the op's name. */
+static nvlm_status launched(nv_exec *ex, cudaError_t e, const char *op)
+{
+    return cuda_status(ex->err_handle, e, op);
+}
+
+/* ---- weights ---------------------------------------------------------------------------- */
+
+static nvlm_status stage_init(nv_backend *be, void *eh)
+{
+    cuda_backend *cb = cb_of(be);
+    if (cb->stage[0] != NULL) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
+    NVLM_TRY(cuda_status(eh, cudaStreamCreateWithFlags(&cb->upload, cudaStreamNonBlocking),
+                         "create upload stream"));
+    for (int i = 0; i < 2; i++) {
+        NVLM_TRY(cuda_status(eh, cudaHostAlloc(&cb->stage[i], STAGE_BYTES, cudaHostAllocDefault),
+                             "pinned staging"));
+        NVLM_TRY(cuda_status(eh, cudaEventCreateWithFlags(&cb->stage_ev[i],
+                                                          cudaEventDisableTiming),
+                             "staging event"));
+    }
+    cb->stage_bytes = STAGE_BYTES;
+    return NVLM_OK;
+}
+
+/* Copies n elements of src (dtype st) to dst (dtype dt: f32 or bf16) on the device, converting
+ * on the host into pinned halves while the previous half is in flight. */
+static nvlm_status upload_convert(nv_backend *be, void *dst, nv_dtype dt, const void *src,
+                                  nv_dtype st, size_t n, void *eh)
+{
+    cuda_backend *cb = cb_of(be);
+    NVLM_TRY(stage_init(be, eh));
+    size_t des = nv_dtype_size(dt);
+    size_t ses = nv_dtype_size(st);
+    size_t per = cb->stage_bytes / des;
+    float tmp[1024];
+    int half = 0;
+    for (size_t off = 0; off < n; off += per, half ^= 1) {
+        size_t cnt = NV_MIN(per, n - off);
+        NVLM_TRY(cuda_status(eh, cudaEventSynchronize(cb->stage_ev[half]), "weight upload"));
+        char *stage = (char *)cb->stage[half];
+        const char *s = (const char *)src + off * ses;
+        if (st == dt) {
+            memcpy(stage, s, cnt * des);
+        } else {
+            for (size_t i = 0; i < cnt; i += NV_ARRAY_LEN(tmp)) {
+                size_t c = NV_MIN(NV_ARRAY_LEN(tmp), cnt - i);
+                nv_to_f32(tmp, s + i * ses, st, c);
+                if (dt == NV_F32) {
+                    memcpy(stage + i * des, tmp, c * sizeof(float));
+                } else {
+                    uint16_t *o = (uint16_t *)(stage + i * des);
+                    for (size_t j = 0; j < c; j++) {
+                        o[j] = nv_f32_to_bf16(tmp[j]);
+                    }
+                }
+            }
+        }
+        NVLM_TRY(cuda_status(eh, cudaMemcpyAsync((char *)dst + off * des, stage, cnt * des,
+                                                 cudaMemcpyHostToDevice, cb->upload),
+                             "weight upload"));
+        NVLM_TRY(cuda_status(eh, cudaEventRecord(cb->stage_ev[half], cb->upload),
+                             "weight upload"));
+    }
+    return cuda_status(eh, cudaStreamSynchronize(cb->upload), "weight upload");
+}
+
+static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, nv_split split,
+                                    nv_bweight *out, void *err_handle)
+{
+    (void)split;
+    memset(out, 0, sizeof *out);
+    cuda_backend *cb = cb_of(be);
+    if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
+        return nv_error(err_handle, NVLM_ERR_SHAPE, "weight dtype %s is not bf16/f16/f32",
+                        nv_dtype_name(src->dtype));
+    }
+    int big_dims = 0;
+    for (int d = 0; d < src->ndim; d++) {
+        big_dims += src->shape[d] > 1;
+    }
+    nv_dtype dt = big_dims > 1 ? NV_BF16 : NV_F32;
+    int64_t n = nv_tensor_nelem(src);
+    size_t bytes;
+    if (n < 0 || n == INT64_MAX || !nv_mul_size((size_t)n, nv_dtype_size(dt), &bytes)) {
+        return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
+    }
+    NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory for a weight (%zu bytes)", bytes);
+    }
+    nvlm_status st = upload_convert(be, p, dt, src->data, src->dtype, (size_t)n, err_handle);
+    if (st != NVLM_OK) {
+        cudaFree(p);
+        return st;
+    }
+    out->t = *src;
+    out->t.dtype = dt;
+    out->t.data = p;
+    out->t.device = cb->device;
+    out->owned = 1;
+    return NVLM_OK;
+}
+
+static void cuda_weight_free(nv_backend *be, nv_bweight *w)
+{
+    if (w->owned && w->t.data != NULL) {
+        cudaSetDevice(cb_of(be)->device);
+        cudaFree(w->t.data);
+    }
+    memset(w, 0, sizeof *w);
+}
+
+static void cuda_destroy(nv_backend *be)
+{
+    if (be == NULL) {
+        return;
+    }
+    cuda_backend *cb = cb_of(be);
+    if (cb != NULL) {
+        cudaSetDevice(cb->device);
+        for (int i = 0; i < 2; i++) {
+            if (cb->stage_ev[i] != NULL) {
+                cudaEventDestroy(cb->stage_ev[i]);
+            }
+            if (cb->stage[i] != NULL) {
+                cudaFreeHost(cb->stage[i]);
+            }
+        }
+        if (cb->upload != NULL) {
+            cudaStreamDestroy(cb->upload);
+        }
+        nv_free(be->ctx, cb);
+    }
+    nv_free(be->ctx, be);
+}
+
+/* ---- exec ------------------------------------------------------------------------------- */
+
+static void cuda_exec_free(nv_exec *ex)
+{
+    if (ex == NULL) {
+        return;
+    }
+    nvlm_context *ctx = ctx_of(ex);
+    cuda_exec *ce = cuda_ex(ex);
+    if (ce != NULL) {
+        cudaSetDevice(ce->cb->device);
+        if (ce->stream != NULL) {
+            cudaStreamSynchronize(ce->stream);
+        }
+        cuda_gemm_free(ctx, ce->gemm);
+        if (ce->xbf != NULL) {
+            cudaFree(ce->xbf);
+        }
+        if (ce->idx != NULL) {
+            cudaFree(ce->idx);
+        }
+        if (ce->part != NULL) {
+            cudaFree(ce->part);
+        }
+        if (ce->stream != NULL) {
+            cudaStreamDestroy(ce->stream);
+        }
+        cudaGetLastError();
+        nv_free(ctx, ce);
+    }
+    nv_free(ctx, ex);
+}
+
+static nvlm_status cuda_exec_create(nv_backend *be, int n_threads, void *err_handle,
+                                    nv_exec **out)
+{
+    (void)n_threads;
+    *out = NULL;
+    nv_exec *ex = (nv_exec *)nv_calloc(be->ctx, 1, sizeof *ex);
+    cuda_exec *ce = (cuda_exec *)nv_calloc(be->ctx, 1, sizeof *ce);
+    if (ex == NULL || ce == NULL) {
+        nv_free(be->ctx, ex);
+        nv_free(be->ctx, ce);
+        return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory for an exec");
+    }
+    ex->be = be;
+    ex->err_handle = err_handle;
+    ex->impl = ce;
+    ce->cb = cb_of(be);
+    nvlm_status st = cuda_status(err_handle, cudaSetDevice(ce->cb->device), "select device");
+    if (st == NVLM_OK) {
+        st = cuda_status(err_handle, cudaStreamCreateWithFlags(&ce->stream,
+                                                               cudaStreamNonBlocking),
+                         "create stream");
+    }
+    if (st != NVLM_OK) {
+        cuda_exec_free(ex);
+        return st;
+    }
+    *out = ex;
+    return NVLM_OK;
+}
+
+/* ---- memory ----------------------------------------------------------------------------- */
+
+static nvlm_status cuda_alloc_op(nv_exec *ex, size_t bytes, void **out)
+{
+    *out = NULL;
+    NVLM_TRY(cuda_enter(ex));
+    cudaError_t e = cudaMalloc(out, bytes == 0 ? 1 : bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *out = NULL;
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory (%zu bytes of activations)", bytes);
+    }
+    return NVLM_OK;
+}
+
+static void cuda_free_op(nv_exec *ex, void *ptr)
+{
+    if (ptr != NULL) {
+        cudaSetDevice(cuda_ex(ex)->cb->device);
+        /* cudaFree waits for the device, so in-flight kernels never see freed memory. */
+        cudaFree(ptr);
+        cudaGetLastError();
+    }
+}
+
+static nvlm_status cuda_upload_op(nv_exec *ex, void *dst, const void *host, size_t bytes)
+{
+    if (bytes == 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    /* From pageable memory the call returns once `host` has been staged: the caller may reuse
+     * it at once. */
+    return launched(ex, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice,
+                                        cuda_ex(ex)->stream), "upload");
+}
+
+static nvlm_status cuda_download_op(nv_exec *ex, void *host, const void *src, size_t bytes)
+{
+    if (bytes == 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    cudaStream_t s = cuda_ex(ex)->stream;
+    NVLM_TRY(launched(ex, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s),
+                      "download"));
+    return launched(ex, cudaStreamSynchronize(s), "download");
+}
+
+static nvlm_status cuda_copy_op(nv_exec *ex, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                        cuda_ex(ex)->stream), "copy");
+}
+
+static nvlm_status cuda_zero_op(nv_exec *ex, void *dst, size_t bytes)
+{
+    if (bytes == 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cudaMemsetAsync(dst, 0, bytes, cuda_ex(ex)->stream), "zero");
+}
+
+static nvlm_status cuda_sync_op(nv_exec *ex)
+{
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cudaStreamSynchronize(cuda_ex(ex)->stream), "sync");
+}
+
+/* ---- compute ---------------------------------------------------------------------------- */
+
+static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                                  const nv_bweight *bias, int M)
+{
+    const nv_tensor *t = &w->t;
+    int64_t N = t->shape[0];
+    int64_t K = nv_tensor_nelem(t) / (N > 0 ? N : 1);
+    if (N > INT32_MAX || K > INT32_MAX || t->dtype != NV_BF16) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
+                        "matmul: weight (%lld, %lld) %s not supported", (long long)N,
+                        (long long)K, nv_dtype_name(t->dtype));
+    }
+    if (M <= 0 || N <= 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    cuda_exec *ce = cuda_ex(ex);
+    size_t n = (size_t)M * (size_t)K;
+    NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
+                          "matmul input"));
+    NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    return cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
+                          bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)K);
+}
+
+static nvlm_status need_f32(nv_exec *ex, const nv_bweight *w, const char *op)
+{
+    if (w == NULL || w->t.dtype != NV_F32) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "%s: weight vector not f32", op);
+    }
+    return NVLM_OK;
+}
+
+static nvlm_status cuda_rmsnorm_op(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
+                                   const nv_bweight *w, int rows, int cols, int stat_cols,
+                                   float eps)
+{
+    NVLM_TRY(need_f32(ex, w, "rmsnorm"));
+    if (stat_cols <= 0 || stat_cols > cols) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "rmsnorm: stat_cols %d of %d",
+                        stat_cols, cols);
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_rmsnorm(cuda_ex(ex)->stream, y, ldy, x, ldx,
+                                     (const float *)w->t.data, rows, cols, stat_cols, eps),
+                    "rmsnorm");
+}
+
+static nvlm_status cuda_layernorm_op(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                                     const nv_bweight *b, int rows, int cols, float eps)
+{
+    NVLM_TRY(need_f32(ex, w, "layernorm"));
+    NVLM_TRY(need_f32(ex, b, "layernorm"));
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_layernorm(cuda_ex(ex)->stream, y, x, (const float *)w->t.data,
+                                       (const float *)b->t.data, rows, cols, eps),
+                    "layernorm");
+}
+
+static nvlm_status cuda_rope_op(nv_exec *ex, float *x, int ld, int rows, int n_heads,
+                                int head_dim, int64_t pos0, double theta)
+{
+    float inv_freq[CUDA_ROPE_MAX_HALF];
+    int half = head_dim / 2;
+    if (half > CUDA_ROPE_MAX_HALF || head_dim % 2 != 0 || head_dim <= 0) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "head_dim %d not supported",
+                        head_dim);
+    }
+    /* Exactly the CPU op's table: base ** (2i / dim) in fp32, then 1 / that. */
+    float base = (float)theta;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)head_dim;
+        float p = (float)pow((double)base, (double)e);
+        inv_freq[i] = 1.0f / p;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_rope(cuda_ex(ex)->stream, x, ld, rows, n_heads, head_dim, pos0,
+                                  inv_freq), "rope");
+}
+
+static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
+                                     const void *k, const void *v, int ldkv, nv_dtype kv_type,
+                                     int batch, int n_q, int n_kv, int n_heads, int n_kv_heads,
+                                     int head_dim, float scale, int64_t causal_pos0)
+{
+    if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_q <= 0 || n_kv <= 0 || batch <= 0) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "bad attention shape");
+    }
+    if (kv_type != NV_F32 && kv_type != NV_BF16 && kv_type != NV_F16) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "kv dtype %s",
+                        nv_dtype_name(kv_type));
+    }
+    if (head_dim > CUDA_ATTN_MAX_HD || (int64_t)batch * n_kv_heads > 65535) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
+                        "attention: head_dim %d (max %d), %d sequences x %d kv heads", head_dim,
+                        CUDA_ATTN_MAX_HD, batch, n_kv_heads);
+    }
+    NVLM_TRY(cuda_enter(ex));
+    cuda_exec *ce = cuda_ex(ex);
+    size_t part = cuda_attention_part_floats(ce->cb, batch, n_q, n_kv, n_heads, n_kv_heads,
+                                             head_dim, causal_pos0);
+    if (part > 0) {
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->part, &ce->part_cap, part, sizeof(float),
+                              "attention"));
+    }
+    return launched(ex, cuda_attention(ce->stream, ce->cb, ce->part, out, ldo, q, ldq, k, v,
+                                       ldkv, kv_type, batch, n_q, n_kv, n_heads, n_kv_heads,
+                                       head_dim, scale, causal_pos0), "attention");
+}
+
+static nvlm_status cuda_gelu_op(nv_exec *ex, float *y, const float *x, size_t n)
+{
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_gelu(cuda_ex(ex)->stream, y, x, n), "gelu");
+}
+
+static nvlm_status cuda_silu_mul_op(nv_exec *ex, float *y, const float *g, const float *u,
+                                    size_t n)
+{
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_silu_mul(cuda_ex(ex)->stream, y, g, u, n), "silu_mul");
+}
+
+static nvlm_status cuda_add_scaled_op(nv_exec *ex, float *y, const float *x, const nv_bweight *s,
+                                      int rows, int cols)
+{
+    if (s != NULL) {
+        NVLM_TRY(need_f32(ex, s, "add_scaled"));
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_add_scaled(cuda_ex(ex)->stream, y, x,
+                                        s != NULL ? (const float *)s->t.data : NULL, rows, cols),
+                    "add_scaled");
+}
+
+static nvlm_status cuda_add_rows_op(nv_exec *ex, float *y, const nv_bweight *b, int b_rows,
+                                    int rows, int cols)
+{
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_add_rows(cuda_ex(ex)->stream, y, b->t.data, b->t.dtype, b_rows,
+                                      rows, cols), "add_rows");
+}
+
+static nvlm_status cuda_rows_copy_op(nv_exec *ex, float *dst, const int32_t *dst_idx,
+                                     const void *src, nv_dtype src_type, const int32_t *src_idx,
+                                     size_t n, int cols)
+{
+    if (n == 0) {
+        return NVLM_OK;
+    }
+    if (src_type != NV_F32 && src_type != NV_BF16 && src_type != NV_F16) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "rows_copy from %s",
+                        nv_dtype_name(src_type));
+    }
+    NVLM_TRY(cuda_enter(ex));
+    cuda_exec *ce = cuda_ex(ex);
+    size_t need = (dst_idx != NULL ? n : 0) + (src_idx != NULL ? n : 0);
+    int32_t *ddi = NULL;
+    int32_t *dsi = NULL;
+    if (need > 0) {
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->idx, &ce->idx_cap, need, sizeof(int32_t),
+                              "row index"));
+        size_t at = 0;
+        if (dst_idx != NULL) {
+            ddi = ce->idx;
+            NVLM_TRY(launched(ex, cudaMemcpyAsync(ddi, dst_idx, n * sizeof(int32_t),
+                                                  cudaMemcpyHostToDevice, ce->stream),
+                              "row index upload"));
+            at = n;
+        }
+        if (src_idx != NULL) {
+            dsi = ce->idx + at;
+            NVLM_TRY(launched(ex, cudaMemcpyAsync(dsi, src_idx, n * sizeof(int32_t),
+                                                  cudaMemcpyHostToDevice, ce->stream),
+                              "row index upload"));
+        }
+    }
+    return launched(ex, cuda_rows_copy(ce->stream, dst, ddi, src, src_type, dsi, n, cols),
+                    "rows_copy");
+}
+
+static nvlm_status cuda_store_rows_op(nv_exec *ex, void *dst, nv_dtype type, int64_t row0,
+                                      const float *src, int lds, size_t n, int cols)
+{
+    if (type != NV_F32 && type != NV_BF16) {
+        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "cache dtype %s",
+                        nv_dtype_name(type));
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_store_rows(cuda_ex(ex)->stream, dst, type, row0, src, lds, n, cols),
+                    "store_rows");
+}
+
+static nvlm_status cuda_im2col_op(nv_exec *ex, float *out, const float *pix, int batch,
+                                  int channels, int height, int width, int patch)
+{
+    if (patch <= 0) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "im2col: patch %d", patch);
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_im2col(cuda_ex(ex)->stream, out, pix, batch, channels, height,
+                                    width, patch), "im2col");
+}
+
+/* ---- table ------------------------------------------------------------------------------ */
+
+static nv_backend_ops make_ops(void)
+{
+    nv_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.weight_load = cuda_weight_load;
+    o.weight_free = cuda_weight_free;
+    o.destroy = cuda_destroy;
+    o.exec_create = cuda_exec_create;
+    o.exec_free = cuda_exec_free;
+    o.alloc = cuda_alloc_op;
+    o.free = cuda_free_op;
+    o.upload = cuda_upload_op;
+    o.download = cuda_download_op;
+    o.copy = cuda_copy_op;
+    o.zero = cuda_zero_op;
+    o.sync = cuda_sync_op;
+    o.matmul = cuda_matmul_op;
+    o.rmsnorm = cuda_rmsnorm_op;
+    o.layernorm = cuda_layernorm_op;
+    o.rope = cuda_rope_op;
+    o.attention = cuda_attention_op;
+    o.gelu = cuda_gelu_op;
+    o.silu_mul = cuda_silu_mul_op;
+    o.add_scaled = cuda_add_scaled_op;
+    o.add_rows = cuda_add_rows_op;
+    o.rows_copy = cuda_rows_copy_op;
+    o.store_rows = cuda_store_rows_op;
+    o.im2col = cuda_im2col_op;
+    return o;
+}
+
+/* Built once at static initialisation (a const table; C++ has no designated initialisers). */
+static const nv_backend_ops cuda_ops = make_ops();
+
+extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out)
+{
+    if (out == NULL) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    *out = NULL;
+    char why[256];
+    if (!nv_cuda_probe_reason(device, why, sizeof why)) {
+        return nv_error(ctx, NVLM_ERR_NO_DEVICE, "no usable CUDA device %d: %s", device, why);
+    }
+    cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, device);
+    if (e != cudaSuccess) {
+        return cuda_status(ctx, e, "device properties");
+    }
+    nv_backend *be = (nv_backend *)nv_calloc(ctx, 1, sizeof *be);
+    cuda_backend *cb = (cuda_backend *)nv_calloc(ctx, 1, sizeof *cb);
+    if (be == NULL || cb == NULL) {
+        nv_free(ctx, be);
+        nv_free(ctx, cb);
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the CUDA backend");
+    }
+    cb->device = device;
+    cb->sm_count = p.multiProcessorCount;
+    snprintf(cb->name, sizeof cb->name, "%s", p.name);
+    be->ops = &cuda_ops;
+    be->ctx = ctx;
+    be->impl = cb;
+    *out = be;
+    return NVLM_OK;
+}

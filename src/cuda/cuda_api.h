@@ -1,0 +1,50 @@
+/*
+ * cuda_api.h - the CUDA backend as seen from C: device probe, backend constructor and the few
+ * device helpers the benchmark uses. Implemented in the .cu files of src/cuda/ (C linkage, hidden). Only
+ * include it when NVLM_WITH_CUDA is defined; the build defines it when nvcc is present.
+ */
+#ifndef NVLM_CUDA_API_H
+#define NVLM_CUDA_API_H
+
+#include "backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Whether device `device` exists, has compute capability 8.0+ and can run this build's kernels.
+ * Never fails loudly: false when there is no driver or no device. (device.cu) */
+bool nv_cuda_probe(int device);
+/* The same, writing a one-line reason (why not, or the device's name) into buf. */
+bool nv_cuda_probe_reason(int device, char *buf, size_t n);
+
+/* Creates the CUDA backend on `device`: weights go to that device as bf16 (matrices) or f32
+ * (vectors). *out is owned by the caller (ops->destroy). Errors: NVLM_ERR_NO_DEVICE,
+ * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY; the text goes on ctx. (backend_cuda.cu) */
+nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out);
+
+/* ---- benchmark helpers (bench_kernels.cu); all run on the exec's stream ---- */
+
+/* A weight of `ndim` dims on the device filled with uniform(-amp, amp) values from `seed`:
+ * bf16 when ndim > 1, else f32 (as weight_load would lay it out). Free with ops->weight_free. */
+nvlm_status nv_cuda_random_weight(nv_exec *ex, int ndim, const int64_t *shape, uint64_t seed,
+                                  float amp, nv_bweight *out);
+/* Fills n device floats with uniform(-amp, amp). */
+nvlm_status nv_cuda_random_f32(nv_exec *ex, float *dst, size_t n, uint64_t seed, float amp);
+/* Milliseconds per pass of a read-only reduction over `bytes` device bytes (best of `reps`). */
+nvlm_status nv_cuda_read_probe(nv_exec *ex, size_t bytes, int reps, double *ms);
+/* Milliseconds of one bf16 x bf16 -> f32 cuBLASLt GEMM of (M, K) x (N, K)^T (best of reps),
+ * the plain library call without the f32 -> bf16 activation conversion. */
+nvlm_status nv_cuda_gemm_probe(nv_exec *ex, int M, int N, int K, int reps, double *ms);
+/* Device name, total memory (bytes) and SM count of the exec's device. */
+nvlm_status nv_cuda_device_info(nv_exec *ex, char *name, size_t name_len, size_t *mem_bytes,
+                                int *sm_count);
+/* Events: elapsed milliseconds of fn(arg) enqueued on the exec's stream (synchronised). */
+nvlm_status nv_cuda_time(nv_exec *ex, nvlm_status (*fn)(nv_exec *ex, void *arg), void *arg,
+                         double *ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NVLM_CUDA_API_H */

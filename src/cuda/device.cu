@@ -1,0 +1,133 @@
+/*
+ * device.cu - device probe and selection, CUDA error -> nvlm_status with a message, and the
+ * scratch-buffer helper every op family uses. A build without a usable device (no driver, no
+ * GPU, or a GPU this fat binary has no code for) probes false and never crashes.
+ */
+#include "cuda/cuda_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Launched by nobody: cudaFuncGetAttributes on it tells whether the binary has an image for
+ * the device (sm_80 code runs on 8.x, sm_90a only on 9.0). */
+__global__ void cuda_probe_kernel(int *p)
+{
+    if (p != NULL) {
+        *p = 1;
+    }
+}
+
+extern "C" bool nv_cuda_probe_reason(int device, char *buf, size_t n)
+{
+    char tmp[256];
+    if (buf == NULL || n == 0) {
+        buf = tmp;
+        n = sizeof tmp;
+    }
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        snprintf(buf, n, "cudaGetDeviceCount: %s", cudaGetErrorString(e));
+        cudaGetLastError();
+        return false;
+    }
+    if (device < 0 || device >= count) {
+        snprintf(buf, n, "device %d requested, %d present", device, count);
+        return false;
+    }
+    cudaDeviceProp p;
+    e = cudaGetDeviceProperties(&p, device);
+    if (e != cudaSuccess) {
+        snprintf(buf, n, "cudaGetDeviceProperties: %s", cudaGetErrorString(e));
+        cudaGetLastError();
+        return false;
+    }
+    if (p.major < 8) {
+        snprintf(buf, n, "%s is sm_%d%d; bf16 kernels need sm_80+", p.name, p.major, p.minor);
+        return false;
+    }
+    int prev = -1;
+    cudaGetDevice(&prev);
+    cudaFuncAttributes fa;
+    e = cudaSetDevice(device);
+    if (e == cudaSuccess) {
+        e = cudaFuncGetAttributes(&fa, cuda_probe_kernel);
+    }
+    if (prev >= 0 && prev != device) {
+        cudaSetDevice(prev);
+    }
+    if (e != cudaSuccess) {
+        snprintf(buf, n, "%s (sm_%d%d): no kernel image in this build (%s)", p.name, p.major,
+                 p.minor, cudaGetErrorString(e));
+        cudaGetLastError();
+        return false;
+    }
+    snprintf(buf, n, "%s (sm_%d%d, %d SMs, %.1f GiB)", p.name, p.major, p.minor,
+             p.multiProcessorCount, (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    return true;
+}
+
+extern "C" bool nv_cuda_probe(int device)
+{
+    return nv_cuda_probe_reason(device, NULL, 0);
+}
+
+nvlm_status cuda_status(void *err_handle, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess) {
+        return NVLM_OK;
+    }
+    cudaGetLastError();
+    return nv_error(err_handle, NVLM_ERR_BACKEND, "CUDA %s: %s (%s)", what, cudaGetErrorName(e),
+                    cudaGetErrorString(e));
+}
+
+nvlm_status cuda_enter(nv_exec *ex)
+{
+    int want = cuda_ex(ex)->cb->device;
+    int cur = -1;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e == cudaSuccess && cur != want) {
+        e = cudaSetDevice(want);
+    }
+    return cuda_status(ex->err_handle, e, "select device");
+}
+
+nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size_t elem,
+                         const char *what)
+{
+    if (need <= *cap) {
+        return NVLM_OK;
+    }
+    size_t bytes;
+    size_t grow = need + need / 4;
+    if (!nv_mul_size(grow, elem, &bytes)) {
+        return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "%s scratch size overflows", what);
+    }
+    cuda_exec *ce = cuda_ex(ex);
+    NVLM_TRY(cuda_status(ex->err_handle, cudaStreamSynchronize(ce->stream), what));
+    if (*buf != NULL) {
+        cudaFree(*buf);
+        *buf = NULL;
+        *cap = 0;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory for %s scratch (%zu bytes)", what, bytes);
+    }
+    *buf = p;
+    *cap = grow;
+    return NVLM_OK;
+}
+
+unsigned cuda_blocks(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) {
+        b = 1;
+    }
+    return b > 65535u * 16u ? 65535u * 16u : (unsigned)b;
+}

@@ -1,0 +1,92 @@
+/*
+ * norm.cu - RMSNorm (also the ViT QK-norm: the statistic over the first stat_cols channels of
+ * the padded heads, applied to all `cols`) and LayerNorm (biased variance, two passes), one
+ * block per row, f32 throughout. Matches the CPU op's formula order: y = w * (x * inv).
+ */
+#include "cuda/cuda_internal.h"
+
+#define NORM_THREADS 256
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+/* Sum over the block (blockDim a multiple of 32); every thread gets the total. */
+static __device__ float block_sum(float v, float *sh)
+{
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) {
+        sh[threadIdx.x >> 5] = v;
+    }
+    __syncthreads();
+    float t = 0.0f;
+    int nw = (int)(blockDim.x >> 5);
+    for (int i = 0; i < nw; i++) {
+        t += sh[i];
+    }
+    __syncthreads();
+    return t;
+}
+
+static __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx, const float *w,
+                                      int cols, int stat_cols, float eps)
+{
+    __shared__ float sh[32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)ldx;
+    float *yr = y + (size_t)blockIdx.x * (size_t)ldy;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < stat_cols; c += blockDim.x) {
+        ss += xr[c] * xr[c];
+    }
+    ss = block_sum(ss, sh);
+    float inv = 1.0f / sqrtf(ss / (float)stat_cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        yr[c] = w[c] * (xr[c] * inv);
+    }
+}
+
+static __global__ void layernorm_kernel(float *y, const float *x, const float *w, const float *b,
+                                        int cols, float eps)
+{
+    __shared__ float sh[32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)cols;
+    float *yr = y + (size_t)blockIdx.x * (size_t)cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        s += xr[c];
+    }
+    float mean = block_sum(s, sh) / (float)cols;
+    float v = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = xr[c] - mean;
+        v += d * d;
+    }
+    float inv = 1.0f / sqrtf(block_sum(v, sh) / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        yr[c] = (xr[c] - mean) * inv * w[c] + b[c];
+    }
+}
+
+cudaError_t cuda_rmsnorm(cudaStream_t s, float *y, int ldy, const float *x, int ldx,
+                         const float *w, int rows, int cols, int stat_cols, float eps)
+{
+    if (rows <= 0 || cols <= 0) {
+        return cudaSuccess;
+    }
+    rmsnorm_kernel<<<rows, NORM_THREADS, 0, s>>>(y, ldy, x, ldx, w, cols, stat_cols, eps);
+    return cudaGetLastError();
+}
+
+cudaError_t cuda_layernorm(cudaStream_t s, float *y, const float *x, const float *w,
+                           const float *b, int rows, int cols, float eps)
+{
+    if (rows <= 0 || cols <= 0) {
+        return cudaSuccess;
+    }
+    layernorm_kernel<<<rows, NORM_THREADS, 0, s>>>(y, x, w, b, cols, eps);
+    return cudaGetLastError();
+}
