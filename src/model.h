@@ -98,10 +98,19 @@ const nv_weight *nv_model_weight(const nvlm_model *m, const char *name);
 
 /* Parse config.json text into cfg (NVLM_ERR_FORMAT with the field named on failure). */
 nvlm_status nv_config_parse(nv_config *cfg, const char *json, size_t len, void *err_handle);
+/* Overlay generation_config.json (max_new_tokens, eos_token_id int or list, do_sample) on a
+ * cfg already filled by nv_config_parse (NVLM_ERR_FORMAT naming the field on failure). */
+nvlm_status nv_gen_config_parse(nv_config *cfg, const char *json, size_t len, void *err_handle);
 
 /* Engine hooks, called by nvlm_model_load (after the weights are checked) and nvlm_model_free.
  * The engine lays out the weights for its backend and keeps them in m->engine. */
 nvlm_status nv_engine_init(nvlm_model *m);
 void nv_engine_free(nvlm_model *m);
+
+/* A fully loaded model built in memory (synthetic.c): every tensor of the checkpoint layout for
+ * cfg (which must be complete, e.g. from nv_config_parse), bf16 random values from `seed`, no
+ * tokenizer, engine initialised. Freed with nvlm_model_free. Errors go to ctx. */
+nvlm_status nv_model_synthetic(nvlm_context *ctx, const nv_config *cfg, uint64_t seed,
+                               nvlm_model **out);
 
 #endif /* NVLM_MODEL_H */

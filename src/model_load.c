@@ -1,0 +1,847 @@
+/*
+ * model_load.c - load: model directory -> nvlm_model. config.json (+ generation_config.json),
+ * then model.safetensors or model.safetensors.index.json + shards (each opened once, mapped
+ * read-only or read into memory, headers validated by safetensors.c), the index checked against
+ * the shards, every expected NVLM-D tensor (spec §2, shapes from the config) checked by name,
+ * shape and dtype, then the tokenizer and, for NVLM_LOAD_FULL, the engine.
+ */
+#include "model.h"
+#include "safetensors.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_CONFIG_BYTES ((size_t)16 << 20)
+#define MAX_INDEX_BYTES ((size_t)64 << 20)
+#define MAX_SHARDS 4096
+#define NAME_MAX_LEN 160
+#define PATH_LEN 4096
+#define MAX_DUMMY_HEADS 1024
+#define LIST_NAMES 3 /* names quoted in a missing/unexpected message */
+
+typedef struct tensor_ref {
+    const char *name;
+    const nv_weight *w; /* NULL for index-only entries */
+    size_t shard;
+} tensor_ref;
+
+struct nv_checkpoint {
+    nvlm_context *ctx;
+    nv_st_file **shards;
+    size_t n_shards;
+    tensor_ref *table; /* all tensors of all shards, sorted by name */
+    size_t n;
+};
+
+typedef struct expected {
+    char name[NAME_MAX_LEN];
+    int ndim;
+    int64_t shape[4];
+    bool optional;
+    bool seen;
+} expected;
+
+typedef struct exp_list {
+    expected *v;
+    size_t n;
+    size_t cap;
+} exp_list;
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+static nvlm_status join(char *out, const char *dir, const char *name, void *eh)
+{
+    int n = snprintf(out, PATH_LEN, "%s/%s", dir, name);
+    if (n < 0 || n >= PATH_LEN) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "path %s/%s is too long", dir, name);
+    }
+    return NVLM_OK;
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static int cmp_ref(const void *a, const void *b)
+{
+    return strcmp(((const tensor_ref *)a)->name, ((const tensor_ref *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int cmp_exp(const void *a, const void *b)
+{
+    return strcmp(((const expected *)a)->name, ((const expected *)b)->name);
+}
+
+static const tensor_ref *find_ref(const tensor_ref *v, size_t n, const char *name)
+{
+    tensor_ref key = {name, NULL, 0};
+    return bsearch(&key, v, n, sizeof *v, cmp_ref);
+}
+
+static nvlm_status progress(const nvlm_model_params *p, nvlm_context *ctx, float f)
+{
+    if (p->progress != NULL && p->progress(p->progress_user, f) != 0) {
+        return nv_error(ctx, NVLM_ERR_CANCELLED, "model load cancelled by the progress callback");
+    }
+    return NVLM_OK;
+}
+
+/* Appends ", name" to a message list (up to LIST_NAMES names). */
+static void list_add(char *buf, size_t cap, size_t *count, const char *name)
+{
+    if (*count < LIST_NAMES) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, "%s%.100s", len > 0 ? ", " : "", name);
+    } else if (*count == LIST_NAMES) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, ", ...");
+    }
+    (*count)++;
+}
+
+/* ---- parameter count (documented in docs/model-loading.md) ---------------- */
+
+/* Parameters of NVLM-D from the config alone, the ViT's attention padded to
+ * (num_heads + dummy) heads:
+ *   ViT  = H (class) + H*C*p*p + H (patch) + (g*g + 1)*H (position, g = image/patch)
+ *        + layers * (3*P*H (qkv) [+ 3*P bias] + 2*P (q/k norm) + H*P + H (proj)
+ *                    + 2*I*H + I + H (fc1, fc2) + 4*H (norm1, norm2, ls1, ls2)),  P = heads*hd
+ *   mlp1 = 2*Pi (LayerNorm) + Ph*Pi + O*Ph
+ *   LLM  = V*E (embed) [+ V*E lm_head unless tied] + E (norm)
+ *        + layers * (2*E + E*E + E (q) + 2*(K*E + K) (k, v) + E*E (o) + 3*F*E),  K = kv*hd */
+static uint64_t count_params(const nv_config *c)
+{
+    const nv_vision_config *v = &c->vision;
+    const nv_llm_config *l = &c->llm;
+    uint64_t H = (uint64_t)v->hidden_size;
+    uint64_t P = (uint64_t)(v->num_heads + v->num_dummy_heads) * (uint64_t)v->head_dim;
+    uint64_t I = (uint64_t)v->intermediate_size;
+    uint64_t g = (uint64_t)(v->image_size / v->patch_size);
+    uint64_t p = (uint64_t)v->patch_size;
+    uint64_t vit = H + H * (uint64_t)v->num_channels * p * p + H + (g * g + 1) * H;
+    uint64_t layer = 3 * P * H + (v->qkv_bias ? 3 * P : 0) + 2 * P + H * P + H + 2 * I * H + I + H +
+                     4 * H;
+    vit += (uint64_t)v->num_layers * layer;
+    uint64_t pi = (uint64_t)c->proj_input_size;
+    uint64_t ph = (uint64_t)c->proj_hidden_size;
+    uint64_t po = (uint64_t)c->proj_output_size;
+    uint64_t mlp = 2 * pi + ph * pi + po * ph;
+    uint64_t E = (uint64_t)l->hidden_size;
+    uint64_t K = (uint64_t)l->num_kv_heads * (uint64_t)l->head_dim;
+    uint64_t F = (uint64_t)l->intermediate_size;
+    uint64_t V = (uint64_t)l->vocab_size;
+    uint64_t llm = V * E * (l->tie_word_embeddings ? 1 : 2) + E;
+    llm += (uint64_t)l->num_layers * (2 * E + E * E + E + 2 * (K * E + K) + E * E + 3 * F * E);
+    return vit + mlp + llm;
+}
+
+/* ---- the expected tensor set (spec §2) -------------------------------------------------- */
+
+static nvlm_status exp_add(exp_list *L, nvlm_context *ctx, bool optional, int ndim,
+                           const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static nvlm_status exp_add(exp_list *L, nvlm_context *ctx, bool optional, int ndim,
+                           const int64_t *shape, const char *fmt, ...)
+{
+    if (L->n == L->cap) {
+        return nv_error(ctx, NVLM_ERR_INTERNAL, "expected tensor list overflow");
+    }
+    expected *e = &L->v[L->n++];
+    memset(e, 0, sizeof *e);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->name, sizeof e->name, fmt, ap);
+    va_end(ap);
+    e->ndim = ndim;
+    for (int i = 0; i < ndim; i++) {
+        e->shape[i] = shape[i];
+    }
+    e->optional = optional;
+    return NVLM_OK;
+}
+
+static nvlm_status exp_build(const nv_config *c, nvlm_context *ctx, exp_list *L)
+{
+    const nv_vision_config *v = &c->vision;
+    const nv_llm_config *l = &c->llm;
+    size_t cap = 3 + 12 * (size_t)l->num_layers + 4 + 4 + 14 * (size_t)v->num_layers;
+    L->v = nv_alloc_array(ctx, cap, sizeof *L->v);
+    if (L->v == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the expected tensor set");
+    }
+    L->cap = cap;
+    L->n = 0;
+    int64_t H = v->hidden_size;
+    int64_t P = (int64_t)(v->num_heads + v->num_dummy_heads) * v->head_dim;
+    int64_t I = v->intermediate_size;
+    int64_t g = v->image_size / v->patch_size;
+    int64_t p = v->patch_size;
+    const char *vp = "vision_model";
+    NVLM_TRY(exp_add(L, ctx, false, 3, (int64_t[]){1, 1, H}, "%s.embeddings.class_embedding", vp));
+    NVLM_TRY(exp_add(L, ctx, false, 4, (int64_t[]){H, v->num_channels, p, p},
+                     "%s.embeddings.patch_embedding.weight", vp));
+    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, "%s.embeddings.patch_embedding.bias", vp));
+    NVLM_TRY(exp_add(L, ctx, false, 3, (int64_t[]){1, g * g + 1, H},
+                     "%s.embeddings.position_embedding", vp));
+    for (int i = 0; i < v->num_layers; i++) {
+        const char *f = "vision_model.encoder.layers.%d.%s";
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){3 * P, H}, f, i, "attn.qkv.weight"));
+        if (v->qkv_bias) {
+            NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){3 * P}, f, i, "attn.qkv.bias"));
+        }
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){P}, f, i, "attn.q_norm.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){P}, f, i, "attn.k_norm.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){H, P}, f, i, "attn.proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "attn.proj.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){I, H}, f, i, "mlp.fc1.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){I}, f, i, "mlp.fc1.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){H, I}, f, i, "mlp.fc2.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "mlp.fc2.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "norm1.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "norm2.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "ls1"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "ls2"));
+    }
+    int64_t pi = c->proj_input_size;
+    int64_t ph = c->proj_hidden_size;
+    int64_t po = c->proj_output_size;
+    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){pi}, "mlp1.0.weight"));
+    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){pi}, "mlp1.0.bias"));
+    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){ph, pi}, "mlp1.1.weight"));
+    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){po, ph}, "mlp1.3.weight"));
+
+    int64_t E = l->hidden_size;
+    int64_t Q = (int64_t)l->num_heads * l->head_dim;
+    int64_t K = (int64_t)l->num_kv_heads * l->head_dim;
+    int64_t F = l->intermediate_size;
+    int64_t V = l->vocab_size;
+    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){V, E},
+                     "language_model.model.embed_tokens.weight"));
+    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, "language_model.model.norm.weight"));
+    NVLM_TRY(exp_add(L, ctx, l->tie_word_embeddings, 2, (int64_t[]){V, E},
+                     "language_model.lm_head.weight"));
+    for (int i = 0; i < l->num_layers; i++) {
+        const char *f = "language_model.model.layers.%d.%s";
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, f, i, "input_layernorm.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, f, i,
+                         "post_attention_layernorm.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){Q, E}, f, i, "self_attn.q_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){Q}, f, i, "self_attn.q_proj.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){K, E}, f, i, "self_attn.k_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){K}, f, i, "self_attn.k_proj.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){K, E}, f, i, "self_attn.v_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){K}, f, i, "self_attn.v_proj.bias"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){E, Q}, f, i, "self_attn.o_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){F, E}, f, i, "mlp.gate_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){F, E}, f, i, "mlp.up_proj.weight"));
+        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){E, F}, f, i, "mlp.down_proj.weight"));
+    }
+    qsort(L->v, L->n, sizeof *L->v, cmp_exp);
+    return NVLM_OK;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    len += (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && len < cap; i++) {
+        len += (size_t)snprintf(buf + len, cap - len, "%s%lld", i ? ", " : "",
+                                (long long)shape[i]);
+    }
+    if (len < cap) {
+        snprintf(buf + len, cap - len, "]");
+    }
+}
+
+/* Checks the tensors (table, sorted by name) against the expected set. With `have_shapes`
+ * false (index only) only the names are compared. */
+static nvlm_status check_tensors(nvlm_context *ctx, exp_list *L, const tensor_ref *table,
+                                 size_t n, bool have_shapes)
+{
+    char missing[512] = "";
+    char unexpected[512] = "";
+    size_t n_missing = 0;
+    size_t n_unexpected = 0;
+    for (size_t i = 0; i < n; i++) {
+        expected key;
+        snprintf(key.name, sizeof key.name, "%s", table[i].name);
+        expected *e = strlen(table[i].name) < sizeof key.name
+                          ? bsearch(&key, L->v, L->n, sizeof *L->v, cmp_exp)
+                          : NULL;
+        if (e == NULL) {
+            list_add(unexpected, sizeof unexpected, &n_unexpected, table[i].name);
+            continue;
+        }
+        e->seen = true;
+        if (!have_shapes) {
+            continue;
+        }
+        const nv_tensor *t = &table[i].w->t;
+        if (t->dtype != NV_BF16 && t->dtype != NV_F16 && t->dtype != NV_F32) {
+            return nv_error(ctx, NVLM_ERR_SHAPE, "tensor %s has dtype %s (need BF16, F16 or F32)",
+                            e->name, nv_dtype_name(t->dtype));
+        }
+        bool same = t->ndim == e->ndim;
+        for (int d = 0; same && d < e->ndim; d++) {
+            same = t->shape[d] == e->shape[d];
+        }
+        if (!same) {
+            char got[128];
+            char want[128];
+            shape_str(got, sizeof got, t->ndim, t->shape);
+            shape_str(want, sizeof want, e->ndim, e->shape);
+            return nv_error(ctx, NVLM_ERR_SHAPE, "tensor %s has shape %s, expected %s", e->name,
+                            got, want);
+        }
+    }
+    for (size_t i = 0; i < L->n; i++) {
+        if (!L->v[i].seen && !L->v[i].optional) {
+            list_add(missing, sizeof missing, &n_missing, L->v[i].name);
+        }
+    }
+    if (n_missing > 0) {
+        return nv_error(ctx, NVLM_ERR_SHAPE, "%zu expected tensor%s missing: %s", n_missing,
+                        n_missing == 1 ? "" : "s", missing);
+    }
+    if (n_unexpected > 0) {
+        return nv_error(ctx, NVLM_ERR_SHAPE, "%zu unexpected tensor%s: %s", n_unexpected,
+                        n_unexpected == 1 ? "" : "s", unexpected);
+    }
+    return NVLM_OK;
+}
+
+/* ---- checkpoint: index, shards, table --------------------------------------------------- */
+
+static void ckpt_free(struct nv_checkpoint *ck)
+{
+    if (ck == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        nv_st_close(ck->shards[i]);
+    }
+    nv_free(ck->ctx, ck->shards);
+    nv_free(ck->ctx, ck->table);
+    nv_free(ck->ctx, ck);
+}
+
+typedef struct index_info {
+    cJSON *root;
+    tensor_ref *entries; /* name -> shard number, sorted by name */
+    size_t n;
+    const char **files;  /* distinct shard file names, sorted */
+    size_t n_files;
+    uint64_t total_size; /* metadata.total_size, 0 when absent */
+} index_info;
+
+static void index_free(nvlm_context *ctx, index_info *ix)
+{
+    cJSON_Delete(ix->root);
+    nv_free(ctx, ix->entries);
+    nv_free(ctx, ix->files);
+    memset(ix, 0, sizeof *ix);
+}
+
+static bool safe_file_name(const char *s)
+{
+    return s[0] != '\0' && strchr(s, '/') == NULL && strchr(s, '\\') == NULL &&
+           strstr(s, "..") == NULL && strcmp(s, ".") != 0;
+}
+
+static nvlm_status index_parse(nvlm_context *ctx, const char *path, index_info *ix)
+{
+    char *text = NULL;
+    size_t len = 0;
+    NVLM_TRY(nv_read_file(ctx, ctx, path, MAX_INDEX_BYTES, &text, &len));
+    ix->root = cJSON_ParseWithLength(text, len);
+    nv_free(ctx, text);
+    const char *fname = "model.safetensors.index.json";
+    if (ix->root == NULL || !cJSON_IsObject(ix->root)) {
+        return nv_error(ctx, NVLM_ERR_FORMAT, "%s: not a valid JSON object", fname);
+    }
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(ix->root, "metadata");
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(meta, "total_size");
+    if (cJSON_IsNumber(ts) && isfinite(ts->valuedouble) && ts->valuedouble >= 0 &&
+        ts->valuedouble < 9007199254740992.0) {
+        ix->total_size = (uint64_t)ts->valuedouble;
+    }
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(ix->root, "weight_map");
+    if (!cJSON_IsObject(map)) {
+        return nv_error(ctx, NVLM_ERR_FORMAT, "%s: weight_map missing or not an object", fname);
+    }
+    size_t n = 0;
+    for (const cJSON *it = map->child; it != NULL; it = it->next) {
+        if (!cJSON_IsString(it)) {
+            return nv_error(ctx, NVLM_ERR_FORMAT, "%s: weight_map entry '%.100s' is not a string",
+                            fname, it->string);
+        }
+        if (!safe_file_name(it->valuestring)) {
+            return nv_error(ctx, NVLM_ERR_FORMAT,
+                            "%s: tensor '%.100s' names shard '%.100s' outside the model directory "
+                            "(paths with '/' or '..' are refused)", fname, it->string,
+                            it->valuestring);
+        }
+        n++;
+    }
+    ix->entries = nv_alloc_array(ctx, n, sizeof *ix->entries);
+    ix->files = nv_alloc_array(ctx, n, sizeof *ix->files);
+    if (ix->entries == NULL || ix->files == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory reading %s", fname);
+    }
+    size_t i = 0;
+    for (const cJSON *it = map->child; it != NULL; it = it->next, i++) {
+        ix->entries[i].name = it->string;
+        ix->entries[i].w = NULL;
+        ix->files[i] = it->valuestring;
+    }
+    ix->n = n;
+    qsort(ix->files, n, sizeof *ix->files, cmp_str);
+    size_t nf = 0;
+    for (i = 0; i < n; i++) {
+        if (nf == 0 || strcmp(ix->files[nf - 1], ix->files[i]) != 0) {
+            ix->files[nf++] = ix->files[i];
+        }
+    }
+    ix->n_files = nf;
+    if (nf > MAX_SHARDS) {
+        return nv_error(ctx, NVLM_ERR_LIMIT, "%s: %zu shards, more than the %d allowed", fname, nf,
+                        MAX_SHARDS);
+    }
+    i = 0;
+    for (const cJSON *it = map->child; it != NULL; it = it->next, i++) {
+        const char **f = bsearch(&it->valuestring, ix->files, nf, sizeof *ix->files, cmp_str);
+        ix->entries[i].shard = (size_t)(f - ix->files);
+    }
+    qsort(ix->entries, n, sizeof *ix->entries, cmp_ref);
+    for (i = 1; i < n; i++) {
+        if (strcmp(ix->entries[i - 1].name, ix->entries[i].name) == 0) {
+            return nv_error(ctx, NVLM_ERR_FORMAT, "%s: tensor '%.100s' listed twice", fname,
+                            ix->entries[i].name);
+        }
+    }
+    return NVLM_OK;
+}
+
+/* Opens the shards, builds the sorted table and checks it against the index (if any). */
+static nvlm_status ckpt_open(nvlm_model *m, const nvlm_model_params *p, const char **files,
+                             size_t n_files, const index_info *ix, nv_st_mode mode)
+{
+    nvlm_context *ctx = m->h.ctx;
+    struct nv_checkpoint *ck = nv_calloc(ctx, 1, sizeof *ck);
+    if (ck == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the checkpoint");
+    }
+    ck->ctx = ctx;
+    m->ckpt = ck;
+    ck->shards = nv_calloc(ctx, n_files, sizeof *ck->shards);
+    if (ck->shards == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the shard table");
+    }
+    size_t total = 0;
+    char path[PATH_LEN];
+    for (size_t i = 0; i < n_files; i++) {
+        NVLM_TRY(join(path, m->dir, files[i], ctx));
+        NVLM_TRY(nv_st_open_mode(ctx, path, mode, ctx, &ck->shards[i]));
+        ck->n_shards = i + 1;
+        total += nv_st_count(ck->shards[i]);
+        NVLM_TRY(progress(p, ctx, 0.1f + 0.7f * (float)(i + 1) / (float)n_files));
+    }
+    ck->table = nv_alloc_array(ctx, total, sizeof *ck->table);
+    if (ck->table == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for %zu tensors", total);
+    }
+    for (size_t s = 0; s < ck->n_shards; s++) {
+        for (size_t i = 0; i < nv_st_count(ck->shards[s]); i++) {
+            const nv_weight *w = nv_st_at(ck->shards[s], i);
+            ck->table[ck->n++] = (tensor_ref){w->name, w, s};
+        }
+    }
+    qsort(ck->table, ck->n, sizeof *ck->table, cmp_ref);
+    for (size_t i = 1; i < ck->n; i++) {
+        if (strcmp(ck->table[i - 1].name, ck->table[i].name) == 0) {
+            return nv_error(ctx, NVLM_ERR_FORMAT, "tensor '%.100s' is in two shards: %s and %s",
+                            ck->table[i].name, files[ck->table[i - 1].shard],
+                            files[ck->table[i].shard]);
+        }
+    }
+    if (ix == NULL) {
+        return NVLM_OK;
+    }
+    for (size_t i = 0; i < ix->n; i++) {
+        const tensor_ref *r = find_ref(ck->table, ck->n, ix->entries[i].name);
+        if (r == NULL || r->shard != ix->entries[i].shard) {
+            return nv_error(ctx, NVLM_ERR_FORMAT,
+                            "model.safetensors.index.json lists tensor '%.100s' in %s, which does "
+                            "not hold it", ix->entries[i].name, files[ix->entries[i].shard]);
+        }
+    }
+    for (size_t i = 0; i < ck->n; i++) {
+        if (find_ref(ix->entries, ix->n, ck->table[i].name) == NULL) {
+            return nv_error(ctx, NVLM_ERR_FORMAT,
+                            "%s holds tensor '%.100s', which model.safetensors.index.json does "
+                            "not list", files[ck->table[i].shard], ck->table[i].name);
+        }
+    }
+    return NVLM_OK;
+}
+
+/* The ViT's dummy heads from the qkv rows: rows = 3 * (heads + dummy) * head_dim. */
+static nvlm_status derive_dummy_heads(nvlm_model *m)
+{
+    const nv_weight *w = nv_model_weight(m, "vision_model.encoder.layers.0.attn.qkv.weight");
+    nv_vision_config *v = &m->cfg.vision;
+    if (w == NULL || w->t.ndim != 2) {
+        return NVLM_OK; /* reported by the tensor check */
+    }
+    int64_t rows = w->t.shape[0];
+    int64_t per = 3 * (int64_t)v->head_dim;
+    int64_t heads = rows / per;
+    if (rows % per != 0 || heads < v->num_heads || heads - v->num_heads > MAX_DUMMY_HEADS) {
+        return nv_error(m->h.ctx, NVLM_ERR_SHAPE,
+                        "tensor vision_model.encoder.layers.0.attn.qkv.weight has %lld rows, not "
+                        "3 x (%d heads + dummy heads) x head_dim %d", (long long)rows,
+                        v->num_heads, v->head_dim);
+    }
+    v->num_dummy_heads = (int)(heads - v->num_heads);
+    return NVLM_OK;
+}
+
+/* ---- public API ------------------------------------------------------------------------- */
+
+void nvlm_model_params_init(nvlm_model_params *p, size_t size)
+{
+    if (p == NULL || size < sizeof(uint32_t)) {
+        return;
+    }
+    nvlm_model_params d;
+    memset(&d, 0, sizeof d);
+    d.mode = NVLM_LOAD_FULL;
+    d.progress = NULL;
+    d.progress_user = NULL;
+    d.use_mmap = 1;
+    size_t n = NV_MIN(size, sizeof d);
+    memcpy(p, &d, n);
+    p->struct_size = (uint32_t)size;
+}
+
+const nv_weight *nv_model_weight(const nvlm_model *m, const char *name)
+{
+    if (m == NULL || name == NULL) {
+        return NULL;
+    }
+    if (m->ckpt != NULL) {
+        const tensor_ref *r = find_ref(m->ckpt->table, m->ckpt->n, name);
+        return r != NULL ? r->w : NULL;
+    }
+    for (size_t i = 0; i < m->n_mem_weights; i++) {
+        if (strcmp(m->mem_weights[i].name, name) == 0) {
+            return &m->mem_weights[i];
+        }
+    }
+    return NULL;
+}
+
+void nvlm_model_free(nvlm_model *m)
+{
+    if (m == NULL || m->h.magic != NV_MAGIC_MODEL) {
+        return;
+    }
+    nvlm_context *ctx = m->h.ctx;
+    nv_engine_free(m);
+    nvlm_tokenizer_free(m->tok);
+    ckpt_free(m->ckpt);
+    for (size_t i = 0; i < m->n_mem_weights; i++) {
+        nv_free(ctx, (void *)m->mem_weights[i].name);
+    }
+    nv_free(ctx, m->mem_block);
+    nv_free(ctx, m->mem_weights);
+    nv_free(ctx, m->dir);
+    m->h.magic = NV_MAGIC_DEAD;
+    nv_free(ctx, m);
+}
+
+static nvlm_status load_config(nvlm_model *m)
+{
+    nvlm_context *ctx = m->h.ctx;
+    char path[PATH_LEN];
+    char *text = NULL;
+    size_t len = 0;
+    NVLM_TRY(join(path, m->dir, "config.json", ctx));
+    nvlm_status st = nv_read_file(ctx, ctx, path, MAX_CONFIG_BYTES, &text, &len);
+    if (st == NVLM_ERR_NOT_FOUND) {
+        return nv_error(ctx, st, "no config.json in %s", m->dir);
+    }
+    NVLM_TRY(st);
+    st = nv_config_parse(&m->cfg, text, len, ctx);
+    nv_free(ctx, text);
+    NVLM_TRY(st);
+    NVLM_TRY(join(path, m->dir, "generation_config.json", ctx));
+    if (file_exists(path)) {
+        NVLM_TRY(nv_read_file(ctx, ctx, path, MAX_CONFIG_BYTES, &text, &len));
+        st = nv_gen_config_parse(&m->cfg, text, len, ctx);
+        nv_free(ctx, text);
+    }
+    return st;
+}
+
+static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
+{
+    nvlm_context *ctx = m->h.ctx;
+    char path[PATH_LEN];
+    bool full = p->mode == NVLM_LOAD_FULL;
+    nv_st_mode mode = !full ? NV_ST_HEADER_ONLY : p->use_mmap ? NV_ST_MMAP : NV_ST_READ;
+    index_info ix;
+    memset(&ix, 0, sizeof ix);
+    exp_list L = {NULL, 0, 0};
+    nvlm_status st = NVLM_OK;
+
+    NVLM_TRY(join(path, m->dir, "model.safetensors.index.json", ctx));
+    bool have_index = file_exists(path);
+    const char *single = "model.safetensors";
+    const char **files = NULL;
+    size_t n_files = 0;
+    bool shards_present = false;
+    if (have_index) {
+        st = index_parse(ctx, path, &ix);
+        files = ix.files;
+        n_files = ix.n_files;
+        shards_present = st == NVLM_OK;
+        for (size_t i = 0; st == NVLM_OK && i < n_files; i++) {
+            st = join(path, m->dir, files[i], ctx);
+            if (st == NVLM_OK && !file_exists(path)) {
+                shards_present = false;
+                if (full) {
+                    st = nv_error(ctx, NVLM_ERR_NOT_FOUND, "shard %s listed in the index is "
+                                  "missing from %s", files[i], m->dir);
+                }
+            }
+        }
+    } else {
+        NVLM_TRY(join(path, m->dir, single, ctx));
+        if (file_exists(path)) {
+            files = &single;
+            n_files = 1;
+            shards_present = true;
+        } else if (full) {
+            st = nv_error(ctx, NVLM_ERR_NOT_FOUND,
+                          "no model.safetensors or model.safetensors.index.json in %s", m->dir);
+        }
+    }
+    if (st == NVLM_OK) {
+        st = progress(p, ctx, 0.1f);
+    }
+    if (st == NVLM_OK && shards_present) {
+        st = ckpt_open(m, p, files, n_files, have_index ? &ix : NULL, mode);
+        if (st == NVLM_OK) {
+            st = derive_dummy_heads(m);
+        }
+    }
+    if (st == NVLM_OK && (shards_present || have_index)) {
+        st = exp_build(&m->cfg, ctx, &L);
+        if (st == NVLM_OK && shards_present) {
+            st = check_tensors(ctx, &L, m->ckpt->table, m->ckpt->n, true);
+        } else if (st == NVLM_OK) {
+            st = check_tensors(ctx, &L, ix.entries, ix.n, false);
+        }
+    }
+    if (st == NVLM_OK) {
+        m->n_params = count_params(&m->cfg);
+        if (m->ckpt != NULL) {
+            m->weight_bytes = 0;
+            for (size_t i = 0; i < m->ckpt->n_shards; i++) {
+                m->weight_bytes += nv_st_data_bytes(m->ckpt->shards[i]);
+            }
+        } else if (ix.total_size > 0) {
+            m->weight_bytes = ix.total_size;
+        } else {
+            m->weight_bytes = m->n_params * 2;
+        }
+    }
+    nv_free(ctx, L.v);
+    index_free(ctx, &ix);
+    return st;
+}
+
+static nvlm_status load_tokenizer(nvlm_model *m)
+{
+    nvlm_context *ctx = m->h.ctx;
+    /* No tokenizer files (NOT_FOUND) leaves a model without a tokenizer. UNSUPPORTED is also
+     * tolerated while the tokenizer module is a stub (it returns UNSUPPORTED for everything);
+     * once it lands, an unsupported tokenizer type should arguably fail the load instead. */
+    nvlm_status st = nvlm_tokenizer_load(ctx, m->dir, &m->tok);
+    if (st == NVLM_ERR_NOT_FOUND || st == NVLM_ERR_UNSUPPORTED) {
+        nv_log(ctx, NVLM_LOG_WARN, "model %s: no tokenizer loaded (%s%s%s)", m->dir,
+               nvlm_status_str(st), nvlm_last_error(ctx)[0] ? ": " : "", nvlm_last_error(ctx));
+        m->tok = NULL;
+        return NVLM_OK;
+    }
+    return st;
+}
+
+nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model_params *params,
+                            nvlm_model **out)
+{
+    if (out != NULL) {
+        *out = NULL;
+    }
+    if (ctx == NULL || ctx->h.magic != NV_MAGIC_CONTEXT) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    nv_clear(ctx);
+    if (dir == NULL || out == NULL) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT,
+                        "nvlm_model_load: dir and out are required");
+    }
+    nvlm_model_params p;
+    nvlm_model_default_params(&p);
+    if (!nv_params_copy(&p, sizeof p, params, sizeof(uint32_t))) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad params struct_size");
+    }
+    if (p.mode != NVLM_LOAD_FULL && p.mode != NVLM_LOAD_CONFIG_ONLY) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad mode %d",
+                        (int)p.mode);
+    }
+    nvlm_model *m = nv_calloc(ctx, 1, sizeof *m);
+    if (m == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the model");
+    }
+    nv_handle_init(&m->h, NV_MAGIC_MODEL, ctx);
+    m->mode = p.mode;
+    m->dir = nv_strdup(ctx, dir);
+    nvlm_status st = m->dir != NULL ? NVLM_OK
+                                    : nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
+    if (st == NVLM_OK) {
+        st = progress(&p, ctx, 0.0f);
+    }
+    if (st == NVLM_OK) {
+        st = load_config(m);
+    }
+    if (st == NVLM_OK) {
+        st = load_weights(m, &p);
+    }
+    if (st == NVLM_OK) {
+        st = load_tokenizer(m);
+    }
+    if (st == NVLM_OK) {
+        st = progress(&p, ctx, 0.85f);
+    }
+    if (st == NVLM_OK && p.mode == NVLM_LOAD_FULL) {
+        st = nv_engine_init(m);
+        if (st != NVLM_OK && m->h.err[0] != '\0') {
+            nv_error_copy(ctx, m, st);
+        } else if (st != NVLM_OK && nvlm_last_error(ctx)[0] == '\0') {
+            nv_error(ctx, st, "engine initialisation failed: %s", nvlm_status_str(st));
+        }
+    }
+    if (st == NVLM_OK) {
+        st = progress(&p, ctx, 1.0f);
+    }
+    if (st != NVLM_OK) {
+        nvlm_model_free(m);
+        return st;
+    }
+    nv_clear(ctx);
+    *out = m;
+    return NVLM_OK;
+}
+
+nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
+{
+    if (m == NULL || m->h.magic != NV_MAGIC_MODEL || info == NULL ||
+        info->struct_size < sizeof(uint32_t)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    const nv_config *c = &m->cfg;
+    nvlm_model_info i;
+    memset(&i, 0, sizeof i);
+    i.vision_hidden_size = c->vision.hidden_size;
+    i.vision_intermediate_size = c->vision.intermediate_size;
+    i.vision_num_hidden_layers = c->vision.num_layers;
+    i.vision_num_attention_heads = c->vision.num_heads;
+    i.vision_num_dummy_heads = c->vision.num_dummy_heads;
+    i.vision_head_dim = c->vision.head_dim;
+    i.vision_image_size = c->vision.image_size;
+    i.vision_patch_size = c->vision.patch_size;
+    i.vision_layer_norm_eps = c->vision.layer_norm_eps;
+    i.downsample_ratio = c->downsample_ratio;
+    i.num_image_token = c->num_image_token;
+    i.projector_input_size = c->proj_input_size;
+    i.projector_hidden_size = c->proj_hidden_size;
+    i.projector_output_size = c->proj_output_size;
+    i.llm_hidden_size = c->llm.hidden_size;
+    i.llm_intermediate_size = c->llm.intermediate_size;
+    i.llm_num_hidden_layers = c->llm.num_layers;
+    i.llm_num_attention_heads = c->llm.num_heads;
+    i.llm_num_key_value_heads = c->llm.num_kv_heads;
+    i.llm_head_dim = c->llm.head_dim;
+    i.vocab_size = c->llm.vocab_size;
+    i.max_position_embeddings = c->llm.max_position_embeddings;
+    i.rope_theta = c->llm.rope_theta;
+    i.rms_norm_eps = c->llm.rms_norm_eps;
+    i.image_size = c->force_image_size;
+    i.min_dynamic_patch = c->min_dynamic_patch;
+    i.max_dynamic_patch = c->max_dynamic_patch;
+    i.use_thumbnail = c->use_thumbnail ? 1 : 0;
+    i.bos_token_id = c->llm.bos_token_id;
+    i.eos_token_id = c->llm.eos_token_id;
+    i.pad_token_id = c->llm.pad_token_id;
+    i.image_context_token_id = -1;
+    if (m->tok != NULL) {
+        i.image_context_token_id = nvlm_tokenizer_token_id(m->tok, "<|vision_pad|>");
+        i.tokenizer_vocab_size = nvlm_tokenizer_vocab_size(m->tok);
+    }
+    i.n_params = m->n_params;
+    i.weight_bytes = m->weight_bytes;
+    /* The CPU backend uses the stored tensors in place (bf16/f16/f32 converted on use). */
+    i.cpu_bytes = m->weight_bytes;
+    i.cuda_bytes = m->n_params * 2;
+    uint64_t kv = 2 * (uint64_t)c->llm.num_layers * (uint64_t)c->llm.num_kv_heads *
+                  (uint64_t)c->llm.head_dim;
+    i.kv_bytes_per_token_f32 = kv * 4;
+    i.kv_bytes_per_token_bf16 = kv * 2;
+    i.weights_loaded = m->mode == NVLM_LOAD_FULL ? 1 : 0;
+    uint32_t size = info->struct_size;
+    memcpy(info, &i, NV_MIN((size_t)size, sizeof i));
+    info->struct_size = size;
+    return NVLM_OK;
+}
+
+nvlm_tokenizer *nvlm_model_tokenizer(const nvlm_model *m)
+{
+    if (m == NULL || m->h.magic != NV_MAGIC_MODEL) {
+        return NULL;
+    }
+    return m->tok;
+}
+
+nvlm_status nvlm_model_image_params(const nvlm_model *m, nvlm_image_params *p)
+{
+    if (m == NULL || m->h.magic != NV_MAGIC_MODEL || p == NULL ||
+        p->struct_size < sizeof(uint32_t)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    uint32_t size = p->struct_size;
+    nvlm_image_params d;
+    nvlm_image_default_params(&d);
+    d.min_tiles = m->cfg.min_dynamic_patch;
+    d.max_tiles = m->cfg.max_dynamic_patch;
+    d.use_thumbnail = m->cfg.use_thumbnail ? 1 : 0;
+    d.tile_size = m->cfg.force_image_size;
+    memcpy(p, &d, NV_MIN((size_t)size, sizeof d));
+    p->struct_size = size;
+    return NVLM_OK;
+}
