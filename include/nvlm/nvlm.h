@@ -507,7 +507,9 @@ NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
  * a user turn, the generation prompt "<|im_start|>assistant\n". Images are encoded (all tiles as
  * one batch) and spliced over their <|vision_pad|> positions; a user turn with images and no
  * "<image>" gets "<image>\n" per image in front. If the previous assistant reply did not end in
- * <|im_end|> (max tokens, stop string, cancel), one is appended first. The images are borrowed
+ * <|im_end|> (max tokens, stop string, cancel), one is appended first. An assistant turn right
+ * after a user turn (whose generation prompt is already there) adds only "{content}<|im_end|>",
+ * so a history replays as user, assistant, user, ... turns. The images are borrowed
  * for the call only. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_CONTEXT_FULL (nothing
  * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
@@ -542,7 +544,8 @@ typedef struct nvlm_sampler_params {
     float frequency_penalty;  /* 0 = off */
     int32_t penalty_last_n;   /* tokens the penalties look at; -1 = whole session; default 64 */
     const nvlm_logit_bias *logit_bias; size_t n_logit_bias;
-    const int32_t *stop_ids;  size_t n_stop_ids;  /* NULL = the model's eos (<|im_end|>) */
+    const int32_t *stop_ids;  size_t n_stop_ids;  /* NULL = the model's eos (<|im_end|>);
+                                                     non-NULL with n_stop_ids 0 = none */
     const char *const *stop_strings; size_t n_stop_strings;
     int32_t max_new_tokens;   /* default from generation_config.json, else 1024 */
 } nvlm_sampler_params;
@@ -559,8 +562,10 @@ NVLM_API nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_par
                                          int32_t *token);
 
 /* Called for every generated token with the newly completed UTF-8 text (never a partial
- * character; may be empty; special tokens produce no text). Borrowed for the call.
- * Return 0 to continue, non-zero to stop. */
+ * character; may be empty; special tokens produce no text; the last token's text also carries
+ * an incomplete trailing UTF-8 sequence flushed as U+FFFD). Borrowed for the call. It runs
+ * before the token is fed: nvlm_session_logits(s) then returns the logits that chose `token`
+ * (the only session call allowed inside the callback). Return 0 to continue, non-zero to stop. */
 typedef int (*nvlm_token_fn)(void *user, int32_t token, const char *text, size_t len);
 
 typedef enum nvlm_finish_reason {

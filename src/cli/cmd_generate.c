@@ -1,10 +1,501 @@
-/* cmd_generate.c - placeholder until the subcommand lands. */
+/*
+ * cmd_generate.c - `nvlm generate MODEL_DIR [-i IMAGE]... -p PROMPT [options]`: renders the
+ * conversation (optional --messages history, then -p as the last user turn) exactly like the
+ * reference's chat(), prefills it in one pass and streams the answer to stdout. --json prints
+ * {"prompt_tokens":[...],"tokens":[...],"text":"..."}; --logits-out writes every step's logits
+ * as a float32 .npy (steps x vocab). Public API only.
+ */
 #include "cli.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_IMAGES 64
+#define MAX_MESSAGES 256
+
+static void help(FILE *f)
+{
+    fprintf(f,
+            "usage: nvlm generate MODEL_DIR [-i IMAGE]... -p PROMPT [options]\n"
+            "\n"
+            "Answers PROMPT (with the images attached to it) and streams the text to stdout.\n"
+            "Defaults come from the model's generation config (greedy, at most 1024 new\n"
+            "tokens, stop at <|im_end|>).\n"
+            "\n"
+            "  -i, --image PATH     attach an image to the prompt (repeatable; a prompt without\n"
+            "                       <image> gets one \"<image>\\n\" per image in front)\n"
+            "  -p, --prompt TEXT    the user turn\n"
+            "  --system TEXT        system message (default \"Answer the questions.\")\n"
+            "  --messages FILE      JSON list of {\"role\":\"system|user|assistant\",\n"
+            "                       \"content\":\"...\",\"images\":[\"path\",...]} history,\n"
+            "                       rendered as text like the reference; -p adds a final\n"
+            "                       user turn\n"
+            "  -n, --max-new N      at most N new tokens\n"
+            "  --temp T             temperature (0 = greedy)\n"
+            "  --top-k K, --top-p P sampling filters\n"
+            "  --seed S             sampling seed\n"
+            "  -t, --threads N      CPU threads (default: all cores)\n"
+            "  --backend NAME       auto (default), cpu or cuda\n"
+            "  --json               print {\"prompt_tokens\":[...],\"tokens\":[...],\n"
+            "                       \"text\":\"...\"} (text: special tokens skipped, stripped)\n"
+            "  --logits-out FILE    write each step's logits as float32 .npy (steps x vocab)\n"
+            "  -h, --help           this text\n");
+}
+
+typedef struct gen_state {
+    nvlm_session *s;
+    int json;
+    int32_t *tokens;
+    size_t n_tokens;
+    size_t cap_tokens;
+    float *logits;          /* n_tokens x vocab when --logits-out */
+    size_t vocab;
+    int keep_logits;
+    int failed;
+} gen_state;
+
+static int on_token(void *user, int32_t token, const char *text, size_t len)
+{
+    gen_state *g = user;
+    if (g->n_tokens == g->cap_tokens) {
+        size_t cap = g->cap_tokens ? g->cap_tokens * 2 : 256;
+        int32_t *t = realloc(g->tokens, cap * sizeof *t);
+        float *l = g->keep_logits ? realloc(g->logits, cap * g->vocab * sizeof *l) : NULL;
+        if (t != NULL) {
+            g->tokens = t;
+        }
+        if (l != NULL) {
+            g->logits = l;
+        }
+        if (t == NULL || (g->keep_logits && l == NULL)) {
+            g->failed = 1;
+            return 1;
+        }
+        g->cap_tokens = cap;
+    }
+    if (g->keep_logits) {
+        /* the session's logits are still those that chose `token` */
+        size_t v = 0;
+        const float *lg = nvlm_session_logits(g->s, &v);
+        if (lg == NULL || v != g->vocab) {
+            g->failed = 1;
+            return 1;
+        }
+        memcpy(g->logits + g->n_tokens * g->vocab, lg, v * sizeof(float));
+    }
+    g->tokens[g->n_tokens++] = token;
+    if (!g->json && len > 0) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static int write_npy(const char *path, const float *data, size_t rows, size_t cols)
+{
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        fprintf(stderr, "nvlm: generate: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char dict[128];
+    int n = snprintf(dict, sizeof dict,
+                     "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows,
+                     cols);
+    /* magic (6) + version (2) + length (2) + dict, padded with spaces to 64 bytes, '\n' last */
+    size_t total = 10 + (size_t)n + 1;
+    size_t pad = (64 - total % 64) % 64;
+    uint16_t hlen = (uint16_t)((size_t)n + pad + 1);
+    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+                              (unsigned char)(hlen >> 8)};
+    int ok = fwrite(head, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
+    for (size_t i = 0; ok && i < pad; i++) {
+        ok = fputc(' ', f) != EOF;
+    }
+    ok = ok && fputc('\n', f) != EOF;
+    ok = ok && (rows * cols == 0 || fwrite(data, sizeof(float), rows * cols, f) == rows * cols);
+    ok = fclose(f) == 0 && ok;
+    if (!ok) {
+        fprintf(stderr, "nvlm: generate: error writing %s\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+static void print_ids(cJSON *obj, const char *key, const int32_t *ids, size_t n)
+{
+    cJSON *arr = cJSON_AddArrayToObject(obj, key);
+    for (size_t i = 0; i < n; i++) {
+        cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+    }
+}
+
+/* The reference's answer: skip special tokens, strip surrounding whitespace. */
+static char *answer_text(const nvlm_tokenizer *tok, const int32_t *ids, size_t n)
+{
+    size_t len = 0;
+    nvlm_detokenize(tok, ids, n, NVLM_DETOKENIZE_SKIP_SPECIAL, NULL, 0, &len);
+    char *buf = malloc(len + 1);
+    if (buf == NULL ||
+        nvlm_detokenize(tok, ids, n, NVLM_DETOKENIZE_SKIP_SPECIAL, buf, len + 1, &len) !=
+            NVLM_OK) {
+        free(buf);
+        return NULL;
+    }
+    char *cut = strstr(buf, "<|im_end|>");
+    if (cut != NULL) {
+        *cut = '\0';
+    }
+    size_t e = strlen(buf);
+    while (e > 0 && isspace((unsigned char)buf[e - 1])) {
+        buf[--e] = '\0';
+    }
+    size_t a = 0;
+    while (buf[a] != '\0' && isspace((unsigned char)buf[a])) {
+        a++;
+    }
+    memmove(buf, buf + a, e - a + 1);
+    return buf;
+}
+
+typedef struct conv {
+    nvlm_chat_message msgs[MAX_MESSAGES];
+    size_t n_msgs;
+    int32_t tiles[MAX_IMAGES];
+    nvlm_image *images[MAX_IMAGES];
+    size_t n_images;
+    cJSON *json;                 /* --messages document (owns the content strings) */
+} conv;
+
+static int load_image(nvlm_context *ctx, nvlm_model *model, conv *c, const char *path)
+{
+    if (c->n_images == MAX_IMAGES) {
+        fprintf(stderr, "nvlm: generate: more than %d images\n", MAX_IMAGES);
+        return 1;
+    }
+    nvlm_image_params ip;
+    nvlm_image_default_params(&ip);
+    nvlm_model_image_params(model, &ip);
+    nvlm_status st = nvlm_image_load_file(ctx, path, &ip, &c->images[c->n_images]);
+    if (st != NVLM_OK) {
+        return cli_fail(path, st, ctx);
+    }
+    c->tiles[c->n_images] = nvlm_image_tile_count(c->images[c->n_images]);
+    c->n_images++;
+    return 0;
+}
+
+static int load_messages(nvlm_context *ctx, nvlm_model *model, conv *c, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "nvlm: generate: cannot open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    size_t cap = 1 << 16;
+    size_t n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (buf == NULL) {
+            fclose(f);
+            return 1;
+        }
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1) {
+            break;
+        }
+        cap *= 2;
+        char *b = realloc(buf, cap);
+        if (b == NULL) {
+            free(buf);
+            buf = NULL;
+            continue;
+        }
+        buf = b;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    c->json = cJSON_Parse(buf);
+    free(buf);
+    if (!cJSON_IsArray(c->json)) {
+        fprintf(stderr, "nvlm: generate: %s: expected a JSON list of messages\n", path);
+        return 1;
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m, c->json)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(role) || !cJSON_IsString(content) || c->n_msgs + 1 >= MAX_MESSAGES) {
+            fprintf(stderr, "nvlm: generate: %s: each message needs role and content\n", path);
+            return 1;
+        }
+        nvlm_chat_message *msg = &c->msgs[c->n_msgs++];
+        if (strcmp(role->valuestring, "system") == 0) {
+            msg->role = NVLM_ROLE_SYSTEM;
+        } else if (strcmp(role->valuestring, "user") == 0) {
+            msg->role = NVLM_ROLE_USER;
+        } else if (strcmp(role->valuestring, "assistant") == 0) {
+            msg->role = NVLM_ROLE_ASSISTANT;
+        } else {
+            fprintf(stderr, "nvlm: generate: %s: unknown role '%s'\n", path, role->valuestring);
+            return 1;
+        }
+        msg->content = content->valuestring;
+        size_t first = c->n_images;
+        const cJSON *img;
+        cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(m, "images"))
+        {
+            if (!cJSON_IsString(img) || load_image(ctx, model, c, img->valuestring) != 0) {
+                return 1;
+            }
+        }
+        msg->n_images = c->n_images - first;
+        msg->image_tiles = msg->n_images > 0 ? c->tiles + first : NULL;
+    }
+    return 0;
+}
+
+static int parse_num(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    double d = v != NULL ? strtod(v, &end) : 0.0;
+    if (v == NULL || end == v || *end != '\0' || !(d >= lo && d <= hi)) {
+        fprintf(stderr, "nvlm: generate: %s needs a number in [%g, %g]\n", opt, lo, hi);
+        return 2;
+    }
+    *out = d;
+    return 0;
+}
 
 int cmd_generate(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "nvlm: generate: not built yet\n");
-    return 1;
+    const char *dir = NULL;
+    const char *prompt = NULL;
+    const char *system = NULL;
+    const char *messages = NULL;
+    const char *logits_out = NULL;
+    const char *image_paths[MAX_IMAGES];
+    size_t n_paths = 0;
+    int json = 0;
+    nvlm_backend backend = NVLM_BACKEND_AUTO;
+    double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0;
+        if (cli_is_help(a)) {
+            help(stdout);
+            return 0;
+        } else if (strcmp(a, "-i") == 0 || strcmp(a, "--image") == 0) {
+            if (v == NULL || n_paths == MAX_IMAGES) {
+                rc = 2;
+            } else {
+                image_paths[n_paths++] = v;
+                i++;
+            }
+        } else if (strcmp(a, "-p") == 0 || strcmp(a, "--prompt") == 0) {
+            prompt = v;
+            rc = v == NULL ? 2 : 0;
+            i++;
+        } else if (strcmp(a, "--system") == 0) {
+            system = v;
+            rc = v == NULL ? 2 : 0;
+            i++;
+        } else if (strcmp(a, "--messages") == 0) {
+            messages = v;
+            rc = v == NULL ? 2 : 0;
+            i++;
+        } else if (strcmp(a, "--logits-out") == 0) {
+            logits_out = v;
+            rc = v == NULL ? 2 : 0;
+            i++;
+        } else if (strcmp(a, "--backend") == 0) {
+            if (v != NULL && strcmp(v, "cpu") == 0) {
+                backend = NVLM_BACKEND_CPU;
+            } else if (v != NULL && strcmp(v, "cuda") == 0) {
+                backend = NVLM_BACKEND_CUDA;
+            } else if (v != NULL && strcmp(v, "auto") == 0) {
+                backend = NVLM_BACKEND_AUTO;
+            } else {
+                rc = 2;
+            }
+            i++;
+        } else if (strcmp(a, "--json") == 0) {
+            json = 1;
+        } else if (strcmp(a, "-n") == 0 || strcmp(a, "--max-new") == 0) {
+            rc = parse_num(a, v, 0, 1 << 30, &max_new);
+            i++;
+        } else if (strcmp(a, "--temp") == 0) {
+            rc = parse_num(a, v, 0, 1e6, &temp);
+            i++;
+        } else if (strcmp(a, "--top-k") == 0) {
+            rc = parse_num(a, v, 0, 1 << 30, &top_k);
+            i++;
+        } else if (strcmp(a, "--top-p") == 0) {
+            rc = parse_num(a, v, 1e-9, 1, &top_p);
+            i++;
+        } else if (strcmp(a, "--seed") == 0) {
+            rc = parse_num(a, v, 0, 1.8e19, &seed);
+            i++;
+        } else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
+            rc = parse_num(a, v, 1, 4096, &threads);
+            i++;
+        } else if (a[0] == '-' || dir != NULL) {
+            fprintf(stderr, "nvlm: generate: unexpected argument '%s'\n", a);
+            rc = 2;
+        } else {
+            dir = a;
+        }
+        if (rc != 0) {
+            help(stderr);
+            return 2;
+        }
+    }
+    if (dir == NULL || (prompt == NULL && messages == NULL)) {
+        help(stderr);
+        return 2;
+    }
+
+    int rc = 1;
+    nvlm_context *ctx = NULL;
+    nvlm_model *model = NULL;
+    nvlm_session *s = NULL;
+    conv *c = calloc(1, sizeof *c);
+    int32_t *ids = NULL;
+    nvlm_image **feed_images = NULL;
+    gen_state g = {0};
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.n_threads = (int32_t)threads;
+    cp.backend = backend;
+    nvlm_status st = c != NULL ? nvlm_context_create(&cp, &ctx) : NVLM_ERR_OUT_OF_MEMORY;
+    if (st != NVLM_OK) {
+        fprintf(stderr, "nvlm: generate: %s\n", nvlm_status_str(st));
+        goto done;
+    }
+    st = nvlm_model_load(ctx, dir, NULL, &model);
+    if (st != NVLM_OK) {
+        rc = cli_fail(dir, st, ctx);
+        goto done;
+    }
+    const nvlm_tokenizer *tok = nvlm_model_tokenizer(model);
+    if (tok == NULL) {
+        fprintf(stderr, "nvlm: generate: %s has no tokenizer\n", dir);
+        goto done;
+    }
+    if (messages != NULL && load_messages(ctx, model, c, messages) != 0) {
+        goto done;
+    }
+    if (prompt != NULL) {
+        size_t first = c->n_images;
+        for (size_t i = 0; i < n_paths; i++) {
+            if (load_image(ctx, model, c, image_paths[i]) != 0) {
+                goto done;
+            }
+        }
+        nvlm_chat_message *m = &c->msgs[c->n_msgs++];
+        m->role = NVLM_ROLE_USER;
+        m->content = prompt;
+        m->n_images = c->n_images - first;
+        m->image_tiles = m->n_images > 0 ? c->tiles + first : NULL;
+    }
+    nvlm_prompt_params pp;
+    nvlm_prompt_default_params(&pp);
+    pp.system_message = system;
+    size_t n_ids = 0;
+    st = nvlm_prompt_tokenize(tok, c->msgs, c->n_msgs, &pp, NULL, 0, &n_ids, NULL, 0, NULL);
+    if (st != NVLM_OK && st != NVLM_ERR_BUFFER_TOO_SMALL) {
+        rc = cli_fail("prompt", st, tok);
+        goto done;
+    }
+    ids = malloc((n_ids + 1) * sizeof *ids);
+    st = ids != NULL ? nvlm_prompt_tokenize(tok, c->msgs, c->n_msgs, &pp, ids, n_ids, &n_ids,
+                                            NULL, 0, NULL)
+                     : NVLM_ERR_OUT_OF_MEMORY;
+    if (st != NVLM_OK) {
+        rc = cli_fail("prompt", st, tok);
+        goto done;
+    }
+    nvlm_session_params sp;
+    nvlm_session_default_params(&sp);
+    if (seed >= 0) {
+        sp.seed = (uint64_t)seed;
+    }
+    st = nvlm_session_create(model, &sp, &s);
+    if (st != NVLM_OK) {
+        rc = cli_fail("session", st, model);
+        goto done;
+    }
+    st = nvlm_session_feed(s, ids, n_ids, c->images, c->n_images);
+    if (st != NVLM_OK) {
+        rc = cli_fail("prefill", st, s);
+        goto done;
+    }
+    nvlm_sampler_params smp;
+    nvlm_sampler_default_params(&smp);
+    if (max_new >= 0) {
+        smp.max_new_tokens = (int32_t)max_new;
+    }
+    if (temp >= 0) {
+        smp.temperature = (float)temp;
+    }
+    if (top_k >= 0) {
+        smp.top_k = (int32_t)top_k;
+    }
+    if (top_p > 0) {
+        smp.top_p = (float)top_p;
+    }
+    g.s = s;
+    g.json = json;
+    g.keep_logits = logits_out != NULL;
+    nvlm_session_logits(s, &g.vocab);
+    nvlm_generate_result res;
+    res.struct_size = sizeof res;
+    st = nvlm_session_generate(s, &smp, on_token, &g, &res);
+    if (st != NVLM_OK || g.failed) {
+        rc = g.failed ? (fprintf(stderr, "nvlm: generate: out of memory\n"), 1)
+                      : cli_fail("generate", st, s);
+        goto done;
+    }
+    if (json) {
+        char *text = answer_text(tok, g.tokens, g.n_tokens);
+        cJSON *o = cJSON_CreateObject();
+        print_ids(o, "prompt_tokens", ids, n_ids);
+        print_ids(o, "tokens", g.tokens, g.n_tokens);
+        cJSON_AddStringToObject(o, "text", text != NULL ? text : "");
+        char *out = cJSON_PrintUnformatted(o);
+        if (out != NULL) {
+            printf("%s\n", out);
+        }
+        cJSON_free(out);
+        cJSON_Delete(o);
+        free(text);
+    } else {
+        printf("\n");
+    }
+    rc = 0;
+    if (logits_out != NULL) {
+        rc = write_npy(logits_out, g.logits, g.n_tokens, g.vocab);
+    }
+done:
+    free(feed_images);
+    free(g.tokens);
+    free(g.logits);
+    free(ids);
+    nvlm_session_free(s);
+    if (c != NULL) {
+        for (size_t i = 0; i < c->n_images; i++) {
+            nvlm_image_free(c->images[i]);
+        }
+        cJSON_Delete(c->json);
+        free(c);
+    }
+    nvlm_model_free(model);
+    nvlm_context_free(ctx);
+    return rc;
 }

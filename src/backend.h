@@ -1,0 +1,147 @@
+/*
+ * backend.h - the backend seam: the only way the pipeline (vision.c, projector.c, decoder.c,
+ * session.c) touches memory or compute. A backend is a table of ops plus a per-model state
+ * (`nv_backend`: its weights) and a per-session stream (`nv_exec`: threads / CUDA stream and
+ * scratch). Activations are f32 nv_tensors that live on the backend's device; weights are
+ * `nv_bweight`s laid out by the backend. See docs/architecture.md for the CUDA and
+ * tensor-parallel plans (a TP wrapper implements this same table over per-rank backends).
+ */
+#ifndef NVLM_BACKEND_H
+#define NVLM_BACKEND_H
+
+#include "internal.h"
+#include "tensor.h"
+
+/* How a weight is split under tensor parallelism (a hint; single-device backends ignore it).
+ * COL: the output dimension (rows of the (N, K) matrix) is split, output stays sharded
+ * (q/k/v, gate/up, fc1); ROW: the input dimension is split and the backend all-reduces the
+ * output (o_proj, down_proj, proj, fc2); NONE: replicated (norms, embeddings, lm_head). */
+typedef enum nv_split {
+    NV_SPLIT_NONE = 0,
+    NV_SPLIT_COL = 1,
+    NV_SPLIT_ROW = 2
+} nv_split;
+
+/* A weight owned by the backend. `t` describes it in backend memory (shape as in the
+ * checkpoint); `owned` is non-zero when the backend allocated a copy (the CPU backend keeps
+ * big matrices in place in the mapped checkpoint and converts 1-D vectors to f32). */
+typedef struct nv_bweight {
+    nv_tensor t;
+    int owned;
+} nv_bweight;
+
+typedef struct nv_backend nv_backend;
+typedef struct nv_exec nv_exec;
+
+typedef struct nv_backend_ops {
+    const char *name;
+
+    /* ---- per-model state ---- */
+    /* Lays out one checkpoint tensor (host memory, bf16/f16/f32) for this backend. 1-D tensors
+     * come back as f32. Errors go to err_handle. */
+    nvlm_status (*weight_load)(nv_backend *be, const nv_tensor *src, nv_split split,
+                               nv_bweight *out, void *err_handle);
+    void (*weight_free)(nv_backend *be, nv_bweight *w);
+    void (*destroy)(nv_backend *be);
+
+    /* ---- per-session stream ---- */
+    /* n_threads: CPU worker threads; err_handle: where op failures are reported. */
+    nvlm_status (*exec_create)(nv_backend *be, int n_threads, void *err_handle, nv_exec **out);
+    void (*exec_free)(nv_exec *ex);
+
+    /* ---- memory (device buffers of `bytes` bytes, 64-byte aligned) ---- */
+    nvlm_status (*alloc)(nv_exec *ex, size_t bytes, void **out);
+    void (*free)(nv_exec *ex, void *ptr);
+    /* Host <-> device and device <-> device byte copies. */
+    nvlm_status (*upload)(nv_exec *ex, void *dst, const void *host, size_t bytes);
+    nvlm_status (*download)(nv_exec *ex, void *host, const void *src, size_t bytes);
+    nvlm_status (*copy)(nv_exec *ex, void *dst, const void *src, size_t bytes);
+    /* Sets `bytes` bytes of device memory to zero. */
+    nvlm_status (*zero)(nv_exec *ex, void *dst, size_t bytes);
+    /* Waits until every queued op has finished (no-op on the CPU). */
+    nvlm_status (*sync)(nv_exec *ex);
+
+    /* ---- compute; all activations f32, row-major, on the device ---- */
+    /* y[M][N] = x[M][K] . W^T (+ bias[N]); W (N, K). With a ROW-split W under TP the
+     * backend all-reduces y. */
+    nvlm_status (*matmul)(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                          const nv_bweight *bias, int M);
+    /* y = x * rsqrt(mean(x[0..stat_cols)^2) + eps) * w over `cols` channels per row (stat_cols
+     * = cols for a plain RMSNorm; fewer for the ViT QK-norm). Row strides ldy/ldx; in place
+     * allowed. */
+    nvlm_status (*rmsnorm)(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
+                           const nv_bweight *w, int rows, int cols, int stat_cols, float eps);
+    /* y = (x - mean) * rsqrt(var + eps) * w + b per row (biased variance). */
+    nvlm_status (*layernorm)(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                             const nv_bweight *b, int rows, int cols, float eps);
+    /* Rotate-half RoPE in place on `n_heads` heads of `head_dim` per row (row stride ld); row r
+     * has position pos0 + r; inv_freq_i = 1 / theta^(2i/head_dim) in f32. */
+    nvlm_status (*rope)(nv_exec *ex, float *x, int ld, int rows, int n_heads, int head_dim,
+                        int64_t pos0, double theta);
+    /* Scaled dot-product attention for `batch` independent sequences. q: batch x n_q rows of
+     * stride ldq (head h at h*head_dim); k, v: batch x n_kv rows of stride ldkv, dtype kv_type
+     * (NV_F32 or NV_BF16); out: batch x n_q rows of stride ldo, head h at h*head_dim.
+     * q head h uses kv head h / (n_heads / n_kv_heads). causal_pos0 < 0: no mask; else query i
+     * sees keys 0 .. causal_pos0 + i. */
+    nvlm_status (*attention)(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
+                             const void *k, const void *v, int ldkv, nv_dtype kv_type, int batch,
+                             int n_q, int n_kv, int n_heads, int n_kv_heads, int head_dim,
+                             float scale, int64_t causal_pos0);
+    /* y = gelu(x) (exact erf), n elements, in place allowed. */
+    nvlm_status (*gelu)(nv_exec *ex, float *y, const float *x, size_t n);
+    /* y = silu(g) * u, n elements. */
+    nvlm_status (*silu_mul)(nv_exec *ex, float *y, const float *g, const float *u, size_t n);
+    /* y[r] += s (.) x[r] for rows of `cols` (s may be NULL: plain residual add). */
+    nvlm_status (*add_scaled)(nv_exec *ex, float *y, const float *x, const nv_bweight *s,
+                              int rows, int cols);
+    /* y[r] += b[r mod b_rows] (bias or position-embedding broadcast); b is a weight. */
+    nvlm_status (*add_rows)(nv_exec *ex, float *y, const nv_bweight *b, int b_rows, int rows,
+                            int cols);
+    /* Gather/scatter of rows of `cols` elements: dst[di(i)] = f32(src[si(i)]) for i < n, where
+     * di/si are the host index arrays dst_idx/src_idx (NULL = identity). src is device memory
+     * of dtype src_type (f32, bf16, f16): activations or a weight's data. */
+    nvlm_status (*rows_copy)(nv_exec *ex, float *dst, const int32_t *dst_idx, const void *src,
+                             nv_dtype src_type, const int32_t *src_idx, size_t n, int cols);
+    /* Stores n rows of `cols` f32 values into a cache buffer of dtype `type` starting at row
+     * `row0` (the KV cache append). */
+    nvlm_status (*store_rows)(nv_exec *ex, void *dst, nv_dtype type, int64_t row0,
+                              const float *src, int lds, size_t n, int cols);
+    /* Image patches to rows: pix (batch, C, H, W) f32 -> out (batch * (H/p) * (W/p), C*p*p),
+     * patch order row-major, features (c, ky, kx): a stride-p convolution becomes a GEMM. */
+    nvlm_status (*im2col)(nv_exec *ex, float *out, const float *pix, int batch, int channels,
+                          int height, int width, int patch);
+} nv_backend_ops;
+
+struct nv_backend {
+    const nv_backend_ops *ops;
+    nvlm_context *ctx;
+    void *impl;              /* backend-private */
+};
+
+struct nv_exec {
+    nv_backend *be;
+    void *err_handle;        /* where op errors are reported (the session) */
+    void *impl;              /* backend-private: thread pool, stream, scratch */
+};
+
+/* The CPU backend (src/cpu/backend_cpu.c). */
+nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
+
+/* A bump arena in backend memory for a forward pass's activations: reserve once, take
+ * aligned pieces, reset. Grows only in nv_arena_reserve (never during a forward). */
+typedef struct nv_arena {
+    nv_exec *ex;
+    char *base;
+    size_t cap;
+    size_t used;
+} nv_arena;
+
+/* Ensures capacity >= bytes (contents are discarded when it grows). */
+nvlm_status nv_arena_reserve(nv_arena *a, size_t bytes);
+/* n floats from the arena (64-byte aligned), or NULL when the reservation was too small. */
+float *nv_arena_floats(nv_arena *a, size_t n);
+void nv_arena_release(nv_arena *a);
+/* Bytes nv_arena_floats(n) consumes (n floats rounded up to 64 bytes); saturates. */
+size_t nv_arena_size(size_t n_floats);
+
+#endif /* NVLM_BACKEND_H */

@@ -1,0 +1,156 @@
+/*
+ * engine.c - per-model engine state: picks the backend, has it lay out every weight the
+ * pipeline uses (vision, projector, decoder) and frees them. Big matrices stay in the mapped
+ * checkpoint on the CPU (no f32 copy); the arena helpers for activations live here too.
+ */
+#include "engine.h"
+
+#ifdef NVLM_WITH_CUDA
+#include "cuda/cuda_api.h"
+#endif
+
+#include <string.h>
+
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_split split,
+                     int64_t nelem, int64_t rows, nv_bweight *out)
+{
+    void *eh = (void *)m;
+    const nv_weight *w = nv_model_weight(m, name);
+    if (w == NULL) {
+        return nv_error(eh, NVLM_ERR_SHAPE, "missing tensor %s", name);
+    }
+    if (nv_tensor_nelem(&w->t) != nelem || (rows >= 0 && w->t.shape[0] != rows) ||
+        w->t.data == NULL) {
+        return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: %lld elements, want %lld", name,
+                        (long long)nv_tensor_nelem(&w->t), (long long)nelem);
+    }
+    if (w->t.dtype != NV_BF16 && w->t.dtype != NV_F16 && w->t.dtype != NV_F32) {
+        return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: dtype %s, want bf16/f16/f32", name,
+                        nv_dtype_name(w->t.dtype));
+    }
+    return e->be->ops->weight_load(e->be, &w->t, split, out, eh);
+}
+
+void eng_unload(nv_engine *e, nv_bweight *w)
+{
+    if (w->t.data != NULL) {
+        e->be->ops->weight_free(e->be, w);
+    }
+}
+
+void nv_engine_free(nvlm_model *m)
+{
+    if (m == NULL || m->engine == NULL) {
+        return;
+    }
+    nv_engine *e = m->engine;
+    if (e->be != NULL) {
+        dec_free(e);
+        proj_free(e);
+        vit_free(e);
+        e->be->ops->destroy(e->be);
+    }
+    nv_free(m->h.ctx, e);
+    m->engine = NULL;
+}
+
+nvlm_status nv_engine_init(nvlm_model *m)
+{
+    if (m == NULL || m->mode != NVLM_LOAD_FULL) {
+        return NVLM_OK;
+    }
+    nvlm_context *ctx = m->h.ctx;
+#ifndef NVLM_WITH_CUDA
+    if (ctx->backend == NVLM_BACKEND_CUDA) {
+        return nv_error(m, NVLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+    }
+#endif
+    nv_engine *e = nv_calloc(ctx, 1, sizeof *e);
+    if (e == NULL) {
+        return nv_error(m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the engine");
+    }
+    m->engine = e;
+    nvlm_status st;
+#ifdef NVLM_WITH_CUDA
+    if (ctx->backend == NVLM_BACKEND_CUDA) {
+        st = nv_backend_cuda_create(ctx, ctx->device, &e->be);
+        if (st != NVLM_OK) {
+            nv_error_copy(m, ctx, st);
+            nv_engine_free(m);
+            return st;
+        }
+    } else
+#endif
+    {
+        st = nv_backend_cpu_create(ctx, &e->be);
+        if (st != NVLM_OK) {
+            nv_engine_free(m);
+            return nv_error(m, st, "cannot create the CPU backend");
+        }
+    }
+    e->image_token_id = -1;
+    if (m->tok != NULL) {
+        e->image_token_id = nvlm_tokenizer_token_id(m->tok, "<|vision_pad|>");
+    }
+    st = vit_init(e, m);
+    if (st == NVLM_OK) {
+        st = proj_init(e, m);
+    }
+    if (st == NVLM_OK) {
+        st = dec_init(e, m);
+    }
+    if (st != NVLM_OK) {
+        nv_engine_free(m);
+    }
+    return st;
+}
+
+/* ---- arena ------------------------------------------------------------------------------ */
+
+size_t nv_arena_size(size_t n_floats)
+{
+    size_t b;
+    if (!nv_mul_size(n_floats, sizeof(float), &b) || !nv_add_size(b, 63, &b)) {
+        return SIZE_MAX;
+    }
+    return b & ~(size_t)63;
+}
+
+nvlm_status nv_arena_reserve(nv_arena *a, size_t bytes)
+{
+    if (bytes == SIZE_MAX) {
+        return nv_error(a->ex->err_handle, NVLM_ERR_LIMIT, "activation size overflows");
+    }
+    a->used = 0;
+    if (bytes <= a->cap) {
+        return NVLM_OK;
+    }
+    nv_arena_release(a);
+    void *p = NULL;
+    NVLM_TRY(a->ex->be->ops->alloc(a->ex, bytes, &p));
+    a->base = p;
+    a->cap = bytes;
+    return NVLM_OK;
+}
+
+float *nv_arena_floats(nv_arena *a, size_t n)
+{
+    size_t b = nv_arena_size(n);
+    if (b == SIZE_MAX || b > a->cap - a->used) {
+        return NULL;
+    }
+    /* Pieces start at 64-byte offsets from a 16-byte aligned base at least. */
+    float *p = (float *)(a->base + a->used);
+    a->used += b;
+    return p;
+}
+
+void nv_arena_release(nv_arena *a)
+{
+    if (a->base != NULL) {
+        a->ex->be->ops->free(a->ex, a->base);
+    }
+    a->base = NULL;
+    a->cap = 0;
+    a->used = 0;
+}

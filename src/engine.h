@@ -1,0 +1,173 @@
+/*
+ * engine.h - the inference pipeline's internal interface: per-model weights as the backend
+ * laid them out (struct nv_engine, built by engine.c at load) and the stage entry points
+ * vit_ (vision.c), proj_ (projector.c), dec_ (decoder.c) and smp_ (sampler.c). Stages call
+ * backend ops only (backend.h); activations live in a per-call nv_arena.
+ */
+#ifndef NVLM_ENGINE_H
+#define NVLM_ENGINE_H
+
+#include "backend.h"
+#include "model.h"
+
+/* ---- weights ---------------------------------------------------------------------------- */
+
+typedef struct vit_layer {
+    nv_bweight norm1, norm2;   /* (D) */
+    nv_bweight qkv;            /* (3 * Hp * hd, D): q, k, v blocks of Hp padded heads */
+    nv_bweight q_norm, k_norm; /* (Hp * hd) */
+    nv_bweight proj, proj_b;   /* (D, Hp * hd), (D) */
+    nv_bweight ls1, ls2;       /* (D) layer scales */
+    nv_bweight fc1, fc1_b;     /* (I, D), (I) */
+    nv_bweight fc2, fc2_b;     /* (D, I), (D) */
+} vit_layer;
+
+typedef struct vit_weights {
+    int D, I, n_layers, n_heads, n_heads_padded, head_dim, patch, image, n_patches;
+    float eps;
+    bool skip_dummy;           /* dummy heads' q/k/v rows are all zero: their context is 0 */
+    nv_bweight cls;            /* (1, 1, D) */
+    nv_bweight patch_w;        /* (D, 3, p, p) used as (D, 3 p p) */
+    nv_bweight patch_b;        /* (D) */
+    nv_bweight pos;            /* (1, 1 + n_patches, D) */
+    vit_layer *layers;
+} vit_weights;
+
+typedef struct proj_weights {
+    int in, hidden, out;       /* 4 D, mlp1.1 rows, llm hidden */
+    nv_bweight ln_w, ln_b;     /* (in) */
+    nv_bweight w1;             /* (hidden, in) */
+    nv_bweight w2;             /* (out, hidden) */
+} proj_weights;
+
+typedef struct dec_layer {
+    nv_bweight in_norm, post_norm;  /* (D) */
+    nv_bweight q, q_b;              /* (H hd, D), (H hd) */
+    nv_bweight k, k_b, v, v_b;      /* (KV hd, D), (KV hd) */
+    nv_bweight o;                   /* (D, H hd) */
+    nv_bweight gate, up;            /* (I, D) */
+    nv_bweight down;                /* (D, I) */
+} dec_layer;
+
+typedef struct dec_weights {
+    int D, I, n_layers, n_heads, n_kv_heads, head_dim, vocab, max_pos;
+    double theta;
+    float eps;
+    nv_bweight embed;               /* (vocab, D), gathered in place */
+    nv_bweight norm;                /* (D) */
+    nv_bweight lm_head;             /* (vocab, D) */
+    dec_layer *layers;
+} dec_weights;
+
+struct nv_engine {
+    nv_backend *be;
+    vit_weights vit;
+    proj_weights proj;
+    dec_weights dec;
+    int image_token_id;             /* <|vision_pad|>, -1 when unknown */
+};
+
+typedef struct nv_engine nv_engine;
+
+/* Loads checkpoint tensor `name` through the backend after checking it has `nelem` elements
+ * and (rows >= 0) `rows` rows. Failure text goes to the model. (engine.c) */
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_split split,
+                     int64_t nelem, int64_t rows, nv_bweight *out);
+void eng_unload(nv_engine *e, nv_bweight *w);
+
+/* ---- vision (vision.c) ------------------------------------------------------------------ */
+
+nvlm_status vit_init(nv_engine *e, const nvlm_model *m);
+void vit_free(nv_engine *e);
+/* Arena bytes vit_forward needs for n_tiles (pixels included). */
+size_t vit_arena_bytes(const vit_weights *w, int n_tiles);
+/* pix: (n_tiles, 3, S, S) f32 in the arena -> out: (n_tiles * n_patches, D) (CLS dropped),
+ * taken from the arena. hidden (may be NULL): host buffer of n_layers x n_tiles x (1 +
+ * n_patches) x D receiving the embeddings output then every layer's output but the last. */
+nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const float *pix,
+                        int n_tiles, float **out, float *hidden);
+
+/* ---- projector (projector.c) ------------------------------------------------------------ */
+
+nvlm_status proj_init(nv_engine *e, const nvlm_model *m);
+void proj_free(nv_engine *e);
+size_t proj_arena_bytes(const proj_weights *w, const vit_weights *v, int n_tiles);
+/* vit: (n_tiles * n_patches, D) -> out: (n_tiles * n_patches / 4, llm D) from the arena.
+ * shuffled (may be NULL): host copy of the pixel-shuffle output (n_tiles * n_patches / 4, 4 D). */
+nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const vit_weights *v,
+                         const float *vit, int n_tiles, float **out, float *shuffled);
+
+/* ---- decoder (decoder.c) ---------------------------------------------------------------- */
+
+/* The KV cache of one session, in backend memory: per layer k and v of (cap, KV hd). */
+typedef struct dec_kv {
+    nv_dtype type;                  /* NV_F32 or NV_BF16 */
+    int n_layers, kv_dim;
+    int64_t cap;                    /* rows allocated */
+    int64_t n_ctx;                  /* hard limit */
+    int64_t n;                      /* rows filled */
+    void **k;
+    void **v;
+} dec_kv;
+
+/* Optional host captures of the decoder's intermediate rows (tests). Each pointer may be NULL:
+ * embeds (n, D), layers (n_layers, n, D), final_norm (n, D). */
+typedef struct dec_trace {
+    float *embeds;
+    float *layers;
+    float *final_norm;
+} dec_trace;
+
+nvlm_status dec_init(nv_engine *e, const nvlm_model *m);
+void dec_free(nv_engine *e);
+nvlm_status dec_kv_init(nv_exec *ex, const dec_weights *w, dec_kv *kv, nv_dtype type,
+                        int64_t n_ctx);
+/* Ensures room for `rows` rows (grows by doubling up to n_ctx, keeping the contents). */
+nvlm_status dec_kv_reserve(nv_exec *ex, dec_kv *kv, int64_t rows);
+void dec_kv_free(nv_exec *ex, dec_kv *kv);
+/* Largest batch one dec_forward call takes (longer inputs go through in chunks). */
+#define DEC_MAX_BATCH 2048
+size_t dec_arena_bytes(const dec_weights *w, int n, int n_logits);
+/* Runs n new tokens (n <= DEC_MAX_BATCH) at positions kv->n.. through the decoder and appends
+ * them to the cache (kv->n += n on success only). img (device rows of D, may be NULL) fills the
+ * positions listed in img_pos (indices into ids) with rows img_row[i] of img. logits: host
+ * buffer for the last n_logits rows (n_logits x vocab), or NULL with n_logits 0. The caller
+ * must have reserved the cache for kv->n + n rows. */
+nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv *kv,
+                        const int32_t *ids, int n, const float *img, const int32_t *img_pos,
+                        const int32_t *img_row, int n_img, int n_logits, float *logits,
+                        dec_trace *trace);
+
+/* ---- sampler (sampler.c) ---------------------------------------------------------------- */
+
+typedef struct smp_rng {
+    uint64_t s[4];
+} smp_rng;
+
+void smp_seed(smp_rng *r, uint64_t seed);
+/* Uniform double in [0, 1). */
+double smp_uniform(smp_rng *r);
+
+typedef struct smp_cand {
+    float v;
+    int32_t i;
+    double p;
+} smp_cand;
+
+/* Work buffers sized for one vocabulary (owned by the session). */
+typedef struct smp_work {
+    int n_vocab;
+    float *val;       /* n_vocab */
+    smp_cand *cand;   /* n_vocab */
+    int32_t *count;   /* n_vocab, all zero between calls */
+} smp_work;
+
+nvlm_status smp_work_init(nvlm_context *ctx, smp_work *w, int n_vocab);
+void smp_work_free(nvlm_context *ctx, smp_work *w);
+/* Checks a params struct (ranges, token ids); errors go to err_handle. */
+nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handle);
+/* Picks a token from logits[n_vocab] after bias and penalties over hist (the last tokens). */
+int32_t smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
+                   const int32_t *hist, size_t n_hist, smp_rng *rng);
+
+#endif /* NVLM_ENGINE_H */

@@ -1,0 +1,254 @@
+/*
+ * sampler.c - logits (vocab) -> one token id. Order: logit bias, repetition / presence /
+ * frequency penalties over the recent tokens, then greedy argmax (temperature 0; the lowest
+ * index wins ties, like torch.argmax) or top-k -> softmax(logits / T) -> top-p -> min-p ->
+ * a draw from the session's xoshiro256** generator (seeded with splitmix64).
+ */
+#include "engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void smp_seed(smp_rng *r, uint64_t seed)
+{
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) {
+        r->s[i] = splitmix64(&x);
+    }
+}
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t xoshiro_next(smp_rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double smp_uniform(smp_rng *r)
+{
+    return (double)(xoshiro_next(r) >> 11) * 0x1.0p-53;
+}
+
+nvlm_status smp_work_init(nvlm_context *ctx, smp_work *w, int n_vocab)
+{
+    memset(w, 0, sizeof *w);
+    w->n_vocab = n_vocab;
+    w->val = nv_alloc_array(ctx, (size_t)n_vocab, sizeof(float));
+    w->cand = nv_alloc_array(ctx, (size_t)n_vocab, sizeof(smp_cand));
+    w->count = nv_calloc(ctx, (size_t)n_vocab, sizeof(int32_t));
+    if (w->val == NULL || w->cand == NULL || w->count == NULL) {
+        smp_work_free(ctx, w);
+        return NVLM_ERR_OUT_OF_MEMORY;
+    }
+    return NVLM_OK;
+}
+
+void smp_work_free(nvlm_context *ctx, smp_work *w)
+{
+    nv_free(ctx, w->val);
+    nv_free(ctx, w->cand);
+    nv_free(ctx, w->count);
+    memset(w, 0, sizeof *w);
+}
+
+nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handle)
+{
+    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature)) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "temperature must be >= 0");
+    }
+    if (p->top_k < 0 || !(p->top_p > 0.0f && p->top_p <= 1.0f) ||
+        !(p->min_p >= 0.0f && p->min_p <= 1.0f)) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT,
+                        "need top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1");
+    }
+    if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty) ||
+        !isfinite(p->presence_penalty) || !isfinite(p->frequency_penalty) ||
+        p->penalty_last_n < -1) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "bad penalty parameters");
+    }
+    if (p->max_new_tokens < 0) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "max_new_tokens < 0");
+    }
+    if ((p->n_logit_bias > 0 && p->logit_bias == NULL) ||
+        (p->n_stop_ids > 0 && p->stop_ids == NULL) ||
+        (p->n_stop_strings > 0 && p->stop_strings == NULL)) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "array pointer is NULL");
+    }
+    for (size_t i = 0; i < p->n_logit_bias; i++) {
+        int32_t t = p->logit_bias[i].token;
+        if (t < 0 || t >= n_vocab || isnan(p->logit_bias[i].bias)) {
+            return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "bad logit bias entry %zu",
+                            i);
+        }
+    }
+    for (size_t i = 0; i < p->n_stop_ids; i++) {
+        if (p->stop_ids[i] < 0 || p->stop_ids[i] >= n_vocab) {
+            return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "stop id %d out of range",
+                            p->stop_ids[i]);
+        }
+    }
+    for (size_t i = 0; i < p->n_stop_strings; i++) {
+        if (p->stop_strings[i] == NULL || p->stop_strings[i][0] == '\0') {
+            return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "empty stop string %zu", i);
+        }
+    }
+    return NVLM_OK;
+}
+
+static void apply_penalties(const nvlm_sampler_params *p, smp_work *w, const int32_t *hist,
+                            size_t n_hist)
+{
+    bool rep = p->repetition_penalty != 1.0f;
+    if (!rep && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f) {
+        return;
+    }
+    size_t n = n_hist;
+    if (p->penalty_last_n >= 0 && (size_t)p->penalty_last_n < n) {
+        n = (size_t)p->penalty_last_n;
+    }
+    const int32_t *win = hist + (n_hist - n);
+    for (size_t i = 0; i < n; i++) {
+        if (win[i] >= 0 && win[i] < w->n_vocab) {
+            w->count[win[i]]++;
+        }
+    }
+    /* Each distinct token once; its count is cleared afterwards, so count stays all-zero. */
+    for (size_t i = 0; i < n; i++) {
+        int32_t t = win[i];
+        if (t < 0 || t >= w->n_vocab || w->count[t] == 0) {
+            continue;
+        }
+        float v = w->val[t];
+        if (rep) {
+            v = v > 0.0f ? v / p->repetition_penalty : v * p->repetition_penalty;
+        }
+        v -= (float)w->count[t] * p->frequency_penalty + p->presence_penalty;
+        w->val[t] = v;
+        w->count[t] = 0;
+    }
+}
+
+/* Sort order: higher value first, lower index first among equals. */
+static int cand_cmp(const void *a, const void *b)
+{
+    const smp_cand *x = a;
+    const smp_cand *y = b;
+    if (x->v != y->v) {
+        return x->v > y->v ? -1 : 1;
+    }
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+int32_t smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
+                   const int32_t *hist, size_t n_hist, smp_rng *rng)
+{
+    int n = w->n_vocab;
+    memcpy(w->val, logits, (size_t)n * sizeof(float));
+    for (size_t i = 0; i < p->n_logit_bias; i++) {
+        w->val[p->logit_bias[i].token] += p->logit_bias[i].bias;
+    }
+    apply_penalties(p, w, hist, n_hist);
+    if (p->temperature <= 0.0f) {
+        int32_t best = 0;
+        bool any = false;
+        for (int i = 0; i < n; i++) {
+            float v = w->val[i];
+            if (!isnan(v) && (!any || v > w->val[best])) {
+                best = i;
+                any = true;
+            }
+        }
+        return best;
+    }
+    smp_cand *c = w->cand;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        float v = w->val[i];
+        if (!isnan(v) && v != -INFINITY) {
+            c[m].v = v;
+            c[m].i = i;
+            m++;
+        }
+    }
+    if (m == 0) {
+        return 0;
+    }
+    int k = (p->top_k > 0 && p->top_k < m) ? p->top_k : m;
+    if (k <= 64) {
+        /* partial selection sort of the k best */
+        for (int a = 0; a < k; a++) {
+            int best = a;
+            for (int b = a + 1; b < m; b++) {
+                if (cand_cmp(&c[b], &c[best]) < 0) {
+                    best = b;
+                }
+            }
+            smp_cand t = c[a];
+            c[a] = c[best];
+            c[best] = t;
+        }
+    } else {
+        qsort(c, (size_t)m, sizeof *c, cand_cmp);
+    }
+    /* softmax(v / T) over the k best, as weights relative to the best */
+    double vmax = c[0].v;
+    double sum = 0.0;
+    for (int a = 0; a < k; a++) {
+        c[a].p = exp(((double)c[a].v - vmax) / p->temperature);
+        sum += c[a].p;
+    }
+    int keep = k;
+    if (p->top_p < 1.0f) {
+        double cum = 0.0;
+        for (int a = 0; a < k; a++) {
+            cum += c[a].p / sum;
+            if (cum >= p->top_p) {
+                keep = a + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        /* c[0].p == 1: keep tokens with probability >= min_p * the top probability */
+        for (int a = 1; a < keep; a++) {
+            if (c[a].p < p->min_p) {
+                keep = a;
+                break;
+            }
+        }
+    }
+    double total = 0.0;
+    for (int a = 0; a < keep; a++) {
+        total += c[a].p;
+    }
+    double u = smp_uniform(rng) * total;
+    double acc = 0.0;
+    for (int a = 0; a < keep; a++) {
+        acc += c[a].p;
+        if (u < acc) {
+            return c[a].i;
+        }
+    }
+    return c[keep - 1].i;
+}
