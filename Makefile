@@ -75,7 +75,7 @@ TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CPPFLAGS += -DNVLM_WITH_CUDA=1 -I$(CUDA_HOME)/include
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
 else
@@ -91,7 +91,7 @@ STLIB := $(LIBOUT)/libnvlm.a
 CLI := $(BINOUT)/nvlm
 
 .SECONDARY:
-.PHONY: all lib test check bench fuzz demo install uninstall clean help deps
+.PHONY: all lib test check bench fuzz fuzz-image bench-image fuzz-tokenizer bench-tokenizer demo install uninstall clean help deps
 all: $(SHLIB) $(STLIB) $(CLI)
 lib: $(SHLIB) $(STLIB)
 
@@ -129,6 +129,90 @@ test: $(TEST_BIN) $(CLI)
 
 check: test
 
+# The concurrency test under ThreadSanitizer, in its own build tree (8 sessions on 4 threads).
+.PHONY: tsan-test
+tsan-test:
+	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency
+	TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=1 build/tsan/obj/tests/test_concurrency
+
+# libFuzzer (clang): the reader's library sources (and what they link against) instrumented with
+# ASan + UBSan, the safetensors header parser and config parser fuzzed from the committed seeds
+# for FUZZ_SECONDS. `make fuzz FUZZ_SECONDS=60`.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := build/fuzz
+FUZZ_FLAGS := -std=c11 -g -O1 -fno-omit-frame-pointer $(WARN) -pthread \
+              -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_SRC := src/safetensors.c src/config.c src/tensor.c src/context.c src/backend_registry.c
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_safetensors: fuzz/fuzz_safetensors.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+
+fuzz: $(FUZZ_DIR)/fuzz_safetensors
+	@mkdir -p $(FUZZ_DIR)/corpus
+	$(FUZZ_DIR)/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    -dict=fuzz/safetensors.dict -print_final_stats=1 $(FUZZ_DIR)/corpus fuzz/seeds
+
+# The image decoders (PNG, JPEG) fuzzed from the fixtures and the hostile corpus.
+$(FUZZ_DIR)/fuzz_image: fuzz/fuzz_image.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+
+fuzz-image: $(FUZZ_DIR)/fuzz_image
+	@mkdir -p $(FUZZ_DIR)/corpus-image $(FUZZ_DIR)/seeds-image
+	cp tests/data/image/hostile/* tests/data/image/conv/*.png tests/data/images/tiny_1x1.png \
+	    tests/data/images/chelsea_422_127x121.jpg tests/data/images/camera_la_96.png \
+	    tests/data/images/astronaut_progressive_151x139.jpg $(FUZZ_DIR)/seeds-image/
+	$(FUZZ_DIR)/fuzz_image -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096 \
+	    -print_final_stats=1 $(FUZZ_DIR)/corpus-image $(FUZZ_DIR)/seeds-image
+
+# tokenizer.json loading and encoding fuzzed from the tiny fixture and hand-made seeds.
+$(FUZZ_DIR)/fuzz_tokenizer: fuzz/fuzz_tokenizer.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+
+fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer
+	@mkdir -p $(FUZZ_DIR)/corpus-tokenizer
+	$(FUZZ_DIR)/fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    -rss_limit_mb=4096 -print_final_stats=1 $(FUZZ_DIR)/corpus-tokenizer fuzz/seeds-tokenizer
+
+-include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)
+
+# Image preprocessing speed against Pillow on the same inputs (bench/bench_image*.{c,py}).
+$(BUILD)/bench/bench_image: bench/bench_image.c $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+
+bench: bench-image bench-tokenizer
+bench-image: $(BUILD)/bench/bench_image
+	$(BUILD)/bench/bench_image build/bench-image 5
+	@python3 bench/bench_image_pillow.py build/bench-image 5 || \
+	    echo "SKIP Pillow comparison: python3 with Pillow and numpy not available"
+
+# CUDA backend speed at NVLM-D-72B layer shapes with in-run ceilings (bench/bench_cuda.c);
+# prints a SKIP line without a device. BENCH_CUDA_ARGS=--quick for a short run.
+.PHONY: bench-cuda
+$(BUILD)/bench/bench_cuda: bench/bench_cuda.c $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+
+bench-cuda: $(BUILD)/bench/bench_cuda
+	$(BUILD)/bench/bench_cuda $(BENCH_CUDA_ARGS)
+
+# Tokenizer load time, RSS and encoding speed against Hugging Face tokenizers (one thread).
+$(BUILD)/bench/bench_tokenizer: bench/bench_tokenizer.c $(STLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+
+bench-tokenizer: $(BUILD)/bench/bench_tokenizer
+	$(BUILD)/bench/bench_tokenizer build/bench-tokenizer
+	@if python3 -c "import tokenizers" 2>/dev/null; then \
+	    python3 bench/bench_tokenizer_hf.py build/bench-tokenizer; \
+	else echo "SKIP tokenizers comparison: python3 with tokenizers not available"; fi
+
 demo: deps all
 	$(CLI) info tests/data/tiny-nvlm-d
 	$(CLI) generate tests/data/tiny-nvlm-d -i tests/data/images/coffee_600x400.jpg \
@@ -165,3 +249,14 @@ help:
 	@sed -n '1,10p' Makefile
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# CPU engine benchmark: kernel GEMMs vs OpenBLAS and a copy-bandwidth probe, then the engine
+# end to end on a synthetic model in memory (bench/nvlm_bench.c, src/synthetic.c).
+$(BINOUT)/nvlm-bench: bench/nvlm_bench.c $(STLIB)
+	@mkdir -p $(BINOUT)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+
+.PHONY: bench-engine
+bench: bench-engine
+bench-engine: $(BINOUT)/nvlm-bench
+	$(BINOUT)/nvlm-bench

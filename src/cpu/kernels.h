@@ -1,8 +1,9 @@
 /*
  * kernels.h - the CPU backend's compute primitives: a per-session thread pool and the GEMM
  * that carries almost all FLOPs (activations f32, weights bf16/f16/f32 used in place).
- * Implementations pick AVX-512 / AVX512-BF16 / AVX2 / portable C at run time; all paths
- * accumulate in f32 and agree within 1e-6 relative of each other.
+ * Implementations pick AVX-512 / AVX2+FMA / portable C at run time (AVX512-BF16 is not used:
+ * it would round activations to bf16); all paths accumulate in f32 and agree within 1e-6
+ * relative of each other.
  */
 #ifndef NVLM_CPU_KERNELS_H
 #define NVLM_CPU_KERNELS_H
@@ -22,6 +23,12 @@ int nv_pool_size(const nv_pool *pool);
  * pool may be NULL: fn(arg, 0, 1) on the calling thread. */
 void nv_pool_run(nv_pool *pool, void (*fn)(void *arg, int i, int n), void *arg);
 
+/* Per-thread scratch memory owned by the pool (NV_POOL_SCRATCH bytes, 64-byte aligned, made at
+ * nv_pool_create): during a run, thread i may use nv_pool_scratch(pool, i) freely. NULL for a
+ * NULL pool or i out of range. The GEMMs pack weight panels there. */
+#define NV_POOL_SCRATCH (512 * 1024)
+void *nv_pool_scratch(nv_pool *pool, int i);
+
 /* y[M][N] = x[M][K] . W[N][K]^T (+ bias[N] when bias != NULL).
  * x, y, bias: f32 row-major, contiguous (y must not alias x). W: `wt` = NV_BF16, NV_F16 or NV_F32,
  * row-major (N, K) as stored in the checkpoint (a Linear weight). Threads split N (and M when
@@ -38,7 +45,7 @@ void cpu_gemm_nt_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, 
 void cpu_gemm_nn_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, const float *b,
                      int ldb, int M, int N, int K);
 
-/* Name of the SIMD path chosen at run time ("avx512bf16", "avx512", "avx2", "portable"). */
+/* Name of the SIMD path chosen at run time ("avx512", "avx2", "portable"). */
 const char *cpu_simd_name(void);
 
 #endif /* NVLM_CPU_KERNELS_H */
