@@ -91,7 +91,7 @@ STLIB := $(LIBOUT)/libnvlm.a
 CLI := $(BINOUT)/nvlm
 
 .SECONDARY:
-.PHONY: all lib test check bench fuzz fuzz-image bench-image fuzz-tokenizer bench-tokenizer demo install uninstall clean help deps
+.PHONY: all lib test check bench fuzz fuzz-all fuzz-image bench-image fuzz-tokenizer bench-tokenizer demo install uninstall clean help deps
 all: $(SHLIB) $(STLIB) $(CLI)
 lib: $(SHLIB) $(STLIB)
 
@@ -135,23 +135,26 @@ tsan-test:
 	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency
 	TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=1 build/tsan/obj/tests/test_concurrency
 
-# libFuzzer (clang): the reader's library sources (and what they link against) instrumented with
-# ASan + UBSan, the safetensors header parser and config parser fuzzed from the committed seeds
-# for FUZZ_SECONDS. `make fuzz FUZZ_SECONDS=60`.
+# libFuzzer (clang): the library sources (CPU only) instrumented with ASan + UBSan.
+# `make fuzz` runs the safetensors header/config parser for FUZZ_SECONDS (default 60);
+# `make fuzz-image`, `make fuzz-tokenizer` the decoders and the tokenizer; `make fuzz-all` all three
+# (the safetensors target for FUZZ_SECONDS, the others for FUZZ_SECONDS_OTHER).
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_FLAGS := -std=c11 -g -O1 -fno-omit-frame-pointer $(WARN) -pthread \
               -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIB_SRC := src/safetensors.c src/config.c src/tensor.c src/context.c src/backend_registry.c
+FUZZ_SECONDS_OTHER ?= 30
+FUZZ_CPPFLAGS := -Iinclude -Isrc -I/usr/include/cjson -I/usr/include/openblas -D_GNU_SOURCE
+FUZZ_LIB_SRC := $(LIB_SRC)
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 
 $(FUZZ_DIR)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
 
 $(FUZZ_DIR)/fuzz_safetensors: fuzz/fuzz_safetensors.c $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(PKGS_LIBS)
 
 fuzz: $(FUZZ_DIR)/fuzz_safetensors
 	@mkdir -p $(FUZZ_DIR)/corpus
@@ -160,24 +163,26 @@ fuzz: $(FUZZ_DIR)/fuzz_safetensors
 
 # The image decoders (PNG, JPEG) fuzzed from the fixtures and the hostile corpus.
 $(FUZZ_DIR)/fuzz_image: fuzz/fuzz_image.c $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(PKGS_LIBS)
 
 fuzz-image: $(FUZZ_DIR)/fuzz_image
 	@mkdir -p $(FUZZ_DIR)/corpus-image $(FUZZ_DIR)/seeds-image
 	cp tests/data/image/hostile/* tests/data/image/conv/*.png tests/data/images/tiny_1x1.png \
 	    tests/data/images/chelsea_422_127x121.jpg tests/data/images/camera_la_96.png \
 	    tests/data/images/astronaut_progressive_151x139.jpg $(FUZZ_DIR)/seeds-image/
-	$(FUZZ_DIR)/fuzz_image -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096 \
+	$(FUZZ_DIR)/fuzz_image -max_total_time=$(FUZZ_SECONDS_OTHER) -max_len=65536 -rss_limit_mb=4096 \
 	    -print_final_stats=1 $(FUZZ_DIR)/corpus-image $(FUZZ_DIR)/seeds-image
 
 # tokenizer.json loading and encoding fuzzed from the tiny fixture and hand-made seeds.
 $(FUZZ_DIR)/fuzz_tokenizer: fuzz/fuzz_tokenizer.c $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lcjson -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(PKGS_LIBS)
 
 fuzz-tokenizer: $(FUZZ_DIR)/fuzz_tokenizer
 	@mkdir -p $(FUZZ_DIR)/corpus-tokenizer
-	$(FUZZ_DIR)/fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	$(FUZZ_DIR)/fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS_OTHER) -max_len=65536 \
 	    -rss_limit_mb=4096 -print_final_stats=1 $(FUZZ_DIR)/corpus-tokenizer fuzz/seeds-tokenizer
+
+fuzz-all: fuzz fuzz-image fuzz-tokenizer
 
 -include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)
 

@@ -79,15 +79,17 @@ const char *nvlm_last_error(const void *handle)
     return h->err;
 }
 
+/* Handles that threads share (the context, models, tokenizers) may take error text from several
+ * threads at once, so every write goes under the owning context's lock. */
 static void set_text(nv_handle *h, const char *text)
 {
-    bool locked = h->magic == NV_MAGIC_CONTEXT;
-    if (locked) {
-        pthread_mutex_lock(&((nvlm_context *)h)->err_lock);
+    nvlm_context *ctx = h->ctx;
+    if (ctx != NULL) {
+        pthread_mutex_lock(&ctx->err_lock);
     }
     snprintf(h->err, sizeof h->err, "%s", text);
-    if (locked) {
-        pthread_mutex_unlock(&((nvlm_context *)h)->err_lock);
+    if (ctx != NULL) {
+        pthread_mutex_unlock(&ctx->err_lock);
     }
 }
 
@@ -118,8 +120,16 @@ nvlm_status nv_error_copy(void *dst, const void *src, nvlm_status st)
 void nv_clear(void *handle)
 {
     nv_handle *h = handle;
-    if (h != NULL && h->err[0] != '\0') {
-        set_text(h, "");
+    if (h == NULL) {
+        return;
+    }
+    nvlm_context *ctx = h->ctx;
+    if (ctx != NULL) {
+        pthread_mutex_lock(&ctx->err_lock);
+    }
+    h->err[0] = '\0';
+    if (ctx != NULL) {
+        pthread_mutex_unlock(&ctx->err_lock);
     }
 }
 

@@ -104,8 +104,10 @@ NVLM_API const char *nvlm_status_str(nvlm_status status);
 
 /* The detailed message of the last failed call on `handle` (an nvlm_context, nvlm_model,
  * nvlm_tokenizer, nvlm_session, nvlm_image or nvlm_stream_decoder pointer), or "" when the last
- * call succeeded. Owned by the handle; valid until the next call on that handle. For a context
- * shared by several threads the message is the last failure of any of them.
+ * call succeeded. Owned by the handle; valid until the next call on that handle. Handles that
+ * threads share (context, model, tokenizer) hold the last failure of any thread, and the text
+ * may change under a reader while another thread fails on the same handle: read it right after
+ * the failing call, or use the context's log callback for per-call diagnostics.
  * Returns "" for NULL and "invalid handle" for a pointer that is not an nvlm handle. */
 NVLM_API const char *nvlm_last_error(const void *handle);
 
@@ -197,6 +199,7 @@ typedef struct nvlm_model_params {
     int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
 } nvlm_model_params;
 
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
 NVLM_API void nvlm_model_params_init(nvlm_model_params *p, size_t size);
 static inline void nvlm_model_default_params(nvlm_model_params *p)
 {
@@ -333,13 +336,17 @@ NVLM_API nvlm_status nvlm_detokenize(const nvlm_tokenizer *tok, const int32_t *i
                                      uint32_t flags, char *buf, size_t cap, size_t *len);
 
 /* The raw bytes of one token (byte-level decoded; may be an incomplete UTF-8 sequence), not
- * NUL-terminated; snprintf-style sizes as nvlm_detokenize without the NUL. */
+ * NUL-terminated: writes min(cap, *len) bytes to buf (may be NULL when cap is 0) and the piece's
+ * full length to *len. Returns NVLM_OK (also when truncated), NVLM_ERR_INVALID_ARGUMENT (NULL
+ * tok/len, id out of range). Failure text goes to tok. Thread-safe. */
 NVLM_API nvlm_status nvlm_token_to_piece(const nvlm_tokenizer *tok, int32_t id, char *buf,
                                          size_t cap, size_t *len);
 
 /* Streaming detokenizer: feed ids one at a time and get text that never ends inside a UTF-8
  * sequence; the concatenation of all pieces plus the final flush equals nvlm_detokenize of all
- * ids. One thread at a time. The tokenizer must outlive it. */
+ * ids. flags: NVLM_DETOKENIZE_*. On success the caller owns *out (nvlm_stream_decoder_free);
+ * failure text goes to tok. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL tok/out),
+ * NVLM_ERR_OUT_OF_MEMORY. One thread at a time per decoder. The tokenizer must outlive it. */
 NVLM_API nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint32_t flags,
                                                 nvlm_stream_decoder **out);
 /* Pushes one id; writes the newly completed text to buf (snprintf-style, *len = bytes of new
@@ -347,7 +354,9 @@ NVLM_API nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint3
  * id is not consumed; retry with a buffer of *len + 1 bytes). */
 NVLM_API nvlm_status nvlm_stream_decoder_push(nvlm_stream_decoder *sd, int32_t id, char *buf,
                                               size_t cap, size_t *len);
-/* Emits what is left (an incomplete trailing sequence becomes U+FFFD) and resets the decoder. */
+/* Emits what is left (an incomplete trailing sequence becomes U+FFFD) and resets the decoder.
+ * snprintf-style as nvlm_stream_decoder_push. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL
+ * decoder/len), NVLM_ERR_BUFFER_TOO_SMALL (nothing consumed; retry with *len + 1 bytes). */
 NVLM_API nvlm_status nvlm_stream_decoder_flush(nvlm_stream_decoder *sd, char *buf, size_t cap,
                                                size_t *len);
 NVLM_API void nvlm_stream_decoder_free(nvlm_stream_decoder *sd);
@@ -376,6 +385,7 @@ typedef struct nvlm_prompt_params {
     int32_t add_generation_prompt;/* 1 (default): end with "<|im_start|>assistant\n" */
 } nvlm_prompt_params;
 
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
 NVLM_API void nvlm_prompt_params_init(nvlm_prompt_params *p, size_t size);
 static inline void nvlm_prompt_default_params(nvlm_prompt_params *p)
 {
@@ -393,7 +403,10 @@ typedef struct nvlm_image_span {
 
 /* Renders the prompt text (after <image> expansion) for `msgs`. When a user message has images
  * but no "<image>" placeholder, one "<image>\n" per image is inserted at its start; a count
- * mismatch is NVLM_ERR_INVALID_ARGUMENT. snprintf-style output as nvlm_detokenize. */
+ * mismatch is NVLM_ERR_INVALID_ARGUMENT. snprintf-style output as nvlm_detokenize. Returns
+ * NVLM_OK (also when truncated; compare *len with cap), NVLM_ERR_INVALID_ARGUMENT (NULL
+ * arguments, bad role, image count mismatch, invalid UTF-8), NVLM_ERR_OUT_OF_MEMORY. Failure
+ * text goes to tok. Thread-safe. */
 NVLM_API nvlm_status nvlm_prompt_format(const nvlm_tokenizer *tok, const nvlm_chat_message *msgs,
                                         size_t n_msgs, const nvlm_prompt_params *params, char *buf,
                                         size_t cap, size_t *len);
@@ -424,13 +437,16 @@ typedef struct nvlm_image_params {
     uint64_t max_pixels;        /* decoded width*height limit; default 64 * 1024 * 1024 */
 } nvlm_image_params;
 
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
 NVLM_API void nvlm_image_params_init(nvlm_image_params *p, size_t size);
 static inline void nvlm_image_default_params(nvlm_image_params *p)
 {
     nvlm_image_params_init(p, sizeof *p);
 }
 /* Tiling defaults taken from a model's config (min/max_dynamic_patch, use_thumbnail,
- * force_image_size); the first p->struct_size bytes are filled. */
+ * force_image_size); the first p->struct_size bytes are filled (set struct_size first; fields
+ * the config does not give keep nvlm_image_params_init's defaults). Returns NVLM_OK,
+ * NVLM_ERR_INVALID_ARGUMENT (NULL model/p, struct_size < 4). Thread-safe. */
 NVLM_API nvlm_status nvlm_model_image_params(const nvlm_model *model, nvlm_image_params *p);
 
 typedef enum nvlm_pixel_format {
@@ -448,15 +464,21 @@ NVLM_API nvlm_status nvlm_image_load_file(nvlm_context *ctx, const char *path,
                                           const nvlm_image_params *params, nvlm_image **out);
 NVLM_API nvlm_status nvlm_image_load_memory(nvlm_context *ctx, const void *data, size_t size,
                                             const nvlm_image_params *params, nvlm_image **out);
-/* From pixels the application holds: `stride` bytes between rows (0 = tightly packed). */
+/* From pixels the application holds (borrowed for the call): `stride` bytes between rows
+ * (0 = tightly packed). The caller owns *out; failure text goes to ctx. Returns NVLM_OK,
+ * NVLM_ERR_INVALID_ARGUMENT (NULL pixels/out, width or height < 1, stride smaller than a row,
+ * unknown format), NVLM_ERR_LIMIT (width*height above max_pixels), NVLM_ERR_OUT_OF_MEMORY. */
 NVLM_API nvlm_status nvlm_image_from_pixels(nvlm_context *ctx, const void *pixels, int32_t width,
                                             int32_t height, size_t stride,
                                             nvlm_pixel_format format,
                                             const nvlm_image_params *params, nvlm_image **out);
 NVLM_API void nvlm_image_free(nvlm_image *img);
 
-NVLM_API int32_t nvlm_image_width(const nvlm_image *img);  /* source size (after EXIF, if applied) */
+/* Source size in pixels (after EXIF orientation, when applied); 0 for NULL. */
+NVLM_API int32_t nvlm_image_width(const nvlm_image *img);
 NVLM_API int32_t nvlm_image_height(const nvlm_image *img);
+/* The tile grid chosen (cols x rows, thumbnail not counted); 0 x 0 for NULL img. cols and rows
+ * may be NULL. */
 NVLM_API void nvlm_image_grid(const nvlm_image *img, int32_t *cols, int32_t *rows);
 /* Tiles the vision encoder sees: cols*rows plus the thumbnail when one is appended. */
 NVLM_API int32_t nvlm_image_tile_count(const nvlm_image *img);
@@ -464,7 +486,8 @@ NVLM_API int32_t nvlm_image_tile_count(const nvlm_image *img);
  * HWC; borrowed, valid while the image lives. NULL for a bad index. */
 NVLM_API const uint8_t *nvlm_image_tile_rgb(const nvlm_image *img, int32_t index);
 /* Tile `index` normalized as the encoder consumes it: float32 CHW (3, size, size),
- * (u8/255 - mean) / std with ImageNet mean/std. `out` holds 3*size*size floats. */
+ * (u8/255 - mean) / std with ImageNet mean/std. `out` holds 3*size*size floats. Returns
+ * NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL img/out, index out of range). */
 NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t index, float *out);
 
 /* ============================================================================================ */
@@ -487,6 +510,7 @@ typedef struct nvlm_session_params {
     int32_t no_system_message;  /* 1: no system block */
 } nvlm_session_params;
 
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
 NVLM_API void nvlm_session_params_init(nvlm_session_params *p, size_t size);
 static inline void nvlm_session_default_params(nvlm_session_params *p)
 {
@@ -499,7 +523,8 @@ static inline void nvlm_session_default_params(nvlm_session_params *p)
 NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
                                          nvlm_session **out);
 NVLM_API void nvlm_session_free(nvlm_session *s);
-/* Forgets the conversation (KV cache emptied, RNG reseeded). */
+/* Forgets the conversation (KV cache emptied, RNG reseeded); the session stays usable.
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL or not a session). */
 NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
 
 /* Appends one chat turn in the model's template and prefills only its new tokens: the system
@@ -550,6 +575,7 @@ typedef struct nvlm_sampler_params {
     int32_t max_new_tokens;   /* default from generation_config.json, else 1024 */
 } nvlm_sampler_params;
 
+/* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
 NVLM_API void nvlm_sampler_params_init(nvlm_sampler_params *p, size_t size);
 static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
 {

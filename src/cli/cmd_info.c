@@ -304,7 +304,9 @@ int cmd_info(int argc, char **argv)
     nvlm_model *model = NULL;
     st = nvlm_model_load(ctx, dir, &mp, &model);
     if (st == NVLM_ERR_NOT_FOUND && !config_only) {
-        /* No weights: fall back to what config.json and the index tell. */
+        /* Weights missing (a config + index download, or a partial one): say which file is
+         * missing, then fall back to what config.json and the index tell. */
+        fprintf(stderr, "nvlm: info: %s; showing config-only figures\n", nvlm_last_error(ctx));
         mp.mode = NVLM_LOAD_CONFIG_ONLY;
         st = nvlm_model_load(ctx, dir, &mp, &model);
     }

@@ -111,7 +111,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     int rc = 0;
     if (st != NVLM_OK) {
-        rc = cli_fail("tokenize", st, tok);
+        rc = cli_fail(path, st, tok);
     } else {
         fputs(json ? "[" : "", stdout);
         for (size_t i = 0; i < n; i++) {
