@@ -1,13 +1,16 @@
 /*
  * backend_cpu.c - the reference backend: every op of backend.h on the host in f32.
- * GEMMs go through cpu_matmul / cpu_gemm_* (kernels.h); norms, RoPE, softmax, activations and
- * data movement are plain C11 here, split over the session's thread pool by rows. Every row
- * is computed the same way whatever the thread count, so results are deterministic.
+ * GEMMs go through cpu_matmul / cpu_gemm_* (kernels.h); softmax, GELU, SiLU and the norms' sums
+ * use the vector math of vecmath.h (AVX-512 / AVX2 / portable, picked at exec creation); RoPE
+ * and data movement are plain C11 here. Ops are split over the session's thread pool by rows
+ * when they are large enough; every row is computed the same way whatever the thread count,
+ * so results are deterministic.
  * Weights: matrices stay in place in the mapped checkpoint (bf16/f16/f32); 1-D vectors are
  * converted to f32 copies.
  */
 #include "backend.h"
 #include "cpu/kernels.h"
+#include "cpu/vecmath.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -17,10 +20,15 @@
 #define PAR_MIN_WORK 32768
 /* Queries per attention task (prefill). */
 #define ATTN_QBLK 64
+/* Below this many queries per task (decode, short turns) attention is computed as dot products
+ * and axpys over the cache rows instead of two GEMMs (whose register tiles would be mostly
+ * empty at one row). */
+#define ATTN_DIRECT_Q 8
 
 typedef struct cpu_exec {
     nv_pool *pool;
     int n_threads;
+    const vm_ops *vm;   /* vector math of the detected SIMD path */
     float **scr;        /* per-thread attention scratch */
     size_t *scr_cap;    /* floats */
     /* cos/sin table of the last rope call (rows x half, interleaved c, s): the decoder applies
@@ -131,6 +139,7 @@ static nvlm_status cpu_exec_create(nv_backend *be, int n_threads, void *err_hand
     ex->err_handle = err_handle;
     ex->impl = ce;
     ce->n_threads = n_threads;
+    ce->vm = vm_ops_best();
     ce->scr = nv_calloc(be->ctx, (size_t)n_threads, sizeof *ce->scr);
     ce->scr_cap = nv_calloc(be->ctx, (size_t)n_threads, sizeof *ce->scr_cap);
     if (ce->scr == NULL || ce->scr_cap == NULL) {
@@ -192,6 +201,7 @@ static nvlm_status cpu_sync(nv_exec *ex)
 typedef struct rows_job rows_job;
 struct rows_job {
     void (*fn)(const rows_job *j, int r0, int r1);
+    const vm_ops *vm;
     int rows;
     float *y;
     const float *x;
@@ -219,6 +229,7 @@ static void rows_worker(void *arg, int i, int n)
 static void run_rows(nv_exec *ex, rows_job *j, size_t work)
 {
     cpu_exec *ce = ce_of(ex);
+    j->vm = ce->vm;
     if (ce->pool == NULL || work < PAR_MIN_WORK || j->rows < 2) {
         j->fn(j, 0, j->rows);
     } else {
@@ -245,15 +256,10 @@ static void rmsnorm_rows(const rows_job *j, int r0, int r1)
     for (int r = r0; r < r1; r++) {
         const float *x = j->x + (size_t)r * j->ldx;
         float *y = j->y + (size_t)r * j->ldy;
-        double ss = 0.0;
-        for (int c = 0; c < j->stat_cols; c++) {
-            ss += (double)x[c] * x[c];
-        }
+        double ss = j->vm->sumsq(x, (size_t)j->stat_cols);
         float var = (float)(ss / j->stat_cols);
         float inv = 1.0f / sqrtf(var + j->eps);
-        for (int c = 0; c < j->cols; c++) {
-            y[c] = w[c] * (x[c] * inv);
-        }
+        j->vm->rms_apply(y, x, w, inv, (size_t)j->cols);
     }
 }
 
@@ -272,20 +278,11 @@ static void layernorm_rows(const rows_job *j, int r0, int r1)
     for (int r = r0; r < r1; r++) {
         const float *x = j->x + (size_t)r * j->cols;
         float *y = j->y + (size_t)r * j->cols;
-        double s = 0.0;
-        for (int c = 0; c < j->cols; c++) {
-            s += x[c];
-        }
+        double s = j->vm->sum(x, (size_t)j->cols);
         float mean = (float)(s / j->cols);
-        double v = 0.0;
-        for (int c = 0; c < j->cols; c++) {
-            double d = (double)x[c] - mean;
-            v += d * d;
-        }
+        double v = j->vm->sqdev(x, (size_t)j->cols, mean);
         float inv = 1.0f / sqrtf((float)(v / j->cols) + j->eps);
-        for (int c = 0; c < j->cols; c++) {
-            y[c] = (x[c] - mean) * inv * w[c] + j->b[c];
-        }
+        j->vm->ln_apply(y, x, w, j->b, mean, inv, (size_t)j->cols);
     }
 }
 
@@ -389,10 +386,7 @@ static void gelu_rows(const rows_job *j, int r0, int r1)
     size_t n = (size_t)j->cols;
     size_t a = (size_t)r0 * FLAT_ROW;
     size_t b = NV_MIN((size_t)r1 * FLAT_ROW, n);
-    for (size_t i = a; i < b; i++) {
-        float v = j->x[i];
-        j->y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    }
+    j->vm->gelu(j->y + a, j->x + a, b - a);
 }
 
 static void silu_rows(const rows_job *j, int r0, int r1)
@@ -400,10 +394,7 @@ static void silu_rows(const rows_job *j, int r0, int r1)
     size_t n = (size_t)j->cols;
     size_t a = (size_t)r0 * FLAT_ROW;
     size_t b = NV_MIN((size_t)r1 * FLAT_ROW, n);
-    for (size_t i = a; i < b; i++) {
-        float g = j->x[i];
-        j->y[i] = g / (1.0f + expf(-g)) * j->x2[i];
-    }
+    j->vm->silu_mul(j->y + a, j->x + a, j->x2 + a, b - a);
 }
 
 static nvlm_status run_flat(nv_exec *ex, void (*fn)(const rows_job *, int, int), float *y,
@@ -414,7 +405,8 @@ static nvlm_status run_flat(nv_exec *ex, void (*fn)(const rows_job *, int, int),
     }
     rows_job j = {.fn = fn, .rows = (int)((n + FLAT_ROW - 1) / FLAT_ROW), .y = y, .x = x,
                   .x2 = x2, .cols = (int)n};
-    run_rows(ex, &j, n * 8);
+    /* vectorized: a few ns per element, so only ViT-sized ops are worth a pool run */
+    run_rows(ex, &j, n * 2);
     return NVLM_OK;
 }
 
@@ -567,6 +559,7 @@ typedef struct attn_job {
     float scale;
     int64_t cpos0;
     float **scr;
+    const vm_ops *vm;
     atomic_int next;
 } attn_job;
 
@@ -611,6 +604,28 @@ static void attn_task(attn_job *j, int t, float *scr)
     }
     const float *qp = j->q + ((size_t)b * j->n_q + i0) * j->ldq + (size_t)h * j->hd;
     float *op = j->out + ((size_t)b * j->n_q + i0) * j->ldo + (size_t)h * j->hd;
+    if (nq < ATTN_DIRECT_Q) {
+        const vm_ops *vm = j->vm;
+        for (int r = 0; r < nq; r++) {
+            const float *qr = qp + (size_t)r * j->ldq;
+            float *orow = op + (size_t)r * j->ldo;
+            int lim = kv_len;
+            if (j->cpos0 >= 0) {
+                lim = (int)NV_MIN((int64_t)kv_len, j->cpos0 + i0 + r + 1);
+            }
+            for (int c = 0; c < lim; c++) {
+                S[c] = j->scale * vm->dot(qr, kp + (size_t)c * ldk, (size_t)j->hd);
+            }
+            float m = vm->max(S, (size_t)lim);
+            float sum = vm->exp_sum(S, (size_t)lim, m);
+            vm->scale(S, (size_t)lim, 1.0f / sum);
+            memset(orow, 0, (size_t)j->hd * sizeof(float));
+            for (int c = 0; c < lim; c++) {
+                vm->axpy(orow, S[c], vp + (size_t)c * ldk, (size_t)j->hd);
+            }
+        }
+        return;
+    }
     cpu_gemm_nt_f32(NULL, S, kv_len, qp, j->ldq, kp, ldk, nq, kv_len, j->hd, j->scale);
     for (int r = 0; r < nq; r++) {
         float *s = S + (size_t)r * kv_len;
@@ -618,20 +633,10 @@ static void attn_task(attn_job *j, int t, float *scr)
         if (j->cpos0 >= 0) {
             lim = (int)NV_MIN((int64_t)kv_len, j->cpos0 + i0 + r + 1);
         }
-        float m = s[0];
-        for (int c = 1; c < lim; c++) {
-            m = s[c] > m ? s[c] : m;
-        }
-        float sum = 0.0f;
-        for (int c = 0; c < lim; c++) {
-            s[c] = expf(s[c] - m);
-            sum += s[c];
-        }
+        float m = j->vm->max(s, (size_t)lim);
+        float sum = j->vm->exp_sum(s, (size_t)lim, m);
         /* One rounding more than a division, as vectorized softmax kernels do. */
-        float inv = 1.0f / sum;
-        for (int c = 0; c < lim; c++) {
-            s[c] *= inv;
-        }
+        j->vm->scale(s, (size_t)lim, 1.0f / sum);
         for (int c = lim; c < kv_len; c++) {
             s[c] = 0.0f;
         }
@@ -693,7 +698,7 @@ static nvlm_status cpu_attention(nv_exec *ex, float *out, int ldo, const float *
                   .kvt = kv_type, .n_q = n_q, .n_kv = n_kv, .n_heads = n_heads,
                   .group = n_heads / n_kv_heads, .hd = head_dim, .qblk = qblk, .n_qblk = n_qblk,
                   .n_tasks = (int)n_tasks, .scale = scale, .cpos0 = causal_pos0,
-                  .scr = ce->scr};
+                  .scr = ce->scr, .vm = ce->vm};
     atomic_init(&j.next, 0);
     if (ce->pool == NULL || n_tasks == 1) {
         attn_worker(&j, 0, 1);

@@ -31,6 +31,9 @@ typedef struct vm_ops {
     float (*exp_sum)(float *x, size_t n, float m);
     /* x[i] *= a. */
     void (*scale)(float *x, size_t n, float a);
+    /* sum a[i] b[i] in f32 (a fixed order per path); y[i] += a x[i]. */
+    float (*dot)(const float *a, const float *b, size_t n);
+    void (*axpy)(float *y, float a, const float *x, size_t n);
     /* Sums in double: sum x[i]^2, sum x[i], sum (x[i] - mean)^2. */
     double (*sumsq)(const float *x, size_t n);
     double (*sum)(const float *x, size_t n);
