@@ -317,6 +317,8 @@ int main(void)
         {33, 70, 95}, {64, 128, 64}, {70, 45, 260}, {129, 3, 40},  {100, 200, 31},
         /* across the SMALL/BIG boundary and the KC/MC/NC blocks of the panel kernels */
         {7, 600, 140}, {8, 600, 140}, {250, 530, 270},
+        /* M = 1 with x longer than L1 (the 4-weight-row GEMV): row and k tails */
+        {1, 37, 6161}, {1, 64, 8960}, {2, 21, 6161},
     };
     static const nv_dtype dts[] = {NV_BF16, NV_F16, NV_F32};
     for (size_t s = 0; s < NV_ARRAY_LEN(shapes); s++) {
@@ -328,6 +330,26 @@ int main(void)
     for (int r = 0; r < 24; r++) {
         int M = r % 4 == 0 ? 1 : rnd_int(1, 90);
         check_matmul(pools, M, rnd_int(1, 300), rnd_int(1, 400), dts[r % 3], r & 1);
+    }
+    tu_section("wide-K GEMV = one row of the multi-row path");
+    {
+        /* M = 1 with K > 6144 reads 4 weight rows per x load; each output must carry the same
+         * bits as the same row computed with M = 2 (one weight row at a time). */
+        const int N = 45, K = 6200;
+        for (size_t d = 0; d < NV_ARRAY_LEN(dts); d++) {
+            weights w = make_weights(dts[d], N, K, K);
+            float *x = rnd_buf((size_t)2 * K);
+            memcpy(x + K, x, (size_t)K * sizeof(float));
+            float *bias = rnd_buf((size_t)N);
+            float y1[45], y2[90];
+            cpu_matmul(pools[1], y1, x, w.data, dts[d], bias, 1, N, K);
+            cpu_matmul(pools[1], y2, x, w.data, dts[d], bias, 2, N, K);
+            CHECK(memcmp(y1, y2, sizeof y1) == 0 && memcmp(y1, y2 + N, sizeof y1) == 0,
+                  "%s M = 1 equals M = 2, bitwise", dtype_name(dts[d]));
+            free(bias);
+            free(x);
+            free_weights(&w);
+        }
     }
     tu_section("f32 attention GEMMs");
     static const int gshapes[][3] = {
