@@ -837,6 +837,34 @@ static int run_match(const nvlm_tokenizer *t, work *w, pcre2_code *re, const uin
     return rc;
 }
 
+/* The next non-empty match of `re` in s[0..n) at or after *pos: sets *ms, *me and *found.
+ * Empty matches yield no piece; the search steps over one character past them. */
+static nvlm_status next_match(const nvlm_tokenizer *t, work *w, pcre2_code *re, const uint8_t *s,
+                              size_t n, size_t pos, size_t *ms, size_t *me, bool *found)
+{
+    *found = false;
+    while (pos < n) {
+        int rc = run_match(t, w, re, s, n, pos);
+        if (rc == PCRE2_ERROR_NOMATCH) {
+            return NVLM_OK;
+        }
+        if (rc < 0) {
+            return regex_fail(t, rc);
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(w->md);
+        if (ov[1] > ov[0]) {
+            *ms = ov[0];
+            *me = ov[1];
+            *found = true;
+            return NVLM_OK;
+        }
+        size_t k;
+        (void)cp_at(s + ov[0], n - ov[0], &k);
+        pos = ov[0] + k;
+    }
+    return NVLM_OK;
+}
+
 /* Splits one piece by a regex step and applies the behavior; appends pieces (absolute
  * offsets) to *dst. */
 static nvlm_status split_piece(const nvlm_tokenizer *t, work *w, const tok_pre_step *st,
@@ -847,21 +875,11 @@ static nvlm_status split_piece(const nvlm_tokenizer *t, work *w, const tok_pre_s
     size_t pos = 0, prev = 0, n = pe - ps;
     const uint8_t *sub = s + ps;
     while (pos < n) {
-        int rc = run_match(t, w, st->re, sub, n, pos);
-        if (rc == PCRE2_ERROR_NOMATCH) {
+        size_t ms, me;
+        bool found;
+        NVLM_TRY(next_match(t, w, st->re, sub, n, pos, &ms, &me, &found));
+        if (!found) {
             break;
-        }
-        if (rc < 0) {
-            return regex_fail(t, rc);
-        }
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(w->md);
-        size_t ms = ov[0], me = ov[1];
-        if (me <= ms) {
-            /* empty match: no piece; step over one character */
-            size_t k;
-            (void)cp_at(sub + ms, n - ms, &k);
-            pos = ms + k;
-            continue;
         }
         if (!grow(w->ctx, (void **)&w->pm, &w->pm_cap, nm + 2, sizeof *w->pm)) {
             return oom(t);
@@ -956,20 +974,11 @@ static nvlm_status encode_pieces(const nvlm_tokenizer *t, work *w, const uint8_t
         /* the common case (Qwen2): every match and every gap is a piece, in order */
         size_t pos = 0, prev = 0;
         while (pos < n) {
-            int rc = run_match(t, w, t->pre[0].re, s, n, pos);
-            if (rc == PCRE2_ERROR_NOMATCH) {
+            size_t ms, me;
+            bool found;
+            NVLM_TRY(next_match(t, w, t->pre[0].re, s, n, pos, &ms, &me, &found));
+            if (!found) {
                 break;
-            }
-            if (rc < 0) {
-                return regex_fail(t, rc);
-            }
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(w->md);
-            size_t ms = ov[0], me = ov[1];
-            if (me <= ms) {
-                size_t k;
-                (void)cp_at(s + ms, n - ms, &k);
-                pos = ms + k;
-                continue;
             }
             if (ms > prev) {
                 NVLM_TRY(bpe(t, w, s + prev, ms - prev, out));
