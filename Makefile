@@ -257,9 +257,12 @@ help:
 
 # CPU engine benchmark: kernel GEMMs vs OpenBLAS and a copy-bandwidth probe, then the engine
 # end to end on a synthetic model in memory (bench/nvlm_bench.c, src/synthetic.c).
+# The probes in the bench are plain C loops compiled for the machine that runs them (the
+# library itself picks its SIMD path at run time).
+BENCH_ARCH ?= -march=native
 $(BINOUT)/nvlm-bench: bench/nvlm_bench.c $(STLIB)
 	@mkdir -p $(BINOUT)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(BENCH_ARCH) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
 
 .PHONY: bench-engine
 bench: bench-engine

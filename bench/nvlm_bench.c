@@ -5,7 +5,9 @@
  * OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
  * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile.
  *
- *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--quick]
+ *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--quick] [--decode-only]
+ *
+ * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs).
  */
 #include "cpu/kernels.h"
 #include "engine.h"
@@ -81,73 +83,192 @@ static const char *cpu_model(char *buf, size_t cap)
 
 /* ---- bandwidth probes ------------------------------------------------------------------- */
 
-typedef struct bw_job {
-    char *dst;
-    const char *src;
-    size_t n;
+/* Four probes over two 512 MiB buffers (16x the L3 of the machines we run on), split over
+ * the pool like the GEMMs:
+ * - STREAM copy: the STREAM convention (bytes read + bytes written) / s with plain loads and
+ *   stores. The loop is STREAM's Scale kernel with a scalar of 1 read at run time (same
+ *   traffic as Copy): a literal copy loop is turned into a memcpy call by the compiler;
+ * - memcpy: glibc's memcpy, which at this size writes with non-temporal stores (no
+ *   write-allocate reads), counted the same way;
+ * - read-only: a streaming XOR over the source, bytes read / s, as one sequential stream per
+ *   thread, and as 4 interleaved streams per thread (see xor_streams).
+ * Decode only reads its weights, 4 streams per thread (see dot_4rows512 in matmul_x86.c): on
+ * the machines we measured, one core reads about twice as fast from 4 streams as from one,
+ * so the 4-stream read is the ceiling decode runs into, and the single-stream probes (STREAM,
+ * memcpy, 1-stream read) understate what the memory can deliver to a core. */
+typedef struct probe_buf {
+    float *src;
+    float *dst;
+    size_t n;                 /* floats per buffer */
+    volatile float one;       /* 1.0f, opaque to the compiler */
     uint64_t sink[64];
-} bw_job;
+} probe_buf;
 
-static void copy_fn(void *arg, int i, int n)
+static void range_of(size_t n, int i, int nt, size_t *lo, size_t *hi)
 {
-    bw_job *j = arg;
-    size_t lo = j->n * (size_t)i / (size_t)n, hi = j->n * (size_t)(i + 1) / (size_t)n;
-    lo &= ~(size_t)63;
-    hi = i == n - 1 ? j->n : hi & ~(size_t)63;
-    memcpy(j->dst + lo, j->src + lo, hi - lo);
+    *lo = (n * (size_t)i / (size_t)nt) & ~(size_t)15;
+    *hi = i == nt - 1 ? n : (n * (size_t)(i + 1) / (size_t)nt) & ~(size_t)15;
 }
 
-static void read_fn(void *arg, int i, int n)
+/* 64 bytes: one cache line per load and store (the compiler splits it into the widest
+ * vector registers the build targets). */
+typedef float f32x16 __attribute__((vector_size(64), aligned(64)));
+
+static void stream_fn(void *arg, int i, int nt)
 {
-    bw_job *j = arg;
-    size_t words = j->n / 8;
-    size_t lo = words * (size_t)i / (size_t)n, hi = words * (size_t)(i + 1) / (size_t)n;
-    const uint64_t *p = (const uint64_t *)j->src;
-    uint64_t acc[8] = {0};
-    size_t k = lo;
-    for (; k + 8 <= hi; k += 8) {
-        for (int t = 0; t < 8; t++) {
-            acc[t] ^= p[k + (size_t)t];
+    probe_buf *b = arg;
+    size_t lo, hi;
+    range_of(b->n, i, nt, &lo, &hi);   /* multiples of 16 floats, 64-byte aligned buffers */
+    const float q = b->one;
+    f32x16 *d = (f32x16 *)(void *)(b->dst + lo);
+    const f32x16 *s = (const f32x16 *)(const void *)(b->src + lo);
+    for (size_t k = 0; k < (hi - lo) / 16; k++) {
+        d[k] = q * s[k];
+    }
+    for (size_t k = lo + (hi - lo) / 16 * 16; k < hi; k++) {
+        b->dst[k] = q * b->src[k];
+    }
+}
+
+static void memcpy_fn(void *arg, int i, int nt)
+{
+    probe_buf *b = arg;
+    size_t lo, hi;
+    range_of(b->n, i, nt, &lo, &hi);
+    memcpy(b->dst + lo, b->src + lo, (hi - lo) * sizeof(float));
+}
+
+typedef uint64_t u64x8 __attribute__((vector_size(64), aligned(64)));
+
+/* XOR of the 64-byte lines [lo, hi) of the source. streams = 1: one sequential pass; else
+ * blocks of `streams` x 64 KiB, each block read as `streams` interleaved sequential streams
+ * 64 KiB apart (the access pattern that measured fastest on one core: 28 GB/s against 14 for
+ * one stream on the EPYC VM). `streams` is a constant at each call. */
+static inline __attribute__((always_inline)) uint64_t xor_streams(const u64x8 *p, size_t lo,
+                                                                  size_t hi, const int streams)
+{
+    const size_t seg = streams == 1 ? hi - lo : 1024;   /* lines per stream and block */
+    u64x8 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+    size_t b = lo;
+    for (; seg > 0 && b + (size_t)streams * seg <= hi; b += (size_t)streams * seg) {
+        const u64x8 *q = p + b;
+        for (size_t k = 0; k < seg; k++) {
+            acc0 ^= q[k];
+            if (streams == 4) {
+                acc1 ^= q[seg + k];
+                acc2 ^= q[2 * seg + k];
+                acc3 ^= q[3 * seg + k];
+            }
         }
     }
-    for (; k < hi; k++) {
-        acc[0] ^= p[k];
+    for (; b < hi; b++) {
+        acc0 ^= p[b];
     }
-    uint64_t s = 0;
+    u64x8 acc = acc0 ^ acc1 ^ acc2 ^ acc3;
+    uint64_t x = 0;
     for (int t = 0; t < 8; t++) {
-        s ^= acc[t];
+        x ^= acc[t];
     }
-    j->sink[i % 64] = s;
+    return x;
+}
+
+static void read_fn(void *arg, int i, int nt)
+{
+    probe_buf *b = arg;
+    size_t lo, hi;
+    range_of(b->n / 16, i, nt, &lo, &hi);   /* in 64-byte lines */
+    b->sink[i % 64] = xor_streams((const u64x8 *)(const void *)b->src, lo, hi, 1);
+}
+
+static void read4_fn(void *arg, int i, int nt)
+{
+    probe_buf *b = arg;
+    size_t lo, hi;
+    range_of(b->n / 16, i, nt, &lo, &hi);
+    b->sink[i % 64] = xor_streams((const u64x8 *)(const void *)b->src, lo, hi, 4);
 }
 
 typedef struct probes {
-    double copy_gbs;  /* (bytes read + bytes written) / s, STREAM convention */
-    double read_gbs;  /* bytes read / s */
+    double copy_gbs;    /* STREAM copy, (bytes read + bytes written) / s */
+    double memcpy_gbs;  /* memcpy (non-temporal stores), same convention */
+    double read_gbs;    /* bytes read / s, one stream per thread */
+    double read4_gbs;   /* bytes read / s, 4 streams per thread */
 } probes;
 
-static probes run_probes(nv_pool *pool, int reps)
+static probe_buf *probe_buf_new(void)
 {
-    const size_t n = (size_t)512 << 20;
-    bw_job j;
-    memset(&j, 0, sizeof j);
-    j.src = xmalloc(n);
-    j.dst = xmalloc(n);
-    j.n = n;
-    memset((char *)j.src, 1, n);
-    memset(j.dst, 2, n);
-    probes p = {0, 0};
+    probe_buf *b = xmalloc(sizeof *b);
+    memset(b, 0, sizeof *b);
+    b->n = (size_t)128 << 20;
+    b->src = xmalloc(b->n * sizeof(float));
+    b->dst = xmalloc(b->n * sizeof(float));
+    b->one = 1.0f;
+    for (size_t k = 0; k < b->n; k++) {
+        b->src[k] = (float)(k & 1023);
+    }
+    memset(b->dst, 0, b->n * sizeof(float));
+    return b;
+}
+
+static void probe_buf_free(probe_buf *b)
+{
+    free(b->src);
+    free(b->dst);
+    free(b);
+}
+
+/* Best of `reps` for each probe. */
+static probes run_probes(nv_pool *pool, probe_buf *b, int reps)
+{
+    double bytes = (double)b->n * sizeof(float);
+    probes p = {0, 0, 0, 0};
     for (int r = 0; r < reps; r++) {
         double t0 = nv_time_ms();
-        nv_pool_run(pool, copy_fn, &j);
+        nv_pool_run(pool, stream_fn, b);
         double t1 = nv_time_ms();
-        nv_pool_run(pool, read_fn, &j);
+        nv_pool_run(pool, memcpy_fn, b);
         double t2 = nv_time_ms();
-        p.copy_gbs = NV_MAX(p.copy_gbs, 2.0 * (double)n / ((t1 - t0) * 1e6));
-        p.read_gbs = NV_MAX(p.read_gbs, (double)n / ((t2 - t1) * 1e6));
+        nv_pool_run(pool, read_fn, b);
+        double t3 = nv_time_ms();
+        nv_pool_run(pool, read4_fn, b);
+        double t4 = nv_time_ms();
+        p.copy_gbs = NV_MAX(p.copy_gbs, 2.0 * bytes / ((t1 - t0) * 1e6));
+        p.memcpy_gbs = NV_MAX(p.memcpy_gbs, 2.0 * bytes / ((t2 - t1) * 1e6));
+        p.read_gbs = NV_MAX(p.read_gbs, bytes / ((t3 - t2) * 1e6));
+        p.read4_gbs = NV_MAX(p.read4_gbs, bytes / ((t4 - t3) * 1e6));
     }
-    free((void *)j.src);
-    free(j.dst);
     return p;
+}
+
+#define N_PROBES 4
+static const char *const probe_names[N_PROBES] = {"STREAM copy", "memcpy", "read 1-stream",
+                                                  "read 4-stream"};
+
+static double probe_val(const probes *p, int k)
+{
+    const double v[N_PROBES] = {p->copy_gbs, p->memcpy_gbs, p->read_gbs, p->read4_gbs};
+    return v[k];
+}
+
+static void probes_max(probes *acc, const probes *p)
+{
+    acc->copy_gbs = NV_MAX(acc->copy_gbs, p->copy_gbs);
+    acc->memcpy_gbs = NV_MAX(acc->memcpy_gbs, p->memcpy_gbs);
+    acc->read_gbs = NV_MAX(acc->read_gbs, p->read_gbs);
+    acc->read4_gbs = NV_MAX(acc->read4_gbs, p->read4_gbs);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v). */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* ---- kernel-level GEMMs ----------------------------------------------------------------- */
@@ -267,6 +388,7 @@ typedef struct opts {
     int gen;
     int e2e;
     int quick;
+    int decode_only;
 } opts;
 
 static int parse(opts *o, int argc, char **argv)
@@ -279,6 +401,7 @@ static int parse(opts *o, int argc, char **argv)
     o->gen = 32;
     o->e2e = 1;
     o->quick = 0;
+    o->decode_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0 && i + 1 < argc) {
             o->n_threads = 0;
@@ -298,9 +421,11 @@ static int parse(opts *o, int argc, char **argv)
             o->e2e = 0;
         } else if (strcmp(argv[i], "--quick") == 0) {
             o->quick = 1;
+        } else if (strcmp(argv[i], "--decode-only") == 0) {
+            o->decode_only = 1;
         } else {
             fprintf(stderr, "usage: nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] "
-                            "[--no-e2e] [--quick]\n");
+                            "[--no-e2e] [--quick] [--decode-only]\n");
             return 1;
         }
     }
@@ -390,7 +515,7 @@ static int bench_vit(nvlm_model *m, int threads, int n_tiles, int reps, double *
 }
 
 static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
-                     int threads, probes pr)
+                     int threads, probe_buf *pb)
 {
     const nv_config *c = &m->cfg;
     printf("\nEnd to end (synthetic model: decoder %d layers hidden %d, ViT %d layers hidden %d; "
@@ -425,7 +550,7 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
                   c->llm.num_layers;
     /* Reference: OpenBLAS sgemm (f32 weights) on the same layer GEMMs at M = P. */
     double sg_ms = 0, ours_ms = 0, sg_flops = 0;
-    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes); i++) {
+    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes) && !o->decode_only; i++) {
         gemm_result r = bench_gemm(pool, P, dec_shapes[i].N, dec_shapes[i].K, 1);
         sg_ms += r.sgemm_ms;
         ours_ms += r.ours_ms;
@@ -434,20 +559,27 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     printf("prefill %d tokens: %.0f ms = %.1f tokens/s, %.1f GFLOP/s (linear layers; %.1f with "
            "attention)\n", P, t_prefill, P * 1000.0 / t_prefill, flops / (t_prefill * 1e6),
            (flops + attn) / (t_prefill * 1e6));
-    printf("  reference: OpenBLAS sgemm on the same layer GEMMs at M = %d: %.1f GFLOP/s "
-           "(engine = %.0f%% of it); our GEMM alone %.1f GFLOP/s\n", P,
-           sg_flops / (sg_ms * 1e6), 100.0 * (flops / t_prefill) / (sg_flops / sg_ms),
-           sg_flops / (ours_ms * 1e6));
+    if (!o->decode_only) {
+        printf("  reference: OpenBLAS sgemm on the same layer GEMMs at M = %d: %.1f GFLOP/s "
+               "(engine = %.0f%% of it); our GEMM alone %.1f GFLOP/s\n", P,
+               sg_flops / (sg_ms * 1e6), 100.0 * (flops / t_prefill) / (sg_flops / sg_ms),
+               sg_flops / (ours_ms * 1e6));
+    }
 
     nvlm_sampler_params sp;
     nvlm_sampler_default_params(&sp);
     double bytes_tok = (lin + (double)c->llm.vocab_size * c->llm.hidden_size) * 2.0;
-    /* The bandwidth probe again, right before decode: on a shared machine the load can change
-     * between the start of the run and here; the decode figure is compared with the larger. */
-    probes pd = run_probes(pool, 3);
-    pr.copy_gbs = NV_MAX(pr.copy_gbs, pd.copy_gbs);
-    pr.read_gbs = NV_MAX(pr.read_gbs, pd.read_gbs);
-    int G = o->gen;
+    /* Each decode step is followed by one round of the probes: on a shared machine the
+     * bandwidth left to us moves by 20% and more within seconds, so a step is compared with
+     * the probes taken right after it, and the median of those ratios is the figure. The mean
+     * rate against the best probe seen during decode (the strictest pairing) is printed too. */
+    int G = NV_MAX(o->gen, 1);
+    double *ms_v = xmalloc((size_t)G * sizeof(double));
+    double *ratio[N_PROBES];
+    for (int k = 0; k < N_PROBES; k++) {
+        ratio[k] = xmalloc((size_t)G * sizeof(double));
+    }
+    probes best = {0, 0, 0, 0};
     double t_dec = 0;
     int done = 0;
     for (int i = 0; i < G; i++) {
@@ -458,22 +590,44 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
             fprintf(stderr, "nvlm-bench: decode: %s\n", nvlm_last_error(s));
             break;
         }
-        t_dec += nv_time_ms() - a;
+        double ms = nv_time_ms() - a;
+        probes pi = run_probes(pool, pb, 1);
+        double gbs = bytes_tok / (ms * 1e6);
+        ms_v[done] = ms;
+        for (int k = 0; k < N_PROBES; k++) {
+            ratio[k][done] = gbs / probe_val(&pi, k);
+        }
+        probes_max(&best, &pi);
+        t_dec += ms;
         done++;
     }
     if (done > 0) {
         double ms = t_dec / done;
         double gbs = bytes_tok / (ms * 1e6);
-        printf("decode (after %d tokens, greedy, %d steps): %.2f ms/token = %.2f tokens/s; "
-               "weights %.2f GB/token -> %.2f GB/s = %.0f%% of copy probe (%.2f GB/s r+w), %.0f%% "
-               "of read-only probe (%.2f GB/s)\n", P, done, ms, 1000.0 / ms, bytes_tok / 1e9, gbs,
-               100.0 * gbs / pr.copy_gbs, pr.copy_gbs, 100.0 * gbs / pr.read_gbs, pr.read_gbs);
+        printf("decode (after %d tokens, greedy, %d steps): %.2f ms/token = %.2f tokens/s "
+               "(median step %.2f ms); weights %.2f GB/token -> %.2f GB/s\n", P, done, ms,
+               1000.0 / ms, median(ms_v, done), bytes_tok / 1e9, gbs);
+        printf("  vs the probes after each step (median of the per-step ratios):");
+        for (int k = 0; k < N_PROBES; k++) {
+            printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * median(ratio[k], done),
+                   probe_names[k]);
+        }
+        printf("\n  mean rate vs the best probe during decode:");
+        for (int k = 0; k < N_PROBES; k++) {
+            printf("%s %.0f%% of %s (%.2f GB/s)", k > 0 ? "," : "",
+                   100.0 * gbs / probe_val(&best, k), probe_names[k], probe_val(&best, k));
+        }
+        printf("\n");
+    }
+    free(ms_v);
+    for (int k = 0; k < N_PROBES; k++) {
+        free(ratio[k]);
     }
     nvlm_session_free(s);
     free(ids);
 
     double ms_tile = 0, ms_proj = 0;
-    if (bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
+    if (!o->decode_only && bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
         /* ViT GEMM flops per tile: 1025 tokens through 4 linears per layer, plus attention. */
         const nv_vision_config *v = &c->vision;
         double T = 1025, D = v->hidden_size, Iv = v->intermediate_size;
@@ -510,22 +664,34 @@ int main(int argc, char **argv)
         }
         openblas_set_num_threads(t);
         printf("\n======== %d thread%s ========\n", t, t == 1 ? "" : "s");
-        probes pr = run_probes(pool, o.quick ? 2 : 5);
-        printf("probe: memory copy %.2f GB/s (read + write), read-only stream %.2f GB/s\n",
-               pr.copy_gbs, pr.read_gbs);
+        probe_buf *pb = probe_buf_new();
+        probes pr = run_probes(pool, pb, o.quick ? 2 : 5);
+        printf("probes: STREAM copy %.2f GB/s (read + write), memcpy %.2f GB/s (read + write, "
+               "non-temporal stores), read-only %.2f GB/s (1 stream per thread) and %.2f GB/s "
+               "(4 streams per thread)\n", pr.copy_gbs, pr.memcpy_gbs, pr.read_gbs,
+               pr.read4_gbs);
         double ms_layer = 0;
         double gbs = bench_decode_gemv(pool, o.quick ? 2 : 4, o.quick ? 3 : 10, &ms_layer);
-        printf("decode GEMV (M = 1, the 7 bf16 matrices of a layer, 4 layers cycled): "
-               "%.2f GB/s of weights = %.0f%% of copy, %.0f%% of read-only; %.3f ms/layer\n",
-               gbs, 100.0 * gbs / pr.copy_gbs, 100.0 * gbs / pr.read_gbs, ms_layer);
+        printf("decode GEMV (M = 1, the 7 bf16 matrices of a layer, %d layers cycled): %.2f GB/s "
+               "of weights, %.3f ms/layer =", o.quick ? 2 : 4, gbs, ms_layer);
+        for (int k = 0; k < N_PROBES; k++) {
+            printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * gbs / probe_val(&pr, k),
+                   probe_names[k]);
+        }
+        printf("\n");
         int reps = o.quick ? 1 : 3;
-        gemm_table(pool, "Decoder prefill GEMMs", dec_shapes, NV_ARRAY_LEN(dec_shapes), 1024,
-                   reps);
-        if (!o.quick) {
+        if (!o.decode_only) {
+            gemm_table(pool, "Decoder prefill GEMMs", dec_shapes, NV_ARRAY_LEN(dec_shapes), 1024,
+                       reps);
+        }
+        if (!o.quick && !o.decode_only) {
             gemm_table(pool, "Decoder prefill GEMMs", dec_shapes, NV_ARRAY_LEN(dec_shapes), 2048,
                        reps);
         }
-        gemm_table(pool, "ViT GEMMs (one tile)", vit_shapes, NV_ARRAY_LEN(vit_shapes), 1025, reps);
+        if (!o.decode_only) {
+            gemm_table(pool, "ViT GEMMs (one tile)", vit_shapes, NV_ARRAY_LEN(vit_shapes), 1025,
+                       reps);
+        }
         if (o.e2e) {
             if (model == NULL) {
                 double t0 = nv_time_ms();
@@ -538,9 +704,10 @@ int main(int argc, char **argv)
                 }
             }
             if (model != NULL) {
-                bench_e2e(ctx, model, pool, &o, t, pr);
+                bench_e2e(ctx, model, pool, &o, t, pb);
             }
         }
+        probe_buf_free(pb);
         nv_pool_free(pool);
         if (ctx != model_ctx) {
             nvlm_context_free(ctx);

@@ -331,24 +331,40 @@ int main(void)
         int M = r % 4 == 0 ? 1 : rnd_int(1, 90);
         check_matmul(pools, M, rnd_int(1, 300), rnd_int(1, 400), dts[r % 3], r & 1);
     }
-    tu_section("wide-K GEMV = one row of the multi-row path");
+    tu_section("decode GEMV (4 strided weight rows) = one row of the multi-row path");
     {
-        /* M = 1 with K > 6144 reads 4 weight rows per x load; each output must carry the same
-         * bits as the same row computed with M = 2 (one weight row at a time). */
-        const int N = 45, K = 6200;
-        for (size_t d = 0; d < NV_ARRAY_LEN(dts); d++) {
-            weights w = make_weights(dts[d], N, K, K);
-            float *x = rnd_buf((size_t)2 * K);
-            memcpy(x + K, x, (size_t)K * sizeof(float));
-            float *bias = rnd_buf((size_t)N);
-            float y1[45], y2[90];
-            cpu_matmul(pools[1], y1, x, w.data, dts[d], bias, 1, N, K);
-            cpu_matmul(pools[1], y2, x, w.data, dts[d], bias, 2, N, K);
-            CHECK(memcmp(y1, y2, sizeof y1) == 0 && memcmp(y1, y2 + N, sizeof y1) == 0,
-                  "%s M = 1 equals M = 2, bitwise", dtype_name(dts[d]));
-            free(bias);
-            free(x);
-            free_weights(&w);
+        /* M = 1 reads the columns of a chunk as 4 quarters side by side; each output must carry
+         * the same bits as the same row computed with M = 2 (one weight row at a time), on
+         * every path, with quarter tails and K tails. */
+        static const int gv[][2] = {{45, 6200}, {103, 200}, {1536, 96}, {7, 33}, {260, 1536}};
+        for (size_t g = 0; g < NV_ARRAY_LEN(gv); g++) {
+            const int N = gv[g][0], K = gv[g][1];
+            for (size_t d = 0; d < NV_ARRAY_LEN(dts); d++) {
+                weights w = make_weights(dts[d], N, K, K);
+                float *x = rnd_buf((size_t)2 * K);
+                memcpy(x + K, x, (size_t)K * sizeof(float));
+                float *bias = rnd_buf((size_t)N);
+                float *y1 = malloc((size_t)N * sizeof(float));
+                float *y2 = malloc((size_t)2 * N * sizeof(float));
+                for (int p = 0; p < MM_SIMD_COUNT; p++) {
+                    if (!mm_simd_supported((mm_simd)p)) {
+                        continue;
+                    }
+                    mm_args a1 = {y1, N, x, K, w.data, K, dts[d], bias, 1.0f, 1, N, K};
+                    mm_args a2 = {y2, N, x, K, w.data, K, dts[d], bias, 1.0f, 2, N, K};
+                    mm_matmul_path(pools[1], &a1, (mm_simd)p);
+                    mm_matmul_path(pools[1], &a2, (mm_simd)p);
+                    size_t row = (size_t)N * sizeof(float);
+                    CHECK(memcmp(y1, y2, row) == 0 && memcmp(y1, y2 + N, row) == 0,
+                          "%s %s N=%d K=%d: M = 1 equals M = 2, bitwise", path_name((mm_simd)p),
+                          dtype_name(dts[d]), N, K);
+                }
+                free(y1);
+                free(y2);
+                free(bias);
+                free(x);
+                free_weights(&w);
+            }
         }
     }
     tu_section("f32 attention GEMMs");

@@ -105,11 +105,12 @@ T512 INL void dot_row512(const mm_args *a, int m, int n, const int MR)
     }
 }
 
-/* One row of x against 4 weight rows at once: each x load serves 4 rows. Used when a row of x
- * does not fit in L1 (decode's down projection, K = 8960: 35 KB), where the single-row loop
- * re-reads x from L2 for every weight row and measured 30-50% below its K = 1536 speed; with
- * small K the single stream is faster. Per output, the same arithmetic as dot_row512(MR = 1). */
-T512 INL void dot_4rows512(const mm_args *a, int m, int n)
+/* One row of x against 4 weight rows at once, rows n + j * rs (j < 4): each x load serves 4
+ * rows, and with rows far apart the core reads 4 sequential streams instead of one. On the
+ * 2-core EPYC VM one streaming core reads about 14 GB/s from a single stream but 28 GB/s from
+ * 4 streams 64 KB apart (each stream gets its own hardware prefetch); decode's GEMV is such a
+ * read. Per output, the same arithmetic as dot_row512(MR = 1). */
+T512 INL void dot_4rows512(const mm_args *a, int m, int n, int rs)
 {
     __m512 acc0[4], acc1[4];
     size_t row[4];
@@ -117,7 +118,7 @@ T512 INL void dot_4rows512(const mm_args *a, int m, int n)
     for (int j = 0; j < 4; j++) {
         acc0[j] = _mm512_setzero_ps();
         acc1[j] = _mm512_setzero_ps();
-        row[j] = (size_t)(n + j) * (size_t)a->ldw;
+        row[j] = (size_t)(n + j * rs) * (size_t)a->ldw;
     }
     const float *x = a->x + (size_t)m * (size_t)a->ldx;
     const int K = a->K;
@@ -150,23 +151,21 @@ T512 INL void dot_4rows512(const mm_args *a, int m, int n)
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
         float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j])) * a->alpha;
-        a->y[(size_t)m * (size_t)a->ldy + (size_t)(n + j)] =
-            a->bias != NULL ? s + a->bias[n + j] : s;
+        a->y[(size_t)m * (size_t)a->ldy + (size_t)(n + j * rs)] =
+            a->bias != NULL ? s + a->bias[n + j * rs] : s;
     }
 }
-
-/* x rows longer than this many floats (24 KiB) take the 4-weight-row loop. */
-#define SMALL_WIDE_K 6144
 
 T512 static void small_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     (void)scratch;
-    if (m1 - m0 == 1 && a->K > SMALL_WIDE_K) {
-        int n = n0;
-        for (; n + 4 <= n1; n += 4) {
-            dot_4rows512(a, m0, n);
+    if (m1 - m0 == 1) {
+        /* One row of x (decode): the columns in 4 quarters read side by side. */
+        const int q = (n1 - n0) / 4;
+        for (int i = 0; i < q; i++) {
+            dot_4rows512(a, m0, n0 + i, q);
         }
-        for (; n < n1; n++) {
+        for (int n = n0 + 4 * q; n < n1; n++) {
             dot_row512(a, m0, n, 1);
         }
         return;
@@ -427,7 +426,8 @@ T256 INL float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int MR)
+/* MR rows of x against R weight rows n + j * rs (see dot_4rows512 for rs > 1). */
+T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int MR, int rs)
 {
     __m256 acc[4][4];
     const size_t ldw = (size_t)a->ldw;
@@ -453,7 +453,7 @@ T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int
         }
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
-            __m256 wv = w8(a->w, a->wt, (size_t)(n + j) * ldw + (size_t)k, cnt);
+            __m256 wv = w8(a->w, a->wt, (size_t)(n + j * rs) * ldw + (size_t)k, cnt);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
                 acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
@@ -466,7 +466,7 @@ T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             float s = hsum8(acc[i][j]) * a->alpha;
-            y[n + j] = a->bias != NULL ? s + a->bias[n + j] : s;
+            y[n + j * rs] = a->bias != NULL ? s + a->bias[n + j * rs] : s;
         }
     }
 }
@@ -474,28 +474,39 @@ T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int
 T256 static void dot_rows256(const mm_args *a, int m, int n, int R, int MR)
 {
     switch (MR * 8 + R) {
-    case 8 + 4: dot_tile256(a, m, n, 4, 1); break;
-    case 8 + 3: dot_tile256(a, m, n, 3, 1); break;
-    case 8 + 2: dot_tile256(a, m, n, 2, 1); break;
-    case 8 + 1: dot_tile256(a, m, n, 1, 1); break;
-    case 16 + 4: dot_tile256(a, m, n, 4, 2); break;
-    case 16 + 3: dot_tile256(a, m, n, 3, 2); break;
-    case 16 + 2: dot_tile256(a, m, n, 2, 2); break;
-    case 16 + 1: dot_tile256(a, m, n, 1, 2); break;
-    case 24 + 4: dot_tile256(a, m, n, 4, 3); break;
-    case 24 + 3: dot_tile256(a, m, n, 3, 3); break;
-    case 24 + 2: dot_tile256(a, m, n, 2, 3); break;
-    case 24 + 1: dot_tile256(a, m, n, 1, 3); break;
-    case 32 + 4: dot_tile256(a, m, n, 4, 4); break;
-    case 32 + 3: dot_tile256(a, m, n, 3, 4); break;
-    case 32 + 2: dot_tile256(a, m, n, 2, 4); break;
-    default: dot_tile256(a, m, n, 1, 4); break;
+    case 8 + 4: dot_tile256(a, m, n, 4, 1, 1); break;
+    case 8 + 3: dot_tile256(a, m, n, 3, 1, 1); break;
+    case 8 + 2: dot_tile256(a, m, n, 2, 1, 1); break;
+    case 8 + 1: dot_tile256(a, m, n, 1, 1, 1); break;
+    case 16 + 4: dot_tile256(a, m, n, 4, 2, 1); break;
+    case 16 + 3: dot_tile256(a, m, n, 3, 2, 1); break;
+    case 16 + 2: dot_tile256(a, m, n, 2, 2, 1); break;
+    case 16 + 1: dot_tile256(a, m, n, 1, 2, 1); break;
+    case 24 + 4: dot_tile256(a, m, n, 4, 3, 1); break;
+    case 24 + 3: dot_tile256(a, m, n, 3, 3, 1); break;
+    case 24 + 2: dot_tile256(a, m, n, 2, 3, 1); break;
+    case 24 + 1: dot_tile256(a, m, n, 1, 3, 1); break;
+    case 32 + 4: dot_tile256(a, m, n, 4, 4, 1); break;
+    case 32 + 3: dot_tile256(a, m, n, 3, 4, 1); break;
+    case 32 + 2: dot_tile256(a, m, n, 2, 4, 1); break;
+    default: dot_tile256(a, m, n, 1, 4, 1); break;
     }
 }
 
 T256 static void small_m256(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     (void)scratch;
+    if (m1 - m0 == 1) {
+        /* One row of x (decode): the columns in 4 quarters read side by side. */
+        const int q = (n1 - n0) / 4;
+        for (int i = 0; i < q; i++) {
+            dot_tile256(a, m0, n0 + i, 4, 1, q);
+        }
+        for (int n = n0 + 4 * q; n < n1; n++) {
+            dot_tile256(a, m0, n, 1, 1, 1);
+        }
+        return;
+    }
     for (int n = n0; n < n1; n += 4) {
         for (int m = m0; m < m1; m += 4) {
             dot_rows256(a, m, n, NV_MIN(4, n1 - n), NV_MIN(4, m1 - m));
