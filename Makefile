@@ -268,3 +268,8 @@ $(BINOUT)/nvlm-bench: bench/nvlm_bench.c $(STLIB)
 bench: bench-engine
 bench-engine: $(BINOUT)/nvlm-bench
 	$(BINOUT)/nvlm-bench
+
+# Every benchmark built, none run (CI checks that they compile; timings are not CI's business).
+.PHONY: bench-build
+bench-build: $(BINOUT)/nvlm-bench $(BUILD)/bench/bench_image $(BUILD)/bench/bench_tokenizer \
+             $(if $(CUDA_OBJ),$(BUILD)/bench/bench_cuda)
