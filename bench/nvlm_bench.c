@@ -1,8 +1,8 @@
 /*
  * nvlm_bench.c - CPU engine benchmark (`make bench` -> bin/nvlm-bench). Everything in memory:
  * kernel-level GEMMs at the layer shapes of a Qwen2-1.5B-like decoder and an InternViT-300M-like
- * encoder with random bf16 weights, next to in-run reference probes (memory copy bandwidth,
- * OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
+ * encoder with random bf16 weights, next to in-run reference probes (memory bandwidth: STREAM
+ * copy, memcpy, 1- and 4-stream reads; OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
  * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile.
  *
  *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--quick] [--decode-only]

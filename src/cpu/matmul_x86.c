@@ -2,11 +2,12 @@
  * matmul_x86.c - AVX-512 and AVX2+FMA GEMM kernels, compiled per function with target
  * attributes and chosen at run time by matmul.c (the library still runs on plain x86-64).
  * Two shapes of work: few activation rows (decode: M < MM_SMALL_M) stream each weight row once
- * as dot products along K; many rows (prefill, ViT) convert a KC x 32 panel of the weights to
- * f32 once into the thread's scratch and reuse it across all of M in a 12 x 32 (AVX-512) or
- * 6 x 16 (AVX2) register tile. Weights stay bf16/f16 in memory and are widened exactly (bf16:
- * shift left 16); every product is f32 x f32. AVX512-BF16 (vdpbf16ps) is deliberately unused:
- * it rounds the activations to bf16, which the numerics contract (spec, top) forbids.
+ * as dot products along K (one row of x: 4 interleaved weight streams per thread); many rows
+ * (prefill, ViT) convert a KC x 32 panel of the weights to f32 once into the thread's scratch
+ * and reuse it across all of M in a 12 x 32 (AVX-512) or 6 x 16 (AVX2) register tile. Weights
+ * stay bf16/f16 in memory and are widened exactly (bf16: shift left 16); every product is
+ * f32 x f32. AVX512-BF16 (vdpbf16ps) is deliberately unused: it rounds the activations to
+ * bf16, which the numerics contract (spec, top) forbids.
  */
 #include "cpu/matmul_impl.h"
 
@@ -56,9 +57,9 @@ T512 INL __m512 w16(const void *w, nv_dtype wt, size_t idx, __mmask16 mask)
     return _mm512_maskz_loadu_ps(mask, (const float *)w + idx);
 }
 
-/* Small M: one weight row (a single sequential stream, which the hardware prefetcher follows
- * best) against MR rows of x; two accumulators per output (alternating 16-wide k steps) hide
- * the FMA latency. Every output gets the same arithmetic whatever MR is. */
+/* Small M: one weight row against MR rows of x (M = 1 goes through dot_4rows512 below, which
+ * reads 4 weight rows far apart per x load); two accumulators per output (alternating 16-wide
+ * k steps) hide the FMA latency. Every output gets the same arithmetic whatever MR is. */
 T512 INL void dot_row512(const mm_args *a, int m, int n, const int MR)
 {
     __m512 acc0[4], acc1[4];
