@@ -107,6 +107,38 @@ nvlm_status nv_gen_config_parse(nv_config *cfg, const char *json, size_t len, vo
 nvlm_status nv_engine_init(nvlm_model *m);
 void nv_engine_free(nvlm_model *m);
 
+/* ---- the checkpoint layout (layout.c) ---- */
+
+/* What a tensor of the layout is (synthetic models draw their random values by it). */
+typedef enum nv_tensor_role {
+    NV_ROLE_LINEAR = 0,     /* a Linear / conv weight: fan-in = product of dims 1.. */
+    NV_ROLE_SMALL,          /* biases, class and position embeddings */
+    NV_ROLE_NORM,           /* norm weights (around 1) */
+    NV_ROLE_LAYER_SCALE,    /* InternViT ls1 / ls2 */
+    NV_ROLE_EMBEDDING       /* the token embedding table */
+} nv_tensor_role;
+
+#define NV_LAYOUT_NAME_MAX 160
+
+typedef struct nv_layout_tensor {
+    char name[NV_LAYOUT_NAME_MAX];
+    int ndim;
+    int64_t shape[4];
+    bool optional;          /* may be absent: lm_head when the embeddings are tied */
+    nv_tensor_role role;
+} nv_layout_tensor;
+
+typedef nvlm_status (*nv_layout_fn)(void *u, const nv_layout_tensor *t);
+
+/* Calls fn for every tensor of the NVLM-D checkpoint layout for cfg (spec §2) in a fixed
+ * order; stops at and returns the first status other than NVLM_OK that fn returns. */
+nvlm_status nv_layout_tensors(const nv_config *cfg, nv_layout_fn fn, void *u);
+/* Number of tensors nv_layout_tensors visits. */
+size_t nv_layout_count(const nv_config *cfg);
+/* Parameters of the model: the elements of every non-optional tensor of the layout (the
+ * attention of the ViT padded to num_heads + num_dummy_heads heads). */
+uint64_t nv_layout_params(const nv_config *cfg);
+
 /* A fully loaded model built in memory (synthetic.c): every tensor of the checkpoint layout for
  * cfg (which must be complete, e.g. from nv_config_parse), bf16 random values from `seed`, no
  * tokenizer, engine initialised. Freed with nvlm_model_free. Errors go to ctx. */

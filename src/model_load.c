@@ -10,7 +10,6 @@
 
 #include <cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +18,6 @@
 #define MAX_CONFIG_BYTES ((size_t)16 << 20)
 #define MAX_INDEX_BYTES ((size_t)64 << 20)
 #define MAX_SHARDS 4096
-#define NAME_MAX_LEN 160
 #define PATH_LEN 4096
 #define MAX_DUMMY_HEADS 1024
 #define LIST_NAMES 3 /* names quoted in a missing/unexpected message */
@@ -39,7 +37,7 @@ struct nv_checkpoint {
 };
 
 typedef struct expected {
-    char name[NAME_MAX_LEN];
+    char name[NV_LAYOUT_NAME_MAX];
     int ndim;
     int64_t shape[4];
     bool optional;
@@ -50,6 +48,7 @@ typedef struct exp_list {
     expected *v;
     size_t n;
     size_t cap;
+    nvlm_context *ctx;  /* where exp_add reports */
 } exp_list;
 
 /* ---- small helpers -------------------------------------------------------------------------- */
@@ -111,144 +110,35 @@ static void list_add(char *buf, size_t cap, size_t *count, const char *name)
     (*count)++;
 }
 
-/* ---- parameter count (documented in docs/model-loading.md) ---------------- */
-
-/* Parameters of NVLM-D from the config alone, the ViT's attention padded to
- * (num_heads + dummy) heads:
- *   ViT  = H (class) + H*C*p*p + H (patch) + (g*g + 1)*H (position, g = image/patch)
- *        + layers * (3*P*H (qkv) [+ 3*P bias] + 2*P (q/k norm) + H*P + H (proj)
- *                    + 2*I*H + I + H (fc1, fc2) + 4*H (norm1, norm2, ls1, ls2)),  P = heads*hd
- *   mlp1 = 2*Pi (LayerNorm) + Ph*Pi + O*Ph
- *   LLM  = V*E (embed) [+ V*E lm_head unless tied] + E (norm)
- *        + layers * (2*E + E*E + E (q) + 2*(K*E + K) (k, v) + E*E (o) + 3*F*E),  K = kv*hd */
-static uint64_t count_params(const nv_config *c)
-{
-    const nv_vision_config *v = &c->vision;
-    const nv_llm_config *l = &c->llm;
-    uint64_t H = (uint64_t)v->hidden_size;
-    uint64_t P = (uint64_t)(v->num_heads + v->num_dummy_heads) * (uint64_t)v->head_dim;
-    uint64_t I = (uint64_t)v->intermediate_size;
-    uint64_t g = (uint64_t)(v->image_size / v->patch_size);
-    uint64_t p = (uint64_t)v->patch_size;
-    uint64_t vit = H + H * (uint64_t)v->num_channels * p * p + H + (g * g + 1) * H;
-    uint64_t layer = 3 * P * H + (v->qkv_bias ? 3 * P : 0) + 2 * P + H * P + H + 2 * I * H + I + H +
-                     4 * H;
-    vit += (uint64_t)v->num_layers * layer;
-    uint64_t pi = (uint64_t)c->proj_input_size;
-    uint64_t ph = (uint64_t)c->proj_hidden_size;
-    uint64_t po = (uint64_t)c->proj_output_size;
-    uint64_t mlp = 2 * pi + ph * pi + po * ph;
-    uint64_t E = (uint64_t)l->hidden_size;
-    uint64_t K = (uint64_t)l->num_kv_heads * (uint64_t)l->head_dim;
-    uint64_t F = (uint64_t)l->intermediate_size;
-    uint64_t V = (uint64_t)l->vocab_size;
-    uint64_t llm = V * E * (l->tie_word_embeddings ? 1 : 2) + E;
-    llm += (uint64_t)l->num_layers * (2 * E + E * E + E + 2 * (K * E + K) + E * E + 3 * F * E);
-    return vit + mlp + llm;
-}
-
 /* ---- the expected tensor set (spec §2) -------------------------------------------------- */
 
-static nvlm_status exp_add(exp_list *L, nvlm_context *ctx, bool optional, int ndim,
-                           const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-
-static nvlm_status exp_add(exp_list *L, nvlm_context *ctx, bool optional, int ndim,
-                           const int64_t *shape, const char *fmt, ...)
+static nvlm_status exp_add(void *u, const nv_layout_tensor *t)
 {
+    exp_list *L = u;
     if (L->n == L->cap) {
-        return nv_error(ctx, NVLM_ERR_INTERNAL, "expected tensor list overflow");
+        return nv_error(L->ctx, NVLM_ERR_INTERNAL, "expected tensor list overflow");
     }
     expected *e = &L->v[L->n++];
     memset(e, 0, sizeof *e);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->name, sizeof e->name, fmt, ap);
-    va_end(ap);
-    e->ndim = ndim;
-    for (int i = 0; i < ndim; i++) {
-        e->shape[i] = shape[i];
-    }
-    e->optional = optional;
+    snprintf(e->name, sizeof e->name, "%s", t->name);
+    e->ndim = t->ndim;
+    memcpy(e->shape, t->shape, sizeof e->shape);
+    e->optional = t->optional;
     return NVLM_OK;
 }
 
+/* The layout's tensors (layout.c), sorted by name for check_tensors. */
 static nvlm_status exp_build(const nv_config *c, nvlm_context *ctx, exp_list *L)
 {
-    const nv_vision_config *v = &c->vision;
-    const nv_llm_config *l = &c->llm;
-    size_t cap = 3 + 12 * (size_t)l->num_layers + 4 + 4 + 14 * (size_t)v->num_layers;
+    size_t cap = nv_layout_count(c);
     L->v = nv_alloc_array(ctx, cap, sizeof *L->v);
     if (L->v == NULL) {
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the expected tensor set");
     }
     L->cap = cap;
     L->n = 0;
-    int64_t H = v->hidden_size;
-    int64_t P = (int64_t)(v->num_heads + v->num_dummy_heads) * v->head_dim;
-    int64_t I = v->intermediate_size;
-    int64_t g = v->image_size / v->patch_size;
-    int64_t p = v->patch_size;
-    const char *vp = "vision_model";
-    NVLM_TRY(exp_add(L, ctx, false, 3, (int64_t[]){1, 1, H}, "%s.embeddings.class_embedding", vp));
-    NVLM_TRY(exp_add(L, ctx, false, 4, (int64_t[]){H, v->num_channels, p, p},
-                     "%s.embeddings.patch_embedding.weight", vp));
-    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, "%s.embeddings.patch_embedding.bias", vp));
-    NVLM_TRY(exp_add(L, ctx, false, 3, (int64_t[]){1, g * g + 1, H},
-                     "%s.embeddings.position_embedding", vp));
-    for (int i = 0; i < v->num_layers; i++) {
-        const char *f = "vision_model.encoder.layers.%d.%s";
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){3 * P, H}, f, i, "attn.qkv.weight"));
-        if (v->qkv_bias) {
-            NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){3 * P}, f, i, "attn.qkv.bias"));
-        }
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){P}, f, i, "attn.q_norm.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){P}, f, i, "attn.k_norm.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){H, P}, f, i, "attn.proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "attn.proj.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){I, H}, f, i, "mlp.fc1.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){I}, f, i, "mlp.fc1.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){H, I}, f, i, "mlp.fc2.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "mlp.fc2.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "norm1.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "norm2.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "ls1"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){H}, f, i, "ls2"));
-    }
-    int64_t pi = c->proj_input_size;
-    int64_t ph = c->proj_hidden_size;
-    int64_t po = c->proj_output_size;
-    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){pi}, "mlp1.0.weight"));
-    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){pi}, "mlp1.0.bias"));
-    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){ph, pi}, "mlp1.1.weight"));
-    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){po, ph}, "mlp1.3.weight"));
-
-    int64_t E = l->hidden_size;
-    int64_t Q = (int64_t)l->num_heads * l->head_dim;
-    int64_t K = (int64_t)l->num_kv_heads * l->head_dim;
-    int64_t F = l->intermediate_size;
-    int64_t V = l->vocab_size;
-    NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){V, E},
-                     "language_model.model.embed_tokens.weight"));
-    NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, "language_model.model.norm.weight"));
-    NVLM_TRY(exp_add(L, ctx, l->tie_word_embeddings, 2, (int64_t[]){V, E},
-                     "language_model.lm_head.weight"));
-    for (int i = 0; i < l->num_layers; i++) {
-        const char *f = "language_model.model.layers.%d.%s";
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, f, i, "input_layernorm.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){E}, f, i,
-                         "post_attention_layernorm.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){Q, E}, f, i, "self_attn.q_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){Q}, f, i, "self_attn.q_proj.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){K, E}, f, i, "self_attn.k_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){K}, f, i, "self_attn.k_proj.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){K, E}, f, i, "self_attn.v_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 1, (int64_t[]){K}, f, i, "self_attn.v_proj.bias"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){E, Q}, f, i, "self_attn.o_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){F, E}, f, i, "mlp.gate_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){F, E}, f, i, "mlp.up_proj.weight"));
-        NVLM_TRY(exp_add(L, ctx, false, 2, (int64_t[]){E, F}, f, i, "mlp.down_proj.weight"));
-    }
+    L->ctx = ctx;
+    NVLM_TRY(nv_layout_tensors(c, exp_add, L));
     qsort(L->v, L->n, sizeof *L->v, cmp_exp);
     return NVLM_OK;
 }
@@ -606,7 +496,7 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
     nv_st_mode mode = !full ? NV_ST_HEADER_ONLY : p->use_mmap ? NV_ST_MMAP : NV_ST_READ;
     index_info ix;
     memset(&ix, 0, sizeof ix);
-    exp_list L = {NULL, 0, 0};
+    exp_list L = {NULL, 0, 0, NULL};
     nvlm_status st = NVLM_OK;
 
     NVLM_TRY(join(path, m->dir, "model.safetensors.index.json", ctx));
@@ -659,7 +549,7 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
         }
     }
     if (st == NVLM_OK) {
-        m->n_params = count_params(&m->cfg);
+        m->n_params = nv_layout_params(&m->cfg);
         if (m->ckpt != NULL) {
             m->weight_bytes = 0;
             for (size_t i = 0; i < m->ckpt->n_shards; i++) {

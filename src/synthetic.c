@@ -1,6 +1,6 @@
 /*
  * synthetic.c - an NVLM-D model built in memory from a config alone (benchmarks, tests): every
- * tensor of the checkpoint layout (spec §2, the same names and shapes model_load.c expects),
+ * tensor of the checkpoint layout (spec §2: layout.c's tensor set, which model_load.c checks),
  * bf16, filled with seeded uniform noise of a sensible scale (linear weights +-1/sqrt(fan_in),
  * norm weights ~1, biases and embeddings small, layer scales 0.1, dummy-head q/k/v rows zero as
  * in the real checkpoint), then handed to the engine like a loaded model.
@@ -11,113 +11,49 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct syn_tensor {
-    char name[96];
-    int ndim;
-    int64_t shape[4];
-    float scale;      /* uniform in center +- scale */
-    float center;
-} syn_tensor;
-
+/* The layout's tensors (layout.c) that a model has: all but the optional ones. */
 typedef struct syn_list {
-    syn_tensor *v;
+    nv_layout_tensor *v;
     size_t n, cap;
 } syn_list;
 
-static void syn_add(syn_list *L, float center, float scale, int ndim, const int64_t *shape,
-                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static void syn_add(syn_list *L, float center, float scale, int ndim, const int64_t *shape,
-                    const char *fmt, ...)
+static nvlm_status syn_collect(void *u, const nv_layout_tensor *t)
 {
-    if (L->v == NULL || L->n >= L->cap) {
-        L->n++; /* counting pass */
-        return;
+    syn_list *L = u;
+    if (!t->optional && L->n < L->cap) {
+        L->v[L->n++] = *t;
     }
-    syn_tensor *t = &L->v[L->n++];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(t->name, sizeof t->name, fmt, ap);
-    va_end(ap);
-    t->ndim = ndim;
-    for (int i = 0; i < ndim; i++) {
-        t->shape[i] = shape[i];
-    }
-    t->center = center;
-    t->scale = scale;
+    return NVLM_OK;
 }
 
-static float inv_sqrt(int64_t fan_in)
+/* Values uniform in center +- scale, by what the tensor is: Linear weights +-1/sqrt(fan_in),
+ * norm weights ~1, biases and the class / position embeddings small, layer scales 0.1. */
+static void syn_init(const nv_layout_tensor *t, float *center, float *scale)
 {
-    return fan_in > 0 ? 1.0f / sqrtf((float)fan_in) : 1.0f;
-}
-
-/* The tensor set of spec §2 for cfg (mirrors model_load.c's expected list). */
-static void syn_build(const nv_config *c, syn_list *L)
-{
-    const nv_vision_config *v = &c->vision;
-    const nv_llm_config *l = &c->llm;
-    int64_t H = v->hidden_size;
-    int64_t P = (int64_t)(v->num_heads + v->num_dummy_heads) * v->head_dim;
-    int64_t I = v->intermediate_size;
-    int64_t g = v->image_size / v->patch_size;
-    int64_t p = v->patch_size;
-    int64_t ch = v->num_channels;
-    syn_add(L, 0.0f, 0.02f, 3, (int64_t[]){1, 1, H}, "vision_model.embeddings.class_embedding");
-    syn_add(L, 0.0f, inv_sqrt(ch * p * p), 4, (int64_t[]){H, ch, p, p},
-            "vision_model.embeddings.patch_embedding.weight");
-    syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){H}, "vision_model.embeddings.patch_embedding.bias");
-    syn_add(L, 0.0f, 0.02f, 3, (int64_t[]){1, g * g + 1, H},
-            "vision_model.embeddings.position_embedding");
-    for (int i = 0; i < v->num_layers; i++) {
-        const char *f = "vision_model.encoder.layers.%d.%s";
-        syn_add(L, 0.0f, inv_sqrt(H), 2, (int64_t[]){3 * P, H}, f, i, "attn.qkv.weight");
-        if (v->qkv_bias) {
-            syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){3 * P}, f, i, "attn.qkv.bias");
+    *center = 0.0f;
+    switch (t->role) {
+    case NV_ROLE_LINEAR: {
+        int64_t fan_in = 1;
+        for (int d = 1; d < t->ndim; d++) {
+            fan_in *= t->shape[d];
         }
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){P}, f, i, "attn.q_norm.weight");
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){P}, f, i, "attn.k_norm.weight");
-        syn_add(L, 0.0f, inv_sqrt(P), 2, (int64_t[]){H, P}, f, i, "attn.proj.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){H}, f, i, "attn.proj.bias");
-        syn_add(L, 0.0f, inv_sqrt(H), 2, (int64_t[]){I, H}, f, i, "mlp.fc1.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){I}, f, i, "mlp.fc1.bias");
-        syn_add(L, 0.0f, inv_sqrt(I), 2, (int64_t[]){H, I}, f, i, "mlp.fc2.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){H}, f, i, "mlp.fc2.bias");
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){H}, f, i, "norm1.weight");
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){H}, f, i, "norm2.weight");
-        syn_add(L, 0.1f, 0.01f, 1, (int64_t[]){H}, f, i, "ls1");
-        syn_add(L, 0.1f, 0.01f, 1, (int64_t[]){H}, f, i, "ls2");
+        *scale = fan_in > 0 ? 1.0f / sqrtf((float)fan_in) : 1.0f;
+        break;
     }
-    int64_t pi = c->proj_input_size, ph = c->proj_hidden_size, po = c->proj_output_size;
-    syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){pi}, "mlp1.0.weight");
-    syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){pi}, "mlp1.0.bias");
-    syn_add(L, 0.0f, inv_sqrt(pi), 2, (int64_t[]){ph, pi}, "mlp1.1.weight");
-    syn_add(L, 0.0f, inv_sqrt(ph), 2, (int64_t[]){po, ph}, "mlp1.3.weight");
-
-    int64_t E = l->hidden_size;
-    int64_t Q = (int64_t)l->num_heads * l->head_dim;
-    int64_t K = (int64_t)l->num_kv_heads * l->head_dim;
-    int64_t F = l->intermediate_size;
-    int64_t V = l->vocab_size;
-    syn_add(L, 0.0f, 0.035f, 2, (int64_t[]){V, E}, "language_model.model.embed_tokens.weight");
-    syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){E}, "language_model.model.norm.weight");
-    if (!l->tie_word_embeddings) {
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){V, E}, "language_model.lm_head.weight");
-    }
-    for (int i = 0; i < l->num_layers; i++) {
-        const char *f = "language_model.model.layers.%d.%s";
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){E}, f, i, "input_layernorm.weight");
-        syn_add(L, 1.0f, 0.05f, 1, (int64_t[]){E}, f, i, "post_attention_layernorm.weight");
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){Q, E}, f, i, "self_attn.q_proj.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){Q}, f, i, "self_attn.q_proj.bias");
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){K, E}, f, i, "self_attn.k_proj.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){K}, f, i, "self_attn.k_proj.bias");
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){K, E}, f, i, "self_attn.v_proj.weight");
-        syn_add(L, 0.0f, 0.02f, 1, (int64_t[]){K}, f, i, "self_attn.v_proj.bias");
-        syn_add(L, 0.0f, inv_sqrt(Q), 2, (int64_t[]){E, Q}, f, i, "self_attn.o_proj.weight");
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){F, E}, f, i, "mlp.gate_proj.weight");
-        syn_add(L, 0.0f, inv_sqrt(E), 2, (int64_t[]){F, E}, f, i, "mlp.up_proj.weight");
-        syn_add(L, 0.0f, inv_sqrt(F), 2, (int64_t[]){E, F}, f, i, "mlp.down_proj.weight");
+    case NV_ROLE_NORM:
+        *center = 1.0f;
+        *scale = 0.05f;
+        break;
+    case NV_ROLE_LAYER_SCALE:
+        *center = 0.1f;
+        *scale = 0.01f;
+        break;
+    case NV_ROLE_EMBEDDING:
+        *scale = 0.035f;
+        break;
+    default:
+        *scale = 0.02f;
+        break;
     }
 }
 
@@ -181,15 +117,12 @@ nvlm_status nv_model_synthetic(nvlm_context *ctx, const nv_config *cfg, uint64_t
     }
     *out = NULL;
     NVLM_TRY(syn_check(ctx, cfg));
-    syn_list L = {NULL, 0, 0};
-    syn_build(cfg, &L);
-    L.cap = L.n;
+    syn_list L = {NULL, 0, nv_layout_count(cfg)};
     L.v = nv_alloc_array(ctx, L.cap, sizeof *L.v);
     if (L.v == NULL) {
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the synthetic model");
     }
-    L.n = 0;
-    syn_build(cfg, &L);
+    nv_layout_tensors(cfg, syn_collect, &L);
 
     /* Sizes, each tensor 64-byte aligned in one block. */
     size_t total = 0;
@@ -231,7 +164,7 @@ nvlm_status nv_model_synthetic(nvlm_context *ctx, const nv_config *cfg, uint64_t
     size_t off = 0;
     uint64_t state = seed ^ 0x6a09e667f3bcc908ull;
     for (size_t i = 0; i < L.n; i++) {
-        const syn_tensor *t = &L.v[i];
+        const nv_layout_tensor *t = &L.v[i];
         nv_weight *w = &m->mem_weights[i];
         w->name = nv_strdup(ctx, t->name);
         if (w->name == NULL) {
@@ -250,7 +183,9 @@ nvlm_status nv_model_synthetic(nvlm_context *ctx, const nv_config *cfg, uint64_t
         }
         w->t.data = base + off;
         off += (ne * 2 + 63) & ~(size_t)63;
-        syn_fill(w->t.data, ne, t->center, t->scale, &state);
+        float center, scale;
+        syn_init(t, &center, &scale);
+        syn_fill(w->t.data, ne, center, scale, &state);
         size_t nl = strlen(t->name);
         if (cfg->vision.num_dummy_heads > 0 && nl > 15 &&
             strcmp(t->name + nl - 15, "attn.qkv.weight") == 0) {
