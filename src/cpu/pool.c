@@ -116,6 +116,26 @@ static void pool_stop(nv_pool *pool)
     pool->n_started = 0;
 }
 
+/* Destroys the first n_sync of the pool's mutex and condition variables (in the order they are
+ * made: mu, cv_start, cv_done) and frees its memory. No worker may be running. */
+static void pool_release(nv_pool *pool, int n_sync)
+{
+    if (n_sync >= 3) {
+        pthread_cond_destroy(&pool->cv_done);
+    }
+    if (n_sync >= 2) {
+        pthread_cond_destroy(&pool->cv_start);
+    }
+    if (n_sync >= 1) {
+        pthread_mutex_destroy(&pool->mu);
+    }
+    nvlm_context *ctx = pool->ctx;
+    nv_free(ctx, pool->scratch_raw);
+    nv_free(ctx, pool->threads);
+    nv_free(ctx, pool->workers);
+    nv_free(ctx, pool);
+}
+
 nvlm_status nv_pool_create(nvlm_context *ctx, int n_threads, nv_pool **out)
 {
     if (out == NULL) {
@@ -142,44 +162,28 @@ nvlm_status nv_pool_create(nvlm_context *ctx, int n_threads, nv_pool **out)
         pool->threads = nv_calloc(ctx, (size_t)n_threads - 1, sizeof(*pool->threads));
         pool->workers = nv_calloc(ctx, (size_t)n_threads - 1, sizeof(*pool->workers));
         if (pool->threads == NULL || pool->workers == NULL) {
-            nv_free(ctx, pool->threads);
-            nv_free(ctx, pool->workers);
-            nv_free(ctx, pool);
+            pool_release(pool, 0);
             return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the thread pool");
         }
     }
     size_t scratch_bytes = (size_t)n_threads * NV_POOL_SCRATCH + 64;
     pool->scratch_raw = nv_malloc(ctx, scratch_bytes);
     if (pool->scratch_raw == NULL) {
-        nv_free(ctx, pool->threads);
-        nv_free(ctx, pool->workers);
-        nv_free(ctx, pool);
+        pool_release(pool, 0);
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the thread pool");
     }
     pool->scratch = (char *)(((uintptr_t)pool->scratch_raw + 63u) & ~(uintptr_t)63u);
-    if (pthread_mutex_init(&pool->mu, NULL) != 0) {
-        nv_free(ctx, pool->scratch_raw);
-        nv_free(ctx, pool->threads);
-        nv_free(ctx, pool->workers);
-        nv_free(ctx, pool);
-        return nv_error(ctx, NVLM_ERR_INTERNAL, "pthread_mutex_init failed");
+    int n_sync = pthread_mutex_init(&pool->mu, NULL) == 0 ? 1 : 0;
+    if (n_sync == 1 && pthread_cond_init(&pool->cv_start, NULL) == 0) {
+        n_sync = 2;
     }
-    if (pthread_cond_init(&pool->cv_start, NULL) != 0) {
-        pthread_mutex_destroy(&pool->mu);
-        nv_free(ctx, pool->scratch_raw);
-        nv_free(ctx, pool->threads);
-        nv_free(ctx, pool->workers);
-        nv_free(ctx, pool);
-        return nv_error(ctx, NVLM_ERR_INTERNAL, "pthread_cond_init failed");
+    if (n_sync == 2 && pthread_cond_init(&pool->cv_done, NULL) == 0) {
+        n_sync = 3;
     }
-    if (pthread_cond_init(&pool->cv_done, NULL) != 0) {
-        pthread_cond_destroy(&pool->cv_start);
-        pthread_mutex_destroy(&pool->mu);
-        nv_free(ctx, pool->scratch_raw);
-        nv_free(ctx, pool->threads);
-        nv_free(ctx, pool->workers);
-        nv_free(ctx, pool);
-        return nv_error(ctx, NVLM_ERR_INTERNAL, "pthread_cond_init failed");
+    if (n_sync < 3) {
+        pool_release(pool, n_sync);
+        return nv_error(ctx, NVLM_ERR_INTERNAL, "%s failed",
+                        n_sync == 0 ? "pthread_mutex_init" : "pthread_cond_init");
     }
     for (int i = 0; i < n_threads - 1; i++) {
         pool->workers[i].pool = pool;
@@ -202,14 +206,7 @@ void nv_pool_free(nv_pool *pool)
         return;
     }
     pool_stop(pool);
-    pthread_cond_destroy(&pool->cv_done);
-    pthread_cond_destroy(&pool->cv_start);
-    pthread_mutex_destroy(&pool->mu);
-    nvlm_context *ctx = pool->ctx;
-    nv_free(ctx, pool->scratch_raw);
-    nv_free(ctx, pool->threads);
-    nv_free(ctx, pool->workers);
-    nv_free(ctx, pool);
+    pool_release(pool, 3);
 }
 
 void *nv_pool_scratch(nv_pool *pool, int i)
