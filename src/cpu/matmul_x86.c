@@ -43,6 +43,18 @@ _Static_assert((size_t)KC * NC * 4 + (size_t)KC * MC * 4 + 256 <= NV_POOL_SCRATC
 /* AVX-512                                                                                   */
 /* ======================================================================================== */
 
+/* Pack activations m..m+mr-1, k0..k0+kc-1 as dst[k][rows] (rows >= mr are zero): the
+ * A panel of both register-tile kernels (rows = MR5 or MR2). Plain C, used by both paths. */
+INL void pack_a(float *dst, int rows, const mm_args *a, int m, int mr, int k0, int kc)
+{
+    for (int k = 0; k < kc; k++) {
+        for (int r = 0; r < rows; r++) {
+            dst[(size_t)k * (size_t)rows + (size_t)r] =
+                r < mr ? a->x[(size_t)(m + r) * (size_t)a->ldx + (size_t)(k0 + k)] : 0.0f;
+        }
+    }
+}
+
 /* 16 weights starting at w[idx] as f32; `mask` selects valid lanes (others 0). */
 T512 INL __m512 w16(const void *w, nv_dtype wt, size_t idx, __mmask16 mask)
 {
@@ -260,16 +272,6 @@ T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k
     }
 }
 
-/* Pack activations m..m+mr-1, k0..k0+kc-1 as dst[k][MR5] (rows >= mr are zero). */
-T512 static void pack_a512(float *dst, const mm_args *a, int m, int mr, int k0, int kc)
-{
-    for (int k = 0; k < kc; k++) {
-        for (int r = 0; r < MR5; r++) {
-            dst[(size_t)k * MR5 + (size_t)r] =
-                r < mr ? a->x[(size_t)(m + r) * (size_t)a->ldx + (size_t)(k0 + k)] : 0.0f;
-        }
-    }
-}
 
 /* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart.
  * first: start from 0, else continue from C; last: scale by alpha, add bias, as the portable
@@ -347,8 +349,8 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
             for (int mc0 = m0; mc0 < m1; mc0 += MC) {
                 const int mcw = NV_MIN(MC, m1 - mc0);
                 for (int i = 0; i * MR5 < mcw; i++) {
-                    pack_a512(ap + (size_t)i * KC * MR5, a, mc0 + i * MR5,
-                              NV_MIN(MR5, mcw - i * MR5), k0, kc);
+                    pack_a(ap + (size_t)i * KC * MR5, MR5, a, mc0 + i * MR5,
+                           NV_MIN(MR5, mcw - i * MR5), k0, kc);
                 }
                 /* One weight micro-panel stays in L1 while the activation panels stream from L2. */
                 for (int p = 0; p * NR5 < ncw; p++) {
@@ -549,16 +551,6 @@ T256 static void pack_b256(float *dst, const mm_args *a, int n, int nr, int k0, 
     }
 }
 
-T256 static void pack_a256(float *dst, const mm_args *a, int m, int mr, int k0, int kc)
-{
-    for (int k = 0; k < kc; k++) {
-        for (int r = 0; r < MR2; r++) {
-            dst[(size_t)k * MR2 + (size_t)r] =
-                r < mr ? a->x[(size_t)(m + r) * (size_t)a->ldx + (size_t)(k0 + k)] : 0.0f;
-        }
-    }
-}
-
 T256 static void ukr256(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr,
                         int nr, int first, int last, float alpha, const float *bias)
 {
@@ -622,7 +614,7 @@ T256 INL void big_m256(const mm_args *a, int m0, int m1, int n0, int n1, void *s
             }
             for (int m = m0; m < m1; m += MR2) {
                 const int mr = NV_MIN(MR2, m1 - m);
-                pack_a256(ap, a, m, mr, k0, kc);
+                pack_a(ap, MR2, a, m, mr, k0, kc);
                 for (int p = 0; p * NR2 < ncw; p++) {
                     const int n = nc0 + p * NR2;
                     ukr256(kc, ap, bp + (size_t)p * KC * NR2,
