@@ -686,11 +686,18 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     i.min_dynamic_patch = c->min_dynamic_patch;
     i.max_dynamic_patch = c->max_dynamic_patch;
     i.use_thumbnail = c->use_thumbnail ? 1 : 0;
-    i.bos_token_id = c->llm.bos_token_id;
+    /* Qwen2 puts no BOS before a prompt whatever llm_config says; bos and pad agree with
+     * nvlm_tokenizer_special_tokens */
+    i.bos_token_id = -1;
     i.eos_token_id = c->llm.eos_token_id;
     i.pad_token_id = c->llm.pad_token_id;
     i.image_context_token_id = -1;
     if (m->tok != NULL) {
+        nvlm_special_tokens sp = {.struct_size = sizeof sp};
+        if (nvlm_tokenizer_special_tokens(m->tok, &sp) == NVLM_OK) {
+            i.bos_token_id = sp.bos;
+            i.pad_token_id = sp.pad;
+        }
         i.image_context_token_id = nvlm_tokenizer_token_id(m->tok, "<|vision_pad|>");
         i.tokenizer_vocab_size = nvlm_tokenizer_vocab_size(m->tok);
     }

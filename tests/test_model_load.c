@@ -674,8 +674,16 @@ static void check_tiny(nvlm_context *ctx)
         CHECK(i.min_dynamic_patch == 1 && i.max_dynamic_patch == 6 && i.use_thumbnail == 1 &&
                   i.image_size == 448,
               "tile settings");
-        CHECK(i.bos_token_id == 4000 && i.eos_token_id == 4002 && i.pad_token_id == -1,
-              "token ids from llm_config");
+        /* llm_config says bos 4000 and pad null, but Qwen2 adds no BOS and pads with
+         * <|endoftext|>: the info agrees with the tokenizer */
+        CHECK(i.bos_token_id == -1 && i.eos_token_id == 4002 && i.pad_token_id == 4000,
+              "token ids: bos %d eos %d pad %d", i.bos_token_id, i.eos_token_id,
+              i.pad_token_id);
+        nvlm_special_tokens sp = {.struct_size = sizeof sp};
+        CHECK_OK(nvlm_tokenizer_special_tokens(nvlm_model_tokenizer(m), &sp));
+        CHECK(sp.bos == i.bos_token_id && sp.pad == i.pad_token_id && sp.eos == i.eos_token_id,
+              "model info and tokenizer agree (bos %d/%d, pad %d/%d, eos %d/%d)", sp.bos,
+              i.bos_token_id, sp.pad, i.pad_token_id, sp.eos, i.eos_token_id);
         /* index total_size = stored bytes; all bf16, so params = bytes / 2 */
         CHECK_EQ_INT(i.weight_bytes, 4026304, "weight bytes");
         CHECK_EQ_INT(i.n_params, 4026304 / 2, "params");
@@ -750,8 +758,9 @@ static void check_big(nvlm_context *ctx)
               i.llm_num_key_value_heads == 8 && i.llm_head_dim == 128 &&
               i.vocab_size == 152064 && i.max_position_embeddings == 32768,
           "72B llm dims");
-    CHECK(i.bos_token_id == 151643 && i.eos_token_id == 151645 && i.pad_token_id == -1,
-          "72B token ids");
+    CHECK(i.bos_token_id == -1 && i.eos_token_id == 151645 && i.pad_token_id == 151643,
+          "72B token ids: bos %d eos %d pad %d", i.bos_token_id, i.eos_token_id,
+          i.pad_token_id);
     /* spec §2: 79.38 B parameters with the dummy-head padding; an independent sum over the
      * §2 table's shapes (tests/oracle is not needed: 6052672640 + 620717056 + 72706203648) */
     CHECK_EQ_INT(i.n_params, 79379593344ull, "72B params");
@@ -968,6 +977,9 @@ static void check_cli(void)
     CHECK(num(j, "llm", "hidden_size") == 128 && num(j, "llm", "num_key_value_heads") == 2 &&
               num(j, "llm", "vocab_size") == 4032 && num(j, "llm", "intermediate_size") == 320,
           "tiny llm object");
+    CHECK(num(j, "llm", "bos_token_id") == -1 && num(j, "llm", "pad_token_id") == 4000 &&
+              num(j, "llm", "eos_token_id") == 4002,
+          "tiny token ids as the tokenizer has them");
     CHECK(num(j, NULL, "params") == 2013152 && num(j, NULL, "weight_bytes") == 4026304,
           "tiny params and bytes");
     CHECK(num(j, NULL, "min_dynamic_patch") == 1 && num(j, NULL, "max_dynamic_patch") == 6 &&

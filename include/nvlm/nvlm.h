@@ -256,10 +256,15 @@ typedef struct nvlm_model_info {
     int32_t max_dynamic_patch;
     int32_t use_thumbnail;
     /* tokens (-1 when absent) */
-    int32_t bos_token_id;
-    int32_t eos_token_id;
-    int32_t pad_token_id;
-    int32_t image_context_token_id;     /* <|vision_pad|> */
+    int32_t bos_token_id;               /* the token put before a prompt: -1, as NVLM-D (Qwen2)
+                                           adds none; the tokenizer's bos when one is configured
+                                           (= nvlm_tokenizer_special_tokens' bos). llm_config's
+                                           bos_token_id is not used by the model. */
+    int32_t eos_token_id;               /* llm_config eos_token_id: <|im_end|>, the default stop */
+    int32_t pad_token_id;               /* the tokenizer's pad (<|endoftext|>, as
+                                           nvlm_tokenizer_special_tokens); without a tokenizer,
+                                           llm_config's pad_token_id */
+    int32_t image_context_token_id;     /* <|vision_pad|>; -1 without a tokenizer */
     int32_t tokenizer_vocab_size;       /* 0 when no tokenizer was loaded */
     /* sizes */
     uint64_t n_params;                  /* parameters, dummy-head padding included */
