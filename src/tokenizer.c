@@ -1191,6 +1191,10 @@ nvlm_status nvlm_tokenize(const nvlm_tokenizer *tok, const char *text, size_t le
     if ((text == NULL && len > 0) || n_ids == NULL || (ids == NULL && cap > 0)) {
         return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT, "tokenize: NULL argument");
     }
+    if ((flags & ~(uint32_t)NVLM_TOKENIZE_SPLIT_SPECIAL) != 0) {
+        return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT, "tokenize: unknown flag bits 0x%x",
+                        (unsigned)(flags & ~(uint32_t)NVLM_TOKENIZE_SPLIT_SPECIAL));
+    }
     tok_ids v = {.ctx = tok->h.ctx};
     nvlm_status st = tok_encode(tok, text != NULL ? text : "", len, flags, &v);
     if (st != NVLM_OK) {
@@ -1219,6 +1223,10 @@ nvlm_status nvlm_detokenize(const nvlm_tokenizer *tok, const int32_t *ids, size_
     }
     if ((ids == NULL && n_ids > 0) || len == NULL || (buf == NULL && cap > 0)) {
         return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT, "detokenize: NULL argument");
+    }
+    if ((flags & ~(uint32_t)NVLM_DETOKENIZE_SKIP_SPECIAL) != 0) {
+        return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT, "detokenize: unknown flag bits 0x%x",
+                        (unsigned)(flags & ~(uint32_t)NVLM_DETOKENIZE_SKIP_SPECIAL));
     }
     uint8_t *raw = NULL;
     size_t n = 0;
@@ -1290,6 +1298,11 @@ nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint32_t flags
     }
     if (out == NULL) {
         return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT, "stream_decoder_create: NULL out");
+    }
+    if ((flags & ~(uint32_t)NVLM_DETOKENIZE_SKIP_SPECIAL) != 0) {
+        return tok_fail(tok, NVLM_ERR_INVALID_ARGUMENT,
+                        "stream_decoder_create: unknown flag bits 0x%x",
+                        (unsigned)(flags & ~(uint32_t)NVLM_DETOKENIZE_SKIP_SPECIAL));
     }
     nvlm_stream_decoder *sd = nv_calloc(tok->h.ctx, 1, sizeof *sd);
     if (sd == NULL) {

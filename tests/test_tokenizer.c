@@ -550,6 +550,28 @@ int main(void)
         CHECK(st == NVLM_OK && n == 8 && memcmp(ids, want_split, sizeof want_split) == 0,
               "special tokens as text, non-special <tool_call> still matched (n=%zu)", n);
 
+        tu_section("unknown flag bits are refused");
+        const char *im = "<|im_end|>";
+        st = nvlm_tokenize(nv, im, strlen(im), 1u << 1, ids, 64, &n);
+        CHECK(st == NVLM_ERR_INVALID_ARGUMENT && strstr(nvlm_last_error(nv), "0x2") != NULL,
+              "tokenize flag 0x2: %d %s", (int)st, nvlm_last_error(nv));
+        st = nvlm_tokenize(nv, im, strlen(im), NVLM_TOKENIZE_SPLIT_SPECIAL | 0x80000000u, ids, 64,
+                           &n);
+        CHECK(st == NVLM_ERR_INVALID_ARGUMENT &&
+                  strstr(nvlm_last_error(nv), "unknown flag bits 0x80000000") != NULL,
+              "tokenize: a known bit with an unknown one: %s", nvlm_last_error(nv));
+        char dbuf[32];
+        st = nvlm_detokenize(nv, hw, 2, 0x10, dbuf, sizeof dbuf, &n);
+        CHECK(st == NVLM_ERR_INVALID_ARGUMENT && strstr(nvlm_last_error(nv), "0x10") != NULL,
+              "detokenize flag 0x10: %d %s", (int)st, nvlm_last_error(nv));
+        nvlm_stream_decoder *bad_sd = NULL;
+        st = nvlm_stream_decoder_create(nv, NVLM_DETOKENIZE_SKIP_SPECIAL | 0x4, &bad_sd);
+        CHECK(st == NVLM_ERR_INVALID_ARGUMENT && bad_sd == NULL &&
+                  strstr(nvlm_last_error(nv), "0x4") != NULL,
+              "stream decoder flag 0x4: %d %s", (int)st, nvlm_last_error(nv));
+        CHECK_OK(nvlm_tokenize(nv, im, strlen(im), NVLM_TOKENIZE_SPLIT_SPECIAL, ids, 64, &n));
+        CHECK_OK(nvlm_detokenize(nv, hw, 2, NVLM_DETOKENIZE_SKIP_SPECIAL, dbuf, sizeof dbuf, &n));
+
         tu_section("extra oracle cases (tests/oracle/gen_tokenizer_cases.py)");
         size_t elen;
         char *etext = tu_read_file("tests/data/tokenizer/extra_cases.json", &elen);

@@ -321,10 +321,14 @@ enum {
 };
 
 /* Encodes `len` bytes of UTF-8 `text` (NUL bytes allowed) without adding any special token.
+ * Added tokens in the text are matched (all of them, or the non-special ones with
+ * NVLM_TOKENIZE_SPLIT_SPECIAL), as Hugging Face `tokenizers` does: do not build a chat prompt
+ * from untrusted text this way; nvlm_prompt_tokenize keeps message content plain text.
  * Writes up to `cap` ids to `ids` (may be NULL when cap is 0) and the number of ids the whole
  * encoding has to *n_ids. Returns NVLM_OK, NVLM_ERR_BUFFER_TOO_SMALL (nothing useful written;
  * *n_ids says how many are needed), NVLM_ERR_INVALID_ARGUMENT (invalid UTF-8: the message
- * gives the byte offset), NVLM_ERR_OUT_OF_MEMORY. Failure text goes to tok. */
+ * gives the byte offset; flag bits other than NVLM_TOKENIZE_*: the message names them),
+ * NVLM_ERR_OUT_OF_MEMORY. Failure text goes to tok. */
 NVLM_API nvlm_status nvlm_tokenize(const nvlm_tokenizer *tok, const char *text, size_t len,
                                    uint32_t flags, int32_t *ids, size_t cap, size_t *n_ids);
 
@@ -336,7 +340,8 @@ enum {
  * String::from_utf8_lossy does. snprintf-style: writes at most cap-1 bytes plus a NUL to buf
  * (buf may be NULL when cap is 0) and the full length (without NUL) to *len.
  * Returns NVLM_OK (also when truncated; compare *len with cap), NVLM_ERR_INVALID_ARGUMENT
- * (an id out of range), NVLM_ERR_OUT_OF_MEMORY. */
+ * (an id out of range; flag bits other than NVLM_DETOKENIZE_*, named in the message),
+ * NVLM_ERR_OUT_OF_MEMORY. */
 NVLM_API nvlm_status nvlm_detokenize(const nvlm_tokenizer *tok, const int32_t *ids, size_t n_ids,
                                      uint32_t flags, char *buf, size_t cap, size_t *len);
 
@@ -350,8 +355,8 @@ NVLM_API nvlm_status nvlm_token_to_piece(const nvlm_tokenizer *tok, int32_t id, 
 /* Streaming detokenizer: feed ids one at a time and get text that never ends inside a UTF-8
  * sequence; the concatenation of all pieces plus the final flush equals nvlm_detokenize of all
  * ids. flags: NVLM_DETOKENIZE_*. On success the caller owns *out (nvlm_stream_decoder_free);
- * failure text goes to tok. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL tok/out),
- * NVLM_ERR_OUT_OF_MEMORY. One thread at a time per decoder. The tokenizer must outlive it. */
+ * failure text goes to tok. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL tok/out; flag
+ * bits other than NVLM_DETOKENIZE_*, named in the message), NVLM_ERR_OUT_OF_MEMORY. One thread at a time per decoder. The tokenizer must outlive it. */
 NVLM_API nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint32_t flags,
                                                 nvlm_stream_decoder **out);
 /* Pushes one id; writes the newly completed text to buf (snprintf-style, *len = bytes of new
