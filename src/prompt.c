@@ -20,7 +20,17 @@ typedef struct sbuf {
     char *s;
     size_t n, cap;
     bool failed;
+    bool parse_special;  /* added tokens in message content are matched (trusted text) */
+    bool content_pad;    /* some message content holds "<|vision_pad|>" */
+    size_t *plain;       /* pairs of offsets: the message content, tokenized as plain text */
+    size_t n_plain, plain_cap;
 } sbuf;
+
+static void sb_free(sbuf *b)
+{
+    nv_free(b->ctx, b->s);
+    nv_free(b->ctx, b->plain);
+}
 
 static void sb_put(sbuf *b, const char *s, size_t n)
 {
@@ -56,6 +66,41 @@ static void sb_put(sbuf *b, const char *s, size_t n)
 static void sb_str(sbuf *b, const char *s)
 {
     sb_put(b, s, strlen(s));
+}
+
+/* Appends message content: its added tokens are plain text unless b->parse_special. */
+static void sb_content(sbuf *b, const char *s, size_t n)
+{
+    size_t start = b->n;
+    sb_put(b, s, n);
+    if (b->failed || n == 0) {
+        return;
+    }
+    for (size_t i = 0; i + sizeof PAD - 1 <= n && !b->content_pad; i++) {
+        b->content_pad = memcmp(s + i, PAD, sizeof PAD - 1) == 0;
+    }
+    if (b->parse_special) {
+        return;
+    }
+    if (b->n_plain > 0 && b->plain[2 * b->n_plain - 1] == start) {
+        b->plain[2 * b->n_plain - 1] = b->n; /* adjacent to the last range: extend it */
+        return;
+    }
+    if (b->n_plain == b->plain_cap) {
+        size_t cap = b->plain_cap ? 2 * b->plain_cap : 8;
+        size_t bytes;
+        size_t *p = nv_mul_size(cap, 2 * sizeof *p, &bytes) ? nv_realloc(b->ctx, b->plain, bytes)
+                                                             : NULL;
+        if (p == NULL) {
+            b->failed = true;
+            return;
+        }
+        b->plain = p;
+        b->plain_cap = cap;
+    }
+    b->plain[2 * b->n_plain] = start;
+    b->plain[2 * b->n_plain + 1] = b->n;
+    b->n_plain++;
 }
 
 static void put_image(sbuf *b, int32_t tiles)
@@ -120,7 +165,7 @@ static nvlm_status render_turn(const nvlm_tokenizer *t, sbuf *b, nvlm_role role,
     }
     if (n_images == 0) {
         /* text-only: "<image>" stays plain text, as in the reference without pixel_values */
-        sb_str(b, content);
+        sb_content(b, content, strlen(content));
     } else {
         size_t tags = count_tags(content);
         if (tags == 0) {
@@ -128,7 +173,7 @@ static nvlm_status render_turn(const nvlm_tokenizer *t, sbuf *b, nvlm_role role,
                 put_image(b, tiles[i]);
                 sb_str(b, "\n");
             }
-            sb_str(b, content);
+            sb_content(b, content, strlen(content));
         } else if (tags != n_images) {
             return tok_fail(t, NVLM_ERR_INVALID_ARGUMENT,
                             "prompt: %zu <image> placeholders for %zu images", tags, n_images);
@@ -136,11 +181,11 @@ static nvlm_status render_turn(const nvlm_tokenizer *t, sbuf *b, nvlm_role role,
             const char *p = content;
             for (size_t i = 0; i < n_images; i++) {
                 const char *q = strstr(p, IMAGE_TAG);
-                sb_put(b, p, (size_t)(q - p));
+                sb_content(b, p, (size_t)(q - p));
                 put_image(b, tiles[i]);
                 p = q + sizeof IMAGE_TAG - 1;
             }
-            sb_str(b, p);
+            sb_content(b, p, strlen(p));
         }
     }
     sb_str(b, "<|im_end|>");
@@ -149,8 +194,9 @@ static nvlm_status render_turn(const nvlm_tokenizer *t, sbuf *b, nvlm_role role,
 
 static void render_system(sbuf *b, const char *msg)
 {
+    const char *text = msg != NULL ? msg : DEFAULT_SYSTEM;
     sb_str(b, "<|im_start|>system\n");
-    sb_str(b, msg != NULL ? msg : DEFAULT_SYSTEM);
+    sb_content(b, text, strlen(text));
     sb_str(b, "<|im_end|>");
 }
 
@@ -162,8 +208,13 @@ static nvlm_status tokenize_spans(const nvlm_tokenizer *t, const sbuf *b, size_t
     if (b->failed) {
         return tok_fail(t, NVLM_ERR_OUT_OF_MEMORY, "prompt: out of memory");
     }
+    if (b->content_pad && t->id_vision_pad >= 0) {
+        /* in both modes: content never supplies image positions */
+        return tok_fail(t, NVLM_ERR_INVALID_ARGUMENT,
+                        "prompt: the text holds <|vision_pad|> tokens of its own");
+    }
     size_t first = ids->n;
-    NVLM_TRY(tok_encode(t, b->s != NULL ? b->s : "", b->n, 0, ids));
+    NVLM_TRY(tok_encode_plain(t, b->s != NULL ? b->s : "", b->n, 0, b->plain, b->n_plain, ids));
     size_t found = 0, img = 0, tile = 0;
     for (size_t i = first; i < ids->n;) {
         if (ids->data[i] != t->id_vision_pad || t->id_vision_pad < 0) {
@@ -200,20 +251,22 @@ static nvlm_status tokenize_spans(const nvlm_tokenizer *t, const sbuf *b, size_t
     return NVLM_OK;
 }
 
-nvlm_status tok_prompt_system(const nvlm_tokenizer *t, const char *system_message, tok_ids *ids)
+nvlm_status tok_prompt_system(const nvlm_tokenizer *t, const char *system_message,
+                              bool parse_special, tok_ids *ids)
 {
-    sbuf b = {.ctx = t->h.ctx};
+    sbuf b = {.ctx = t->h.ctx, .parse_special = parse_special};
     render_system(&b, system_message);
     nvlm_status st = tokenize_spans(t, &b, 0, 0, 0, NULL, 0, ids, NULL);
-    nv_free(b.ctx, b.s);
+    sb_free(&b);
     return st;
 }
 
 nvlm_status tok_prompt_turn(const nvlm_tokenizer *t, nvlm_role role, const char *content,
                             const int32_t *image_tiles, size_t n_images, bool add_generation_prompt,
-                            size_t pos_base, uint32_t image_base, tok_ids *ids, tok_spans *spans)
+                            bool parse_special, size_t pos_base, uint32_t image_base, tok_ids *ids,
+                            tok_spans *spans)
 {
-    sbuf b = {.ctx = t->h.ctx};
+    sbuf b = {.ctx = t->h.ctx, .parse_special = parse_special};
     nvlm_status st = render_turn(t, &b, role, content, image_tiles, n_images);
     size_t want = 0;
     for (size_t i = 0; st == NVLM_OK && i < n_images; i++) {
@@ -225,7 +278,7 @@ nvlm_status tok_prompt_turn(const nvlm_tokenizer *t, nvlm_role role, const char 
     if (st == NVLM_OK) {
         st = tokenize_spans(t, &b, want, pos_base, image_base, image_tiles, n_images, ids, spans);
     }
-    nv_free(b.ctx, b.s);
+    sb_free(&b);
     return st;
 }
 
@@ -239,6 +292,7 @@ void nvlm_prompt_params_init(nvlm_prompt_params *p, size_t size)
     d.system_message = NULL;
     d.no_system_message = 0;
     d.add_generation_prompt = 1;
+    d.parse_special_in_content = 0;
     memcpy(p, &d, NV_MIN(size, sizeof d));
     p->struct_size = (uint32_t)size;
 }
@@ -256,6 +310,7 @@ static nvlm_status render_all(const nvlm_tokenizer *t, const nvlm_chat_message *
     if (msgs == NULL && n_msgs > 0) {
         return tok_fail(t, NVLM_ERR_INVALID_ARGUMENT, "prompt: NULL messages");
     }
+    b->parse_special = p.parse_special_in_content != 0;
     size_t first = 0;
     const char *sys = p.system_message;
     if (n_msgs > 0 && msgs[0].role == NVLM_ROLE_SYSTEM) {
@@ -324,7 +379,7 @@ nvlm_status nvlm_prompt_format(const nvlm_tokenizer *tok, const nvlm_chat_messag
         tok_ok(tok);
     }
     nv_free(b.ctx, tiles);
-    nv_free(b.ctx, b.s);
+    sb_free(&b);
     return st;
 }
 
@@ -369,6 +424,6 @@ nvlm_status nvlm_prompt_tokenize(const nvlm_tokenizer *tok, const nvlm_chat_mess
     tok_ids_free(&v);
     tok_spans_free(&sv);
     nv_free(b.ctx, tiles);
-    nv_free(b.ctx, b.s);
+    sb_free(&b);
     return st;
 }

@@ -7,6 +7,7 @@
  */
 #include "engine.h"
 #include "image.h"
+#include "tokenizer.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@ struct nvlm_session {
     uint64_t seed;
     char *system_message;       /* owned copy, NULL = template default */
     int32_t no_system_message;
+    int32_t parse_special;      /* added tokens in turn content are matched (trusted text) */
     nv_exec *ex;
     nv_arena arena;
     dec_kv kv;
@@ -61,6 +63,7 @@ void nvlm_session_params_init(nvlm_session_params *p, size_t size)
     d.seed = 0x5eed;
     d.system_message = NULL;
     d.no_system_message = 0;
+    d.parse_special_in_content = 0;
     memcpy(p, &d, NV_MIN(size, sizeof d));
     p->struct_size = (uint32_t)size;
 }
@@ -132,6 +135,7 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
                                                                                     : NV_F32;
     s->seed = p.seed;
     s->no_system_message = p.no_system_message;
+    s->parse_special = p.parse_special_in_content != 0;
     s->im_end = model->cfg.llm.eos_token_id;
     s->im_start = -1;
     nvlm_status st = NVLM_OK;
@@ -380,6 +384,7 @@ static nvlm_status render(nvlm_session *s, const nvlm_chat_message *msg, size_t 
     pp.system_message = system;
     pp.no_system_message = no_system;
     pp.add_generation_prompt = gen_prompt;
+    pp.parse_special_in_content = s->parse_special;
     const nvlm_tokenizer *tok = s->model->tok;
     size_t need = 0;
     nvlm_status st = nvlm_prompt_tokenize(tok, msg, n_msgs, &pp, NULL, 0, &need, NULL, 0, NULL);
@@ -404,34 +409,40 @@ static nvlm_status render(nvlm_session *s, const nvlm_chat_message *msg, size_t 
     return NVLM_OK;
 }
 
-/* Appends the ids of `text` followed by <|im_end|> to *ids. */
+/* Appends the ids of `text` (an assistant reply: plain text unless the session parses added
+ * tokens in content) followed by <|im_end|> to *ids. */
 static nvlm_status append_text(nvlm_session *s, const char *text, int32_t **ids, size_t *n)
 {
     const nvlm_tokenizer *tok = s->model->tok;
     size_t len = strlen(text);
-    size_t need = 0;
-    nvlm_status st = nvlm_tokenize(tok, text, len, 0, NULL, 0, &need);
-    if (st != NVLM_OK && st != NVLM_ERR_BUFFER_TOO_SMALL) {
+    if (tok_id_vision_pad(tok) >= 0 && strstr(text, "<|vision_pad|>") != NULL) {
+        return nv_error(s, NVLM_ERR_INVALID_ARGUMENT,
+                        "the text holds <|vision_pad|> tokens of its own");
+    }
+    size_t plain[2] = {0, len};
+    tok_ids v = {.ctx = s->h.ctx};
+    nvlm_status st = tok_encode_plain(tok, text, len, 0, plain, s->parse_special ? 0 : 1, &v);
+    if (st != NVLM_OK) {
+        tok_ids_free(&v);
         return nv_error_copy(s, tok, st);
     }
     size_t total;
-    if (!nv_add_size(*n, need, &total) || total > (size_t)INT32_MAX) {
+    if (!nv_add_size(*n, v.n, &total) || total > (size_t)INT32_MAX) {
+        tok_ids_free(&v);
         return nv_error(s, NVLM_ERR_LIMIT, "text too long");
     }
     int32_t *p = nv_realloc(s->h.ctx, *ids, (total + 1) * sizeof(int32_t));
     if (p == NULL) {
+        tok_ids_free(&v);
         return nv_error(s, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the prompt");
     }
     *ids = p;
-    size_t got = 0;
-    if (need > 0) {
-        st = nvlm_tokenize(tok, text, len, 0, p + *n, need, &got);
-        if (st != NVLM_OK) {
-            return nv_error_copy(s, tok, st);
-        }
+    if (v.n > 0) {
+        memcpy(p + *n, v.data, v.n * sizeof *p);
     }
-    *n += got;
+    *n += v.n;
     p[(*n)++] = s->im_end;
+    tok_ids_free(&v);
     return NVLM_OK;
 }
 

@@ -309,11 +309,20 @@ typedef struct work {
     pcre2_match_data *md;
     pcre2_match_context *mctx;
     pcre2_jit_stack *jit;
+    /* plain ranges: pairs of offsets from pl_base where added tokens are not matched */
+    const uint8_t *pl_base;
+    const size_t *pl;
+    size_t n_pl;
+    uint8_t *pn;        /* normalized text of a segment cut at plain-range edges */
+    size_t pn_cap;
+    size_t *pnr;        /* the plain ranges of pn */
+    size_t pnr_cap;
 } work;
 
 static void work_free(work *w)
 {
-    void *p[] = {w->norm, w->pa, w->pb, w->pm, w->sym, w->prev, w->next, w->rank, w->heap, w->bl};
+    void *p[] = {w->norm, w->pa,   w->pb, w->pm, w->sym, w->prev,
+                 w->next, w->rank, w->heap, w->bl, w->pn, w->pnr};
     for (size_t i = 0; i < NV_ARRAY_LEN(p); i++) {
         nv_free(w->ctx, p[i]);
     }
@@ -727,9 +736,28 @@ static nvlm_status normalize(const nvlm_tokenizer *t, work *w, const uint8_t *s,
 
 /* ---- added tokens ------------------------------------------------------------------------- */
 
+/* Whether s[0..n) overlaps one of the work's plain ranges (s points into the ranges' text). */
+static bool in_plain(const work *w, const uint8_t *s, size_t n)
+{
+    if (w->n_pl == 0) {
+        return false;
+    }
+    size_t a = (size_t)(s - w->pl_base), b = a + n;
+    size_t lo = 0, hi = w->n_pl;
+    while (lo < hi) { /* the first range that ends after a */
+        size_t mid = lo + (hi - lo) / 2;
+        if (w->pl[2 * mid + 1] <= a) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < w->n_pl && w->pl[2 * lo] < b;
+}
+
 /* tokenizers' AddedVocabulary::find_matches: leftmost-longest matches of the added tokens whose
- * `normalized` flag equals `norm_pass`; calls seg() for the text between matches and pushes
- * the ids of matches. */
+ * `normalized` flag equals `norm_pass` and that lie wholly outside the plain ranges; calls seg()
+ * for the text between matches and pushes the ids of matches. */
 typedef nvlm_status (*seg_fn)(const nvlm_tokenizer *t, work *w, const uint8_t *s, size_t n,
                               uint32_t flags, tok_ids *out);
 
@@ -748,7 +776,8 @@ static nvlm_status split_added(const nvlm_tokenizer *t, work *w, const uint8_t *
         for (size_t i = 0; i < t->n_added; i++) {
             const tok_added *a = &t->added[i];
             if (a->normalized == norm_pass && (uint8_t)a->content[0] == c && a->len <= n - pos &&
-                (best == NULL || a->len > best->len) && memcmp(a->content, s + pos, a->len) == 0) {
+                (best == NULL || a->len > best->len) && memcmp(a->content, s + pos, a->len) == 0 &&
+                !in_plain(w, s + pos, a->len)) {
                 best = a;
             }
         }
@@ -1018,10 +1047,56 @@ static nvlm_status encode_pieces(const nvlm_tokenizer *t, work *w, const uint8_t
     return NVLM_OK;
 }
 
+/* The normalized-token pass over a raw segment that overlaps plain ranges: each stretch between
+ * range edges is normalized on its own (NFC never joins across them in a chat template: the
+ * edges sit next to ASCII), so the ranges carry over to the normalized text. */
+static nvlm_status encode_plain_segment(const nvlm_tokenizer *t, work *w, const uint8_t *s,
+                                        size_t n, uint32_t flags, tok_ids *out)
+{
+    size_t cut = (size_t)(s - w->pl_base), b = cut + n;
+    size_t nn = 0, nr = 0, r = 0;
+    while (cut < b) {
+        while (r < w->n_pl && w->pl[2 * r + 1] <= cut) {
+            r++;
+        }
+        bool plain = r < w->n_pl && w->pl[2 * r] <= cut;
+        size_t end = r == w->n_pl ? b : NV_MIN(w->pl[2 * r + (plain ? 1 : 0)], b);
+        const uint8_t *ns;
+        size_t nl, need;
+        NVLM_TRY(normalize(t, w, w->pl_base + cut, end - cut, &ns, &nl));
+        if (!nv_add_size(nn, nl, &need) || !grow(w->ctx, (void **)&w->pn, &w->pn_cap, need, 1) ||
+            !grow(w->ctx, (void **)&w->pnr, &w->pnr_cap, 2 * nr + 2, sizeof *w->pnr)) {
+            return oom(t);
+        }
+        memcpy(w->pn + nn, ns, nl);
+        if (plain) {
+            w->pnr[2 * nr] = nn;
+            w->pnr[2 * nr + 1] = need;
+            nr++;
+        }
+        nn = need;
+        cut = end;
+    }
+    const uint8_t *base = w->pl_base;
+    const size_t *pl = w->pl;
+    size_t n_pl = w->n_pl;
+    w->pl_base = w->pn;
+    w->pl = w->pnr;
+    w->n_pl = nr;
+    nvlm_status st = split_added(t, w, w->pn, nn, flags, true, encode_pieces, out);
+    w->pl_base = base;
+    w->pl = pl;
+    w->n_pl = n_pl;
+    return st;
+}
+
 /* A raw segment between added tokens: normalize, split normalized added tokens, pieces. */
 static nvlm_status encode_segment(const nvlm_tokenizer *t, work *w, const uint8_t *s, size_t n,
                                   uint32_t flags, tok_ids *out)
 {
+    if (t->any_normalized_added && in_plain(w, s, n)) {
+        return encode_plain_segment(t, w, s, n, flags, out);
+    }
     const uint8_t *ns;
     size_t nn;
     NVLM_TRY(normalize(t, w, s, n, &ns, &nn));
@@ -1034,7 +1109,19 @@ static nvlm_status encode_segment(const nvlm_tokenizer *t, work *w, const uint8_
 nvlm_status tok_encode(const nvlm_tokenizer *t, const char *text, size_t len, uint32_t flags,
                        tok_ids *out)
 {
+    return tok_encode_plain(t, text, len, flags, NULL, 0, out);
+}
+
+nvlm_status tok_encode_plain(const nvlm_tokenizer *t, const char *text, size_t len,
+                             uint32_t flags, const size_t *plain, size_t n_plain, tok_ids *out)
+{
     const uint8_t *s = (const uint8_t *)text;
+    for (size_t i = 0; i < n_plain; i++) {
+        if (plain[2 * i] > plain[2 * i + 1] || plain[2 * i + 1] > len ||
+            (i > 0 && plain[2 * i] < plain[2 * i - 1])) {
+            return tok_fail(t, NVLM_ERR_INTERNAL, "tokenize: plain ranges out of order");
+        }
+    }
     size_t bad = tok_utf8_check(s, len);
     if (bad < len) {
         return tok_fail(t, NVLM_ERR_INVALID_ARGUMENT,
@@ -1042,6 +1129,9 @@ nvlm_status tok_encode(const nvlm_tokenizer *t, const char *text, size_t len, ui
     }
     work w = {0};
     w.ctx = t->h.ctx;
+    w.pl_base = s;
+    w.pl = plain;
+    w.n_pl = n_plain;
     w.md = pcre2_match_data_create(4, NULL);
     if (w.md == NULL) {
         return oom(t);

@@ -183,6 +183,13 @@ int32_t tok_vocab_find(const nvlm_tokenizer *t, const char *s, size_t n);
  * error text. */
 nvlm_status tok_encode(const nvlm_tokenizer *t, const char *text, size_t len, uint32_t flags,
                        tok_ids *out);
+/* As tok_encode, with `n_plain` ranges [plain[2k], plain[2k + 1]) of text (byte offsets,
+ * ascending, disjoint) that are plain text: an added token is matched only where it lies wholly
+ * outside every range, so the characters of an added token inside a range are normalized,
+ * pre-tokenized and merged like any text, together with the text around them up to the nearest
+ * matched added token. The prompt builder marks message content so. */
+nvlm_status tok_encode_plain(const nvlm_tokenizer *t, const char *text, size_t len,
+                             uint32_t flags, const size_t *plain, size_t n_plain, tok_ids *out);
 
 /* Sets the tokenizer's error text (serialised; the tokenizer is shared) and returns st. */
 nvlm_status tok_fail(const nvlm_tokenizer *t, nvlm_status st, const char *fmt, ...)
@@ -212,8 +219,10 @@ size_t tok_utf8_check(const uint8_t *s, size_t n);
 enum { TOK_IMAGE_TOKENS = 256 }; /* <|vision_pad|> per tile in NVLM-D (num_image_token) */
 
 /* Tokens of the system block alone: "<|im_start|>system\n{system_message}<|im_end|>"
- * (system_message NULL = "Answer the questions."), appended to *ids. Errors go to t. */
-nvlm_status tok_prompt_system(const nvlm_tokenizer *t, const char *system_message, tok_ids *ids);
+ * (system_message NULL = "Answer the questions."), appended to *ids. The message is plain text
+ * (its added tokens are not matched) unless parse_special. Errors go to t. */
+nvlm_status tok_prompt_system(const nvlm_tokenizer *t, const char *system_message,
+                              bool parse_special, tok_ids *ids);
 
 /* Tokens of ONE turn, without the system block: "<|im_start|>{role}\n{content}<|im_end|>"
  * (role alone when content is empty) and, when add_generation_prompt, then
@@ -222,9 +231,12 @@ nvlm_status tok_prompt_system(const nvlm_tokenizer *t, const char *system_messag
  * image in front; counts must match; only user turns may carry images). Ids are appended to
  * *ids; one span per tile is appended to *spans (may be NULL) with start = pos_base + the pad
  * run's index in *ids (pass the session's past length with a fresh *ids, or 0 when *ids holds
- * the whole sequence) and image = image_base + the image's index in this turn. Errors go to t. */
+ * the whole sequence) and image = image_base + the image's index in this turn. content is plain
+ * text (its added tokens are not matched; "<|vision_pad|>" in it is refused) unless
+ * parse_special. Errors go to t. */
 nvlm_status tok_prompt_turn(const nvlm_tokenizer *t, nvlm_role role, const char *content,
                             const int32_t *image_tiles, size_t n_images, bool add_generation_prompt,
-                            size_t pos_base, uint32_t image_base, tok_ids *ids, tok_spans *spans);
+                            bool parse_special, size_t pos_base, uint32_t image_base, tok_ids *ids,
+                            tok_spans *spans);
 
 #endif /* NVLM_TOKENIZER_H */

@@ -123,11 +123,11 @@ static void golden_cases(const nvlm_tokenizer *tiny)
         /* the session's path: system block, then one turn at a time */
         tok_ids v = {.ctx = tiny->h.ctx};
         tok_spans sv = {.ctx = tiny->h.ctx};
-        st = tok_prompt_system(tiny, pp.system_message, &v);
+        st = tok_prompt_system(tiny, pp.system_message, false, &v);
         uint32_t img_base = 0;
         for (size_t i = 0; st == NVLM_OK && i < nm; i++) {
             st = tok_prompt_turn(tiny, m[i].role, m[i].content, m[i].image_tiles, m[i].n_images,
-                                 i + 1 == nm, 0, img_base, &v, &sv);
+                                 i + 1 == nm, false, 0, img_base, &v, &sv);
             img_base += (uint32_t)m[i].n_images;
         }
         CHECK(st == NVLM_OK && v.n == n && memcmp(v.data, ids, n * sizeof *ids) == 0,
@@ -219,6 +219,141 @@ static void spec_vectors(const nvlm_tokenizer *nv)
     free(want);
 }
 
+/* ids of a JSON array equal got[0..n)? */
+static bool json_ids_eq(const cJSON *want, const int32_t *got, size_t n)
+{
+    if (!cJSON_IsArray(want) || (size_t)cJSON_GetArraySize(want) != n) {
+        return false;
+    }
+    size_t i = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, want) {
+        if ((int32_t)x->valuedouble != got[i++]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static size_t count_id(const int32_t *ids, size_t n, int32_t id)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        k += ids[i] == id;
+    }
+    return k;
+}
+
+/* Message content is text: tests/data/tokenizer/plain_content.json (tests/oracle/
+ * gen_plain_content.py, Hugging Face `tokenizers` with added_tokens removed) for every added
+ * token of both tokenizers, plain by default and parsed with parse_special_in_content. */
+static void plain_content(const nvlm_tokenizer *tok, const char *name)
+{
+    char sec[96];
+    snprintf(sec, sizeof sec, "message content is plain text (%s tokenizer)", name);
+    tu_section(sec);
+    size_t len;
+    char *text = tu_read_file("tests/data/tokenizer/plain_content.json", &len);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *cases = cJSON_GetObjectItem(root, "cases");
+    CHECK(cJSON_GetArraySize(cases) >= 40, "plain-content goldens loaded");
+    int32_t *ids = malloc(MAXIDS * sizeof *ids);
+    int32_t im_start = nvlm_tokenizer_token_id(tok, "<|im_start|>");
+    int32_t im_end = nvlm_tokenizer_token_id(tok, "<|im_end|>");
+    size_t n_cases = 0, plain_ok = 0, prompt_ok = 0, special_ok = 0, turn_ok = 0, pad_ok = 0;
+    size_t n_prompt = 0, n_pad = 0, n_differ = 0, format_ok = 0, ctl_ok = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases) {
+        const char *t = cJSON_GetObjectItem(c, "text")->valuestring;
+        const cJSON *g = cJSON_GetObjectItem(c, name);
+        n_cases++;
+        /* the text alone, all of it plain */
+        tok_ids v = {.ctx = tok->h.ctx};
+        size_t whole[2] = {0, strlen(t)};
+        nvlm_status st = tok_encode_plain(tok, t, strlen(t), 0, whole, 1, &v);
+        plain_ok += st == NVLM_OK && json_ids_eq(cJSON_GetObjectItem(g, "plain"), v.data, v.n);
+        if (!(st == NVLM_OK && json_ids_eq(cJSON_GetObjectItem(g, "plain"), v.data, v.n))) {
+            printf("# plain ids differ for %s\n", t);
+        }
+        tok_ids_free(&v);
+
+        nvlm_prompt_params pp;
+        nvlm_prompt_default_params(&pp);
+        nvlm_prompt_params pq = pp;
+        pq.parse_special_in_content = 1;
+        nvlm_chat_message user = {NVLM_ROLE_USER, t, 0, NULL};
+        nvlm_chat_message mixed[4] = {{NVLM_ROLE_SYSTEM, t, 0, NULL},
+                                      {NVLM_ROLE_USER, "q", 0, NULL},
+                                      {NVLM_ROLE_ASSISTANT, t, 0, NULL},
+                                      {NVLM_ROLE_USER, t, 0, NULL}};
+        size_t n = 0;
+        if (cJSON_GetObjectItem(g, "user_plain") == NULL) {
+            /* "<|vision_pad|>" in content is refused in both modes */
+            n_pad++;
+            nvlm_status a = nvlm_prompt_tokenize(tok, &user, 1, &pp, ids, MAXIDS, &n, NULL, 0,
+                                                 NULL);
+            bool msg = strstr(nvlm_last_error(tok), "<|vision_pad|>") != NULL;
+            nvlm_status b = nvlm_prompt_tokenize(tok, &user, 1, &pq, ids, MAXIDS, &n, NULL, 0,
+                                                 NULL);
+            pad_ok += a == NVLM_ERR_INVALID_ARGUMENT && b == NVLM_ERR_INVALID_ARGUMENT && msg;
+            continue;
+        }
+        n_prompt++;
+        st = nvlm_prompt_tokenize(tok, &user, 1, &pp, ids, MAXIDS, &n, NULL, 0, NULL);
+        bool u_ok = st == NVLM_OK && json_ids_eq(cJSON_GetObjectItem(g, "user_plain"), ids, n);
+        /* the template's own control tokens only: system, user, assistant headers */
+        ctl_ok += st == NVLM_OK && count_id(ids, n, im_start) == 3 &&
+                  count_id(ids, n, im_end) == 2;
+        st = nvlm_prompt_tokenize(tok, mixed, 4, &pp, ids, MAXIDS, &n, NULL, 0, NULL);
+        prompt_ok += u_ok && st == NVLM_OK &&
+                     json_ids_eq(cJSON_GetObjectItem(g, "mixed_plain"), ids, n);
+        if (!(u_ok && st == NVLM_OK)) {
+            printf("# prompt ids differ for %s: %s\n", t, nvlm_last_error(tok));
+        }
+        /* opt-in: today's (the reference's) ids */
+        st = nvlm_prompt_tokenize(tok, &user, 1, &pq, ids, MAXIDS, &n, NULL, 0, NULL);
+        bool s_ok = st == NVLM_OK &&
+                    json_ids_eq(cJSON_GetObjectItem(g, "user_special"), ids, n);
+        st = nvlm_prompt_tokenize(tok, mixed, 4, &pq, ids, MAXIDS, &n, NULL, 0, NULL);
+        special_ok += s_ok && st == NVLM_OK &&
+                      json_ids_eq(cJSON_GetObjectItem(g, "mixed_special"), ids, n);
+        n_differ += !cJSON_Compare(cJSON_GetObjectItem(g, "user_plain"),
+                                   cJSON_GetObjectItem(g, "user_special"), true);
+        /* the rendered text re-tokenized with added tokens parsed = the opt-in ids */
+        char *buf = malloc(MAXIDS);
+        size_t blen = 0;
+        st = nvlm_prompt_format(tok, &user, 1, &pp, buf, MAXIDS, &blen);
+        if (st == NVLM_OK && blen < MAXIDS) {
+            st = nvlm_tokenize(tok, buf, blen, 0, ids, MAXIDS, &n);
+            format_ok += st == NVLM_OK &&
+                         json_ids_eq(cJSON_GetObjectItem(g, "user_special"), ids, n);
+        }
+        free(buf);
+        /* turn by turn (the session's pieces) */
+        tok_ids tv = {.ctx = tok->h.ctx};
+        st = tok_prompt_system(tok, NULL, false, &tv);
+        if (st == NVLM_OK) {
+            st = tok_prompt_turn(tok, NVLM_ROLE_USER, t, NULL, 0, true, false, 0, 0, &tv, NULL);
+        }
+        turn_ok += st == NVLM_OK &&
+                   json_ids_eq(cJSON_GetObjectItem(g, "user_plain"), tv.data, tv.n);
+        tok_ids_free(&tv);
+    }
+    CHECK_EQ_INT(plain_ok, n_cases, "plain encodes equal tokenizers without added tokens");
+    CHECK_EQ_INT(prompt_ok, n_prompt, "default prompts: content added tokens are plain text");
+    CHECK_EQ_INT(ctl_ok, n_prompt, "default prompts: only the template's im_start/im_end");
+    CHECK_EQ_INT(special_ok, n_prompt, "parse_special_in_content = 1: the reference's ids");
+    CHECK_EQ_INT(format_ok, n_prompt, "format + nvlm_tokenize = the parse_special ids");
+    CHECK_EQ_INT(turn_ok, n_prompt, "tok_prompt_system + tok_prompt_turn = whole prompt");
+    CHECK_EQ_INT(pad_ok, n_pad, "<|vision_pad|> in content refused in both modes");
+    CHECK(n_pad >= 2 && 2 * n_differ >= n_prompt,
+          "the goldens exercise both (%zu pad cases, %zu of %zu differ)", n_pad, n_differ,
+          n_prompt);
+    free(ids);
+    cJSON_Delete(root);
+    free(text);
+}
+
 static void options_and_errors(const nvlm_tokenizer *nv)
 {
     tu_section("system message options, generation prompt");
@@ -289,18 +424,31 @@ int main(void)
 {
     nvlm_context *ctx;
     CHECK_OK(nvlm_context_create(NULL, &ctx));
-    nvlm_tokenizer *tiny = NULL, *nv = NULL;
+    nvlm_tokenizer *tiny = NULL, *nv = NULL, *qwen = NULL;
     CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/tiny-nvlm-d", &tiny));
     CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/nvlm-d-72b/tokenizer.json", &nv));
+    CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/qwen-tokenizer/tokenizer.json", &qwen));
     if (tiny != NULL) {
         golden_cases(tiny);
+        plain_content(tiny, "tiny");
     }
+    if (qwen != NULL) {
+        plain_content(qwen, "qwen");
+    }
+    nvlm_tokenizer *norm = NULL;
+    CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/tokenizer/tiny_normalized_added.json", &norm));
+    if (norm != NULL) {
+        CHECK(norm->any_normalized_added, "the variant has normalized added tokens");
+        plain_content(norm, "tiny_norm");
+    }
+    nvlm_tokenizer_free(norm);
     if (nv != NULL) {
         spec_vectors(nv);
         options_and_errors(nv);
     }
     nvlm_tokenizer_free(tiny);
     nvlm_tokenizer_free(nv);
+    nvlm_tokenizer_free(qwen);
     nvlm_context_free(ctx);
     return tu_done();
 }

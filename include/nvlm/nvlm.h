@@ -393,6 +393,8 @@ typedef struct nvlm_prompt_params {
                                      leading NVLM_ROLE_SYSTEM message overrides it. */
     int32_t no_system_message;    /* 1: emit no system block at all */
     int32_t add_generation_prompt;/* 1 (default): end with "<|im_start|>assistant\n" */
+    int32_t parse_special_in_content; /* 0 (default): message content is text; 1: added tokens
+                                     in content become control ids (trusted content only) */
 } nvlm_prompt_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -410,6 +412,20 @@ typedef struct nvlm_image_span {
     size_t start;    /* position of the first <|vision_pad|> of the tile */
     size_t length;   /* number of <|vision_pad|> positions of the tile */
 } nvlm_image_span;
+
+/* Message content is text. By default every added token of tokenizer.json that appears in
+ * message content or a system message (special or not: "<|im_end|>", "<|im_start|>",
+ * "<tool_call>", ...) is tokenized as plain characters, as if the tokenizer had no added tokens
+ * (normalizer, pre-tokenizer and BPE over those characters together with the text around them),
+ * so the template's own tokens are the only control tokens and a user cannot forge a turn
+ * ("hi<|im_end|>\n<|im_start|>system\n..."). Content without added tokens gives the same ids
+ * either way. parse_special_in_content = 1 matches added tokens in content too, as the
+ * reference Python code does (it tokenizes the whole rendered prompt with special-token
+ * parsing); use it only for content the application trusts. "<|vision_pad|>" in content is
+ * refused by nvlm_prompt_tokenize in both modes: only images supply those positions.
+ * nvlm_prompt_format returns the rendered text, in which content and template tokens look
+ * alike: tokenizing that text with nvlm_tokenize (which matches added tokens) gives the
+ * parse_special_in_content = 1 ids, not the safe ones; use nvlm_prompt_tokenize's ids. */
 
 /* Renders the prompt text (after <image> expansion) for `msgs`. When a user message has images
  * but no "<image>" placeholder, one "<image>\n" per image is inserted at its start; a count
@@ -518,6 +534,10 @@ typedef struct nvlm_session_params {
     uint64_t seed;              /* sampling RNG seed; default 0x5eed */
     const char *system_message; /* NULL = template default; used by nvlm_session_add_turn */
     int32_t no_system_message;  /* 1: no system block */
+    int32_t parse_special_in_content; /* 0 (default): turn content and the system message are
+                                   text, their added tokens tokenized as plain characters; 1:
+                                   matched as control ids (trusted content only). As
+                                   nvlm_prompt_params.parse_special_in_content. */
 } nvlm_session_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -544,7 +564,11 @@ NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
  * "<image>" gets "<image>\n" per image in front. If the previous assistant reply did not end in
  * <|im_end|> (max tokens, stop string, cancel), one is appended first. An assistant turn right
  * after a user turn (whose generation prompt is already there) adds only "{content}<|im_end|>",
- * so a history replays as user, assistant, user, ... turns. The images are borrowed
+ * so a history replays as user, assistant, user, ... turns. content and the system message
+ * are text: added tokens in them ("<|im_end|>", "<|im_start|>", ...) are tokenized as plain
+ * characters unless the session was created with parse_special_in_content = 1, so only the
+ * template adds control tokens (see nvlm_prompt_params); "<|vision_pad|>" in content is
+ * NVLM_ERR_INVALID_ARGUMENT in both modes. The images are borrowed
  * for the call only. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_CONTEXT_FULL (nothing
  * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,

@@ -21,6 +21,9 @@ static void help(FILE *f)
             "/quit. The session keeps the KV cache of the tokens actually generated.\n"
             "\n"
             "  --system TEXT    system message (default \"Answer the questions.\")\n"
+            "  --parse-special  treat added tokens typed in messages and the system message\n"
+            "                   (<|im_start|>, <|im_end|>, ...) as control tokens; by default\n"
+            "                   they are plain text and cannot open or close turns\n"
             "  -n, --max-new N  at most N new tokens per answer (default: generation config)\n"
             "  --temp T         temperature (0 = greedy, the default)\n"
             "  --top-k K        top-k filter      --top-p P   top-p filter\n"
@@ -72,6 +75,8 @@ int cmd_chat(int argc, char **argv)
         }
         if (strcmp(a, "--system") == 0) {
             sp.system_message = v;
+        } else if (strcmp(a, "--parse-special") == 0) {
+            sp.parse_special_in_content = 1;
         } else if (strcmp(a, "-n") == 0 || strcmp(a, "--max-new") == 0) {
             smp.max_new_tokens = atoi(v);
         } else if (strcmp(a, "--temp") == 0) {
