@@ -15,7 +15,8 @@
 #include <string.h>
 
 #define MAX_IMAGES 64
-#define MAX_MESSAGES 256
+#define MAX_DEPTH 16
+#define PATH_LABEL 4160
 
 static void help(FILE *f)
 {
@@ -31,9 +32,15 @@ static void help(FILE *f)
             "  -p, --prompt TEXT    the user turn\n"
             "  --system TEXT        system message (default \"Answer the questions.\")\n"
             "  --messages FILE      JSON list of {\"role\":\"system|user|assistant\",\n"
-            "                       \"content\":\"...\",\"images\":[\"path\",...]} history,\n"
-            "                       rendered as text like the reference; -p adds a final\n"
-            "                       user turn\n"
+            "                       \"content\":\"...\",\"images\":[\"path\",...]} history\n"
+            "                       (any number of messages; a system message only first,\n"
+            "                       images only on user messages, no \\u0000 in strings);\n"
+            "                       -p adds a final user turn\n"
+            "  --parse-special      treat added tokens in the prompt, system message and\n"
+            "                       messages (<|im_start|>, <|im_end|>, ...) as control\n"
+            "                       tokens, as the reference does; by default message text\n"
+            "                       is plain text, so it cannot open or close turns. Only\n"
+            "                       for trusted text\n"
             "  -n, --max-new N      at most N new tokens\n"
             "  --temp T             temperature (0 = greedy)\n"
             "  --top-k K, --top-p P sampling filters\n"
@@ -163,18 +170,22 @@ static char *answer_text(const nvlm_tokenizer *tok, const int32_t *ids, size_t n
 }
 
 typedef struct conv {
-    nvlm_chat_message msgs[MAX_MESSAGES];
+    nvlm_chat_message *msgs;     /* n_msgs of cap_msgs */
     size_t n_msgs;
+    size_t cap_msgs;
     int32_t tiles[MAX_IMAGES];
     nvlm_image *images[MAX_IMAGES];
     size_t n_images;
     cJSON *json;                 /* --messages document (owns the content strings) */
 } conv;
 
-static int load_image(nvlm_context *ctx, nvlm_model *model, conv *c, const char *path)
+/* Loads an image for the message being built; `what` (NULL: the path) names it in errors. */
+static int load_image(nvlm_context *ctx, nvlm_model *model, conv *c, const char *path,
+                      const char *what)
 {
     if (c->n_images == MAX_IMAGES) {
-        fprintf(stderr, "nvlm: generate: more than %d images\n", MAX_IMAGES);
+        fprintf(stderr, "nvlm: generate: %s: more than %d images in all\n",
+                what != NULL ? what : path, MAX_IMAGES);
         return 1;
     }
     nvlm_image_params ip;
@@ -182,10 +193,85 @@ static int load_image(nvlm_context *ctx, nvlm_model *model, conv *c, const char 
     nvlm_model_image_params(model, &ip);
     nvlm_status st = nvlm_image_load_file(ctx, path, &ip, &c->images[c->n_images]);
     if (st != NVLM_OK) {
-        return cli_fail(path, st, ctx);
+        return cli_fail(what != NULL ? what : path, st, ctx);
     }
     c->tiles[c->n_images] = nvlm_image_tile_count(c->images[c->n_images]);
     c->n_images++;
+    return 0;
+}
+
+/* Path of the innermost value of a JSON walk: "messages[3].images[0]". */
+typedef struct jpath {
+    int depth;
+    char kind[MAX_DEPTH];        /* '[' or '{' */
+    long index[MAX_DEPTH];       /* array element */
+    char key[MAX_DEPTH][32];     /* object member (shortened) */
+} jpath;
+
+static void jpath_text(const jpath *p, char *out, size_t cap)
+{
+    size_t n = (size_t)snprintf(out, cap, "messages");
+    for (int i = 1; i <= p->depth && i < MAX_DEPTH && n < cap; i++) {
+        if (p->kind[i] == '[') {
+            n += (size_t)snprintf(out + n, cap - n, "[%ld]", p->index[i]);
+        } else {
+            n += (size_t)snprintf(out + n, cap - n, ".%s", p->key[i]);
+        }
+    }
+}
+
+/* cJSON decodes "\u0000" to a NUL byte, so such a string would silently end there: finds the
+ * first string (member name or value) of the valid JSON text buf[0..n) whose literal holds
+ * the escape \u0000 and writes its path to out. Returns 1 when one is found. */
+static int find_nul_string(const char *buf, size_t n, char *out, size_t cap)
+{
+    jpath p = {0};
+    int expect_key = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = buf[i];
+        if (ch == '[' || ch == '{') {
+            p.depth++;
+            if (p.depth < MAX_DEPTH) {
+                p.kind[p.depth] = ch;
+                p.index[p.depth] = 0;
+                p.key[p.depth][0] = '\0';
+            }
+            expect_key = ch == '{';
+        } else if (ch == ']' || ch == '}') {
+            p.depth--;
+            expect_key = 0;
+        } else if (ch == ',') {
+            if (p.depth < MAX_DEPTH && p.kind[p.depth] == '[') {
+                p.index[p.depth]++;
+            }
+            expect_key = p.depth < MAX_DEPTH && p.kind[p.depth] == '{';
+        } else if (ch == '"') {
+            size_t start = ++i;
+            int nul = 0;
+            while (i < n && buf[i] != '"') {
+                if (buf[i] == '\\' && i + 1 < n) {
+                    nul = nul || (buf[i + 1] == 'u' && i + 5 < n &&
+                                  memcmp(buf + i + 2, "0000", 4) == 0);
+                    i++;
+                }
+                i++;
+            }
+            if (expect_key && p.depth < MAX_DEPTH) {
+                size_t k = i - start < sizeof p.key[0] - 1 ? i - start : sizeof p.key[0] - 1;
+                memcpy(p.key[p.depth], buf + start, k);
+                p.key[p.depth][k] = '\0';
+            }
+            if (nul) {
+                jpath_text(&p, out, cap);
+                if (expect_key) {
+                    size_t m = strlen(out);
+                    snprintf(out + m, cap - m, " (a member name)");
+                }
+                return 1;
+            }
+            expect_key = 0;
+        }
+    }
     return 0;
 }
 
@@ -202,6 +288,7 @@ static int load_messages(nvlm_context *ctx, nvlm_model *model, conv *c, const ch
     for (;;) {
         if (buf == NULL) {
             fclose(f);
+            fprintf(stderr, "nvlm: generate: %s: out of memory\n", path);
             return 1;
         }
         n += fread(buf + n, 1, cap - n - 1, f);
@@ -219,22 +306,64 @@ static int load_messages(nvlm_context *ctx, nvlm_model *model, conv *c, const ch
     }
     fclose(f);
     buf[n] = '\0';
-    c->json = cJSON_Parse(buf);
+    const char *raw_nul = memchr(buf, '\0', n);
+    if (raw_nul != NULL) {
+        fprintf(stderr, "nvlm: generate: %s: a NUL byte at offset %zu\n", path,
+                (size_t)(raw_nul - buf));
+        free(buf);
+        return 1;
+    }
+    c->json = cJSON_ParseWithLengthOpts(buf, n + 1, NULL, 1); /* + its NUL: nothing may follow */
+    char where[256];
+    if (c->json != NULL && find_nul_string(buf, n, where, sizeof where)) {
+        fprintf(stderr, "nvlm: generate: %s: %s: a string holds \\u0000 (NUL)\n", path, where);
+        free(buf);
+        return 1;
+    }
     free(buf);
+    if (c->json == NULL) {
+        fprintf(stderr, "nvlm: generate: %s: not valid JSON (or text after the list)\n", path);
+        return 1;
+    }
     if (!cJSON_IsArray(c->json)) {
         fprintf(stderr, "nvlm: generate: %s: expected a JSON list of messages\n", path);
         return 1;
     }
+    size_t total = (size_t)cJSON_GetArraySize(c->json) + 1; /* + the -p turn */
+    c->msgs = calloc(total, sizeof *c->msgs);
+    if (c->msgs == NULL) {
+        fprintf(stderr, "nvlm: generate: %s: out of memory\n", path);
+        return 1;
+    }
+    c->cap_msgs = total;
     const cJSON *m;
+    size_t idx = 0;
     cJSON_ArrayForEach(m, c->json)
     {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsString(role) || !cJSON_IsString(content) || c->n_msgs + 1 >= MAX_MESSAGES) {
-            fprintf(stderr, "nvlm: generate: %s: each message needs role and content\n", path);
+        const cJSON *images = cJSON_GetObjectItemCaseSensitive(m, "images");
+        const char *bad = NULL;
+        char field[64];
+        snprintf(field, sizeof field, "messages[%zu]", idx);
+        if (!cJSON_IsObject(m)) {
+            bad = "expected an object {\"role\": ..., \"content\": ...}";
+        } else if (!cJSON_IsString(role)) {
+            snprintf(field, sizeof field, "messages[%zu].role", idx);
+            bad = "missing or not a string";
+        } else if (!cJSON_IsString(content)) {
+            snprintf(field, sizeof field, "messages[%zu].content", idx);
+            bad = "missing or not a string";
+        } else if (images != NULL && !cJSON_IsArray(images) && !cJSON_IsNull(images)) {
+            snprintf(field, sizeof field, "messages[%zu].images", idx);
+            bad = "expected a list of image paths";
+        }
+        if (bad != NULL) {
+            fprintf(stderr, "nvlm: generate: %s: %s: %s\n", path, field, bad);
             return 1;
         }
         nvlm_chat_message *msg = &c->msgs[c->n_msgs++];
+        snprintf(field, sizeof field, "messages[%zu].role", idx);
         if (strcmp(role->valuestring, "system") == 0) {
             msg->role = NVLM_ROLE_SYSTEM;
         } else if (strcmp(role->valuestring, "user") == 0) {
@@ -242,20 +371,42 @@ static int load_messages(nvlm_context *ctx, nvlm_model *model, conv *c, const ch
         } else if (strcmp(role->valuestring, "assistant") == 0) {
             msg->role = NVLM_ROLE_ASSISTANT;
         } else {
-            fprintf(stderr, "nvlm: generate: %s: unknown role '%s'\n", path, role->valuestring);
+            fprintf(stderr,
+                    "nvlm: generate: %s: %s: unknown role '%.64s' (system, user or assistant)\n",
+                    path, field, role->valuestring);
+            return 1;
+        }
+        if (msg->role == NVLM_ROLE_SYSTEM && idx > 0) {
+            fprintf(stderr, "nvlm: generate: %s: %s: a system message may only come first\n",
+                    path, field);
             return 1;
         }
         msg->content = content->valuestring;
         size_t first = c->n_images;
         const cJSON *img;
-        cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(m, "images"))
+        size_t k = 0;
+        const cJSON *list = cJSON_IsArray(images) ? images : NULL;
+        cJSON_ArrayForEach(img, list)
         {
-            if (!cJSON_IsString(img) || load_image(ctx, model, c, img->valuestring) != 0) {
+            snprintf(field, sizeof field, "messages[%zu].images[%zu]", idx, k++);
+            if (msg->role != NVLM_ROLE_USER) {
+                fprintf(stderr, "nvlm: generate: %s: %s: only user messages carry images\n",
+                        path, field);
+                return 1;
+            }
+            if (!cJSON_IsString(img)) {
+                fprintf(stderr, "nvlm: generate: %s: %s: expected a string path\n", path, field);
+                return 1;
+            }
+            char what[PATH_LABEL];
+            snprintf(what, sizeof what, "%s: %s", path, field);
+            if (load_image(ctx, model, c, img->valuestring, what) != 0) {
                 return 1;
             }
         }
         msg->n_images = c->n_images - first;
         msg->image_tiles = msg->n_images > 0 ? c->tiles + first : NULL;
+        idx++;
     }
     return 0;
 }
@@ -282,6 +433,7 @@ int cmd_generate(int argc, char **argv)
     const char *image_paths[MAX_IMAGES];
     size_t n_paths = 0;
     int json = 0;
+    int parse_special = 0;
     nvlm_backend backend = NVLM_BACKEND_AUTO;
     double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0;
     for (int i = 1; i < argc; i++) {
@@ -327,6 +479,8 @@ int cmd_generate(int argc, char **argv)
             i++;
         } else if (strcmp(a, "--json") == 0) {
             json = 1;
+        } else if (strcmp(a, "--parse-special") == 0) {
+            parse_special = 1;
         } else if (strcmp(a, "-n") == 0 || strcmp(a, "--max-new") == 0) {
             rc = parse_num(a, v, 0, 1 << 30, &max_new);
             i++;
@@ -391,10 +545,18 @@ int cmd_generate(int argc, char **argv)
     if (messages != NULL && load_messages(ctx, model, c, messages) != 0) {
         goto done;
     }
+    if (c->msgs == NULL) {
+        c->msgs = calloc(1, sizeof *c->msgs);
+        c->cap_msgs = 1;
+        if (c->msgs == NULL) {
+            fprintf(stderr, "nvlm: generate: out of memory\n");
+            goto done;
+        }
+    }
     if (prompt != NULL) {
         size_t first = c->n_images;
         for (size_t i = 0; i < n_paths; i++) {
-            if (load_image(ctx, model, c, image_paths[i]) != 0) {
+            if (load_image(ctx, model, c, image_paths[i], NULL) != 0) {
                 goto done;
             }
         }
@@ -407,10 +569,11 @@ int cmd_generate(int argc, char **argv)
     nvlm_prompt_params pp;
     nvlm_prompt_default_params(&pp);
     pp.system_message = system;
+    pp.parse_special_in_content = parse_special;
     size_t n_ids = 0;
     st = nvlm_prompt_tokenize(tok, c->msgs, c->n_msgs, &pp, NULL, 0, &n_ids, NULL, 0, NULL);
     if (st != NVLM_OK && st != NVLM_ERR_BUFFER_TOO_SMALL) {
-        rc = cli_fail("prompt", st, tok);
+        rc = cli_fail("generate", st, tok); /* the text starts with "prompt: " */
         goto done;
     }
     ids = malloc((n_ids + 1) * sizeof *ids);
@@ -418,7 +581,7 @@ int cmd_generate(int argc, char **argv)
                                             NULL, 0, NULL)
                      : NVLM_ERR_OUT_OF_MEMORY;
     if (st != NVLM_OK) {
-        rc = cli_fail("prompt", st, tok);
+        rc = cli_fail("generate", st, tok); /* the text starts with "prompt: " */
         goto done;
     }
     nvlm_session_params sp;
@@ -493,6 +656,7 @@ done:
             nvlm_image_free(c->images[i]);
         }
         cJSON_Delete(c->json);
+        free(c->msgs);
         free(c);
     }
     nvlm_model_free(model);
