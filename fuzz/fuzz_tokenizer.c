@@ -6,6 +6,8 @@
  *         loaded once; run from the repository root): encoding (with and without
  *         split_special) must either succeed or report invalid UTF-8, and the streaming decoder
  *         must reproduce the one-shot decoding of the ids.
+ * Both modes also encode with plain ranges (message content): the whole text plain must give
+ * no added-token id, and a middle range must encode whenever the plain call does.
  */
 #include "tokenizer.h"
 
@@ -76,6 +78,31 @@ static void round_trip(const nvlm_tokenizer *t, const char *s, size_t n, uint32_
     tok_ids_free(&v);
 }
 
+/* tok_encode_plain over the whole text and over its middle half. check_ids: no id of the
+ * result is an added token (for the tiny tokenizer, whose added tokens are not in its BPE
+ * vocabulary; a fuzzed tokenizer.json may give a vocabulary token the added flag). */
+static void plain_ranges(const nvlm_tokenizer *t, const char *s, size_t n, bool check_ids)
+{
+    size_t whole[2] = {0, n};
+    size_t mid[2] = {n / 4, n - n / 4};
+    tok_ids v = {.ctx = g_ctx};
+    nvlm_status st = tok_encode_plain(t, s, n, 0, whole, 1, &v);
+    if (st != NVLM_OK && st != NVLM_ERR_INVALID_ARGUMENT && st != NVLM_ERR_LIMIT) {
+        abort();
+    }
+    for (size_t i = 0; check_ids && st == NVLM_OK && i < v.n; i++) {
+        if (v.data[i] < 0 || v.data[i] >= t->n_ids || (t->id_flags[v.data[i]] & TOK_F_ADDED)) {
+            abort(); /* an added token matched inside plain text */
+        }
+    }
+    tok_ids_free(&v);
+    nvlm_status st2 = tok_encode_plain(t, s, n, 0, mid, 1, &v);
+    if ((st == NVLM_OK) != (st2 == NVLM_OK) && st2 != NVLM_ERR_LIMIT && st != NVLM_ERR_LIMIT) {
+        abort();
+    }
+    tok_ids_free(&v);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     init();
@@ -92,12 +119,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
                 round_trip(t, texts[i], strlen(texts[i]), 0);
                 round_trip(t, texts[i], strlen(texts[i]), NVLM_TOKENIZE_SPLIT_SPECIAL);
+                plain_ranges(t, texts[i], strlen(texts[i]), false);
             }
             nvlm_tokenizer_free(t);
         }
     } else {
         round_trip(g_tiny, rest, n, 0);
         round_trip(g_tiny, rest, n, NVLM_TOKENIZE_SPLIT_SPECIAL);
+        plain_ranges(g_tiny, rest, n, true);
     }
     return 0;
 }
