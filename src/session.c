@@ -7,6 +7,7 @@
  */
 #include "engine.h"
 #include "image.h"
+#include "tokenizer.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -152,6 +153,14 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
     }
     if (st == NVLM_OK) {
         st = smp_work_init(ctx, &s->work, eng->dec.vocab);
+    }
+    if (st == NVLM_OK && model->tok != NULL) {
+        /* Rows the tokenizer has no token for (the checkpoint's padding rows past its ids) are
+         * never chosen: they would have no text and their embeddings are untrained. */
+        for (int i = 0; i < eng->dec.vocab; i++) {
+            size_t len = 0;
+            s->work.usable[i] = tok_piece(model->tok, i, &len) != NULL;
+        }
     }
     if (st == NVLM_OK && model->tok != NULL) {
         nvlm_special_tokens sp;
@@ -553,7 +562,7 @@ static nvlm_status sampler_params(nvlm_session *s, const nvlm_sampler_params *pa
                                 ? s->model->cfg.gen_max_new_tokens
                                 : 1024;
     }
-    return smp_check(p, s->eng->dec.vocab, s);
+    return smp_check(p, &s->work, s);
 }
 
 nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
@@ -569,8 +578,7 @@ nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *para
     }
     nvlm_sampler_params p;
     NVLM_TRY(sampler_params(s, params, &p));
-    *token = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng);
-    return NVLM_OK;
+    return smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, token, s);
 }
 
 /* Appends `len` bytes to the buffer *buf (capacity *cap, used *used), NUL-terminated. */
@@ -720,7 +728,11 @@ nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *pa
             r.finish_reason = NVLM_FINISH_CONTEXT_FULL;
             break;
         }
-        int32_t tok = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng);
+        int32_t tok = -1;
+        st = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, &tok, s);
+        if (st != NVLM_OK) {
+            break;
+        }
         bool stop_tok = false;
         for (size_t i = 0; i < p.n_stop_ids; i++) {
             stop_tok = stop_tok || p.stop_ids[i] == tok;

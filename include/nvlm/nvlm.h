@@ -547,16 +547,27 @@ NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, cons
 NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
                                        nvlm_image *const *images, size_t n_images);
 
-/* Logits (float32, *n_vocab entries) of the last fed position; borrowed, valid until the next
- * call on the session. NULL before anything was fed. */
+/* Logits (float32, *n_vocab entries: every embedding row of the model) of the last fed
+ * position; borrowed, valid until the next call on the session. NULL before anything was fed.
+ * Rows past the tokenizer's ids (the checkpoint's padding rows, e.g. 152,064 rows for 151,665
+ * ids in NVLM-D-72B) are included but never sampled nor chosen greedily. */
 NVLM_API const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab);
 /* Tokens in the KV cache (prompt and generated); borrowed as above. */
 NVLM_API const int32_t *nvlm_session_tokens(const nvlm_session *s, size_t *n_tokens);
 
 typedef struct nvlm_logit_bias {
-    int32_t token;
-    float bias;   /* added to the logit; -INFINITY bans the token */
+    int32_t token;  /* an id the tokenizer has: a padding row is NVLM_ERR_INVALID_ARGUMENT */
+    float bias;     /* added to the logit; -INFINITY bans the token, +INFINITY forces it (ties
+                       among forced tokens as among equal logits); NaN is refused. A bias never
+                       revives a non-finite logit. */
 } nvlm_logit_bias;
+
+/* Never chosen, greedy or sampled, and left out before top-k / top-p / min-p normalise: rows
+ * past the tokenizer's ids (padding rows; all rows are candidates when the model has no
+ * tokenizer), logits that are NaN, +Inf or -Inf (a numeric failure upstream: NaN/Inf weights
+ * or values that overflow), and tokens the bias bans. When no logit is finite, sampling fails
+ * with NVLM_ERR_BACKEND ("all logits are non-finite"); when the bias (or the penalties) leave
+ * no token, with NVLM_ERR_INVALID_ARGUMENT ("the logit bias bans every token"). */
 
 typedef struct nvlm_sampler_params {
     uint32_t struct_size;
@@ -572,7 +583,9 @@ typedef struct nvlm_sampler_params {
     const int32_t *stop_ids;  size_t n_stop_ids;  /* NULL = the model's eos (<|im_end|>);
                                                      non-NULL with n_stop_ids 0 = none */
     const char *const *stop_strings; size_t n_stop_strings;
-    int32_t max_new_tokens;   /* default from generation_config.json, else 1024 */
+    int32_t max_new_tokens;   /* -1 (the default) = the model's default: max_new_tokens of
+                                 generation_config.json, else 1024. 0 generates nothing; other
+                                 negative values are NVLM_ERR_INVALID_ARGUMENT */
 } nvlm_sampler_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -583,7 +596,8 @@ static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
 }
 
 /* Picks the next token from the current logits with the session's RNG (does not feed it).
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params). */
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params, the logit bias bans
+ * every token), NVLM_ERR_BACKEND ("all logits are non-finite"). */
 NVLM_API nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
                                          int32_t *token);
 
@@ -612,9 +626,11 @@ typedef struct nvlm_generate_result {
 
 /* Generates from the current state until a stop token, stop string, max_new_tokens, the
  * callback's stop or a full context. Generated tokens (the stop token included) stay in the KV
- * cache, so the next nvlm_session_add_turn continues the conversation. result may be NULL.
- * Returns NVLM_OK (see result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet),
- * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY. */
+ * cache, so the next nvlm_session_add_turn continues the conversation. result may be NULL; a
+ * failure midway still reports the tokens generated before it there. Returns NVLM_OK (see
+ * result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet, bad params, the logit
+ * bias bans every token), NVLM_ERR_BACKEND (also "all logits are non-finite": the weights or
+ * the config produce NaN/Inf), NVLM_ERR_OUT_OF_MEMORY. */
 NVLM_API nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
                                            nvlm_token_fn on_token, void *user,
                                            nvlm_generate_result *result);
