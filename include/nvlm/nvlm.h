@@ -41,7 +41,8 @@
  *  - nvlm_context: its functions are thread-safe.
  *  - nvlm_model, nvlm_tokenizer: read-only after load; any number of threads may use one at once.
  *  - nvlm_session, nvlm_image, nvlm_stream_decoder: one thread at a time per handle; different
- *    handles may be used from different threads at the same time.
+ *    handles may be used from different threads at the same time. A session refuses a call
+ *    that overlaps another one on it with NVLM_ERR_BUSY (see the Session section).
  */
 #ifndef NVLM_NVLM_H
 #define NVLM_NVLM_H
@@ -96,7 +97,9 @@ typedef enum nvlm_status {
     NVLM_ERR_CONTEXT_FULL = 11,    /* the session's context window is exhausted */
     NVLM_ERR_BACKEND = 12,         /* the compute backend failed (CUDA, cuBLASLt, NCCL) */
     NVLM_ERR_NO_DEVICE = 13,       /* the requested device does not exist */
-    NVLM_ERR_INTERNAL = 14         /* a bug in nvlm; please report it */
+    NVLM_ERR_INTERNAL = 14,        /* a bug in nvlm; please report it */
+    NVLM_ERR_BUSY = 15             /* the session is in use: by another thread, or by the call
+                                      whose token callback is running */
 } nvlm_status;
 
 /* Static, never-NULL English name of a status ("NVLM_OK", "invalid argument", ...). Thread-safe. */
@@ -495,6 +498,14 @@ NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t i
 /* sessions of one model may run on different threads at once.                                   */
 /* ============================================================================================ */
 
+/* Overlapping calls: nvlm_session_reset, _add_turn, _feed, _sample and _generate each hold a
+ * per-session busy flag. One of them called while another runs on the same session (from
+ * another thread, or from the running call's token callback) returns NVLM_ERR_BUSY at once and
+ * changes nothing, not even nvlm_last_error(s): that text belongs to the running call, and
+ * reading it from another thread meanwhile is a data race. The flag is a safety net for
+ * misuse, not a lock to schedule work with: a caller that shares a session between threads
+ * must still serialize its calls. */
+
 typedef enum nvlm_kv_type {
     NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend, bf16 on CUDA */
     NVLM_KV_F32 = 1,
@@ -522,9 +533,17 @@ static inline void nvlm_session_default_params(nvlm_session_params *p)
  * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
                                          nvlm_session **out);
+/* Frees the session and everything it owns; NULL is a no-op. Call it when no other call on the
+ * session runs. Calling it from the session's own token callback (or while another thread is
+ * inside a call on it) is forbidden; the library survives it by deferring the free: the running
+ * call finishes (generate stops once the callback returns and reports NVLM_FINISH_CANCELLED),
+ * frees the session and returns. Either way the handle is invalid as soon as
+ * nvlm_session_free is called: not even the running call's caller may read nvlm_last_error(s)
+ * afterwards. */
 NVLM_API void nvlm_session_free(nvlm_session *s);
 /* Forgets the conversation (KV cache emptied, RNG reseeded); the session stays usable.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL or not a session). */
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL or not a session), NVLM_ERR_BUSY (another
+ * call on the session runs; nothing is reset). */
 NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
 
 /* Appends one chat turn in the model's template and prefills only its new tokens: the system
@@ -536,7 +555,8 @@ NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
  * after a user turn (whose generation prompt is already there) adds only "{content}<|im_end|>",
  * so a history replays as user, assistant, user, ... turns. The images are borrowed
  * for the call only. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_CONTEXT_FULL (nothing
- * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+ * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND, NVLM_ERR_BUSY (another call
+ * on the session runs; nothing of the turn is added). */
 NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
                                            nvlm_image *const *images, size_t n_images);
 
@@ -550,9 +570,11 @@ NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size
 /* Logits (float32, *n_vocab entries: every embedding row of the model) of the last fed
  * position; borrowed, valid until the next call on the session. NULL before anything was fed.
  * Rows past the tokenizer's ids (the checkpoint's padding rows, e.g. 152,064 rows for 151,665
- * ids in NVLM-D-72B) are included but never sampled nor chosen greedily. */
+ * ids in NVLM-D-72B) are included but never sampled nor chosen greedily. May be called inside
+ * the token callback. */
 NVLM_API const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab);
-/* Tokens in the KV cache (prompt and generated); borrowed as above. */
+/* Tokens in the KV cache (prompt and generated); borrowed as above. May be called inside the
+ * token callback. */
 NVLM_API const int32_t *nvlm_session_tokens(const nvlm_session *s, size_t *n_tokens);
 
 typedef struct nvlm_logit_bias {
@@ -597,15 +619,19 @@ static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
 
 /* Picks the next token from the current logits with the session's RNG (does not feed it).
  * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params, the logit bias bans
- * every token), NVLM_ERR_BACKEND ("all logits are non-finite"). */
+ * every token), NVLM_ERR_BACKEND ("all logits are non-finite"), NVLM_ERR_BUSY (another call on
+ * the session runs). */
 NVLM_API nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
                                          int32_t *token);
 
 /* Called for every generated token with the newly completed UTF-8 text (never a partial
  * character; may be empty; special tokens produce no text; the last token's text also carries
  * an incomplete trailing UTF-8 sequence flushed as U+FFFD). Borrowed for the call. It runs
- * before the token is fed: nvlm_session_logits(s) then returns the logits that chose `token`
- * (the only session call allowed inside the callback). Return 0 to continue, non-zero to stop. */
+ * before the token is fed: nvlm_session_logits(s) then returns the logits that chose `token`.
+ * Inside the callback only nvlm_session_logits, nvlm_session_tokens and nvlm_last_error may be
+ * called on the session; nvlm_session_reset, _add_turn, _feed, _sample and _generate return
+ * NVLM_ERR_BUSY, and nvlm_session_free is forbidden (see there). Return 0 to continue,
+ * non-zero to stop. */
 typedef int (*nvlm_token_fn)(void *user, int32_t token, const char *text, size_t len);
 
 typedef enum nvlm_finish_reason {
@@ -630,7 +656,8 @@ typedef struct nvlm_generate_result {
  * failure midway still reports the tokens generated before it there. Returns NVLM_OK (see
  * result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet, bad params, the logit
  * bias bans every token), NVLM_ERR_BACKEND (also "all logits are non-finite": the weights or
- * the config produce NaN/Inf), NVLM_ERR_OUT_OF_MEMORY. */
+ * the config produce NaN/Inf), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BUSY (another call on the
+ * session runs; nothing is generated). */
 NVLM_API nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
                                            nvlm_token_fn on_token, void *user,
                                            nvlm_generate_result *result);
