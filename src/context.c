@@ -39,6 +39,7 @@ const char *nvlm_status_str(nvlm_status status)
     case NVLM_ERR_BACKEND: return "backend error";
     case NVLM_ERR_NO_DEVICE: return "no device";
     case NVLM_ERR_INTERNAL: return "internal error";
+    case NVLM_ERR_BUSY: return "session busy";
     }
     return "unknown status";
 }

@@ -160,14 +160,22 @@ typedef struct smp_work {
     float *val;       /* n_vocab */
     smp_cand *cand;   /* n_vocab */
     int32_t *count;   /* n_vocab, all zero between calls */
+    uint8_t *usable;  /* n_vocab: 0 for rows that are never chosen (ids the tokenizer lacks,
+                         such as the checkpoint's padding rows); all 1 after smp_work_init */
 } smp_work;
 
 nvlm_status smp_work_init(nvlm_context *ctx, smp_work *w, int n_vocab);
 void smp_work_free(nvlm_context *ctx, smp_work *w);
-/* Checks a params struct (ranges, token ids); errors go to err_handle. */
-nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handle);
-/* Picks a token from logits[n_vocab] after bias and penalties over hist (the last tokens). */
-int32_t smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
-                   const int32_t *hist, size_t n_hist, smp_rng *rng);
+/* Checks a params struct (ranges, token ids; a logit bias on an unusable row is refused);
+ * errors go to err_handle. */
+nvlm_status smp_check(const nvlm_sampler_params *p, const smp_work *w, void *err_handle);
+/* Picks a token from logits[n_vocab] after bias and penalties over hist (the last tokens) into
+ * *token. Unusable rows and non-finite logits are never chosen. Returns NVLM_OK,
+ * NVLM_ERR_BACKEND ("all logits are non-finite": no usable row holds a finite logit) or
+ * NVLM_ERR_INVALID_ARGUMENT (the logit bias or the penalties exclude every finite one); errors
+ * go to err_handle. */
+nvlm_status smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
+                       const int32_t *hist, size_t n_hist, smp_rng *rng, int32_t *token,
+                       void *err_handle);
 
 #endif /* NVLM_ENGINE_H */

@@ -1,11 +1,13 @@
 /*
- * sampler.c - logits (vocab) -> one token id. Order: logit bias, repetition / presence /
- * frequency penalties over the recent tokens, then greedy argmax (temperature 0; the lowest
- * index wins ties, like torch.argmax) or top-k -> softmax(logits / T) -> top-p -> min-p ->
- * a draw from the session's xoshiro256** generator (seeded with splitmix64).
+ * sampler.c - logits (vocab) -> one token id. Order: rows the tokenizer has no token for and
+ * non-finite logits are masked out, then logit bias, repetition / presence / frequency
+ * penalties over the recent tokens, then greedy argmax (temperature 0; the lowest index wins
+ * ties, like torch.argmax) or top-k -> softmax(logits / T) -> top-p -> min-p -> a draw from the
+ * session's xoshiro256** generator (seeded with splitmix64).
  */
 #include "engine.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,10 +59,12 @@ nvlm_status smp_work_init(nvlm_context *ctx, smp_work *w, int n_vocab)
     w->val = nv_alloc_array(ctx, (size_t)n_vocab, sizeof(float));
     w->cand = nv_alloc_array(ctx, (size_t)n_vocab, sizeof(smp_cand));
     w->count = nv_calloc(ctx, (size_t)n_vocab, sizeof(int32_t));
-    if (w->val == NULL || w->cand == NULL || w->count == NULL) {
+    w->usable = nv_malloc(ctx, (size_t)n_vocab);
+    if (w->val == NULL || w->cand == NULL || w->count == NULL || w->usable == NULL) {
         smp_work_free(ctx, w);
         return NVLM_ERR_OUT_OF_MEMORY;
     }
+    memset(w->usable, 1, (size_t)n_vocab);
     return NVLM_OK;
 }
 
@@ -69,11 +73,13 @@ void smp_work_free(nvlm_context *ctx, smp_work *w)
     nv_free(ctx, w->val);
     nv_free(ctx, w->cand);
     nv_free(ctx, w->count);
+    nv_free(ctx, w->usable);
     memset(w, 0, sizeof *w);
 }
 
-nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handle)
+nvlm_status smp_check(const nvlm_sampler_params *p, const smp_work *w, void *err_handle)
 {
+    int n_vocab = w->n_vocab;
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature)) {
         return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "temperature must be >= 0");
     }
@@ -88,7 +94,9 @@ nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handl
         return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "bad penalty parameters");
     }
     if (p->max_new_tokens < 0) {
-        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "max_new_tokens < 0");
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT,
+                        "max_new_tokens %d: need >= 0, or -1 for the model's default",
+                        (int)p->max_new_tokens);
     }
     if ((p->n_logit_bias > 0 && p->logit_bias == NULL) ||
         (p->n_stop_ids > 0 && p->stop_ids == NULL) ||
@@ -100,6 +108,12 @@ nvlm_status smp_check(const nvlm_sampler_params *p, int n_vocab, void *err_handl
         if (t < 0 || t >= n_vocab || isnan(p->logit_bias[i].bias)) {
             return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "bad logit bias entry %zu",
                             i);
+        }
+        if (!w->usable[t]) {
+            return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT,
+                            "logit bias entry %zu: id %d has no token in the tokenizer (a padding "
+                            "row, never sampled)",
+                            i, (int)t);
         }
     }
     for (size_t i = 0; i < p->n_stop_ids; i++) {
@@ -160,39 +174,52 @@ static int cand_cmp(const void *a, const void *b)
     return (x->i > y->i) - (x->i < y->i);
 }
 
-int32_t smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
-                   const int32_t *hist, size_t n_hist, smp_rng *rng)
+nvlm_status smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
+                       const int32_t *hist, size_t n_hist, smp_rng *rng, int32_t *token,
+                       void *err_handle)
 {
     int n = w->n_vocab;
-    memcpy(w->val, logits, (size_t)n * sizeof(float));
+    /* NaN marks a row out of the race: bias and penalties keep it NaN. A non-finite logit is a
+     * numeric failure upstream (NaN/Inf weights, overflow), never a preference. */
+    int n_finite = 0;
+    for (int i = 0; i < n; i++) {
+        float v = logits[i];
+        bool ok = w->usable[i] && isfinite(v);
+        w->val[i] = ok ? v : NAN;
+        n_finite += ok;
+    }
+    if (n_finite == 0) {
+        return nv_error(err_handle, NVLM_ERR_BACKEND, "all logits are non-finite");
+    }
     for (size_t i = 0; i < p->n_logit_bias; i++) {
         w->val[p->logit_bias[i].token] += p->logit_bias[i].bias;
     }
     apply_penalties(p, w, hist, n_hist);
-    if (p->temperature <= 0.0f) {
-        int32_t best = 0;
-        bool any = false;
-        for (int i = 0; i < n; i++) {
-            float v = w->val[i];
-            if (!isnan(v) && (!any || v > w->val[best])) {
-                best = i;
-                any = true;
-            }
-        }
-        return best;
-    }
+    /* Eligible: not NaN and not -inf (banned). +inf (a +inf bias) counts as FLT_MAX. */
     smp_cand *c = w->cand;
     int m = 0;
     for (int i = 0; i < n; i++) {
         float v = w->val[i];
         if (!isnan(v) && v != -INFINITY) {
-            c[m].v = v;
+            c[m].v = v == INFINITY ? FLT_MAX : v;
             c[m].i = i;
             m++;
         }
     }
     if (m == 0) {
-        return 0;
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT,
+                        p->n_logit_bias > 0 ? "the logit bias bans every token"
+                                            : "the penalties ban every token");
+    }
+    if (p->temperature <= 0.0f) {
+        int best = 0;
+        for (int a = 1; a < m; a++) {
+            if (c[a].v > c[best].v) {
+                best = a;
+            }
+        }
+        *token = c[best].i;
+        return NVLM_OK;
     }
     int k = (p->top_k > 0 && p->top_k < m) ? p->top_k : m;
     if (k <= 64) {
@@ -247,8 +274,10 @@ int32_t smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *
     for (int a = 0; a < keep; a++) {
         acc += c[a].p;
         if (u < acc) {
-            return c[a].i;
+            *token = c[a].i;
+            return NVLM_OK;
         }
     }
-    return c[keep - 1].i;
+    *token = c[keep - 1].i;
+    return NVLM_OK;
 }

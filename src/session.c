@@ -9,6 +9,7 @@
 #include "image.h"
 #include "tokenizer.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,6 +44,8 @@ struct nvlm_session {
     size_t gen_cap;
     int32_t im_end;
     int32_t im_start;
+    atomic_int busy;            /* 1 while a public call that changes the session runs */
+    atomic_int free_pending;    /* nvlm_session_free came while busy: the running call frees */
 };
 
 static bool is_session(const nvlm_session *s)
@@ -68,11 +71,16 @@ void nvlm_session_params_init(nvlm_session_params *p, size_t size)
     p->struct_size = (uint32_t)size;
 }
 
-void nvlm_session_free(nvlm_session *s)
+/* The busy flag: every public call that changes the session holds it, so a second thread, or
+ * the session's own token callback, gets NVLM_ERR_BUSY instead of corrupting the session. The
+ * refused call touches nothing but the flag: the error text belongs to the call in progress. */
+static bool enter(nvlm_session *s)
 {
-    if (!is_session(s)) {
-        return;
-    }
+    return atomic_exchange(&s->busy, 1) == 0;
+}
+
+static void destroy(nvlm_session *s)
+{
     nvlm_context *ctx = s->h.ctx;
     if (s->ex != NULL) {
         nv_arena_release(&s->arena);
@@ -88,6 +96,29 @@ void nvlm_session_free(nvlm_session *s)
     nv_free(ctx, s->system_message);
     s->h.magic = NV_MAGIC_DEAD;
     nv_free(ctx, s);
+}
+
+/* Releases the flag and returns st. A free asked for while the session was busy (from the
+ * token callback or another thread) happens here; free_pending is set before the free's own
+ * attempt to take the flag, so exactly one of the two sides destroys the session. */
+static nvlm_status leave(nvlm_session *s, nvlm_status st)
+{
+    atomic_store(&s->busy, 0);
+    if (atomic_load(&s->free_pending) && enter(s)) {
+        destroy(s);
+    }
+    return st;
+}
+
+void nvlm_session_free(nvlm_session *s)
+{
+    if (!is_session(s)) {
+        return;
+    }
+    atomic_store(&s->free_pending, 1);
+    if (enter(s)) {
+        destroy(s);
+    }
 }
 
 nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
@@ -126,6 +157,8 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
         return nv_error(model, NVLM_ERR_OUT_OF_MEMORY, "out of memory for a session");
     }
     nv_handle_init(&s->h, NV_MAGIC_SESSION, ctx);
+    atomic_init(&s->busy, 0);
+    atomic_init(&s->free_pending, 0);
     s->model = model;
     s->eng = eng;
     s->n_ctx = p.n_ctx > 0 ? p.n_ctx : max_pos;
@@ -158,6 +191,14 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
         st = smp_work_init(ctx, &s->work, eng->dec.vocab);
     }
     if (st == NVLM_OK && model->tok != NULL) {
+        /* Rows the tokenizer has no token for (the checkpoint's padding rows past its ids) are
+         * never chosen: they would have no text and their embeddings are untrained. */
+        for (int i = 0; i < eng->dec.vocab; i++) {
+            size_t len = 0;
+            s->work.usable[i] = tok_piece(model->tok, i, &len) != NULL;
+        }
+    }
+    if (st == NVLM_OK && model->tok != NULL) {
         nvlm_special_tokens sp;
         sp.struct_size = sizeof sp;
         if (nvlm_tokenizer_special_tokens(model->tok, &sp) == NVLM_OK) {
@@ -179,7 +220,7 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
     return NVLM_OK;
 }
 
-nvlm_status nvlm_session_reset(nvlm_session *s)
+static nvlm_status session_reset(nvlm_session *s)
 {
     if (!is_session(s)) {
         return NVLM_ERR_INVALID_ARGUMENT;
@@ -358,8 +399,8 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
     return NVLM_OK;
 }
 
-nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
-                              nvlm_image *const *images, size_t n_images)
+static nvlm_status session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
+                                nvlm_image *const *images, size_t n_images)
 {
     if (!is_session(s)) {
         return NVLM_ERR_INVALID_ARGUMENT;
@@ -446,8 +487,8 @@ static nvlm_status append_text(nvlm_session *s, const char *text, int32_t **ids,
     return NVLM_OK;
 }
 
-nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
-                                  nvlm_image *const *images, size_t n_images)
+static nvlm_status session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
+                                    nvlm_image *const *images, size_t n_images)
 {
     if (!is_session(s)) {
         return NVLM_ERR_INVALID_ARGUMENT;
@@ -564,11 +605,11 @@ static nvlm_status sampler_params(nvlm_session *s, const nvlm_sampler_params *pa
                                 ? s->model->cfg.gen_max_new_tokens
                                 : 1024;
     }
-    return smp_check(p, s->eng->dec.vocab, s);
+    return smp_check(p, &s->work, s);
 }
 
-nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
-                                int32_t *token)
+static nvlm_status session_sample(nvlm_session *s, const nvlm_sampler_params *params,
+                                  int32_t *token)
 {
     if (!is_session(s)) {
         return NVLM_ERR_INVALID_ARGUMENT;
@@ -580,8 +621,7 @@ nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *para
     }
     nvlm_sampler_params p;
     NVLM_TRY(sampler_params(s, params, &p));
-    *token = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng);
-    return NVLM_OK;
+    return smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, token, s);
 }
 
 /* Appends `len` bytes to the buffer *buf (capacity *cap, used *used), NUL-terminated. */
@@ -685,9 +725,9 @@ static bool has_stop_string(const nvlm_sampler_params *p, const char *text, size
     return false;
 }
 
-nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
-                                  nvlm_token_fn on_token, void *user,
-                                  nvlm_generate_result *result)
+static nvlm_status session_generate(nvlm_session *s, const nvlm_sampler_params *params,
+                                    nvlm_token_fn on_token, void *user,
+                                    nvlm_generate_result *result)
 {
     if (!is_session(s)) {
         return NVLM_ERR_INVALID_ARGUMENT;
@@ -731,7 +771,11 @@ nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *pa
             r.finish_reason = NVLM_FINISH_CONTEXT_FULL;
             break;
         }
-        int32_t tok = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng);
+        int32_t tok = -1;
+        st = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, &tok, s);
+        if (st != NVLM_OK) {
+            break;
+        }
         bool stop_tok = false;
         for (size_t i = 0; i < p.n_stop_ids; i++) {
             stop_tok = stop_tok || p.stop_ids[i] == tok;
@@ -752,6 +796,11 @@ nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *pa
             break;
         }
         int cancel = on_token != NULL ? on_token(user, tok, s->piece, len) : 0;
+        if (atomic_load(&s->free_pending)) {
+            /* nvlm_session_free came meanwhile: stop; leave() frees the session */
+            r.finish_reason = NVLM_FINISH_CANCELLED;
+            break;
+        }
         st = feed(s, &tok, 1, NULL, 0, true);
         if (st != NVLM_OK) {
             break;
@@ -783,4 +832,66 @@ nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *pa
         result->struct_size = size;
     }
     return st;
+}
+
+/* ---- public entry points that change the session: under the busy flag ------------------- */
+
+nvlm_status nvlm_session_reset(nvlm_session *s)
+{
+    if (!is_session(s)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (!enter(s)) {
+        return NVLM_ERR_BUSY;
+    }
+    return leave(s, session_reset(s));
+}
+
+nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
+                              nvlm_image *const *images, size_t n_images)
+{
+    if (!is_session(s)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (!enter(s)) {
+        return NVLM_ERR_BUSY;
+    }
+    return leave(s, session_feed(s, ids, n_ids, images, n_images));
+}
+
+nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
+                                  nvlm_image *const *images, size_t n_images)
+{
+    if (!is_session(s)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (!enter(s)) {
+        return NVLM_ERR_BUSY;
+    }
+    return leave(s, session_add_turn(s, role, content, images, n_images));
+}
+
+nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
+                                int32_t *token)
+{
+    if (!is_session(s)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (!enter(s)) {
+        return NVLM_ERR_BUSY;
+    }
+    return leave(s, session_sample(s, params, token));
+}
+
+nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
+                                  nvlm_token_fn on_token, void *user,
+                                  nvlm_generate_result *result)
+{
+    if (!is_session(s)) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (!enter(s)) {
+        return NVLM_ERR_BUSY;
+    }
+    return leave(s, session_generate(s, params, on_token, user, result));
 }

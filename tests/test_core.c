@@ -38,9 +38,11 @@ int main(void)
     CHECK_EQ_INT(nvlm_version_number(), NVLM_VERSION_NUMBER, "version number");
 
     tu_section("status strings");
-    for (int s = 0; s <= NVLM_ERR_INTERNAL; s++) {
+    for (int s = 0; s <= NVLM_ERR_BUSY; s++) {
         CHECK(strcmp(nvlm_status_str((nvlm_status)s), "unknown status") != 0, "status %d named", s);
     }
+    CHECK_EQ_INT(NVLM_ERR_BUSY, 15, "NVLM_ERR_BUSY is pinned at 15");
+    CHECK(strcmp(nvlm_status_str(NVLM_ERR_BUSY), "session busy") == 0, "NVLM_ERR_BUSY named");
     CHECK(strcmp(nvlm_status_str((nvlm_status)999), "unknown status") == 0, "unknown status");
 
     tu_section("context");

@@ -352,6 +352,16 @@ static void test_generation_controls(nvlm_model *m)
     CHECK(memcmp(runs[0], runs[2], sizeof runs[0]) != 0, "another seed, other tokens");
 }
 
+/* smp_sample's token, or -1 after a failed check. */
+static int32_t pick(const nvlm_sampler_params *p, const float *l, smp_work *w,
+                    const int32_t *hist, size_t n_hist, smp_rng *rng)
+{
+    int32_t t = -1;
+    nvlm_status st = smp_sample(p, l, w, hist, n_hist, rng, &t, NULL);
+    CHECK(st == NVLM_OK, "smp_sample -> %d", (int)st);
+    return st == NVLM_OK ? t : -1;
+}
+
 static void test_sampler_unit(void)
 {
     tu_section("sampler: greedy ties, bias, penalties, top-k/p, min-p, distribution");
@@ -362,25 +372,25 @@ static void test_sampler_unit(void)
     nvlm_sampler_params p;
     nvlm_sampler_default_params(&p);
     p.max_new_tokens = 1;
-    CHECK_OK(smp_check(&p, 8, NULL));
+    CHECK_OK(smp_check(&p, &w, NULL));
     float l[8] = {1, 3, 3, 0, -1, 2, 3, -5};
-    CHECK_EQ_INT(smp_sample(&p, l, &w, NULL, 0, &rng), 1, "greedy: lowest index of the ties");
+    CHECK_EQ_INT(pick(&p, l, &w, NULL, 0, &rng), 1, "greedy: lowest index of the ties");
     nvlm_logit_bias b[2] = {{1, -INFINITY}, {2, -INFINITY}};
     p.logit_bias = b;
     p.n_logit_bias = 2;
-    CHECK_EQ_INT(smp_sample(&p, l, &w, NULL, 0, &rng), 6, "banned tokens skipped");
+    CHECK_EQ_INT(pick(&p, l, &w, NULL, 0, &rng), 6, "banned tokens skipped");
     p.n_logit_bias = 0;
     int32_t hist[3] = {1, 2, 1};
     p.repetition_penalty = 2.0f;
-    CHECK_EQ_INT(smp_sample(&p, l, &w, hist, 3, &rng), 6, "repetition penalty 3 -> 1.5");
+    CHECK_EQ_INT(pick(&p, l, &w, hist, 3, &rng), 6, "repetition penalty 3 -> 1.5");
     p.repetition_penalty = 1.0f;
     p.frequency_penalty = 0.6f;
-    CHECK_EQ_INT(smp_sample(&p, l, &w, hist, 3, &rng), 6,
+    CHECK_EQ_INT(pick(&p, l, &w, hist, 3, &rng), 6,
                  "frequency penalty: 1 and 2 pushed below 6");
     p.frequency_penalty = 0.0f;
     p.presence_penalty = 1.5f;
     p.penalty_last_n = 1;
-    CHECK_EQ_INT(smp_sample(&p, l, &w, hist, 3, &rng), 2, "presence over the last 1 token");
+    CHECK_EQ_INT(pick(&p, l, &w, hist, 3, &rng), 2, "presence over the last 1 token");
     p.presence_penalty = 0.0f;
     bool zero = true;
     for (int i = 0; i < 8; i++) {
@@ -391,21 +401,21 @@ static void test_sampler_unit(void)
     p.top_k = 1;
     int hits = 0;
     for (int i = 0; i < 50; i++) {
-        hits += smp_sample(&p, l, &w, NULL, 0, &rng) == 1;
+        hits += pick(&p, l, &w, NULL, 0, &rng) == 1;
     }
     CHECK_EQ_INT(hits, 50, "top_k 1 with temperature is greedy");
     p.top_k = 0;
     p.top_p = 0.01f;
     hits = 0;
     for (int i = 0; i < 50; i++) {
-        hits += smp_sample(&p, l, &w, NULL, 0, &rng) == 1;
+        hits += pick(&p, l, &w, NULL, 0, &rng) == 1;
     }
     CHECK_EQ_INT(hits, 50, "tiny top_p keeps the best only");
     p.top_p = 1.0f;
     p.min_p = 1.0f;
     hits = 0;
     for (int i = 0; i < 50; i++) {
-        int32_t t = smp_sample(&p, l, &w, NULL, 0, &rng);
+        int32_t t = pick(&p, l, &w, NULL, 0, &rng);
         hits += t == 1 || t == 2 || t == 6;
     }
     CHECK_EQ_INT(hits, 50, "min_p 1 keeps the tied best only");
@@ -416,17 +426,17 @@ static void test_sampler_unit(void)
     int c1 = 0;
     int N = 6000;
     for (int i = 0; i < N; i++) {
-        c1 += smp_sample(&p, two, &w, NULL, 0, &rng) == 1;
+        c1 += pick(&p, two, &w, NULL, 0, &rng) == 1;
     }
     CHECK(fabs((double)c1 / N - 2.0 / 3.0) < 0.03, "sampled frequency %.3f ~ 2/3",
           (double)c1 / N);
     p.temperature = -1.0f;
-    CHECK_EQ_INT(smp_check(&p, 8, NULL), NVLM_ERR_INVALID_ARGUMENT, "negative temperature");
+    CHECK_EQ_INT(smp_check(&p, &w, NULL), NVLM_ERR_INVALID_ARGUMENT, "negative temperature");
     p.temperature = 0.0f;
     int32_t badstop = 8;
     p.stop_ids = &badstop;
     p.n_stop_ids = 1;
-    CHECK_EQ_INT(smp_check(&p, 8, NULL), NVLM_ERR_INVALID_ARGUMENT, "stop id out of range");
+    CHECK_EQ_INT(smp_check(&p, &w, NULL), NVLM_ERR_INVALID_ARGUMENT, "stop id out of range");
     smp_work_free(NULL, &w);
 }
 

@@ -41,7 +41,8 @@
  *  - nvlm_context: its functions are thread-safe.
  *  - nvlm_model, nvlm_tokenizer: read-only after load; any number of threads may use one at once.
  *  - nvlm_session, nvlm_image, nvlm_stream_decoder: one thread at a time per handle; different
- *    handles may be used from different threads at the same time.
+ *    handles may be used from different threads at the same time. A session refuses a call
+ *    that overlaps another one on it with NVLM_ERR_BUSY (see the Session section).
  */
 #ifndef NVLM_NVLM_H
 #define NVLM_NVLM_H
@@ -96,7 +97,9 @@ typedef enum nvlm_status {
     NVLM_ERR_CONTEXT_FULL = 11,    /* the session's context window is exhausted */
     NVLM_ERR_BACKEND = 12,         /* the compute backend failed (CUDA, cuBLASLt, NCCL) */
     NVLM_ERR_NO_DEVICE = 13,       /* the requested device does not exist */
-    NVLM_ERR_INTERNAL = 14         /* a bug in nvlm; please report it */
+    NVLM_ERR_INTERNAL = 14,        /* a bug in nvlm; please report it */
+    NVLM_ERR_BUSY = 15             /* the session is in use: by another thread, or by the call
+                                      whose token callback is running */
 } nvlm_status;
 
 /* Static, never-NULL English name of a status ("NVLM_OK", "invalid argument", ...). Thread-safe. */
@@ -521,6 +524,14 @@ NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t i
 /* sessions of one model may run on different threads at once.                                   */
 /* ============================================================================================ */
 
+/* Overlapping calls: nvlm_session_reset, _add_turn, _feed, _sample and _generate each hold a
+ * per-session busy flag. One of them called while another runs on the same session (from
+ * another thread, or from the running call's token callback) returns NVLM_ERR_BUSY at once and
+ * changes nothing, not even nvlm_last_error(s): that text belongs to the running call, and
+ * reading it from another thread meanwhile is a data race. The flag is a safety net for
+ * misuse, not a lock to schedule work with: a caller that shares a session between threads
+ * must still serialize its calls. */
+
 typedef enum nvlm_kv_type {
     NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend, bf16 on CUDA */
     NVLM_KV_F32 = 1,
@@ -552,9 +563,17 @@ static inline void nvlm_session_default_params(nvlm_session_params *p)
  * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
                                          nvlm_session **out);
+/* Frees the session and everything it owns; NULL is a no-op. Call it when no other call on the
+ * session runs. Calling it from the session's own token callback (or while another thread is
+ * inside a call on it) is forbidden; the library survives it by deferring the free: the running
+ * call finishes (generate stops once the callback returns and reports NVLM_FINISH_CANCELLED),
+ * frees the session and returns. Either way the handle is invalid as soon as
+ * nvlm_session_free is called: not even the running call's caller may read nvlm_last_error(s)
+ * afterwards. */
 NVLM_API void nvlm_session_free(nvlm_session *s);
 /* Forgets the conversation (KV cache emptied, RNG reseeded); the session stays usable.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL or not a session). */
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL or not a session), NVLM_ERR_BUSY (another
+ * call on the session runs; nothing is reset). */
 NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
 
 /* Appends one chat turn in the model's template and prefills only its new tokens: the system
@@ -570,7 +589,8 @@ NVLM_API nvlm_status nvlm_session_reset(nvlm_session *s);
  * template adds control tokens (see nvlm_prompt_params); "<|vision_pad|>" in content is
  * NVLM_ERR_INVALID_ARGUMENT in both modes. The images are borrowed
  * for the call only. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_CONTEXT_FULL (nothing
- * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+ * of the turn is kept), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND, NVLM_ERR_BUSY (another call
+ * on the session runs; nothing of the turn is added). */
 NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, const char *content,
                                            nvlm_image *const *images, size_t n_images);
 
@@ -581,16 +601,29 @@ NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, cons
 NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
                                        nvlm_image *const *images, size_t n_images);
 
-/* Logits (float32, *n_vocab entries) of the last fed position; borrowed, valid until the next
- * call on the session. NULL before anything was fed. */
+/* Logits (float32, *n_vocab entries: every embedding row of the model) of the last fed
+ * position; borrowed, valid until the next call on the session. NULL before anything was fed.
+ * Rows past the tokenizer's ids (the checkpoint's padding rows, e.g. 152,064 rows for 151,665
+ * ids in NVLM-D-72B) are included but never sampled nor chosen greedily. May be called inside
+ * the token callback. */
 NVLM_API const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab);
-/* Tokens in the KV cache (prompt and generated); borrowed as above. */
+/* Tokens in the KV cache (prompt and generated); borrowed as above. May be called inside the
+ * token callback. */
 NVLM_API const int32_t *nvlm_session_tokens(const nvlm_session *s, size_t *n_tokens);
 
 typedef struct nvlm_logit_bias {
-    int32_t token;
-    float bias;   /* added to the logit; -INFINITY bans the token */
+    int32_t token;  /* an id the tokenizer has: a padding row is NVLM_ERR_INVALID_ARGUMENT */
+    float bias;     /* added to the logit; -INFINITY bans the token, +INFINITY forces it (ties
+                       among forced tokens as among equal logits); NaN is refused. A bias never
+                       revives a non-finite logit. */
 } nvlm_logit_bias;
+
+/* Never chosen, greedy or sampled, and left out before top-k / top-p / min-p normalise: rows
+ * past the tokenizer's ids (padding rows; all rows are candidates when the model has no
+ * tokenizer), logits that are NaN, +Inf or -Inf (a numeric failure upstream: NaN/Inf weights
+ * or values that overflow), and tokens the bias bans. When no logit is finite, sampling fails
+ * with NVLM_ERR_BACKEND ("all logits are non-finite"); when the bias (or the penalties) leave
+ * no token, with NVLM_ERR_INVALID_ARGUMENT ("the logit bias bans every token"). */
 
 typedef struct nvlm_sampler_params {
     uint32_t struct_size;
@@ -606,7 +639,9 @@ typedef struct nvlm_sampler_params {
     const int32_t *stop_ids;  size_t n_stop_ids;  /* NULL = the model's eos (<|im_end|>);
                                                      non-NULL with n_stop_ids 0 = none */
     const char *const *stop_strings; size_t n_stop_strings;
-    int32_t max_new_tokens;   /* default from generation_config.json, else 1024 */
+    int32_t max_new_tokens;   /* -1 (the default) = the model's default: max_new_tokens of
+                                 generation_config.json, else 1024. 0 generates nothing; other
+                                 negative values are NVLM_ERR_INVALID_ARGUMENT */
 } nvlm_sampler_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -617,15 +652,20 @@ static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
 }
 
 /* Picks the next token from the current logits with the session's RNG (does not feed it).
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params). */
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params, the logit bias bans
+ * every token), NVLM_ERR_BACKEND ("all logits are non-finite"), NVLM_ERR_BUSY (another call on
+ * the session runs). */
 NVLM_API nvlm_status nvlm_session_sample(nvlm_session *s, const nvlm_sampler_params *params,
                                          int32_t *token);
 
 /* Called for every generated token with the newly completed UTF-8 text (never a partial
  * character; may be empty; special tokens produce no text; the last token's text also carries
  * an incomplete trailing UTF-8 sequence flushed as U+FFFD). Borrowed for the call. It runs
- * before the token is fed: nvlm_session_logits(s) then returns the logits that chose `token`
- * (the only session call allowed inside the callback). Return 0 to continue, non-zero to stop. */
+ * before the token is fed: nvlm_session_logits(s) then returns the logits that chose `token`.
+ * Inside the callback only nvlm_session_logits, nvlm_session_tokens and nvlm_last_error may be
+ * called on the session; nvlm_session_reset, _add_turn, _feed, _sample and _generate return
+ * NVLM_ERR_BUSY, and nvlm_session_free is forbidden (see there). Return 0 to continue,
+ * non-zero to stop. */
 typedef int (*nvlm_token_fn)(void *user, int32_t token, const char *text, size_t len);
 
 typedef enum nvlm_finish_reason {
@@ -646,9 +686,12 @@ typedef struct nvlm_generate_result {
 
 /* Generates from the current state until a stop token, stop string, max_new_tokens, the
  * callback's stop or a full context. Generated tokens (the stop token included) stay in the KV
- * cache, so the next nvlm_session_add_turn continues the conversation. result may be NULL.
- * Returns NVLM_OK (see result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet),
- * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY. */
+ * cache, so the next nvlm_session_add_turn continues the conversation. result may be NULL; a
+ * failure midway still reports the tokens generated before it there. Returns NVLM_OK (see
+ * result->finish_reason), NVLM_ERR_INVALID_ARGUMENT (nothing fed yet, bad params, the logit
+ * bias bans every token), NVLM_ERR_BACKEND (also "all logits are non-finite": the weights or
+ * the config produce NaN/Inf), NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BUSY (another call on the
+ * session runs; nothing is generated). */
 NVLM_API nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *params,
                                            nvlm_token_fn on_token, void *user,
                                            nvlm_generate_result *result);
