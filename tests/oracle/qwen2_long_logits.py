@@ -203,7 +203,8 @@ def write_safetensors(path, tensors):
     off = 0
     for name, (dtype, arr) in tensors.items():
         b = arr.tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        header[name] = {"dtype": dtype, "shape": list(arr.shape),
+                        "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
     hj = json.dumps(header, separators=(",", ":")).encode()
