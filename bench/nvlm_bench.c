@@ -475,28 +475,31 @@ static int bench_vit(nvlm_model *m, int threads, int n_tiles, int reps, double *
     if (e->be->ops->exec_create(e->be, threads, m, &ex) != NVLM_OK) {
         return -1;
     }
-    nv_arena ar = {ex, NULL, 0, 0};
-    size_t bytes = vit_arena_bytes(&e->vit, n_tiles) + proj_arena_bytes(&e->proj, &e->vit,
-                                                                         n_tiles);
+    nv_arena ar = {.ex = ex};
+    size_t n_rows = (size_t)n_tiles * (size_t)(e->vit.n_patches * e->vit.D / e->proj.in);
+    size_t bytes = nv_arena_size(n_rows * (size_t)e->proj.out) +
+                   vit_arena_bytes(&e->vit, n_tiles) +
+                   proj_arena_bytes(&e->proj, &e->vit, n_tiles);
     int rc = -1;
     if (nv_arena_reserve(&ar, bytes) == NVLM_OK) {
         double best = 1e30, best_p = 1e30;
         rc = 0;
         for (int r = 0; r < reps && rc == 0; r++) {
-            ar.used = 0;
+            nv_arena_rewind(&ar, 0);
+            float *proj = nv_arena_floats(&ar, n_rows * (size_t)e->proj.out);
             size_t np = (size_t)n_tiles * 3 * (size_t)e->vit.image * (size_t)e->vit.image;
             float *pix = nv_arena_floats(&ar, np);
             float *host = xmalloc(np * sizeof(float));
             fill_f32(host, np);
-            float *out = NULL, *proj = NULL;
-            rc = pix == NULL ||
+            float *out = NULL;
+            rc = proj == NULL || pix == NULL ||
                  e->be->ops->upload(ex, pix, host, np * sizeof(float)) != NVLM_OK;
             free(host);
             double t0 = nv_time_ms();
             rc = rc || vit_forward(ex, &ar, &e->vit, pix, n_tiles, &out, NULL) != NVLM_OK;
             e->be->ops->sync(ex);
             double t1 = nv_time_ms();
-            rc = rc || proj_forward(ex, &ar, &e->proj, &e->vit, out, n_tiles, &proj, NULL) !=
+            rc = rc || proj_forward(ex, &ar, &e->proj, &e->vit, out, n_tiles, proj, NULL) !=
                            NVLM_OK;
             e->be->ops->sync(ex);
             double t2 = nv_time_ms();

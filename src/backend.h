@@ -128,18 +128,27 @@ struct nv_exec {
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
 
 /* A bump arena in backend memory for a forward pass's activations: reserve once, take
- * aligned pieces, reset. Grows only in nv_arena_reserve (never during a forward). */
+ * aligned pieces, rewind to a mark to reuse the space above it (the session keeps an image's
+ * projector rows below the mark while every decoder chunk reuses the space above). Grows only
+ * in nv_arena_reserve (never during a forward). A piece that does not fit poisons the arena:
+ * every later piece is NULL too, until the next reserve or rewind. */
 typedef struct nv_arena {
     nv_exec *ex;
     char *base;
     size_t cap;
     size_t used;
+    bool failed;             /* a piece did not fit since the last reserve or rewind */
 } nv_arena;
 
-/* Ensures capacity >= bytes (contents are discarded when it grows). */
+/* Ensures capacity >= bytes and empties the arena (contents are discarded when it grows). */
 nvlm_status nv_arena_reserve(nv_arena *a, size_t bytes);
-/* n floats from the arena (64-byte aligned), or NULL when the reservation was too small. */
+/* n floats from the arena (64-byte aligned), or NULL when the reservation was too small or an
+ * earlier piece did not fit. */
 float *nv_arena_floats(nv_arena *a, size_t n);
+/* The current fill level, to rewind to later. */
+size_t nv_arena_mark(const nv_arena *a);
+/* Frees every piece taken since `mark` (from nv_arena_mark) and clears the poison. */
+void nv_arena_rewind(nv_arena *a, size_t mark);
 void nv_arena_release(nv_arena *a);
 /* Bytes nv_arena_floats(n) consumes (n floats rounded up to 64 bytes); saturates. */
 size_t nv_arena_size(size_t n_floats);

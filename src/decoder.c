@@ -253,7 +253,8 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
     float *g = nv_arena_floats(ar, s.mlp);
     float *u = nv_arena_floats(ar, s.mlp);
     float *lg = nv_arena_floats(ar, s.logits);
-    if (lg == NULL) {
+    if (h == NULL || x == NULL || a == NULL || q == NULL || ctx == NULL || k == NULL ||
+        v == NULL || g == NULL || u == NULL || lg == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "decoder arena too small");
     }
     NVLM_TRY(op->rows_copy(ex, h, NULL, w->embed.t.data, w->embed.t.dtype, ids, (size_t)n, D));

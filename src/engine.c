@@ -122,6 +122,7 @@ nvlm_status nv_arena_reserve(nv_arena *a, size_t bytes)
         return nv_error(a->ex->err_handle, NVLM_ERR_LIMIT, "activation size overflows");
     }
     a->used = 0;
+    a->failed = false;
     if (bytes <= a->cap) {
         return NVLM_OK;
     }
@@ -136,13 +137,25 @@ nvlm_status nv_arena_reserve(nv_arena *a, size_t bytes)
 float *nv_arena_floats(nv_arena *a, size_t n)
 {
     size_t b = nv_arena_size(n);
-    if (b == SIZE_MAX || b > a->cap - a->used) {
+    if (a->failed || b == SIZE_MAX || b > a->cap - a->used) {
+        a->failed = true;
         return NULL;
     }
     /* Pieces start at 64-byte offsets from a 16-byte aligned base at least. */
     float *p = (float *)(a->base + a->used);
     a->used += b;
     return p;
+}
+
+size_t nv_arena_mark(const nv_arena *a)
+{
+    return a->used;
+}
+
+void nv_arena_rewind(nv_arena *a, size_t mark)
+{
+    a->used = NV_MIN(mark, a->used);
+    a->failed = false;
 }
 
 void nv_arena_release(nv_arena *a)
@@ -153,4 +166,5 @@ void nv_arena_release(nv_arena *a)
     a->base = NULL;
     a->cap = 0;
     a->used = 0;
+    a->failed = false;
 }

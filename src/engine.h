@@ -79,7 +79,7 @@ void eng_unload(nv_engine *e, nv_bweight *w);
 
 nvlm_status vit_init(nv_engine *e, const nvlm_model *m);
 void vit_free(nv_engine *e);
-/* Arena bytes vit_forward needs for n_tiles (pixels included). */
+/* Arena bytes for n_tiles: the caller's pixels (pix below) plus vit_forward's own pieces. */
 size_t vit_arena_bytes(const vit_weights *w, int n_tiles);
 /* pix: (n_tiles, 3, S, S) f32 in the arena -> out: (n_tiles * n_patches, D) (CLS dropped),
  * taken from the arena. hidden (may be NULL): host buffer of n_layers x n_tiles x (1 +
@@ -91,11 +91,14 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
 
 nvlm_status proj_init(nv_engine *e, const nvlm_model *m);
 void proj_free(nv_engine *e);
+/* Arena bytes proj_forward takes for its scratch (not the output rows). */
 size_t proj_arena_bytes(const proj_weights *w, const vit_weights *v, int n_tiles);
-/* vit: (n_tiles * n_patches, D) -> out: (n_tiles * n_patches / 4, llm D) from the arena.
- * shuffled (may be NULL): host copy of the pixel-shuffle output (n_tiles * n_patches / 4, 4 D). */
+/* vit: (n_tiles * n_patches, D) -> out: (n_tiles * n_patches / 4, llm D), device memory the
+ * caller provides (outside the scratch, e.g. taken from the arena first so the rows outlive
+ * it). shuffled (may be NULL): host copy of the pixel-shuffle output
+ * (n_tiles * n_patches / 4, 4 D). */
 nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const vit_weights *v,
-                         const float *vit, int n_tiles, float **out, float *shuffled);
+                         const float *vit, int n_tiles, float *out, float *shuffled);
 
 /* ---- decoder (decoder.c) ---------------------------------------------------------------- */
 
@@ -137,6 +140,12 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
                         const int32_t *ids, int n, const float *img, const int32_t *img_pos,
                         const int32_t *img_row, int n_img, int n_logits, float *logits,
                         dec_trace *trace);
+
+/* ---- session (session.c) ---------------------------------------------------------------- */
+
+/* Sets how many tokens one decoder pass of session s takes (1..DEC_MAX_BATCH, the default);
+ * longer feeds go through in passes of this size. For tests (chunk boundaries). */
+nvlm_status nv_session_set_max_batch(nvlm_session *s, int n);
 
 /* ---- sampler (sampler.c) ---------------------------------------------------------------- */
 

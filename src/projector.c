@@ -62,7 +62,8 @@ size_t proj_arena_bytes(const proj_weights *w, const vit_weights *v, int n_tiles
     if (n_tiles <= 0 || !proj_sizes_of(w, v, n_tiles, &s)) {
         return SIZE_MAX;
     }
-    size_t parts[] = {s.out, s.shuf, s.shuf, s.hid};
+    /* shuf, x, hid (the output rows are the caller's) */
+    size_t parts[] = {s.shuf, s.shuf, s.hid};
     size_t total = 0;
     for (size_t i = 0; i < NV_ARRAY_LEN(parts); i++) {
         if (!nv_add_size(total, nv_arena_size(parts[i]), &total)) {
@@ -73,7 +74,7 @@ size_t proj_arena_bytes(const proj_weights *w, const vit_weights *v, int n_tiles
 }
 
 nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const vit_weights *v,
-                         const float *vit, int n_tiles, float **out, float *shuffled)
+                         const float *vit, int n_tiles, float *out, float *shuffled)
 {
     const nv_backend_ops *op = ex->be->ops;
     void *eh = ex->err_handle;
@@ -81,11 +82,10 @@ nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const
     if (n_tiles <= 0 || !proj_sizes_of(w, v, n_tiles, &s)) {
         return nv_error(eh, NVLM_ERR_LIMIT, "too many tiles");
     }
-    float *o = nv_arena_floats(ar, s.out);
     float *shuf = nv_arena_floats(ar, s.shuf);
     float *x = nv_arena_floats(ar, s.shuf);
     float *hid = nv_arena_floats(ar, s.hid);
-    if (hid == NULL) {
+    if (shuf == NULL || x == NULL || hid == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "projector arena too small");
     }
     /* Pixel shuffle v2 as a row gather: output token (R, C) of tile t takes, as its q-th block
@@ -121,7 +121,5 @@ nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const
     NVLM_TRY(op->layernorm(ex, x, shuf, &w->ln_w, &w->ln_b, rows, w->in, 1e-5f));
     NVLM_TRY(op->matmul(ex, hid, x, &w->w1, NULL, rows));
     NVLM_TRY(op->gelu(ex, hid, hid, s.hid));
-    NVLM_TRY(op->matmul(ex, o, hid, &w->w2, NULL, rows));
-    *out = o;
-    return NVLM_OK;
+    return op->matmul(ex, out, hid, &w->w2, NULL, rows);
 }

@@ -26,6 +26,7 @@ struct nvlm_session {
     int32_t parse_special;      /* added tokens in turn content are matched (trusted text) */
     nv_exec *ex;
     nv_arena arena;
+    int max_batch;              /* tokens per decoder pass (DEC_MAX_BATCH; tests set less) */
     dec_kv kv;
     int32_t *tokens;            /* n_tokens of cap_tokens */
     size_t n_tokens;
@@ -167,6 +168,7 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
     s->kv_type = p.kv_type == NVLM_KV_BF16 || (p.kv_type == NVLM_KV_DEFAULT && !cpu) ? NV_BF16
                                                                                     : NV_F32;
     s->seed = p.seed;
+    s->max_batch = DEC_MAX_BATCH;
     s->no_system_message = p.no_system_message;
     s->parse_special = p.parse_special_in_content != 0;
     s->im_end = model->cfg.llm.eos_token_id;
@@ -256,9 +258,20 @@ static nvlm_status grow_tokens(nvlm_session *s, size_t need)
     return NVLM_OK;
 }
 
-/* Encodes the images (all tiles as one batch) into projector rows in the arena. */
+nvlm_status nv_session_set_max_batch(nvlm_session *s, int n)
+{
+    if (!is_session(s) || n < 1 || n > DEC_MAX_BATCH) {
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    s->max_batch = n;
+    return NVLM_OK;
+}
+
+/* Encodes the images (all tiles as one batch) into `rows` (device memory outside the arena's
+ * free space). The pixels and the vision and projector scratch are taken from the arena and
+ * given back before returning. */
 static nvlm_status encode_images(nvlm_session *s, nvlm_image *const *images, size_t n_images,
-                                 int total_tiles, float **rows)
+                                 int total_tiles, float *rows)
 {
     const nv_engine *e = s->eng;
     const nv_backend_ops *op = s->ex->be->ops;
@@ -268,10 +281,13 @@ static nvlm_status encode_images(nvlm_session *s, nvlm_image *const *images, siz
     if (!nv_mul_size(tile_floats, (size_t)total_tiles, &n_pix)) {
         return nv_error(s, NVLM_ERR_LIMIT, "too many tiles");
     }
+    size_t mark = nv_arena_mark(&s->arena);
     float *pix = nv_arena_floats(&s->arena, n_pix);
+    if (pix == NULL) {
+        return nv_error(s, NVLM_ERR_INTERNAL, "image arena too small");
+    }
     float *host = nv_alloc_array(s->h.ctx, tile_floats, sizeof(float));
-    if (pix == NULL || host == NULL) {
-        nv_free(s->h.ctx, host);
+    if (host == NULL) {
         return nv_error(s, NVLM_ERR_OUT_OF_MEMORY, "out of memory for image tiles");
     }
     size_t t = 0;
@@ -285,10 +301,15 @@ static nvlm_status encode_images(nvlm_session *s, nvlm_image *const *images, siz
         }
     }
     nv_free(s->h.ctx, host);
-    NVLM_TRY(st);
     float *vit = NULL;
-    NVLM_TRY(vit_forward(s->ex, &s->arena, &e->vit, pix, total_tiles, &vit, NULL));
-    return proj_forward(s->ex, &s->arena, &e->proj, &e->vit, vit, total_tiles, rows, NULL);
+    if (st == NVLM_OK) {
+        st = vit_forward(s->ex, &s->arena, &e->vit, pix, total_tiles, &vit, NULL);
+    }
+    if (st == NVLM_OK) {
+        st = proj_forward(s->ex, &s->arena, &e->proj, &e->vit, vit, total_tiles, rows, NULL);
+    }
+    nv_arena_rewind(&s->arena, mark);
+    return st;
 }
 
 /* Runs ids (with images over their <|vision_pad|> runs) through the decoder on top of the
@@ -343,16 +364,25 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
     }
     NVLM_TRY(grow_tokens(s, s->n_tokens + n));
     NVLM_TRY(dec_kv_reserve(s->ex, &s->kv, (int64_t)(s->n_tokens + n)));
-    int chunk = (int)NV_MIN(n, (size_t)DEC_MAX_BATCH);
-    size_t bytes = dec_arena_bytes(&e->dec, chunk, 1);
+    /* Arena: the image rows (n_pad x D) at the bottom for the whole feed; above them first
+     * the pixels and the vision and projector scratch, then each decoder chunk in turn. */
+    int chunk = (int)NV_MIN(n, (size_t)s->max_batch);
+    size_t dec_bytes = dec_arena_bytes(&e->dec, chunk, 1);
+    size_t img_bytes = 0;
+    size_t rows_bytes = 0;
+    size_t n_rows = 0;
     if (total_tiles > 0) {
-        size_t pix = nv_arena_size((size_t)total_tiles * 3 * e->vit.image * e->vit.image);
-        size_t b2 = vit_arena_bytes(&e->vit, (int)total_tiles);
+        size_t b2 = vit_arena_bytes(&e->vit, (int)total_tiles); /* pixels included */
         size_t b3 = proj_arena_bytes(&e->proj, &e->vit, (int)total_tiles);
-        if (!nv_add_size(bytes, pix, &bytes) || !nv_add_size(bytes, b2, &bytes) ||
-            !nv_add_size(bytes, b3, &bytes)) {
-            bytes = SIZE_MAX;
+        if (!nv_add_size(b2, b3, &img_bytes)) {
+            img_bytes = SIZE_MAX;
         }
+        rows_bytes = nv_mul_size(n_pad, (size_t)e->dec.D, &n_rows) ? nv_arena_size(n_rows)
+                                                                    : SIZE_MAX;
+    }
+    size_t bytes;
+    if (!nv_add_size(rows_bytes, NV_MAX(img_bytes, dec_bytes), &bytes)) {
+        bytes = SIZE_MAX;
     }
     NVLM_TRY(nv_arena_reserve(&s->arena, bytes));
     float *img = NULL;
@@ -360,7 +390,11 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
     int32_t *img_row = NULL;
     nvlm_status st = NVLM_OK;
     if (total_tiles > 0) {
-        st = encode_images(s, images, n_images, (int)total_tiles, &img);
+        img = nv_arena_floats(&s->arena, n_rows);
+        st = img == NULL ? nv_error(s, NVLM_ERR_INTERNAL, "image arena too small") : NVLM_OK;
+        if (st == NVLM_OK) {
+            st = encode_images(s, images, n_images, (int)total_tiles, img);
+        }
         if (st == NVLM_OK) {
             img_pos = nv_alloc_array(s->h.ctx, n_pad, sizeof(int32_t));
             img_row = nv_alloc_array(s->h.ctx, n_pad, sizeof(int32_t));
@@ -369,11 +403,12 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
             }
         }
     }
+    size_t mark = nv_arena_mark(&s->arena);
     int64_t n0 = s->kv.n;
     size_t done = 0;
     size_t pad_seen = 0;
     while (st == NVLM_OK && done < n) {
-        int m = (int)NV_MIN(n - done, (size_t)DEC_MAX_BATCH);
+        int m = (int)NV_MIN(n - done, (size_t)chunk);
         int n_img = 0;
         for (int i = 0; i < m && total_tiles > 0; i++) {
             if (ids[done + i] == e->image_token_id) {
@@ -383,6 +418,7 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
             }
         }
         bool last = done + m == n;
+        nv_arena_rewind(&s->arena, mark);
         st = dec_forward(s->ex, &s->arena, &e->dec, &s->kv, ids + done, m, img, img_pos,
                          img_row, n_img, last ? 1 : 0, last ? s->logits : NULL, NULL);
         done += m;

@@ -185,7 +185,8 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
     float *ctx = nv_arena_floats(ar, s.ctx);
     float *a = nv_arena_floats(ar, s.h);
     float *mlp = nv_arena_floats(ar, s.mlp);
-    if (mlp == NULL) {
+    if (o == NULL || cols == NULL || pe == NULL || h == NULL || x == NULL || qkv == NULL ||
+        ctx == NULL || a == NULL || mlp == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "vision arena too small");
     }
     /* Row maps: patch p of tile b sits at token b * (P + 1) + 1 + p; CLS at b * (P + 1). */

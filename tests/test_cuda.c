@@ -692,7 +692,8 @@ static void e2e_vision(nv_exec *ex, const nv_engine *e, nvlm_context *ctx)
     const vit_weights *w = &e->vit;
     nv_arena ar = {.ex = ex};
     size_t npix = (size_t)3 * w->image * w->image;
-    CHECK_OK(nv_arena_reserve(&ar, nv_arena_size(npix) + vit_arena_bytes(w, 1) +
+    size_t n_po = (size_t)nv_tensor_nelem(po);
+    CHECK_OK(nv_arena_reserve(&ar, vit_arena_bytes(w, 1) + nv_arena_size(n_po) +
                                        proj_arena_bytes(&e->proj, w, 1)));
     float *pix = nv_arena_floats(&ar, npix);
     CHECK_OK(ex->be->ops->upload(ex, pix, pv->data, npix * sizeof(float)));
@@ -704,13 +705,13 @@ static void e2e_vision(nv_exec *ex, const nv_engine *e, nvlm_context *ctx)
         CHECK_OK(ex->be->ops->download(ex, h, out, n * sizeof(float)));
         check_rel("cuda vit_out vs golden", h, vo->data, n, TOL_E2E);
         free(h);
-        float *po_dev = NULL;
-        CHECK_OK(proj_forward(ex, &ar, &e->proj, w, out, 1, &po_dev, NULL));
+        float *po_dev = nv_arena_floats(&ar, n_po);
+        CHECK(po_dev != NULL, "arena piece for proj_out");
         if (po_dev != NULL) {
-            size_t m = (size_t)nv_tensor_nelem(po);
-            float *hp = malloc(m * sizeof(float));
-            CHECK_OK(ex->be->ops->download(ex, hp, po_dev, m * sizeof(float)));
-            check_rel("cuda proj_out vs golden", hp, po->data, m, TOL_E2E);
+            CHECK_OK(proj_forward(ex, &ar, &e->proj, w, out, 1, po_dev, NULL));
+            float *hp = malloc(n_po * sizeof(float));
+            CHECK_OK(ex->be->ops->download(ex, hp, po_dev, n_po * sizeof(float)));
+            check_rel("cuda proj_out vs golden", hp, po->data, n_po, TOL_E2E);
             free(hp);
         }
     }

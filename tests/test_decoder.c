@@ -33,7 +33,7 @@ static nvlm_status prefill(dec_env *d, nv_arena *ar, dec_kv *kv, const int32_t *
         img = nv_arena_floats(ar, n_img_rows * (size_t)w->D);
         memcpy(img, proj, n_img_rows * (size_t)w->D * sizeof(float));
     }
-    size_t mark = ar->used;
+    size_t mark = nv_arena_mark(ar);
     int32_t *pos = malloc((n + 1) * sizeof(int32_t));
     int32_t *row = malloc((n + 1) * sizeof(int32_t));
     size_t seen = 0;
@@ -49,7 +49,7 @@ static nvlm_status prefill(dec_env *d, nv_arena *ar, dec_kv *kv, const int32_t *
             }
         }
         bool last = c0 + (size_t)m == n;
-        ar->used = mark;
+        nv_arena_rewind(ar, mark);
         st = dec_forward(d->ex, ar, w, kv, ids + c0, m, img, pos, row, k, last ? n_logits : 0,
                          last ? logits : NULL, last ? trace : NULL);
     }
@@ -62,7 +62,7 @@ static nvlm_status prefill(dec_env *d, nv_arena *ar, dec_kv *kv, const int32_t *
 static nvlm_status step(dec_env *d, nv_arena *ar, dec_kv *kv, int32_t token, float *logits)
 {
     NVLM_TRY(dec_kv_reserve(d->ex, kv, kv->n + 1));
-    ar->used = 0;
+    nv_arena_rewind(ar, 0);
     return dec_forward(d->ex, ar, &d->e->dec, kv, &token, 1, NULL, NULL, NULL, 0, 1, logits,
                        NULL);
 }
@@ -172,13 +172,13 @@ static void test_context_full(dec_env *d)
     int32_t ids[4] = {1, 2, 3, 4};
     float *logits = malloc((size_t)w->vocab * sizeof(float));
     CHECK_OK(dec_forward(d->ex, &ar, w, &kv, ids, 4, NULL, NULL, NULL, 0, 1, logits, NULL));
-    ar.used = 0;
+    nv_arena_rewind(&ar, 0);
     CHECK_EQ_INT(dec_forward(d->ex, &ar, w, &kv, ids, 1, NULL, NULL, NULL, 0, 1, logits, NULL),
                  NVLM_ERR_INTERNAL, "forward past the reserved cache is refused");
     CHECK_EQ_INT(kv.n, 4, "cache untouched");
     int32_t bad = w->vocab;
     kv.n = 0;
-    ar.used = 0;
+    nv_arena_rewind(&ar, 0);
     CHECK_EQ_INT(dec_forward(d->ex, &ar, w, &kv, &bad, 1, NULL, NULL, NULL, 0, 1, logits, NULL),
                  NVLM_ERR_INVALID_ARGUMENT, "token id out of range");
     free(logits);

@@ -22,12 +22,13 @@ static void run_case(nv_engine *e, nv_exec *ex, nvlm_context *ctx, const char *n
     size_t in_n = (size_t)T * v->n_patches * v->D;
     size_t rows = (size_t)T * v->n_patches / 4;
     nv_arena ar = {.ex = ex};
-    CHECK_OK(nv_arena_reserve(&ar, nv_arena_size(in_n) + proj_arena_bytes(w, v, T)));
+    CHECK_OK(nv_arena_reserve(&ar, nv_arena_size(rows * w->out) + nv_arena_size(in_n) +
+                                       proj_arena_bytes(w, v, T)));
+    float *out = nv_arena_floats(&ar, rows * w->out);
     float *vit = nv_arena_floats(&ar, in_n);
     memcpy(vit, vo->data, in_n * sizeof(float));
     float *shuf = malloc(rows * w->in * sizeof(float));
-    float *out = NULL;
-    CHECK_OK(proj_forward(ex, &ar, w, v, vit, T, &out, shuf));
+    CHECK_OK(proj_forward(ex, &ar, w, v, vit, T, out, shuf));
     char what[96];
     if (ps != NULL && out != NULL) {
         snprintf(what, sizeof what, "%s pixel_shuffle_out", name);

@@ -596,8 +596,9 @@ NVLM_API nvlm_status nvlm_session_add_turn(nvlm_session *s, nvlm_role role, cons
 
 /* Low level: appends raw token ids (which may contain <|vision_pad|> runs, filled in order by
  * the tiles of `images`: their total tiles*256 must equal the number of pad ids) and runs them
- * through the decoder in one batched pass. Afterwards nvlm_session_logits gives the logits of
- * the last id. Returns as nvlm_session_add_turn. */
+ * through the decoder in batched passes of up to 2048 tokens. Any length up to n_ctx works (a
+ * turn of nvlm_session_add_turn too); an image's rows may span passes. Afterwards
+ * nvlm_session_logits gives the logits of the last id. Returns as nvlm_session_add_turn. */
 NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size_t n_ids,
                                        nvlm_image *const *images, size_t n_images);
 
