@@ -60,7 +60,7 @@ CFLAGS += -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -pthread -ffp-contra
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
 
-LIB_SRC := $(wildcard src/*.c src/cpu/*.c)
+LIB_SRC := $(wildcard src/*.c src/cpu/*.c src/tp/*.c)
 CUDA_SRC := $(wildcard src/cuda/*.cu)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
