@@ -61,6 +61,8 @@ typedef struct dec_weights {
 
 struct nv_engine {
     nv_backend *be;
+    nv_layout_tensor *layout;       /* the checkpoint layout sorted by name: each tensor's cut */
+    size_t n_layout;
     vit_weights vit;
     proj_weights proj;
     dec_weights dec;
@@ -70,9 +72,10 @@ struct nv_engine {
 typedef struct nv_engine nv_engine;
 
 /* Loads checkpoint tensor `name` through the backend after checking it has `nelem` elements
- * and (rows >= 0) `rows` rows. Failure text goes to the model. (engine.c) */
-nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_split split,
-                     int64_t nelem, int64_t rows, nv_bweight *out);
+ * and (rows >= 0) `rows` rows, with the tensor-parallel cut the layout gives it. Failure text
+ * goes to the model. (engine.c) */
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
+                     int64_t rows, nv_bweight *out);
 void eng_unload(nv_engine *e, nv_bweight *w);
 
 /* ---- vision (vision.c) ------------------------------------------------------------------ */
@@ -137,6 +140,11 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
                         const int32_t *ids, int n, const float *img, const int32_t *img_pos,
                         const int32_t *img_row, int n_img, int n_logits, float *logits,
                         dec_trace *trace);
+
+/* ---- session (session.c) ---------------------------------------------------------------- */
+
+/* The session's backend exec (tests reach backend hooks through it); NULL for a non-session. */
+nv_exec *nv_session_exec(nvlm_session *s);
 
 /* ---- sampler (sampler.c) ---------------------------------------------------------------- */
 

@@ -96,7 +96,7 @@ static nvlm_status cover_fn(void *u, const nv_layout_tensor *t)
     }
     int64_t sum = 0;
     for (int r = 0; r < c->p->size; r++) {
-        tp_slice s = tp_plan_slice(c->p, r, t);
+        tp_slice s = tp_plan_slice(c->p, r, &t->tp, t->ndim, t->shape);
         int64_t got = 0;
         for (int64_t i = 0; i < rows; i++) {
             for (int64_t j = 0; j < cols; j++) {

@@ -158,6 +158,13 @@ typedef struct nvlm_context_params {
     nvlm_realloc_fn realloc_fn;
     nvlm_free_fn free_fn;
     void *alloc_user;
+    /* Tensor parallelism: each model of this context is sharded over tp_size ranks (default 1:
+     * none; 0 means 1). CPU backend: ranks are groups of worker threads in this process, each
+     * holding its slice of every sharded weight; a session's n_threads are split among them
+     * (at least one each). Must not exceed the LLM's query-head count (checked at model load).
+     * Not yet available with the CUDA backend (NVLM_ERR_UNSUPPORTED at model load). At most
+     * 256. */
+    int32_t tp_size;
 } nvlm_context_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */

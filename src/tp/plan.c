@@ -77,33 +77,34 @@ int64_t tp_plan_max_count(const tp_plan *p, nv_tp_part part)
     return m;
 }
 
-tp_slice tp_plan_slice(const tp_plan *p, int rank, const nv_layout_tensor *t)
+tp_slice tp_plan_slice(const tp_plan *p, int rank, const nv_tp_cut *cut, int ndim,
+                       const int64_t *shape)
 {
     tp_slice s;
     memset(&s, 0, sizeof s);
     int64_t nelem = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        nelem *= t->shape[d];
+    for (int d = 0; d < ndim; d++) {
+        nelem *= shape[d];
     }
     s.blocks = 1;
-    if (t->tp.part == NV_TP_WHOLE) {
+    if (cut == NULL || cut->part == NV_TP_WHOLE || ndim < 1 || shape[0] <= 0) {
         s.whole = true;
         s.nelem = nelem;
         return s;
     }
-    tp_range r = tp_plan_range(p, rank, t->tp.part);
-    int64_t unit = p->unit[t->tp.part];
-    s.cols = t->tp.cols;
+    tp_range r = tp_plan_range(p, rank, cut->part);
+    int64_t unit = p->unit[cut->part];
+    s.cols = cut->cols;
     s.begin = r.begin * unit;
     s.count = r.count * unit;
     if (s.cols) {
         /* (rows, cols): every row keeps columns [begin, begin + count) */
-        s.nelem = t->shape[0] * s.count;
+        s.nelem = shape[0] * s.count;
         return s;
     }
-    s.blocks = t->tp.blocks;
-    s.block_rows = t->shape[0] / s.blocks;
-    s.nelem = nelem / t->shape[0] * s.blocks * s.count;
+    s.blocks = cut->blocks;
+    s.block_rows = shape[0] / s.blocks;
+    s.nelem = nelem / shape[0] * s.blocks * s.count;
     return s;
 }
 
@@ -118,7 +119,8 @@ static nvlm_status add_bytes(void *u, const nv_layout_tensor *t)
 {
     bytes_walk *w = u;
     if (!t->optional) {
-        w->bytes += (uint64_t)tp_plan_slice(w->p, w->rank, t).nelem * w->elem_size;
+        w->bytes += (uint64_t)tp_plan_slice(w->p, w->rank, &t->tp, t->ndim, t->shape).nelem *
+                    w->elem_size;
     }
     return NVLM_OK;
 }

@@ -38,9 +38,10 @@ tp_range tp_plan_range(const tp_plan *p, int rank, nv_tp_part part);
 /* The largest count of `part` over the ranks (gathers of unequal slices pad to it). */
 int64_t tp_plan_max_count(const tp_plan *p, nv_tp_part part);
 
-/* The part of one layout tensor that a rank holds: rows [begin, begin + count) of each of
- * `blocks` blocks of block_rows rows (cols false), or columns [begin, begin + count) of every
- * row (cols true); whole: the entire tensor. nelem: elements of the slice. */
+/* The part of a tensor of shape (ndim, shape) cut by `cut` that a rank holds: rows [begin,
+ * begin + count) of each of `blocks` blocks of block_rows rows (cols false), or columns [begin,
+ * begin + count) of every row (cols true; 2-D tensors); whole: the entire tensor. nelem:
+ * elements of the slice. */
 typedef struct tp_slice {
     bool whole;
     bool cols;
@@ -51,7 +52,8 @@ typedef struct tp_slice {
     int64_t nelem;
 } tp_slice;
 
-tp_slice tp_plan_slice(const tp_plan *p, int rank, const nv_layout_tensor *t);
+tp_slice tp_plan_slice(const tp_plan *p, int rank, const nv_tp_cut *cut, int ndim,
+                       const int64_t *shape);
 
 /* Weight bytes of the largest rank when every tensor of the layout is stored with elem_size
  * bytes per element (tensors that are absent, such as a tied lm_head, not counted). */
