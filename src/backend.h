@@ -45,6 +45,11 @@ typedef struct nv_backend_ops {
 
     /* ---- memory (device buffers of `bytes` bytes, 64-byte aligned) ---- */
     nvlm_status (*alloc)(nv_exec *ex, size_t bytes, void **out);
+    /* A KV cache buffer: rows x kv_heads x head_dim elements of dtype. The pipeline touches it
+     * only through store_rows, attention, copy (rows x row bytes) and free, always at its base
+     * address, so a tensor-parallel backend may keep just each rank's kv heads. */
+    nvlm_status (*alloc_kv)(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                            nv_dtype dtype, void **out);
     void (*free)(nv_exec *ex, void *ptr);
     /* Host <-> device and device <-> device byte copies. */
     nvlm_status (*upload)(nv_exec *ex, void *dst, const void *host, size_t bytes);

@@ -101,6 +101,8 @@ nvlm_status dec_kv_init(nv_exec *ex, const dec_weights *w, dec_kv *kv, nv_dtype 
     memset(kv, 0, sizeof *kv);
     kv->type = type;
     kv->n_layers = w->n_layers;
+    kv->n_kv_heads = w->n_kv_heads;
+    kv->head_dim = w->head_dim;
     kv->kv_dim = w->n_kv_heads * w->head_dim;
     kv->n_ctx = n_ctx;
     kv->k = nv_calloc(ex->be->ctx, (size_t)w->n_layers, sizeof(void *));
@@ -152,7 +154,7 @@ nvlm_status dec_kv_reserve(nv_exec *ex, dec_kv *kv, int64_t rows)
     }
     nvlm_status st = NVLM_OK;
     for (int i = 0; i < kv->n_layers * 2 && st == NVLM_OK; i++) {
-        st = op->alloc(ex, bytes, &nk[i]);
+        st = op->alloc_kv(ex, cap, kv->n_kv_heads, kv->head_dim, kv->type, &nk[i]);
     }
     for (int l = 0; l < kv->n_layers && st == NVLM_OK; l++) {
         if (kv->n > 0) {

@@ -105,7 +105,7 @@ nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const
 /* The KV cache of one session, in backend memory: per layer k and v of (cap, KV hd). */
 typedef struct dec_kv {
     nv_dtype type;                  /* NV_F32 or NV_BF16 */
-    int n_layers, kv_dim;
+    int n_layers, n_kv_heads, head_dim, kv_dim;
     int64_t cap;                    /* rows allocated */
     int64_t n_ctx;                  /* hard limit */
     int64_t n;                      /* rows filled */

@@ -417,10 +417,79 @@ static void test_failure(void)
     CHECK_EQ_INT(nvlm_context_create(&cp, &ctx), NVLM_ERR_INVALID_ARGUMENT, "tp_size -1");
 }
 
+/* ---- the CLI ---------------------------------------------------------------------------- */
+
+/* Runs cmd and returns its stdout (static buffer) and exit status. */
+static const char *run_cli(const char *cmd, int *rc)
+{
+    static char out[1 << 16];
+    out[0] = '\0';
+    FILE *pf = popen(cmd, "r");
+    if (pf == NULL) {
+        *rc = -1;
+        return out;
+    }
+    size_t n = fread(out, 1, sizeof out - 1, pf);
+    out[n] = '\0';
+    *rc = pclose(pf);
+    return out;
+}
+
+static void test_cli(const cJSON *case1)
+{
+    tu_section("cli: --tp");
+    const char *cli = getenv("NVLM_CLI");
+    if (cli == NULL || cli[0] == '\0') {
+        printf("SKIP cli: NVLM_CLI not set\n");
+        return;
+    }
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s generate " EG_MODEL_DIR " -i tests/data/images/coffee_600x400.jpg -p '%s' "
+             "-n 16 --json --backend cpu --tp 2", cli, jstr(case1, "question"));
+    int rc = 0;
+    cJSON *j = cJSON_Parse(run_cli(cmd, &rc));
+    CHECK(rc == 0 && j != NULL, "nvlm generate --tp 2 --json runs");
+    const cJSON *want = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(case1, "greedy"), "tokens");
+    const cJSON *got = cJSON_GetObjectItemCaseSensitive(j, "tokens");
+    bool eq = cJSON_GetArraySize(got) > 0 && cJSON_GetArraySize(got) <= cJSON_GetArraySize(want);
+    for (int i = 0; eq && i < cJSON_GetArraySize(got); i++) {
+        eq = cJSON_GetArrayItem(got, i)->valueint == cJSON_GetArrayItem(want, i)->valueint;
+    }
+    CHECK(eq, "case1 at --tp 2 through the CLI: the golden greedy tokens");
+    cJSON_Delete(j);
+
+    snprintf(cmd, sizeof cmd, "%s info tests/data/nvlm-d-72b --tp 4 --json 2>/dev/null", cli);
+    j = cJSON_Parse(run_cli(cmd, &rc));
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "per_rank_weight_bytes");
+    double gib = 1024.0 * 1024.0 * 1024.0;
+    CHECK(rc == 0 && cJSON_IsNumber(b) && b->valuedouble > 147.0 * gib / 4 &&
+              b->valuedouble < 50.0 * gib,
+          "nvlm info NVLM-D-72B --tp 4: per_rank_weight_bytes %.0f (between a quarter of "
+          "147 GiB and 50 GiB)", cJSON_IsNumber(b) ? b->valuedouble : -1.0);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s info tests/data/nvlm-d-72b --tp 65 2>&1", cli);
+    const char *out = run_cli(cmd, &rc);
+    CHECK(rc != 0 && strstr(out, "1 .. 64") != NULL, "nvlm info --tp 65 is refused: %s", out);
+}
+
 int main(void)
 {
     test_goldens();
     test_synthetic();
     test_failure();
+    char *json = tu_read_file(EG_GOLDEN_DIR "cases.json", NULL);
+    cJSON *root = json != NULL ? cJSON_Parse(json) : NULL;
+    free(json);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(root, "cases"))
+    {
+        const char *name = jstr(c, "name");
+        if (name != NULL && strcmp(name, "case1_multitile") == 0) {
+            test_cli(c);
+        }
+    }
+    cJSON_Delete(root);
     return tu_done();
 }

@@ -276,6 +276,11 @@ typedef struct nvlm_model_info {
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
+    /* tensor parallelism (the context's tp_size) */
+    int32_t tp_size;
+    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
+                                           in bf16 (the CUDA backend's storage); cuda_bytes at
+                                           tp_size 1; 0 when tp_size exceeds the query heads */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).

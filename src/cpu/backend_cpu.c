@@ -169,6 +169,18 @@ static nvlm_status cpu_alloc(nv_exec *ex, size_t bytes, void **out)
     return NVLM_OK;
 }
 
+static nvlm_status cpu_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                                nv_dtype dtype, void **out)
+{
+    size_t bytes;
+    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
+        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
+        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+        return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
+    }
+    return cpu_alloc(ex, bytes, out);
+}
+
 static void cpu_free(nv_exec *ex, void *ptr)
 {
     nv_free(ctx_of(ex), ptr);
@@ -767,6 +779,7 @@ static const nv_backend_ops cpu_ops = {
     .exec_create = cpu_exec_create,
     .exec_free = cpu_exec_free,
     .alloc = cpu_alloc,
+    .alloc_kv = cpu_alloc_kv,
     .free = cpu_free,
     .upload = cpu_memcpy,
     .download = cpu_memcpy,

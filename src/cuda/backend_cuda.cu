@@ -247,6 +247,18 @@ static nvlm_status cuda_alloc_op(nv_exec *ex, size_t bytes, void **out)
     return NVLM_OK;
 }
 
+static nvlm_status cuda_alloc_kv_op(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                                    nv_dtype dtype, void **out)
+{
+    size_t bytes;
+    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
+        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
+        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+        return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
+    }
+    return cuda_alloc_op(ex, bytes, out);
+}
+
 static void cuda_free_op(nv_exec *ex, void *ptr)
 {
     if (ptr != NULL) {
@@ -538,6 +550,7 @@ static nv_backend_ops make_ops(void)
     o.exec_create = cuda_exec_create;
     o.exec_free = cuda_exec_free;
     o.alloc = cuda_alloc_op;
+    o.alloc_kv = cuda_alloc_kv_op;
     o.free = cuda_free_op;
     o.upload = cuda_upload_op;
     o.download = cuda_download_op;

@@ -175,11 +175,14 @@ static void tp_destroy(nv_backend *be)
 
 /* ---- execs: one worker thread per rank -------------------------------------------------- */
 
-/* A buffer the pipeline allocated: rank 0's copy is the address the pipeline holds. */
+/* A buffer the pipeline allocated: rank 0's copy is the address the pipeline holds. A KV
+ * cache (kv_heads > 0) keeps on each rank only the kv heads its query heads use: rows of
+ * (that rank's kv heads) x head_dim elements. */
 typedef struct region {
     char *base;                  /* rank 0's copy */
     size_t bytes;
     void **at;                   /* size: every rank's copy */
+    int kv_heads, head_dim;      /* KV caches: the whole row's heads; 0 for activations */
 } region;
 
 typedef struct tp_exec tp_exec;
@@ -294,14 +297,9 @@ static nvlm_status run_all(nv_exec *ex, rank_fn fn, const void *args)
                     msg[0] != '\0' ? msg : nvlm_status_str(t->st[bad]));
 }
 
-/* The rank-r address of a pipeline pointer: the same offset in the rank's copy of the buffer
- * it lies in. Pointers outside every buffer (weights' host data) are the same on every rank:
- * CPU ranks share the host memory. */
-static void *at(const tp_exec *t, int r, const void *p)
+/* The buffer a pipeline pointer lies in, or NULL. */
+static const region *region_of(const tp_exec *t, const void *p)
 {
-    if (p == NULL || r == 0) {
-        return (void *)p;
-    }
     const char *c = p;
     size_t lo = 0;
     size_t hi = t->n_reg;
@@ -313,10 +311,28 @@ static void *at(const tp_exec *t, int r, const void *p)
         } else if (c >= g->base + g->bytes) {
             lo = mid + 1;
         } else {
-            return (char *)g->at[r] + (c - g->base);
+            return g;
         }
     }
-    return (void *)p;
+    return NULL;
+}
+
+/* The rank-r address of a pipeline pointer: the same offset in the rank's copy of the buffer
+ * it lies in. Pointers outside every buffer (weights' host data) are the same on every rank:
+ * CPU ranks share the host memory. */
+static void *at(const tp_exec *t, int r, const void *p)
+{
+    if (p == NULL || r == 0) {
+        return (void *)p;
+    }
+    const region *g = region_of(t, p);
+    return g != NULL ? (char *)g->at[r] + ((const char *)p - g->base) : (void *)p;
+}
+
+/* The kv heads rank r keeps of a KV cache. */
+static tp_range kv_heads_of(const tp_exec *t, int r)
+{
+    return tp_plan_range(&t->tb->plan, r, NV_TP_LLM_KV_HEADS);
 }
 
 static const nv_backend_ops *rops(const tp_exec *t, int r)
@@ -347,7 +363,9 @@ static nvlm_status scratch(tp_exec *t, int r, int i, size_t n, float **out)
 
 static void tp_free(nv_exec *ex, void *ptr);
 
-static nvlm_status tp_alloc(nv_exec *ex, size_t bytes, void **out)
+/* Allocates every rank's copy (bytes[r] bytes) and registers the buffer. */
+static nvlm_status add_region(nv_exec *ex, const size_t *bytes, int kv_heads, int head_dim,
+                              void **out)
 {
     tp_exec *t = tx_of(ex);
     *out = NULL;
@@ -366,7 +384,7 @@ static nvlm_status tp_alloc(nv_exec *ex, size_t bytes, void **out)
     }
     nvlm_status st = NVLM_OK;
     for (int r = 0; r < t->size && st == NVLM_OK; r++) {
-        st = rops(t, r)->alloc(t->rk[r].ex, bytes, &copies[r]);
+        st = rops(t, r)->alloc(t->rk[r].ex, bytes[r], &copies[r]);
         if (st != NVLM_OK) {
             nv_error_copy(ex->err_handle, &t->rk[r].err, st);
         }
@@ -380,7 +398,7 @@ static nvlm_status tp_alloc(nv_exec *ex, size_t bytes, void **out)
         nv_free(t->ctx, copies);
         return st;
     }
-    region g = {copies[0], NV_MAX(bytes, (size_t)1), copies};
+    region g = {copies[0], NV_MAX(bytes[0], (size_t)1), copies, kv_heads, head_dim};
     size_t i = t->n_reg;
     while (i > 0 && t->reg[i - 1].base > g.base) {
         t->reg[i] = t->reg[i - 1];
@@ -390,6 +408,48 @@ static nvlm_status tp_alloc(nv_exec *ex, size_t bytes, void **out)
     t->n_reg++;
     *out = copies[0];
     return NVLM_OK;
+}
+
+static nvlm_status tp_alloc(nv_exec *ex, size_t bytes, void **out)
+{
+    tp_exec *t = tx_of(ex);
+    size_t *b = nv_alloc_array(t->ctx, (size_t)t->size, sizeof *b);
+    if (b == NULL) {
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    for (int r = 0; r < t->size; r++) {
+        b[r] = bytes;
+    }
+    nvlm_status st = add_region(ex, b, 0, 0, out);
+    nv_free(t->ctx, b);
+    return st;
+}
+
+static nvlm_status tp_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                               nv_dtype dtype, void **out)
+{
+    tp_exec *t = tx_of(ex);
+    if (kv_heads != t->tb->plan.total[NV_TP_LLM_KV_HEADS]) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "a KV cache of %d kv heads",
+                        kv_heads);
+    }
+    size_t *b = nv_alloc_array(t->ctx, (size_t)t->size, sizeof *b);
+    if (b == NULL) {
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    nvlm_status st = NVLM_OK;
+    for (int r = 0; r < t->size && st == NVLM_OK; r++) {
+        size_t n = (size_t)kv_heads_of(t, r).count * (size_t)head_dim;
+        if (rows < 0 || !nv_mul_size(n, (size_t)rows, &n) ||
+            !nv_mul_size(n, nv_dtype_size(dtype), &b[r])) {
+            st = nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
+        }
+    }
+    if (st == NVLM_OK) {
+        st = add_region(ex, b, kv_heads, head_dim, out);
+    }
+    nv_free(t->ctx, b);
+    return st;
 }
 
 static void tp_free(nv_exec *ex, void *ptr)
@@ -433,12 +493,18 @@ static nvlm_status tp_download(nv_exec *ex, void *host, const void *src, size_t 
     return rank_err(ex, 0, rops(t, 0)->download(t->rk[0].ex, host, src, bytes));
 }
 
+/* A copy of whole KV cache rows moves each rank's shorter rows. */
 static nvlm_status tp_copy(nv_exec *ex, void *dst, const void *src, size_t bytes)
 {
     tp_exec *t = tx_of(ex);
+    const region *g = region_of(t, src);
     for (int r = 0; r < t->size; r++) {
+        size_t b = bytes;
+        if (g != NULL && g->kv_heads > 0) {
+            b = bytes / (size_t)g->kv_heads * (size_t)kv_heads_of(t, r).count;
+        }
         NVLM_TRY(rank_err(ex, r, rops(t, r)->copy(t->rk[r].ex, at(t, r, dst), at(t, r, src),
-                                                   bytes)));
+                                                   b)));
     }
     return NVLM_OK;
 }
@@ -685,16 +751,25 @@ typedef struct attn_args {
     nv_tp_part heads;
 } attn_args;
 
-/* Query heads [h0, h0 + n) with their kv heads [k0, k0 + nk). */
+/* Query heads [h0, h0 + n) with their kv heads [k0, k0 + nk): in a KV cache the rank's rows
+ * start at its first kv head. */
 static nvlm_status attend(tp_exec *t, int r, const attn_args *a, int h0, int n, int k0, int nk)
 {
     size_t kv_es = nv_dtype_size(a->kv_type);
     int hd = a->head_dim;
     float *out = (float *)at(t, r, a->out) + (size_t)h0 * hd;
     const float *q = (const float *)at(t, r, a->q) + (size_t)h0 * hd;
-    const char *k = (const char *)at(t, r, a->k) + (size_t)k0 * hd * kv_es;
-    const char *v = (const char *)at(t, r, a->v) + (size_t)k0 * hd * kv_es;
-    return rops(t, r)->attention(t->rk[r].ex, out, a->ldo, q, a->ldq, k, v, a->ldkv, a->kv_type,
+    int ldkv = a->ldkv;
+    int64_t first = 0;
+    const region *g = region_of(t, a->k);
+    if (g != NULL && g->kv_heads > 0) {
+        tp_range mine = kv_heads_of(t, r);
+        ldkv = (int)mine.count * hd;
+        first = mine.begin;
+    }
+    const char *k = (const char *)at(t, r, a->k) + (size_t)(k0 - first) * hd * kv_es;
+    const char *v = (const char *)at(t, r, a->v) + (size_t)(k0 - first) * hd * kv_es;
+    return rops(t, r)->attention(t->rk[r].ex, out, a->ldo, q, a->ldq, k, v, ldkv, a->kv_type,
                                  a->batch, a->n_q, a->n_kv, n, nk, hd, a->scale, a->causal_pos0,
                                  a->heads);
 }
@@ -772,9 +847,18 @@ static nvlm_status run_ew(tp_exec *t, int r, const void *p)
         return op->add_rows(ex, y, rw(a->w, r), a->a, a->b, a->c);
     case EW_ROWS_COPY:
         return op->rows_copy(ex, y, a->di, at(t, r, a->src), a->type, a->si, a->n, a->a);
-    case EW_STORE:
-        return op->store_rows(ex, at(t, r, a->src), a->type, a->row0, at(t, r, a->x), a->a,
-                              a->n, a->b);
+    case EW_STORE: {
+        /* into a KV cache: the columns of the rank's kv heads */
+        const region *g = region_of(t, a->src);
+        const float *x = at(t, r, a->x);
+        int cols = a->b;
+        if (g != NULL && g->kv_heads > 0) {
+            tp_range mine = kv_heads_of(t, r);
+            x += (size_t)mine.begin * g->head_dim;
+            cols = (int)mine.count * g->head_dim;
+        }
+        return op->store_rows(ex, at(t, r, a->src), a->type, a->row0, x, a->a, a->n, cols);
+    }
     default:
         return op->im2col(ex, y, at(t, r, a->x), a->a, a->b, a->c, a->d, a->e);
     }
@@ -814,7 +898,6 @@ static nvlm_status tp_rows_copy(nv_exec *ex, float *dst, const int32_t *dst_idx,
     return run_all(ex, run_ew, &a);
 }
 
-/* Replicated: every rank keeps every kv head's rows (it reads only those of its heads). */
 static nvlm_status tp_store_rows(nv_exec *ex, void *dst, nv_dtype type, int64_t row0,
                                  const float *src, int lds, size_t n, int cols)
 {
@@ -962,6 +1045,7 @@ static const nv_backend_ops tp_ops = {
     .exec_create = tp_exec_create,
     .exec_free = tp_exec_free,
     .alloc = tp_alloc,
+    .alloc_kv = tp_alloc_kv,
     .free = tp_free,
     .upload = tp_upload,
     .download = tp_download,
