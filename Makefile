@@ -60,7 +60,7 @@ CFLAGS += -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -pthread -ffp-contra
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
 
-LIB_SRC := $(wildcard src/*.c src/cpu/*.c)
+LIB_SRC := $(wildcard src/*.c src/cpu/*.c src/tp/*.c)
 CUDA_SRC := $(wildcard src/cuda/*.cu)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -129,11 +129,14 @@ test: $(TEST_BIN) $(CLI)
 
 check: test
 
-# The concurrency test under ThreadSanitizer, in its own build tree (8 sessions on 4 threads).
+# The concurrency test (8 sessions on 4 threads, plain and over 2 tensor-parallel CPU ranks)
+# and the local communicator under ThreadSanitizer, in their own build tree.
 .PHONY: tsan-test
 tsan-test:
-	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency
+	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency \
+	    build/tsan/obj/tests/test_tp_comm
 	TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=1 build/tsan/obj/tests/test_concurrency
+	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_tp_comm
 
 # libFuzzer (clang): the library sources (CPU only) instrumented with ASan + UBSan.
 # `make fuzz` runs the safetensors header/config parser for FUZZ_SECONDS (default 60);

@@ -91,7 +91,8 @@ static nvlm_status llm_layer_fwd(nv_exec *ex, run *r, int l)
     TRY(op->store_rows(ex, r->kc[l], NV_BF16, r->pos0, r->k, KV, (size_t)n, KV));
     TRY(op->store_rows(ex, r->vc[l], NV_BF16, r->pos0, r->v, KV, (size_t)n, KV));
     TRY(op->attention(ex, r->ctxo, HQ, r->q, HQ, r->kc[l], r->vc[l], KV, NV_BF16, 1, n,
-                      (int)(r->pos0 + n), o->H, o->KVH, o->hd, 0.08838834764831845f, r->pos0));
+                      (int)(r->pos0 + n), o->H, o->KVH, o->hd, 0.08838834764831845f, r->pos0,
+                      NV_TP_LLM_HEADS));
     TRY(op->matmul(ex, r->a, r->ctxo, &L->o, NULL, n));
     TRY(op->add_scaled(ex, r->h, r->a, NULL, n, o->D));
     TRY(op->rmsnorm(ex, r->x, o->D, r->h, o->D, &L->post_norm, n, o->D, o->D, 1e-6f));
@@ -126,7 +127,7 @@ static nvlm_status vit_layer_fwd(nv_exec *ex, run *r, int l)
     TRY(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, o->vD, 1e-6f));
     TRY(op->attention(ex, r->ctxo, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32,
                       o->tiles, o->vtok, o->vtok, o->vH, o->vH, o->vhd, 0.08838834764831845f,
-                      -1));
+                      -1, NV_TP_VIT_HEADS));
     TRY(op->matmul(ex, r->a, r->ctxo, &L->proj, &L->proj_b, N));
     TRY(op->add_scaled(ex, r->h, r->a, &L->ls1, N, o->vD));
     TRY(op->rmsnorm(ex, r->x, o->vD, r->h, o->vD, &L->norm2, N, o->vD, o->vD, 1e-6f));

@@ -3,15 +3,21 @@
  * kernel-level GEMMs at the layer shapes of a Qwen2-1.5B-like decoder and an InternViT-300M-like
  * encoder with random bf16 weights, next to in-run reference probes (memory bandwidth: STREAM
  * copy, memcpy, 1- and 4-stream reads; OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
- * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile.
+ * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile. Last,
+ * tensor parallelism over CPU ranks: the cost of one all-reduce of a hidden row between rank
+ * threads (and so per decoded token), decode at TP 2 against TP 1 on the same threads, and the
+ * weight bytes per rank for NVLM-D-72B.
  *
- *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--quick] [--decode-only]
+ *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--no-tp] [--quick]
+ *              [--decode-only]
  *
  * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs).
  */
 #include "cpu/kernels.h"
 #include "engine.h"
 #include "model.h"
+#include "tp/comm.h"
+#include "tp/plan.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -389,6 +395,7 @@ typedef struct opts {
     int e2e;
     int quick;
     int decode_only;
+    int tp;
 } opts;
 
 static int parse(opts *o, int argc, char **argv)
@@ -402,6 +409,7 @@ static int parse(opts *o, int argc, char **argv)
     o->e2e = 1;
     o->quick = 0;
     o->decode_only = 0;
+    o->tp = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0 && i + 1 < argc) {
             o->n_threads = 0;
@@ -423,9 +431,11 @@ static int parse(opts *o, int argc, char **argv)
             o->quick = 1;
         } else if (strcmp(argv[i], "--decode-only") == 0) {
             o->decode_only = 1;
+        } else if (strcmp(argv[i], "--no-tp") == 0) {
+            o->tp = 0;
         } else {
             fprintf(stderr, "usage: nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] "
-                            "[--no-e2e] [--quick] [--decode-only]\n");
+                            "[--no-e2e] [--no-tp] [--quick] [--decode-only]\n");
             return 1;
         }
     }
@@ -641,6 +651,156 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     return 0;
 }
 
+/* ---- tensor parallelism over CPU ranks ------------------------------------------------- */
+
+typedef struct ar_arg {
+    tp_comm *c;
+    int rank;
+    int n;
+    int reps;
+    nvlm_status st;
+} ar_arg;
+
+static void *ar_rank(void *p)
+{
+    ar_arg *a = p;
+    float *buf = xmalloc((size_t)a->n * sizeof(float));
+    fill_f32(buf, (size_t)a->n);
+    for (int i = 0; i < a->reps && a->st == NVLM_OK; i++) {
+        a->st = a->c->ops->all_reduce_sum(a->c, a->rank, buf, (size_t)a->n);
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Microseconds per all-reduce of n floats between `ranks` threads (the local communicator). */
+static double bench_all_reduce(nvlm_context *ctx, int ranks, int n, int reps)
+{
+    tp_comm *c = NULL;
+    if (tp_comm_local_create(ctx, ranks, NULL, &c) != NVLM_OK) {
+        return -1;
+    }
+    pthread_t th[8];
+    ar_arg a[8];
+    double t0 = nv_time_ms();
+    for (int r = 0; r < ranks; r++) {
+        a[r] = (ar_arg){c, r, n, reps, NVLM_OK};
+        pthread_create(&th[r], NULL, ar_rank, &a[r]);
+    }
+    for (int r = 0; r < ranks; r++) {
+        pthread_join(th[r], NULL);
+    }
+    double us = (nv_time_ms() - t0) * 1000.0 / reps;
+    c->ops->destroy(c);
+    return us;
+}
+
+/* Decode ms/token of the synthetic model at tp ranks over `threads` threads. */
+static double tp_decode_ms(const opts *o, int tp, int threads, nvlm_model **keep)
+{
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.n_threads = threads;
+    cp.backend = NVLM_BACKEND_CPU;
+    cp.tp_size = tp;
+    nvlm_context *ctx = NULL;
+    nvlm_model *m = NULL;
+    nvlm_session *s = NULL;
+    double ms = -1;
+    if (nvlm_context_create(&cp, &ctx) == NVLM_OK && make_model(ctx, o, &m) == NVLM_OK &&
+        nvlm_session_create(m, NULL, &s) == NVLM_OK) {
+        int32_t ids[64];
+        for (int i = 0; i < 64; i++) {
+            ids[i] = (int32_t)(next64() % 150000u);
+        }
+        nvlm_sampler_params sp;
+        nvlm_sampler_default_params(&sp);
+        if (nvlm_session_feed(s, ids, 64, NULL, 0) == NVLM_OK) {
+            int steps = o->quick ? 4 : 12;
+            double *v = xmalloc((size_t)steps * sizeof(double));
+            int done = 0;
+            for (int i = 0; i < steps; i++) {
+                int32_t tok = 0;
+                double t0 = nv_time_ms();
+                if (nvlm_session_sample(s, &sp, &tok) != NVLM_OK ||
+                    nvlm_session_feed(s, &tok, 1, NULL, 0) != NVLM_OK) {
+                    break;
+                }
+                v[done++] = nv_time_ms() - t0;
+            }
+            ms = done > 0 ? median(v, done) : -1;
+            free(v);
+        }
+    }
+    nvlm_session_free(s);
+    if (keep != NULL) {
+        *keep = m;
+    } else {
+        nvlm_model_free(m);
+    }
+    /* the model (when kept) belongs to this context: the caller frees it with the model */
+    if (keep == NULL || m == NULL) {
+        nvlm_context_free(ctx);
+    }
+    return ms;
+}
+
+static void bench_tp(const opts *o)
+{
+    int threads = o->threads[o->n_threads - 1];
+    printf("\n======== tensor parallelism over CPU ranks (%d threads) ========\n", threads);
+    nvlm_context *ctx = NULL;
+    if (nvlm_context_create(NULL, &ctx) != NVLM_OK) {
+        return;
+    }
+    int reps = o->quick ? 2000 : 20000;
+    int dims[2] = {1536, 8192};
+    for (int d = 0; d < 2; d++) {
+        for (int ranks = 2; ranks <= 4; ranks *= 2) {
+            double us = bench_all_reduce(ctx, ranks, dims[d], reps);
+            printf("all-reduce of %d floats over %d rank threads: %.1f us", dims[d], ranks, us);
+            if (dims[d] == 1536) {
+                printf(" -> %.2f ms per decoded token of the synthetic model (%d layers x 2)\n",
+                       us * 2 * o->layers / 1000.0, o->layers);
+            } else {
+                printf(" -> %.2f ms per decoded token of NVLM-D-72B (80 layers x 2)\n",
+                       us * 160 / 1000.0);
+            }
+        }
+    }
+    double t1 = tp_decode_ms(o, 1, threads, NULL);
+    double t2 = tp_decode_ms(o, 2, threads, NULL);
+    printf("decode, synthetic model (%d layers), median of the steps: TP 1 %.2f ms/token, TP 2 "
+           "%.2f ms/token (%.2fx; on one machine the ranks share its memory bandwidth)\n",
+           o->layers, t1, t2, t1 > 0 && t2 > 0 ? t1 / t2 : 0.0);
+    size_t len = 0;
+    char *json = NULL;
+    FILE *f = fopen("tests/data/nvlm-d-72b/config.json", "rb");
+    if (f != NULL) {
+        json = xmalloc(1 << 20);
+        len = fread(json, 1, (1 << 20) - 1, f);
+        fclose(f);
+    }
+    nv_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    if (json != NULL && nv_config_parse(&cfg, json, len, NULL) == NVLM_OK) {
+        printf("NVLM-D-72B per rank (the largest rank; bf16 weights, bf16 KV cache):\n");
+        for (int tp = 1; tp <= 8; tp *= 2) {
+            tp_plan p;
+            uint64_t b = 0;
+            if (tp_plan_init(&p, &cfg, tp, NULL) == NVLM_OK &&
+                tp_plan_max_rank_bytes(&p, &cfg, 2, &b) == NVLM_OK) {
+                double kv = 2.0 * cfg.llm.num_layers * (double)cfg.llm.head_dim * 2.0 *
+                            (double)tp_plan_max_count(&p, NV_TP_LLM_KV_HEADS);
+                printf("  TP %d: weights %.2f GiB, KV cache %.0f KiB per token\n", tp,
+                       (double)b / (1024.0 * 1024.0 * 1024.0), kv / 1024.0);
+            }
+        }
+    }
+    free(json);
+    nvlm_context_free(ctx);
+}
+
 int main(int argc, char **argv)
 {
     opts o;
@@ -718,6 +878,9 @@ int main(int argc, char **argv)
     }
     nvlm_model_free(model);
     nvlm_context_free(model_ctx);
+    if (o.tp && o.e2e) {
+        bench_tp(&o);
+    }
     return 0;
 }
 

@@ -10,24 +10,17 @@
 #define NVLM_BACKEND_H
 
 #include "internal.h"
+#include "model.h"
 #include "tensor.h"
-
-/* How a weight is split under tensor parallelism (a hint; single-device backends ignore it).
- * COL: the output dimension (rows of the (N, K) matrix) is split, output stays sharded
- * (q/k/v, gate/up, fc1); ROW: the input dimension is split and the backend all-reduces the
- * output (o_proj, down_proj, proj, fc2); NONE: replicated (norms, embeddings, lm_head). */
-typedef enum nv_split {
-    NV_SPLIT_NONE = 0,
-    NV_SPLIT_COL = 1,
-    NV_SPLIT_ROW = 2
-} nv_split;
 
 /* A weight owned by the backend. `t` describes it in backend memory (shape as in the
  * checkpoint); `owned` is non-zero when the backend allocated a copy (the CPU backend keeps
- * big matrices in place in the mapped checkpoint and converts 1-D vectors to f32). */
+ * big matrices in place in the mapped checkpoint and converts 1-D vectors to f32). `impl`:
+ * backend-private (the tensor-parallel backend's per-rank slices), NULL for the others. */
 typedef struct nv_bweight {
     nv_tensor t;
     int owned;
+    void *impl;
 } nv_bweight;
 
 typedef struct nv_backend nv_backend;
@@ -38,8 +31,9 @@ typedef struct nv_backend_ops {
 
     /* ---- per-model state ---- */
     /* Lays out one checkpoint tensor (host memory, bf16/f16/f32) for this backend. 1-D tensors
-     * come back as f32. Errors go to err_handle. */
-    nvlm_status (*weight_load)(nv_backend *be, const nv_tensor *src, nv_split split,
+     * come back as f32. cut: how tensor parallelism divides it (layout.c; single-device
+     * backends ignore it; NULL = replicated). Errors go to err_handle. */
+    nvlm_status (*weight_load)(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
                                nv_bweight *out, void *err_handle);
     void (*weight_free)(nv_backend *be, nv_bweight *w);
     void (*destroy)(nv_backend *be);
@@ -51,11 +45,20 @@ typedef struct nv_backend_ops {
 
     /* ---- memory (device buffers of `bytes` bytes, 64-byte aligned) ---- */
     nvlm_status (*alloc)(nv_exec *ex, size_t bytes, void **out);
+    /* A KV cache buffer: rows x kv_heads x head_dim elements of dtype. The pipeline touches it
+     * only through store_rows, attention, copy (rows x row bytes) and free, always at its base
+     * address, so a tensor-parallel backend may keep just each rank's kv heads. */
+    nvlm_status (*alloc_kv)(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                            nv_dtype dtype, void **out);
     void (*free)(nv_exec *ex, void *ptr);
     /* Host <-> device and device <-> device byte copies. */
     nvlm_status (*upload)(nv_exec *ex, void *dst, const void *host, size_t bytes);
     nvlm_status (*download)(nv_exec *ex, void *host, const void *src, size_t bytes);
     nvlm_status (*copy)(nv_exec *ex, void *dst, const void *src, size_t bytes);
+    /* Copies `rows` rows of `width` bytes from src (rows `spitch` bytes apart) to dst (`dpitch`
+     * bytes apart), device to device: column blocks of row-major matrices. */
+    nvlm_status (*copy_2d)(nv_exec *ex, void *dst, size_t dpitch, const void *src,
+                           size_t spitch, size_t width, size_t rows);
     /* Sets `bytes` bytes of device memory to zero. */
     nvlm_status (*zero)(nv_exec *ex, void *dst, size_t bytes);
     /* Waits until every queued op has finished (no-op on the CPU). */
@@ -71,6 +74,14 @@ typedef struct nv_backend_ops {
      * allowed. */
     nvlm_status (*rmsnorm)(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
                            const nv_bweight *w, int rows, int cols, int stat_cols, float eps);
+    /* Optional (NULL: no tensor parallelism over this backend), for an RMSNorm whose channels
+     * are spread over ranks: out[r] = sum of x[r][0..cols)^2 (ld between rows; cols may be 0),
+     * and y = x * rsqrt(sumsq[r] / n + eps) * w over `cols` channels with the statistic given. */
+    nvlm_status (*rows_sumsq)(nv_exec *ex, float *out, const float *x, int ld, int rows,
+                              int cols);
+    nvlm_status (*rmsnorm_scale)(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
+                                 const nv_bweight *w, int rows, int cols, const float *sumsq,
+                                 int n, float eps);
     /* y = (x - mean) * rsqrt(var + eps) * w + b per row (biased variance). */
     nvlm_status (*layernorm)(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
                              const nv_bweight *b, int rows, int cols, float eps);
@@ -82,11 +93,12 @@ typedef struct nv_backend_ops {
      * stride ldq (head h at h*head_dim); k, v: batch x n_kv rows of stride ldkv, dtype kv_type
      * (NV_F32 or NV_BF16); out: batch x n_q rows of stride ldo, head h at h*head_dim.
      * q head h uses kv head h / (n_heads / n_kv_heads). causal_pos0 < 0: no mask; else query i
-     * sees keys 0 .. causal_pos0 + i. */
+     * sees keys 0 .. causal_pos0 + i. heads: which model heads these are (NV_TP_LLM_HEADS or
+     * NV_TP_VIT_HEADS), so that tensor parallelism can give each rank its own. */
     nvlm_status (*attention)(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
                              const void *k, const void *v, int ldkv, nv_dtype kv_type, int batch,
                              int n_q, int n_kv, int n_heads, int n_kv_heads, int head_dim,
-                             float scale, int64_t causal_pos0);
+                             float scale, int64_t causal_pos0, nv_tp_part heads);
     /* y = gelu(x) (exact erf), n elements, in place allowed. */
     nvlm_status (*gelu)(nv_exec *ex, float *y, const float *x, size_t n);
     /* y = silu(g) * u, n elements. */
@@ -115,6 +127,7 @@ typedef struct nv_backend_ops {
 struct nv_backend {
     const nv_backend_ops *ops;
     nvlm_context *ctx;
+    nv_dtype kv_default;     /* the KV cache dtype of NVLM_KV_DEFAULT */
     void *impl;              /* backend-private */
 };
 
@@ -126,6 +139,13 @@ struct nv_exec {
 
 /* The CPU backend (src/cpu/backend_cpu.c). */
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
+/* The tensor-parallel backend (src/tp/backend_tp.c) over `size` rank backends of one kind,
+ * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). */
+nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
+                                 int size, void *err_handle, nv_backend **out);
+/* Tests: rank `rank` of a tensor-parallel exec fails its op_count-th op from now with
+ * NVLM_ERR_BACKEND "injected failure". */
+void nv_tp_inject_failure(nv_exec *ex, int rank, int64_t op_count);
 
 /* A bump arena in backend memory for a forward pass's activations: reserve once, take
  * aligned pieces, rewind to a mark to reuse the space above it (the session keeps an image's

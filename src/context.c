@@ -304,6 +304,7 @@ void nvlm_context_params_init(nvlm_context_params *p, size_t size)
     d.backend = NVLM_BACKEND_AUTO;
     d.device = 0;
     d.log_level = NVLM_LOG_WARN;
+    d.tp_size = 1;
     memcpy(p, &d, NV_MIN(size, sizeof d));
     p->struct_size = (uint32_t)size;
 }
@@ -328,7 +329,8 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
     }
     if (p.n_threads < 0 || p.n_threads > 4096 || p.log_level < NVLM_LOG_ERROR ||
         p.log_level > NVLM_LOG_DEBUG || p.backend < NVLM_BACKEND_AUTO ||
-        p.backend > NVLM_BACKEND_CUDA || p.device < 0) {
+        p.backend > NVLM_BACKEND_CUDA || p.device < 0 || p.tp_size < 0 ||
+        p.tp_size > NV_TP_MAX_RANKS) {
         return NVLM_ERR_INVALID_ARGUMENT;
     }
     nvlm_backend backend = p.backend;
@@ -354,6 +356,7 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : (int32_t)(cores > 0 ? cores : 1);
     ctx->backend = backend;
     ctx->device = p.device;
+    ctx->tp_size = p.tp_size > 1 ? p.tp_size : 1;
     ctx->log_fn = p.log_fn;
     ctx->log_user = p.log_user;
     ctx->log_level = p.log_level;

@@ -36,15 +36,14 @@ nvlm_status dec_init(nv_engine *e, const nvlm_model *m)
     int64_t D = w->D;
     int64_t HQ = (int64_t)w->n_heads * w->head_dim;
     int64_t KV = (int64_t)w->n_kv_heads * w->head_dim;
-    NVLM_TRY(eng_load(e, m, LLM_PREFIX "model.embed_tokens.weight", NV_SPLIT_NONE,
+    NVLM_TRY(eng_load(e, m, LLM_PREFIX "model.embed_tokens.weight",
                       (int64_t)w->vocab * D, w->vocab, &w->embed));
-    NVLM_TRY(eng_load(e, m, LLM_PREFIX "model.norm.weight", NV_SPLIT_NONE, D, D, &w->norm));
+    NVLM_TRY(eng_load(e, m, LLM_PREFIX "model.norm.weight", D, D, &w->norm));
     const char *head = LLM_PREFIX "lm_head.weight";
     if (nv_model_weight(m, head) == NULL && c->tie_word_embeddings) {
         head = LLM_PREFIX "model.embed_tokens.weight";
     }
-    NVLM_TRY(eng_load(e, m, head, NV_SPLIT_NONE, (int64_t)w->vocab * D, w->vocab,
-                      &w->lm_head));
+    NVLM_TRY(eng_load(e, m, head, (int64_t)w->vocab * D, w->vocab, &w->lm_head));
     w->layers = nv_calloc(e->be->ctx, (size_t)w->n_layers, sizeof *w->layers);
     if (w->layers == NULL) {
         return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
@@ -52,23 +51,23 @@ nvlm_status dec_init(nv_engine *e, const nvlm_model *m)
     for (int l = 0; l < w->n_layers; l++) {
         dec_layer *L = &w->layers[l];
         char n[128];
-#define DEC_LOAD(field, suffix, split, nelem, rows)                                        \
+#define DEC_LOAD(field, suffix, nelem, rows)                                               \
     do {                                                                                   \
         snprintf(n, sizeof n, LLM_PREFIX "model.layers.%d.%s", l, suffix);                 \
-        NVLM_TRY(eng_load(e, m, n, split, nelem, rows, &L->field));                        \
+        NVLM_TRY(eng_load(e, m, n, nelem, rows, &L->field));                               \
     } while (0)
-        DEC_LOAD(in_norm, "input_layernorm.weight", NV_SPLIT_NONE, D, D);
-        DEC_LOAD(post_norm, "post_attention_layernorm.weight", NV_SPLIT_NONE, D, D);
-        DEC_LOAD(q, "self_attn.q_proj.weight", NV_SPLIT_COL, HQ * D, HQ);
-        DEC_LOAD(q_b, "self_attn.q_proj.bias", NV_SPLIT_COL, HQ, HQ);
-        DEC_LOAD(k, "self_attn.k_proj.weight", NV_SPLIT_COL, KV * D, KV);
-        DEC_LOAD(k_b, "self_attn.k_proj.bias", NV_SPLIT_COL, KV, KV);
-        DEC_LOAD(v, "self_attn.v_proj.weight", NV_SPLIT_COL, KV * D, KV);
-        DEC_LOAD(v_b, "self_attn.v_proj.bias", NV_SPLIT_COL, KV, KV);
-        DEC_LOAD(o, "self_attn.o_proj.weight", NV_SPLIT_ROW, D * HQ, D);
-        DEC_LOAD(gate, "mlp.gate_proj.weight", NV_SPLIT_COL, (int64_t)w->I * D, w->I);
-        DEC_LOAD(up, "mlp.up_proj.weight", NV_SPLIT_COL, (int64_t)w->I * D, w->I);
-        DEC_LOAD(down, "mlp.down_proj.weight", NV_SPLIT_ROW, D * w->I, D);
+        DEC_LOAD(in_norm, "input_layernorm.weight", D, D);
+        DEC_LOAD(post_norm, "post_attention_layernorm.weight", D, D);
+        DEC_LOAD(q, "self_attn.q_proj.weight", HQ * D, HQ);
+        DEC_LOAD(q_b, "self_attn.q_proj.bias", HQ, HQ);
+        DEC_LOAD(k, "self_attn.k_proj.weight", KV * D, KV);
+        DEC_LOAD(k_b, "self_attn.k_proj.bias", KV, KV);
+        DEC_LOAD(v, "self_attn.v_proj.weight", KV * D, KV);
+        DEC_LOAD(v_b, "self_attn.v_proj.bias", KV, KV);
+        DEC_LOAD(o, "self_attn.o_proj.weight", D * HQ, D);
+        DEC_LOAD(gate, "mlp.gate_proj.weight", (int64_t)w->I * D, w->I);
+        DEC_LOAD(up, "mlp.up_proj.weight", (int64_t)w->I * D, w->I);
+        DEC_LOAD(down, "mlp.down_proj.weight", D * w->I, D);
 #undef DEC_LOAD
     }
     return NVLM_OK;
@@ -102,6 +101,8 @@ nvlm_status dec_kv_init(nv_exec *ex, const dec_weights *w, dec_kv *kv, nv_dtype 
     memset(kv, 0, sizeof *kv);
     kv->type = type;
     kv->n_layers = w->n_layers;
+    kv->n_kv_heads = w->n_kv_heads;
+    kv->head_dim = w->head_dim;
     kv->kv_dim = w->n_kv_heads * w->head_dim;
     kv->n_ctx = n_ctx;
     kv->k = nv_calloc(ex->be->ctx, (size_t)w->n_layers, sizeof(void *));
@@ -153,7 +154,7 @@ nvlm_status dec_kv_reserve(nv_exec *ex, dec_kv *kv, int64_t rows)
     }
     nvlm_status st = NVLM_OK;
     for (int i = 0; i < kv->n_layers * 2 && st == NVLM_OK; i++) {
-        st = op->alloc(ex, bytes, &nk[i]);
+        st = op->alloc_kv(ex, cap, kv->n_kv_heads, kv->head_dim, kv->type, &nk[i]);
     }
     for (int l = 0; l < kv->n_layers && st == NVLM_OK; l++) {
         if (kv->n > 0) {
@@ -276,7 +277,8 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
         NVLM_TRY(op->store_rows(ex, kv->k[l], kv->type, pos0, k, KV, (size_t)n, KV));
         NVLM_TRY(op->store_rows(ex, kv->v[l], kv->type, pos0, v, KV, (size_t)n, KV));
         NVLM_TRY(op->attention(ex, ctx, HQ, q, HQ, kv->k[l], kv->v[l], KV, kv->type, 1, n,
-                               (int)(pos0 + n), w->n_heads, w->n_kv_heads, hd, scale, pos0));
+                               (int)(pos0 + n), w->n_heads, w->n_kv_heads, hd, scale, pos0,
+                               NV_TP_LLM_HEADS));
         NVLM_TRY(op->matmul(ex, a, ctx, &L->o, NULL, n));
         NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
         NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->post_norm, n, D, D, w->eps));

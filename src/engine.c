@@ -9,10 +9,38 @@
 #include "cuda/cuda_api.h"
 #endif
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_split split,
-                     int64_t nelem, int64_t rows, nv_bweight *out)
+static int cmp_layout(const void *a, const void *b)
+{
+    return strcmp(((const nv_layout_tensor *)a)->name, ((const nv_layout_tensor *)b)->name);
+}
+
+static nvlm_status layout_add(void *u, const nv_layout_tensor *t)
+{
+    nv_engine *e = u;
+    e->layout[e->n_layout++] = *t;
+    return NVLM_OK;
+}
+
+/* The layout sorted by name, for each tensor's tensor-parallel cut. */
+static nvlm_status layout_build(nv_engine *e, const nvlm_model *m)
+{
+    size_t n = nv_layout_count(&m->cfg);
+    e->layout = nv_alloc_array(m->h.ctx, n, sizeof *e->layout);
+    if (e->layout == NULL) {
+        return nv_error((void *)m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the layout");
+    }
+    e->n_layout = 0;
+    NVLM_TRY(nv_layout_tensors(&m->cfg, layout_add, e));
+    qsort(e->layout, e->n_layout, sizeof *e->layout, cmp_layout);
+    return NVLM_OK;
+}
+
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
+                     int64_t rows, nv_bweight *out)
 {
     void *eh = (void *)m;
     const nv_weight *w = nv_model_weight(m, name);
@@ -28,7 +56,10 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_spl
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: dtype %s, want bf16/f16/f32", name,
                         nv_dtype_name(w->t.dtype));
     }
-    return e->be->ops->weight_load(e->be, &w->t, split, out, eh);
+    nv_layout_tensor key;
+    snprintf(key.name, sizeof key.name, "%s", name);
+    const nv_layout_tensor *lt = bsearch(&key, e->layout, e->n_layout, sizeof key, cmp_layout);
+    return e->be->ops->weight_load(e->be, &w->t, lt != NULL ? &lt->tp : NULL, out, eh);
 }
 
 void eng_unload(nv_engine *e, nv_bweight *w)
@@ -50,8 +81,40 @@ void nv_engine_free(nvlm_model *m)
         vit_free(e);
         e->be->ops->destroy(e->be);
     }
+    nv_free(m->h.ctx, e->layout);
     nv_free(m->h.ctx, e);
     m->engine = NULL;
+}
+
+/* The CPU backend, or ctx->tp_size CPU ranks under the tensor-parallel backend. */
+static nvlm_status cpu_backend(nvlm_model *m, nv_backend **out)
+{
+    nvlm_context *ctx = m->h.ctx;
+    int size = ctx->tp_size;
+    if (size <= 1) {
+        nvlm_status st = nv_backend_cpu_create(ctx, out);
+        return st == NVLM_OK ? st : nv_error(m, st, "cannot create the CPU backend");
+    }
+    nv_backend **ranks = nv_calloc(ctx, (size_t)size, sizeof *ranks);
+    if (ranks == NULL) {
+        return nv_error(m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for %d ranks", size);
+    }
+    nvlm_status st = NVLM_OK;
+    for (int r = 0; r < size && st == NVLM_OK; r++) {
+        st = nv_backend_cpu_create(ctx, &ranks[r]);
+    }
+    if (st != NVLM_OK) {
+        for (int r = 0; r < size; r++) {
+            if (ranks[r] != NULL) {
+                ranks[r]->ops->destroy(ranks[r]);
+            }
+        }
+        nv_free(ctx, ranks);
+        return nv_error(m, st, "cannot create the CPU backend");
+    }
+    st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, m, out);
+    nv_free(ctx, ranks);
+    return st;
 }
 
 nvlm_status nv_engine_init(nvlm_model *m)
@@ -82,17 +145,20 @@ nvlm_status nv_engine_init(nvlm_model *m)
     } else
 #endif
     {
-        st = nv_backend_cpu_create(ctx, &e->be);
+        st = cpu_backend(m, &e->be);
         if (st != NVLM_OK) {
             nv_engine_free(m);
-            return nv_error(m, st, "cannot create the CPU backend");
+            return st;
         }
     }
     e->image_token_id = -1;
     if (m->tok != NULL) {
         e->image_token_id = nvlm_tokenizer_token_id(m->tok, "<|vision_pad|>");
     }
-    st = vit_init(e, m);
+    st = layout_build(e, m);
+    if (st == NVLM_OK) {
+        st = vit_init(e, m);
+    }
     if (st == NVLM_OK) {
         st = proj_init(e, m);
     }

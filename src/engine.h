@@ -61,6 +61,8 @@ typedef struct dec_weights {
 
 struct nv_engine {
     nv_backend *be;
+    nv_layout_tensor *layout;       /* the checkpoint layout sorted by name: each tensor's cut */
+    size_t n_layout;
     vit_weights vit;
     proj_weights proj;
     dec_weights dec;
@@ -70,9 +72,10 @@ struct nv_engine {
 typedef struct nv_engine nv_engine;
 
 /* Loads checkpoint tensor `name` through the backend after checking it has `nelem` elements
- * and (rows >= 0) `rows` rows. Failure text goes to the model. (engine.c) */
-nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, nv_split split,
-                     int64_t nelem, int64_t rows, nv_bweight *out);
+ * and (rows >= 0) `rows` rows, with the tensor-parallel cut the layout gives it. Failure text
+ * goes to the model. (engine.c) */
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
+                     int64_t rows, nv_bweight *out);
 void eng_unload(nv_engine *e, nv_bweight *w);
 
 /* ---- vision (vision.c) ------------------------------------------------------------------ */
@@ -105,7 +108,7 @@ nvlm_status proj_forward(nv_exec *ex, nv_arena *ar, const proj_weights *w, const
 /* The KV cache of one session, in backend memory: per layer k and v of (cap, KV hd). */
 typedef struct dec_kv {
     nv_dtype type;                  /* NV_F32 or NV_BF16 */
-    int n_layers, kv_dim;
+    int n_layers, n_kv_heads, head_dim, kv_dim;
     int64_t cap;                    /* rows allocated */
     int64_t n_ctx;                  /* hard limit */
     int64_t n;                      /* rows filled */
@@ -146,6 +149,9 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
 /* Sets how many tokens one decoder pass of session s takes (1..DEC_MAX_BATCH, the default);
  * longer feeds go through in passes of this size. For tests (chunk boundaries). */
 nvlm_status nv_session_set_max_batch(nvlm_session *s, int n);
+
+/* The session's backend exec (tests reach backend hooks through it); NULL for a non-session. */
+nv_exec *nv_session_exec(nvlm_session *s);
 
 /* ---- sampler (sampler.c) ---------------------------------------------------------------- */
 

@@ -26,6 +26,8 @@ enum {
 };
 
 #define NV_ERR_MAX 1024
+/* The most tensor-parallel ranks a context may ask for. */
+#define NV_TP_MAX_RANKS 256
 
 typedef struct nv_handle {
     uint32_t magic;
@@ -39,6 +41,7 @@ struct nvlm_context {
     int32_t n_threads;
     nvlm_backend backend;
     int32_t device;
+    int32_t tp_size;           /* tensor-parallel ranks per model (1: none) */
     nvlm_log_fn log_fn;
     void *log_user;
     nvlm_log_level log_level;

@@ -118,6 +118,30 @@ typedef enum nv_tensor_role {
     NV_ROLE_EMBEDDING       /* the token embedding table */
 } nv_tensor_role;
 
+/* The dimension of the model that tensor parallelism divides among the ranks (tp/plan.h
+ * gives each rank a contiguous range of it). */
+typedef enum nv_tp_part {
+    NV_TP_WHOLE = 0,        /* not divided: the tensor is replicated on every rank */
+    NV_TP_LLM_HEADS,        /* LLM query heads (units of head_dim rows or columns) */
+    NV_TP_LLM_KV_HEADS,     /* the LLM kv heads a rank's query heads use (units of head_dim) */
+    NV_TP_LLM_MLP,          /* LLM intermediate channels */
+    NV_TP_VOCAB,            /* lm_head rows */
+    NV_TP_VIT_HEADS,        /* ViT heads, dummy heads included (units of head_dim) */
+    NV_TP_VIT_MLP,          /* ViT intermediate channels */
+    NV_TP_PROJ_HIDDEN,      /* projector hidden channels (mlp1.1 rows) */
+    NV_TP_N_PARTS
+} nv_tp_part;
+
+/* How a tensor is cut under tensor parallelism. cols false: dim 0 (the output rows of a
+ * column-parallel layer, or a 1-D vector) follows `part`; true: dim 1 (the input of a
+ * row-parallel layer, whose output the ranks all-reduce). Dim 0 holds `blocks` equal blocks
+ * cut alike (3 for the fused ViT q, k, v; else 1). */
+typedef struct nv_tp_cut {
+    nv_tp_part part;
+    bool cols;
+    int blocks;
+} nv_tp_cut;
+
 #define NV_LAYOUT_NAME_MAX 160
 
 typedef struct nv_layout_tensor {
@@ -126,6 +150,7 @@ typedef struct nv_layout_tensor {
     int64_t shape[4];
     bool optional;          /* may be absent: lm_head when the embeddings are tied */
     nv_tensor_role role;
+    nv_tp_cut tp;           /* its tensor-parallel cut */
 } nv_layout_tensor;
 
 typedef nvlm_status (*nv_layout_fn)(void *u, const nv_layout_tensor *t);

@@ -7,6 +7,7 @@
  */
 #include "model.h"
 #include "safetensors.h"
+#include "tp/plan.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -711,6 +712,12 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     i.kv_bytes_per_token_f32 = kv * 4;
     i.kv_bytes_per_token_bf16 = kv * 2;
     i.weights_loaded = m->mode == NVLM_LOAD_FULL ? 1 : 0;
+    i.tp_size = m->h.ctx->tp_size;
+    i.per_rank_weight_bytes = i.tp_size == 1 ? i.cuda_bytes : 0;
+    tp_plan plan;
+    if (i.tp_size > 1 && tp_plan_init(&plan, c, i.tp_size, NULL) == NVLM_OK) {
+        tp_plan_max_rank_bytes(&plan, c, 2, &i.per_rank_weight_bytes);
+    }
     uint32_t size = info->struct_size;
     memcpy(info, &i, NV_MIN((size_t)size, sizeof i));
     info->struct_size = size;

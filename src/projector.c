@@ -25,12 +25,10 @@ nvlm_status proj_init(nv_engine *e, const nvlm_model *m)
                         "unsupported projector shape (downsample_ratio %g, input %d)",
                         c->downsample_ratio, w->in);
     }
-    NVLM_TRY(eng_load(e, m, "mlp1.0.weight", NV_SPLIT_NONE, w->in, w->in, &w->ln_w));
-    NVLM_TRY(eng_load(e, m, "mlp1.0.bias", NV_SPLIT_NONE, w->in, w->in, &w->ln_b));
-    NVLM_TRY(eng_load(e, m, "mlp1.1.weight", NV_SPLIT_COL, (int64_t)w->hidden * w->in,
-                      w->hidden, &w->w1));
-    NVLM_TRY(eng_load(e, m, "mlp1.3.weight", NV_SPLIT_ROW, (int64_t)w->out * w->hidden,
-                      w->out, &w->w2));
+    NVLM_TRY(eng_load(e, m, "mlp1.0.weight", w->in, w->in, &w->ln_w));
+    NVLM_TRY(eng_load(e, m, "mlp1.0.bias", w->in, w->in, &w->ln_b));
+    NVLM_TRY(eng_load(e, m, "mlp1.1.weight", (int64_t)w->hidden * w->in, w->hidden, &w->w1));
+    NVLM_TRY(eng_load(e, m, "mlp1.3.weight", (int64_t)w->out * w->hidden, w->out, &w->w2));
     return NVLM_OK;
 }
 

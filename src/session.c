@@ -163,10 +163,10 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
     s->model = model;
     s->eng = eng;
     s->n_ctx = p.n_ctx > 0 ? p.n_ctx : max_pos;
-    /* NVLM_KV_DEFAULT: f32 on the CPU backend, bf16 on a device backend */
-    bool cpu = strcmp(eng->be->ops->name, "cpu") == 0;
-    s->kv_type = p.kv_type == NVLM_KV_BF16 || (p.kv_type == NVLM_KV_DEFAULT && !cpu) ? NV_BF16
-                                                                                    : NV_F32;
+    /* NVLM_KV_DEFAULT: the backend's choice (f32 on the CPU, bf16 on a device) */
+    s->kv_type = p.kv_type == NVLM_KV_BF16   ? NV_BF16
+                 : p.kv_type == NVLM_KV_F32 ? NV_F32
+                                            : eng->be->kv_default;
     s->seed = p.seed;
     s->max_batch = DEC_MAX_BATCH;
     s->no_system_message = p.no_system_message;
@@ -930,4 +930,9 @@ nvlm_status nvlm_session_generate(nvlm_session *s, const nvlm_sampler_params *pa
         return NVLM_ERR_BUSY;
     }
     return leave(s, session_generate(s, params, on_token, user, result));
+}
+
+nv_exec *nv_session_exec(nvlm_session *s)
+{
+    return is_session(s) ? s->ex : NULL;
 }

@@ -52,13 +52,12 @@ nvlm_status vit_init(nv_engine *e, const nvlm_model *m)
     int64_t D = w->D;
     int64_t HP = (int64_t)w->n_heads_padded * w->head_dim;
     int64_t F = 3LL * w->patch * w->patch;
-    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.class_embedding", NV_SPLIT_NONE, D, -1,
-                      &w->cls));
-    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.patch_embedding.weight", NV_SPLIT_NONE,
-                      D * F, D, &w->patch_w));
-    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.patch_embedding.bias", NV_SPLIT_NONE, D, D,
+    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.class_embedding", D, -1, &w->cls));
+    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.patch_embedding.weight", D * F, D,
+                      &w->patch_w));
+    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.patch_embedding.bias", D, D,
                       &w->patch_b));
-    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.position_embedding", NV_SPLIT_NONE,
+    NVLM_TRY(eng_load(e, m, VIT_PREFIX "embeddings.position_embedding",
                       (int64_t)(w->n_patches + 1) * D, -1, &w->pos));
     w->layers = nv_calloc(e->be->ctx, (size_t)w->n_layers, sizeof *w->layers);
     if (w->layers == NULL) {
@@ -68,24 +67,24 @@ nvlm_status vit_init(nv_engine *e, const nvlm_model *m)
     for (int l = 0; l < w->n_layers; l++) {
         vit_layer *L = &w->layers[l];
         char n[128];
-#define VIT_LOAD(field, suffix, split, nelem, rows)                                        \
+#define VIT_LOAD(field, suffix, nelem, rows)                                               \
     do {                                                                                   \
         snprintf(n, sizeof n, VIT_PREFIX "encoder.layers.%d.%s", l, suffix);               \
-        NVLM_TRY(eng_load(e, m, n, split, nelem, rows, &L->field));                        \
+        NVLM_TRY(eng_load(e, m, n, nelem, rows, &L->field));                               \
     } while (0)
-        VIT_LOAD(norm1, "norm1.weight", NV_SPLIT_NONE, D, D);
-        VIT_LOAD(norm2, "norm2.weight", NV_SPLIT_NONE, D, D);
-        VIT_LOAD(qkv, "attn.qkv.weight", NV_SPLIT_COL, 3 * HP * D, 3 * HP);
-        VIT_LOAD(q_norm, "attn.q_norm.weight", NV_SPLIT_COL, HP, HP);
-        VIT_LOAD(k_norm, "attn.k_norm.weight", NV_SPLIT_COL, HP, HP);
-        VIT_LOAD(proj, "attn.proj.weight", NV_SPLIT_ROW, D * HP, D);
-        VIT_LOAD(proj_b, "attn.proj.bias", NV_SPLIT_NONE, D, D);
-        VIT_LOAD(ls1, "ls1", NV_SPLIT_NONE, D, D);
-        VIT_LOAD(ls2, "ls2", NV_SPLIT_NONE, D, D);
-        VIT_LOAD(fc1, "mlp.fc1.weight", NV_SPLIT_COL, (int64_t)w->I * D, w->I);
-        VIT_LOAD(fc1_b, "mlp.fc1.bias", NV_SPLIT_COL, w->I, w->I);
-        VIT_LOAD(fc2, "mlp.fc2.weight", NV_SPLIT_ROW, D * w->I, D);
-        VIT_LOAD(fc2_b, "mlp.fc2.bias", NV_SPLIT_NONE, D, D);
+        VIT_LOAD(norm1, "norm1.weight", D, D);
+        VIT_LOAD(norm2, "norm2.weight", D, D);
+        VIT_LOAD(qkv, "attn.qkv.weight", 3 * HP * D, 3 * HP);
+        VIT_LOAD(q_norm, "attn.q_norm.weight", HP, HP);
+        VIT_LOAD(k_norm, "attn.k_norm.weight", HP, HP);
+        VIT_LOAD(proj, "attn.proj.weight", D * HP, D);
+        VIT_LOAD(proj_b, "attn.proj.bias", D, D);
+        VIT_LOAD(ls1, "ls1", D, D);
+        VIT_LOAD(ls2, "ls2", D, D);
+        VIT_LOAD(fc1, "mlp.fc1.weight", (int64_t)w->I * D, w->I);
+        VIT_LOAD(fc1_b, "mlp.fc1.bias", w->I, w->I);
+        VIT_LOAD(fc2, "mlp.fc2.weight", D * w->I, D);
+        VIT_LOAD(fc2_b, "mlp.fc2.bias", D, D);
 #undef VIT_LOAD
         /* Dummy heads may be skipped only when their q, k and v rows are all zero (then
          * their context is exactly 0); otherwise (e.g. the tiny fixture) compute them. */
@@ -233,7 +232,7 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
         VT(op->rmsnorm(ex, qkv, 3 * HP, qkv, 3 * HP, &L->q_norm, N, HP, D, w->eps));
         VT(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, D, w->eps));
         VT(op->attention(ex, ctx, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32, T,
-                         NP1, NP1, n_heads, n_heads, hd, scale, -1));
+                         NP1, NP1, n_heads, n_heads, hd, scale, -1, NV_TP_VIT_HEADS));
         VT(op->matmul(ex, a, ctx, &L->proj, &L->proj_b, N));
         VT(op->add_scaled(ex, h, a, &L->ls1, N, D));
         VT(op->rmsnorm(ex, x, D, h, D, &L->norm2, N, D, D, w->eps));

@@ -5,6 +5,7 @@
  * text and image turns, two user turns each. Then the busy flag: calls that change a session
  * made from its own token callback, or from a second thread while the first is inside
  * generate, return NVLM_ERR_BUSY and change nothing; nvlm_session_free there is deferred.
+ * All of it once on the plain CPU backend and once over tensor-parallel CPU ranks (TP 2).
  * `make tsan-test` runs it under ThreadSanitizer.
  */
 #include "eng_golden.h"
@@ -351,10 +352,19 @@ static void test_busy_threads(nvlm_model *m, nvlm_image *img)
     }
 }
 
-int main(void)
+static void run_all(int tp)
 {
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.n_threads = 2;
+    cp.backend = NVLM_BACKEND_CPU;
+    cp.tp_size = tp;
     nvlm_context *ctx = NULL;
-    nvlm_model *m = eg_load_model(&ctx, 2);
+    CHECK_OK(nvlm_context_create(&cp, &ctx));
+    nvlm_model *m = NULL;
+    if (ctx != NULL) {
+        CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &m));
+    }
     nvlm_image *img = NULL;
     if (m != NULL) {
         CHECK_OK(nvlm_image_load_file(ctx, "tests/data/images/chelsea_square_160.png", NULL,
@@ -363,13 +373,16 @@ int main(void)
     static conv_out seq[N_SESSIONS];
     static conv_out par[N_SESSIONS];
     if (m != NULL && img != NULL) {
-        tu_section("concurrency: sequential reference");
+        char sec[80];
+        snprintf(sec, sizeof sec, "TP %d: sequential reference", tp);
+        tu_section(sec);
         run_env env = {.model = m, .img = img, .out = seq, .thread = -1};
         run(&env);
         for (int i = 0; i < N_SESSIONS; i++) {
             CHECK(seq[i].st == NVLM_OK, "sequential conversation %d -> %d", i, (int)seq[i].st);
         }
-        tu_section("concurrency: 8 sessions on 4 threads");
+        snprintf(sec, sizeof sec, "TP %d: 8 sessions on 4 threads", tp);
+        tu_section(sec);
         pthread_t th[N_THREADS];
         run_env envs[N_THREADS];
         for (int t = 0; t < N_THREADS; t++) {
@@ -384,9 +397,9 @@ int main(void)
             CHECK(par[i].n_tokens == seq[i].n_tokens && par[i].n_tokens > 2 * N_NEW &&
                       memcmp(par[i].tokens, seq[i].tokens,
                              seq[i].n_tokens * sizeof(int32_t)) == 0,
-                  "conversation %d: same %zu tokens", i, seq[i].n_tokens);
+                  "TP %d conversation %d: same %zu tokens", tp, i, seq[i].n_tokens);
             CHECK(memcmp(par[i].logits, seq[i].logits, sizeof seq[i].logits) == 0,
-                  "conversation %d: bit-identical last logits", i);
+                  "TP %d conversation %d: bit-identical last logits", tp, i);
         }
         test_busy_reentry(m, img);
         test_busy_threads(m, img);
@@ -394,5 +407,11 @@ int main(void)
     nvlm_image_free(img);
     nvlm_model_free(m);
     nvlm_context_free(ctx);
+}
+
+int main(void)
+{
+    run_all(1);
+    run_all(2);
     return tu_done();
 }

@@ -146,7 +146,7 @@ static hweight hw_make(int rows, int cols, nv_dtype dt, float amp)
 
 static void wload(side *s, const hweight *h, nv_bweight *w)
 {
-    CHECK_OK(s->be->ops->weight_load(s->be, &h->t, NV_SPLIT_NONE, w, s->ex->err_handle));
+    CHECK_OK(s->be->ops->weight_load(s->be, &h->t, NULL, w, s->ex->err_handle));
 }
 
 /* ---- op checks: `ref` is the CPU backend, `test` the backend under test ------------------ */
@@ -353,7 +353,8 @@ static void op_attention(side *ref, side *tst, int batch, int n_q, int n_kv, int
         float *dout = dev_alloc(s[i], nq * 4);
         poison(s[i], dout, nq * 4);
         CHECK_OK(s[i]->be->ops->attention(s[i]->ex, dout, HQ, dq, HQ, dk, dv, KV, kvt, batch,
-                                          n_q, n_kv, n_heads, n_kv_heads, hd, scale, cpos0));
+                                          n_q, n_kv, n_heads, n_kv_heads, hd, scale, cpos0,
+                                          NV_TP_LLM_HEADS));
         out[i] = dev_get(s[i], dout, nq);
         dev_free(s[i], dq);
         dev_free(s[i], dk);
@@ -388,7 +389,7 @@ static void op_attention_packed(side *ref, side *tst, int batch, int n, int n_he
         poison(s[i], o, rows * HP * 4);
         CHECK_OK(s[i]->be->ops->attention(s[i]->ex, o, HP, d, 3 * HP, d + HP, d + 2 * HP, 3 * HP,
                                           NV_F32, batch, n, n, n_heads, n_heads, hd,
-                                          1.0f / sqrtf((float)hd), -1));
+                                          1.0f / sqrtf((float)hd), -1, NV_TP_VIT_HEADS));
         out[i] = dev_get(s[i], o, rows * HP);
         dev_free(s[i], d);
         dev_free(s[i], o);

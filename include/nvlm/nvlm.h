@@ -161,6 +161,13 @@ typedef struct nvlm_context_params {
     nvlm_realloc_fn realloc_fn;
     nvlm_free_fn free_fn;
     void *alloc_user;
+    /* Tensor parallelism: each model of this context is sharded over tp_size ranks (default 1:
+     * none; 0 means 1). CPU backend: ranks are groups of worker threads in this process, each
+     * holding its slice of every sharded weight; a session's n_threads are split among them
+     * (at least one each). Must not exceed the LLM's query-head count (checked at model load).
+     * Not yet available with the CUDA backend (NVLM_ERR_UNSUPPORTED at model load). At most
+     * 256. */
+    int32_t tp_size;
 } nvlm_context_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -277,6 +284,11 @@ typedef struct nvlm_model_info {
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
+    /* tensor parallelism (the context's tp_size) */
+    int32_t tp_size;
+    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
+                                           in bf16 (the CUDA backend's storage); cuda_bytes at
+                                           tp_size 1; 0 when tp_size exceeds the query heads */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).

@@ -29,6 +29,7 @@ static void help(FILE *f)
             "  --top-k K        top-k filter      --top-p P   top-p filter\n"
             "  --seed S         sampling seed\n"
             "  -t, --threads N  CPU threads (default: all cores)\n"
+            "  --tp N           shard the model over N tensor-parallel ranks\n"
             "  -h, --help       this text\n");
 }
 
@@ -57,6 +58,7 @@ int cmd_chat(int argc, char **argv)
     nvlm_sampler_params smp;
     nvlm_sampler_default_params(&smp);
     int threads = 0;
+    int tp = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -64,7 +66,7 @@ int cmd_chat(int argc, char **argv)
                      strcmp(a, "--max-new") == 0 || strcmp(a, "--temp") == 0 ||
                      strcmp(a, "--top-k") == 0 || strcmp(a, "--top-p") == 0 ||
                      strcmp(a, "--seed") == 0 || strcmp(a, "-t") == 0 ||
-                     strcmp(a, "--threads") == 0;
+                     strcmp(a, "--threads") == 0 || strcmp(a, "--tp") == 0;
         if (cli_is_help(a)) {
             help(stdout);
             return 0;
@@ -89,6 +91,8 @@ int cmd_chat(int argc, char **argv)
             sp.seed = strtoull(v, NULL, 10);
         } else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
             threads = atoi(v);
+        } else if (strcmp(a, "--tp") == 0) {
+            tp = atoi(v);
         } else if (a[0] == '-' || dir != NULL) {
             fprintf(stderr, "nvlm: chat: unexpected argument '%s'\n", a);
             help(stderr);
@@ -105,6 +109,7 @@ int cmd_chat(int argc, char **argv)
     nvlm_context_params cp;
     nvlm_context_default_params(&cp);
     cp.n_threads = threads > 0 ? threads : 0;
+    cp.tp_size = tp;
     nvlm_context *ctx = NULL;
     nvlm_model *model = NULL;
     nvlm_session *s = NULL;

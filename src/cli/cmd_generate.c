@@ -47,6 +47,8 @@ static void help(FILE *f)
             "  --seed S             sampling seed\n"
             "  -t, --threads N      CPU threads (default: all cores)\n"
             "  --backend NAME       auto (default), cpu or cuda\n"
+            "  --tp N               shard the model over N tensor-parallel ranks (CPU: groups\n"
+            "                       of the threads; 1 .. the LLM's query heads)\n"
             "  --json               print {\"prompt_tokens\":[...],\"tokens\":[...],\n"
             "                       \"text\":\"...\"} (text: special tokens skipped, stripped)\n"
             "  --logits-out FILE    write each step's logits as float32 .npy (steps x vocab)\n"
@@ -435,7 +437,7 @@ int cmd_generate(int argc, char **argv)
     int json = 0;
     int parse_special = 0;
     nvlm_backend backend = NVLM_BACKEND_AUTO;
-    double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0;
+    double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0, tp = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -499,6 +501,9 @@ int cmd_generate(int argc, char **argv)
         } else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
             rc = parse_num(a, v, 1, 4096, &threads);
             i++;
+        } else if (strcmp(a, "--tp") == 0) {
+            rc = parse_num(a, v, 1, 256, &tp);
+            i++;
         } else if (a[0] == '-' || dir != NULL) {
             fprintf(stderr, "nvlm: generate: unexpected argument '%s'\n", a);
             rc = 2;
@@ -527,6 +532,7 @@ int cmd_generate(int argc, char **argv)
     nvlm_context_default_params(&cp);
     cp.n_threads = (int32_t)threads;
     cp.backend = backend;
+    cp.tp_size = (int32_t)tp;
     nvlm_status st = c != NULL ? nvlm_context_create(&cp, &ctx) : NVLM_ERR_OUT_OF_MEMORY;
     if (st != NVLM_OK) {
         fprintf(stderr, "nvlm: generate: %s\n", nvlm_status_str(st));

@@ -22,7 +22,7 @@ typedef struct dtype_stat {
 static void help(FILE *f)
 {
     fprintf(f,
-            "usage: nvlm info MODEL_DIR [--json] [--config-only]\n"
+            "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N]\n"
             "\n"
             "Shows an NVLM-D model's vision/projector/LLM dimensions, the dtypes of its tensors,\n"
             "its parameter count (dummy ViT heads included) and the memory it needs per backend.\n"
@@ -32,6 +32,8 @@ static void help(FILE *f)
             "  --json          print one JSON object: vision, projector and llm objects with\n"
             "                  config.json's field names, params, weight_bytes, tile settings\n"
             "  --config-only   never map the weights (shard headers are still checked)\n"
+            "  --tp N          the weight bytes of the largest of N tensor-parallel ranks\n"
+            "                  (bf16, as the CUDA backend stores them): per_rank_weight_bytes\n"
             "  -h, --help      this text\n");
 }
 
@@ -205,6 +207,8 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
     cJSON_AddNumberToObject(root, "tokenizer_vocab_size", i->tokenizer_vocab_size);
     cJSON_AddNumberToObject(root, "params", (double)i->n_params);
     cJSON_AddNumberToObject(root, "weight_bytes", (double)i->weight_bytes);
+    cJSON_AddNumberToObject(root, "tp_size", i->tp_size);
+    cJSON_AddNumberToObject(root, "per_rank_weight_bytes", (double)i->per_rank_weight_bytes);
     cJSON *m = cJSON_AddObjectToObject(root, "memory");
     cJSON_AddNumberToObject(m, "cpu_bytes", (double)i->cpu_bytes);
     cJSON_AddNumberToObject(m, "cuda_bytes", (double)i->cuda_bytes);
@@ -260,6 +264,11 @@ static void print_table(const char *dir, const nvlm_model_info *i, const dtype_s
     printf("memory cpu    %s weights (used in place)\n", a);
     human(a, sizeof a, i->cuda_bytes);
     printf("memory cuda   %s weights (bf16)\n", a);
+    if (i->tp_size > 1) {
+        human(a, sizeof a, i->per_rank_weight_bytes);
+        printf("per rank      %s weights (bf16) on the largest of %d tensor-parallel ranks\n", a,
+               i->tp_size);
+    }
     human(a, sizeof a, i->kv_bytes_per_token_f32);
     human(b, sizeof b, i->kv_bytes_per_token_bf16);
     printf("kv cache      %s per token (f32), %s per token (bf16)\n", a, b);
@@ -270,10 +279,19 @@ int cmd_info(int argc, char **argv)
     const char *dir = NULL;
     int json = 0;
     int config_only = 0;
+    long tp = 1;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             help(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--tp") == 0) {
+            char *end = NULL;
+            tp = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+            if (end == NULL || end == argv[i + 1] || *end != '\0' || tp < 1 || tp > 256) {
+                fprintf(stderr, "nvlm: info: --tp needs a rank count in [1, 256]\n");
+                return 2;
+            }
+            i++;
         } else if (strcmp(argv[i], "--json") == 0) {
             json = 1;
         } else if (strcmp(argv[i], "--config-only") == 0) {
@@ -290,8 +308,11 @@ int cmd_info(int argc, char **argv)
         help(stderr);
         return 2;
     }
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.tp_size = (int32_t)tp;
     nvlm_context *ctx;
-    nvlm_status st = nvlm_context_create(NULL, &ctx);
+    nvlm_status st = nvlm_context_create(&cp, &ctx);
     if (st != NVLM_OK) {
         return cli_fail("context", st, NULL);
     }
@@ -324,6 +345,13 @@ int cmd_info(int argc, char **argv)
         nvlm_model_free(model);
         nvlm_context_free(ctx);
         return rc;
+    }
+    if (info.tp_size > 1 && info.per_rank_weight_bytes == 0) {
+        fprintf(stderr, "nvlm: info: --tp %d: must be 1 .. %d (the LLM's query heads)\n",
+                info.tp_size, info.llm_num_attention_heads);
+        nvlm_model_free(model);
+        nvlm_context_free(ctx);
+        return 2;
     }
     dtype_stat hist[MAX_DTYPES];
     memset(hist, 0, sizeof hist);

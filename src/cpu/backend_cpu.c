@@ -52,10 +52,10 @@ static cpu_exec *ce_of(nv_exec *ex)
 
 /* ---- weights ---------------------------------------------------------------------------- */
 
-static nvlm_status cpu_weight_load(nv_backend *be, const nv_tensor *src, nv_split split,
+static nvlm_status cpu_weight_load(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
                                    nv_bweight *out, void *err_handle)
 {
-    (void)split;
+    (void)cut;
     memset(out, 0, sizeof *out);
     out->t = *src;
     out->t.device = -1;
@@ -169,6 +169,18 @@ static nvlm_status cpu_alloc(nv_exec *ex, size_t bytes, void **out)
     return NVLM_OK;
 }
 
+static nvlm_status cpu_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                                nv_dtype dtype, void **out)
+{
+    size_t bytes;
+    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
+        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
+        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+        return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
+    }
+    return cpu_alloc(ex, bytes, out);
+}
+
 static void cpu_free(nv_exec *ex, void *ptr)
 {
     nv_free(ctx_of(ex), ptr);
@@ -179,6 +191,16 @@ static nvlm_status cpu_memcpy(nv_exec *ex, void *dst, const void *src, size_t by
     (void)ex;
     if (bytes > 0) {
         memmove(dst, src, bytes);
+    }
+    return NVLM_OK;
+}
+
+static nvlm_status cpu_copy_2d(nv_exec *ex, void *dst, size_t dpitch, const void *src,
+                               size_t spitch, size_t width, size_t rows)
+{
+    (void)ex;
+    for (size_t r = 0; r < rows; r++) {
+        memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
     }
     return NVLM_OK;
 }
@@ -268,6 +290,44 @@ static nvlm_status cpu_rmsnorm(nv_exec *ex, float *y, int ldy, const float *x, i
 {
     rows_job j = {.fn = rmsnorm_rows, .rows = rows, .y = y, .ldy = ldy, .x = x, .ldx = ldx,
                   .w = w->t.data, .cols = cols, .stat_cols = stat_cols, .eps = eps};
+    run_rows(ex, &j, (size_t)rows * cols);
+    return NVLM_OK;
+}
+
+static void sumsq_rows(const rows_job *j, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        j->y[r] = j->cols > 0 ? (float)j->vm->sumsq(j->x + (size_t)r * j->ldx, (size_t)j->cols)
+                              : 0.0f;
+    }
+}
+
+static nvlm_status cpu_rows_sumsq(nv_exec *ex, float *out, const float *x, int ld, int rows,
+                                  int cols)
+{
+    rows_job j = {.fn = sumsq_rows, .rows = rows, .y = out, .x = x, .ldx = ld, .cols = cols};
+    run_rows(ex, &j, (size_t)rows * (size_t)NV_MAX(cols, 1));
+    return NVLM_OK;
+}
+
+/* As rmsnorm_rows with the sum of squares given (x2) over `stat_cols` channels. */
+static void rmsnorm_scale_rows(const rows_job *j, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        float var = (float)((double)j->x2[r] / j->stat_cols);
+        float inv = 1.0f / sqrtf(var + j->eps);
+        j->vm->rms_apply(j->y + (size_t)r * j->ldy, j->x + (size_t)r * j->ldx, j->w, inv,
+                         (size_t)j->cols);
+    }
+}
+
+static nvlm_status cpu_rmsnorm_scale(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
+                                     const nv_bweight *w, int rows, int cols, const float *sumsq,
+                                     int n, float eps)
+{
+    rows_job j = {.fn = rmsnorm_scale_rows, .rows = rows, .y = y, .ldy = ldy, .x = x,
+                  .ldx = ldx, .x2 = sumsq, .w = w->t.data, .cols = cols, .stat_cols = n,
+                  .eps = eps};
     run_rows(ex, &j, (size_t)rows * cols);
     return NVLM_OK;
 }
@@ -660,8 +720,9 @@ static void attn_worker(void *arg, int i, int n)
 static nvlm_status cpu_attention(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
                                  const void *k, const void *v, int ldkv, nv_dtype kv_type,
                                  int batch, int n_q, int n_kv, int n_heads, int n_kv_heads,
-                                 int head_dim, float scale, int64_t causal_pos0)
+                                 int head_dim, float scale, int64_t causal_pos0, nv_tp_part heads)
 {
+    (void)heads;
     cpu_exec *ce = ce_of(ex);
     if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_q <= 0 || n_kv <= 0 || batch <= 0) {
         return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "bad attention shape");
@@ -718,14 +779,18 @@ static const nv_backend_ops cpu_ops = {
     .exec_create = cpu_exec_create,
     .exec_free = cpu_exec_free,
     .alloc = cpu_alloc,
+    .alloc_kv = cpu_alloc_kv,
     .free = cpu_free,
     .upload = cpu_memcpy,
     .download = cpu_memcpy,
     .copy = cpu_memcpy,
+    .copy_2d = cpu_copy_2d,
     .zero = cpu_zero,
     .sync = cpu_sync,
     .matmul = cpu_matmul_op,
     .rmsnorm = cpu_rmsnorm,
+    .rows_sumsq = cpu_rows_sumsq,
+    .rmsnorm_scale = cpu_rmsnorm_scale,
     .layernorm = cpu_layernorm,
     .rope = cpu_rope,
     .attention = cpu_attention,
@@ -747,6 +812,7 @@ nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out)
     }
     be->ops = &cpu_ops;
     be->ctx = ctx;
+    be->kv_default = NV_F32;
     *out = be;
     return NVLM_OK;
 }

@@ -94,10 +94,10 @@ static nvlm_status upload_convert(nv_backend *be, void *dst, nv_dtype dt, const 
     return cuda_status(eh, cudaStreamSynchronize(cb->upload), "weight upload");
 }
 
-static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, nv_split split,
+static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
                                     nv_bweight *out, void *err_handle)
 {
-    (void)split;
+    (void)cut;
     memset(out, 0, sizeof *out);
     cuda_backend *cb = cb_of(be);
     if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
@@ -247,6 +247,18 @@ static nvlm_status cuda_alloc_op(nv_exec *ex, size_t bytes, void **out)
     return NVLM_OK;
 }
 
+static nvlm_status cuda_alloc_kv_op(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                                    nv_dtype dtype, void **out)
+{
+    size_t bytes;
+    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
+        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
+        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+        return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
+    }
+    return cuda_alloc_op(ex, bytes, out);
+}
+
 static void cuda_free_op(nv_exec *ex, void *ptr)
 {
     if (ptr != NULL) {
@@ -289,6 +301,18 @@ static nvlm_status cuda_copy_op(nv_exec *ex, void *dst, const void *src, size_t 
     NVLM_TRY(cuda_enter(ex));
     return launched(ex, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
                                         cuda_ex(ex)->stream), "copy");
+}
+
+static nvlm_status cuda_copy_2d_op(nv_exec *ex, void *dst, size_t dpitch, const void *src,
+                                   size_t spitch, size_t width, size_t rows)
+{
+    if (width == 0 || rows == 0) {
+        return NVLM_OK;
+    }
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows,
+                                          cudaMemcpyDeviceToDevice, cuda_ex(ex)->stream),
+                    "copy_2d");
 }
 
 static nvlm_status cuda_zero_op(nv_exec *ex, void *dst, size_t bytes)
@@ -390,8 +414,10 @@ static nvlm_status cuda_rope_op(nv_exec *ex, float *x, int ld, int rows, int n_h
 static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
                                      const void *k, const void *v, int ldkv, nv_dtype kv_type,
                                      int batch, int n_q, int n_kv, int n_heads, int n_kv_heads,
-                                     int head_dim, float scale, int64_t causal_pos0)
+                                     int head_dim, float scale, int64_t causal_pos0,
+                                     nv_tp_part heads)
 {
+    (void)heads;
     if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || n_q <= 0 || n_kv <= 0 || batch <= 0) {
         return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "bad attention shape");
     }
@@ -524,10 +550,12 @@ static nv_backend_ops make_ops(void)
     o.exec_create = cuda_exec_create;
     o.exec_free = cuda_exec_free;
     o.alloc = cuda_alloc_op;
+    o.alloc_kv = cuda_alloc_kv_op;
     o.free = cuda_free_op;
     o.upload = cuda_upload_op;
     o.download = cuda_download_op;
     o.copy = cuda_copy_op;
+    o.copy_2d = cuda_copy_2d_op;
     o.zero = cuda_zero_op;
     o.sync = cuda_sync_op;
     o.matmul = cuda_matmul_op;
@@ -575,6 +603,7 @@ extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_
     snprintf(cb->name, sizeof cb->name, "%s", p.name);
     be->ops = &cuda_ops;
     be->ctx = ctx;
+    be->kv_default = NV_BF16;
     be->impl = cb;
     *out = be;
     return NVLM_OK;
