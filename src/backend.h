@@ -3,8 +3,8 @@
  * session.c) touches memory or compute. A backend is a table of ops plus a per-model state
  * (`nv_backend`: its weights) and a per-session stream (`nv_exec`: threads / CUDA stream and
  * scratch). Activations are f32 nv_tensors that live on the backend's device; weights are
- * `nv_bweight`s laid out by the backend. See docs/architecture.md for the CUDA and
- * tensor-parallel plans (a TP wrapper implements this same table over per-rank backends).
+ * `nv_bweight`s laid out by the backend. The tensor-parallel backend (tp/backend_tp.c)
+ * implements this same table over per-rank backends (docs/parallel.md).
  */
 #ifndef NVLM_BACKEND_H
 #define NVLM_BACKEND_H
