@@ -103,10 +103,12 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DNVLM_WITH_CUDA=1 -c $< -o $@
 
+# -z nodelete: dlclose never unmaps the library, so handles still live at dlclose (the CPU
+# pool's worker threads run library code) cannot fault, and a later dlopen finds it loaded.
 $(SHLIB): $(LIB_OBJ) $(CUDA_OBJ) src/nvlm.map
 	@mkdir -p $(LIBOUT)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/nvlm.map -Wl,--no-undefined \
-	    $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
+	    -Wl,-z,nodelete $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
 	ln -sf libnvlm.so.$(VERSION) $(LIBOUT)/$(SONAME)
 	ln -sf $(SONAME) $(LIBOUT)/libnvlm.so
 
@@ -124,7 +126,13 @@ $(BUILD)/tests/%: tests/%.c $(TEST_UTIL_OBJ) $(STLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(STLIB) $(LIBS) $(LDFLAGS)
 
-test: $(TEST_BIN) $(CLI)
+# The dlopen test links only libdl and loads the shared library of the same build tree at run time.
+$(BUILD)/tests/test_dlopen: tests/test_dlopen.c $(TEST_UTIL_OBJ) $(SHLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -DNVLM_TEST_SHLIB='"$(LIBOUT)/$(SONAME)"' -MMD -MP \
+	    -o $@ $< $(TEST_UTIL_OBJ) -ldl $(LDFLAGS)
+
+test: $(TEST_BIN) $(CLI) $(SHLIB)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)
 
 check: test
