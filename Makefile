@@ -287,7 +287,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/nvlm
 
 clean:
-	rm -rf build lib bin
+	rm -rf build bin lib/libnvlm.*
 
 help:
 	@sed -n '1,10p' Makefile
