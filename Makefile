@@ -1,6 +1,6 @@
 # nvlm - build, test, install.  `make help` lists the targets.
 #
-#   make                 lib/libnvlm.so.$(VERSION), lib/libnvlm.a, bin/nvlm
+#   make                 lib/libnvlm.so.$(VERSION), lib/libnvlm.a (only nvlm_* global), bin/nvlm
 #   make test            build and run every tests/test_*.c (last line: "N passed, N failed")
 #   make test SANITIZE=1 the same under ASan + UBSan (separate build tree)
 #   make CC=clang        any C11 compiler; CUDA=0 leaves the CUDA backend out
@@ -53,9 +53,13 @@ endif
 LIBOUT := $(OUT)/lib
 BINOUT := $(OUT)/bin
 
-PKGS_LIBS := -lcjson -lpng -ljpeg -lpcre2-8 -lutf8proc -lopenblas -lm -lpthread
+# What the library itself needs (also nvlm.pc's Libs.private). OpenBLAS is only the CPU engine
+# benchmark's reference (BLAS_LIBS), never linked into the library.
+PKGS_LIBS := -lcjson -lpng -ljpeg -lpcre2-8 -lutf8proc -lm -lpthread
+BLAS_CPPFLAGS := -I/usr/include/openblas
+BLAS_LIBS := -lopenblas
 WARN := -Wall -Wextra -Wno-unused-parameter
-CPPFLAGS += -Iinclude -Isrc -I/usr/include/cjson -I/usr/include/openblas -D_GNU_SOURCE
+CPPFLAGS += -Iinclude -Isrc -I/usr/include/cjson -D_GNU_SOURCE
 CFLAGS += -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -pthread -ffp-contract=off $(SANFLAGS)
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
@@ -88,7 +92,12 @@ LIBS := $(PKGS_LIBS) $(CUDA_LIBS)
 SONAME := libnvlm.so.$(VERSION_MAJOR)
 SHLIB := $(LIBOUT)/libnvlm.so.$(VERSION)
 STLIB := $(LIBOUT)/libnvlm.a
+# Tests and benchmarks reach internal functions: they link this archive of the plain objects
+# (never installed) instead of $(STLIB), whose internal symbols are all local.
+INTLIB := $(BUILD)/libnvlm-internal.a
+PRELINK := $(BUILD)/nvlm-prelink.o
 CLI := $(BINOUT)/nvlm
+OBJCOPY ?= objcopy
 
 .SECONDARY:
 .PHONY: all lib test check bench fuzz fuzz-all fuzz-image bench-image fuzz-tokenizer bench-tokenizer demo install uninstall clean help deps
@@ -103,28 +112,54 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DNVLM_WITH_CUDA=1 -c $< -o $@
 
+# -z nodelete: dlclose never unmaps the library, so handles still live at dlclose (the CPU
+# pool's worker threads run library code) cannot fault, and a later dlopen finds it loaded.
 $(SHLIB): $(LIB_OBJ) $(CUDA_OBJ) src/nvlm.map
 	@mkdir -p $(LIBOUT)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/nvlm.map -Wl,--no-undefined \
-	    $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
+	    -Wl,-z,nodelete $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
 	ln -sf libnvlm.so.$(VERSION) $(LIBOUT)/$(SONAME)
 	ln -sf $(SONAME) $(LIBOUT)/libnvlm.so
 
-$(STLIB): $(LIB_OBJ) $(CUDA_OBJ)
+# The static library is one object: every library object (CUDA ones included) pre-linked with
+# `ld -r` (through the compiler driver: the toolchain's own linker), then every defined global
+# not named nvlm_* made local (hidden ones by --localize-hidden, any other by
+# --keep-global-symbol). Hidden visibility does not hide anything inside an archive: without
+# this an application's own img_resize or tok_encode would replace ours (or clash with it) at
+# link time. Undefined references stay global.
+$(PRELINK): $(LIB_OBJ) $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -r -nostdlib -o $@.tmp $^
+	$(OBJCOPY) --localize-hidden --wildcard --keep-global-symbol='nvlm_*' $@.tmp $@
+	rm -f $@.tmp
+
+$(STLIB): $(PRELINK)
 	@mkdir -p $(LIBOUT)
+	rm -f $@
+	ar rcs $@ $<
+
+$(INTLIB): $(LIB_OBJ) $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
 	rm -f $@
 	ar rcs $@ $^
 
+# The CLI uses the public API only: it links the installed form of the static library.
 $(CLI): $(CLI_OBJ) $(STLIB)
 	@mkdir -p $(BINOUT)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STLIB) $(LIBS)
 
-# Test binaries link the static library so they can reach internal functions as well.
-$(BUILD)/tests/%: tests/%.c $(TEST_UTIL_OBJ) $(STLIB)
+# Test binaries link the internal archive so they can reach internal functions as well.
+$(BUILD)/tests/%: tests/%.c $(TEST_UTIL_OBJ) $(INTLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(INTLIB) $(LIBS) $(LDFLAGS)
 
-test: $(TEST_BIN) $(CLI)
+# The dlopen test links only libdl and loads the shared library of the same build tree at run time.
+$(BUILD)/tests/test_dlopen: tests/test_dlopen.c $(TEST_UTIL_OBJ) $(SHLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -DNVLM_TEST_SHLIB='"$(LIBOUT)/$(SONAME)"' -MMD -MP \
+	    -o $@ $< $(TEST_UTIL_OBJ) -ldl $(LDFLAGS)
+
+test: $(TEST_BIN) $(CLI) $(SHLIB)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)
 
 check: test
@@ -135,7 +170,7 @@ check: test
 tsan-test:
 	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency \
 	    build/tsan/obj/tests/test_tp_comm
-	TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=1 build/tsan/obj/tests/test_concurrency
+	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_concurrency
 	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_tp_comm
 
 # libFuzzer (clang): the library sources (CPU only) instrumented with ASan + UBSan.
@@ -148,7 +183,7 @@ FUZZ_DIR := build/fuzz
 FUZZ_FLAGS := -std=c11 -g -O1 -fno-omit-frame-pointer $(WARN) -pthread \
               -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_SECONDS_OTHER ?= 30
-FUZZ_CPPFLAGS := -Iinclude -Isrc -I/usr/include/cjson -I/usr/include/openblas -D_GNU_SOURCE
+FUZZ_CPPFLAGS := -Iinclude -Isrc -I/usr/include/cjson -D_GNU_SOURCE
 FUZZ_LIB_SRC := $(LIB_SRC)
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 
@@ -190,9 +225,9 @@ fuzz-all: fuzz fuzz-image fuzz-tokenizer
 -include $(shell find $(FUZZ_DIR) -name '*.d' 2>/dev/null)
 
 # Image preprocessing speed against Pillow on the same inputs (bench/bench_image*.{c,py}).
-$(BUILD)/bench/bench_image: bench/bench_image.c $(STLIB)
+$(BUILD)/bench/bench_image: bench/bench_image.c $(INTLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(INTLIB) $(LIBS) $(LDFLAGS)
 
 bench: bench-image bench-tokenizer
 bench-image: $(BUILD)/bench/bench_image
@@ -203,17 +238,17 @@ bench-image: $(BUILD)/bench/bench_image
 # CUDA backend speed at NVLM-D-72B layer shapes with in-run ceilings (bench/bench_cuda.c);
 # prints a SKIP line without a device. BENCH_CUDA_ARGS=--quick for a short run.
 .PHONY: bench-cuda
-$(BUILD)/bench/bench_cuda: bench/bench_cuda.c $(STLIB)
+$(BUILD)/bench/bench_cuda: bench/bench_cuda.c $(INTLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(INTLIB) $(LIBS) $(LDFLAGS)
 
 bench-cuda: $(BUILD)/bench/bench_cuda
 	$(BUILD)/bench/bench_cuda $(BENCH_CUDA_ARGS)
 
 # Tokenizer load time, RSS and encoding speed against Hugging Face tokenizers (one thread).
-$(BUILD)/bench/bench_tokenizer: bench/bench_tokenizer.c $(STLIB)
+$(BUILD)/bench/bench_tokenizer: bench/bench_tokenizer.c $(INTLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(INTLIB) $(LIBS) $(LDFLAGS)
 
 bench-tokenizer: $(BUILD)/bench/bench_tokenizer
 	$(BUILD)/bench/bench_tokenizer build/bench-tokenizer
@@ -232,7 +267,12 @@ DEB_PKGS := build-essential pkg-config libcjson-dev libpng-dev libjpeg62-turbo-d
 deps:
 	@sh tools/install-deps.sh $(DEB_PKGS)
 
-install: $(SHLIB) $(STLIB)
+# nvlm.pc links the shared library (--static adds its private libraries); nvlm-static.pc names
+# libnvlm.a itself, so `pkg-config --libs --static nvlm-static` never picks the .so.
+PC_SED = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+             -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+             -e 's|@LIBS_PRIVATE@|$(LIBS)|g'
+install: $(SHLIB) $(STLIB) $(CLI)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/nvlm $(DESTDIR)$(LIBDIR)/pkgconfig \
 	    $(DESTDIR)$(BINDIR)
 	install -m 644 include/nvlm/nvlm.h $(DESTDIR)$(INCLUDEDIR)/nvlm/
@@ -240,18 +280,17 @@ install: $(SHLIB) $(STLIB)
 	ln -sf libnvlm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libnvlm.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
-	[ ! -f $(CLI) ] || install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
-	    -e 's|@LIBS_PRIVATE@|$(LIBS)|g' pkgconfig/nvlm.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc
+	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/
+	$(PC_SED) pkgconfig/nvlm.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc
+	$(PC_SED) pkgconfig/nvlm-static.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm-static.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libnvlm.* $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc \
-	    $(DESTDIR)$(BINDIR)/nvlm
+	    $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm-static.pc $(DESTDIR)$(BINDIR)/nvlm
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/nvlm
 
 clean:
-	rm -rf build lib bin
+	rm -rf build bin lib/libnvlm.*
 
 help:
 	@sed -n '1,10p' Makefile
@@ -263,9 +302,10 @@ help:
 # The probes in the bench are plain C loops compiled for the machine that runs them (the
 # library itself picks its SIMD path at run time).
 BENCH_ARCH ?= -march=native
-$(BINOUT)/nvlm-bench: bench/nvlm_bench.c $(STLIB)
+$(BINOUT)/nvlm-bench: bench/nvlm_bench.c $(INTLIB)
 	@mkdir -p $(BINOUT)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(BENCH_ARCH) -o $@ $< $(STLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(BLAS_CPPFLAGS) $(CFLAGS) $(BENCH_ARCH) -o $@ $< $(INTLIB) $(LIBS) \
+	    $(BLAS_LIBS) $(LDFLAGS)
 
 .PHONY: bench-engine
 bench: bench-engine

@@ -36,6 +36,10 @@
  *  - Strings are UTF-8. Outputs go into caller buffers; size queries report the size needed.
  *  - Free functions accept NULL. No global state: everything hangs off an nvlm_context.
  *  - The library never prints, exits or aborts; diagnostics go to the context's log callback.
+ *  - Loaded at run time (dlopen, FFI bindings), the shared library is never unloaded: it is linked
+ *    with -z nodelete, so dlclose (or interpreter exit) while a context, model or session is still
+ *    live cannot crash, and a later dlopen in the same process finds it loaded and works. Free
+ *    the handles to release their memory and threads; dlclose does not.
  *
  * Thread rules (each section repeats its own):
  *  - nvlm_context: its functions are thread-safe.
@@ -178,7 +182,8 @@ static inline void nvlm_context_default_params(nvlm_context_params *p)
 }
 
 /* Creates a context. params may be NULL (defaults). On success *out owns a new context that the
- * caller frees with nvlm_context_free after every model, image and tokenizer made from it.
+ * caller frees with nvlm_context_free after every model, image and tokenizer made from it
+ * (handles left live at dlclose stay valid: the library is never unmapped).
  * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (out NULL, struct_size too small, bad field),
  * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_NO_DEVICE (backend CUDA requested but unavailable). */
 NVLM_API nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context **out);
