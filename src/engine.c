@@ -128,6 +128,11 @@ nvlm_status nv_engine_init(nvlm_model *m)
         return nv_error(m, NVLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
     }
 #endif
+    if (ctx->backend == NVLM_BACKEND_CUDA && ctx->tp_size > 1) {
+        return nv_error(m, NVLM_ERR_UNSUPPORTED,
+                        "tensor parallelism (tp_size %d) is not available with the CUDA backend "
+                        "yet; use the CPU backend", ctx->tp_size);
+    }
     nv_engine *e = nv_calloc(ctx, 1, sizeof *e);
     if (e == NULL) {
         return nv_error(m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the engine");

@@ -165,12 +165,15 @@ typedef struct nvlm_context_params {
     nvlm_realloc_fn realloc_fn;
     nvlm_free_fn free_fn;
     void *alloc_user;
-    /* Tensor parallelism: each model of this context is sharded over tp_size ranks (default 1:
-     * none; 0 means 1). CPU backend: ranks are groups of worker threads in this process, each
-     * holding its slice of every sharded weight; a session's n_threads are split among them
-     * (at least one each). Must not exceed the LLM's query-head count (checked at model load).
-     * Not yet available with the CUDA backend (NVLM_ERR_UNSUPPORTED at model load). At most
-     * 256. */
+    /* Tensor parallelism: each model loaded in this context is sharded over tp_size ranks
+     * (default 1: none; 0 means 1; at most 256). With the CPU backend a rank is a group of
+     * worker threads of this process holding its own slice of every sharded weight, its own
+     * activations and the KV cache of its heads; each session splits n_threads among the ranks
+     * (at least one thread each). Results equal tp_size 1 within float rounding (sums over
+     * ranks run in a fixed order, so a given tp_size is deterministic). nvlm_model_load
+     * returns NVLM_ERR_INVALID_ARGUMENT when tp_size exceeds the LLM's query heads, and
+     * NVLM_ERR_UNSUPPORTED with the CUDA backend (GPU ranks are not available yet). See
+     * docs/parallel.md. */
     int32_t tp_size;
 } nvlm_context_params;
 
