@@ -5,6 +5,7 @@
  * the shards, every expected NVLM-D tensor (spec §2, shapes from the config) checked by name,
  * shape and dtype, then the tokenizer and, for NVLM_LOAD_FULL, the engine.
  */
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -62,10 +63,12 @@ static nvlm_status join(char *out, const char *dir, const char *name, void *eh)
     return NVLM_OK;
 }
 
+/* Whether `path` exists in any form: a FIFO, directory or device under a checkpoint file's name
+ * is then refused by the reader (nv_open_regular) instead of being skipped as absent. */
 static bool file_exists(const char *path)
 {
     struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+    return stat(path, &sb) == 0;
 }
 
 static int cmp_ref(const void *a, const void *b)
@@ -257,10 +260,14 @@ static nvlm_status index_parse(nvlm_context *ctx, const char *path, index_info *
     char *text = NULL;
     size_t len = 0;
     NVLM_TRY(nv_read_file(ctx, ctx, path, MAX_INDEX_BYTES, &text, &len));
-    ix->root = cJSON_ParseWithLength(text, len);
+    bool oom;
+    ix->root = nv_json_parse(text, len, NULL, &oom);
     nv_free(ctx, text);
     const char *fname = "model.safetensors.index.json";
-    if (ix->root == NULL || !cJSON_IsObject(ix->root)) {
+    if (ix->root == NULL) {
+        return nv_json_fail(ctx, oom, fname, "not a valid JSON object");
+    }
+    if (!cJSON_IsObject(ix->root)) {
         return nv_error(ctx, NVLM_ERR_FORMAT, "%s: not a valid JSON object", fname);
     }
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(ix->root, "metadata");

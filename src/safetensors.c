@@ -7,6 +7,8 @@
  */
 #include "safetensors.h"
 
+#include "json.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -310,7 +312,12 @@ static nvlm_status parse_header(nv_st_file *f, const char *hdr, size_t hlen, con
 {
     const char *path = f->path;
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(hdr, hlen, &end, 0);
+    bool oom;
+    cJSON *root = nv_json_parse(hdr, hlen, &end, &oom);
+    if (root == NULL && oom) {
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "%s: out of memory parsing the header JSON",
+                        path);
+    }
     if (root == NULL) {
         size_t at = end != NULL && end >= hdr ? (size_t)(end - hdr) : 0;
         return nv_error(eh, NVLM_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path,
@@ -464,37 +471,10 @@ nvlm_status nv_st_parse(nvlm_context *ctx, const void *buf, size_t size, const c
 
 static nvlm_status open_fd(const char *path, int *fd, uint64_t *size, void *eh)
 {
-    *fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (*fd < 0) {
-        return nv_error(eh, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
-                        "cannot open %s: %s", path, strerror(errno));
-    }
     struct stat sb;
-    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(*fd);
-        *fd = -1;
-        return nv_error(eh, NVLM_ERR_IO, "%s is not a regular file", path);
-    }
+    NVLM_TRY(nv_open_regular(eh, path, fd, &sb));
     *size = (uint64_t)sb.st_size;
     return NVLM_OK;
-}
-
-static bool pread_all(int fd, void *buf, size_t n, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t got = pread(fd, p, n, (off_t)off);
-        if (got < 0 && errno == EINTR) {
-            continue;
-        }
-        if (got <= 0) {
-            return false;
-        }
-        p += got;
-        n -= (size_t)got;
-        off += (uint64_t)got;
-    }
-    return true;
 }
 
 static nvlm_status open_header_only(nv_st_file *f, void *eh)
@@ -505,7 +485,7 @@ static nvlm_status open_header_only(nv_st_file *f, void *eh)
     uint8_t prefix[8] = {0};
     nvlm_status st = NVLM_OK;
     uint64_t hlen = 0;
-    if (size >= 8 && !pread_all(fd, prefix, 8, 0)) {
+    if (size >= 8 && !nv_read_fd(fd, prefix, 8, 0)) {
         st = nv_error(eh, NVLM_ERR_IO, "%s: cannot read the header length", f->path);
     }
     if (st == NVLM_OK) {
@@ -515,7 +495,7 @@ static nvlm_status open_header_only(nv_st_file *f, void *eh)
         f->buf = nv_malloc(f->ctx, (size_t)hlen);
         if (f->buf == NULL) {
             st = nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "%s: out of memory for the header", f->path);
-        } else if (!pread_all(fd, f->buf, (size_t)hlen, 8)) {
+        } else if (!nv_read_fd(fd, f->buf, (size_t)hlen, 8)) {
             st = nv_error(eh, NVLM_ERR_IO, "%s: cannot read the header", f->path);
         }
     }
