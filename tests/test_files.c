@@ -61,7 +61,8 @@ static void step_done(void)
 
 static void path_in(char *out, size_t cap, const char *dir, const char *name)
 {
-    snprintf(out, cap, "%s/%s", dir, name);
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    CHECK(n > 0 && (size_t)n < cap, "path %s/%s fits", dir, name);
 }
 
 static bool copy_file(const char *src, const char *dst)
@@ -304,6 +305,246 @@ static void check_special_files(nvlm_context *ctx)
     rm_tree(dir);
 }
 
+/* ---- aliased shards and the tensor bound ---------------------------------------------------- */
+
+#define BIG_TENSORS 60000
+
+/* A valid safetensors file of n one-byte U8 tensors x.0 ... (a header of ~60 bytes each). */
+static void write_big_shard(const char *path, size_t n)
+{
+    size_t cap = n * 80 + 64;
+    char *hdr = malloc(cap);
+    size_t len = 0;
+    hdr[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        len += (size_t)snprintf(hdr + len, cap - len,
+                                "%s\"x.%zu\":{\"dtype\":\"U8\",\"shape\":[1],"
+                                "\"data_offsets\":[%zu,%zu]}", i ? "," : "", i, i, i + 1);
+    }
+    hdr[len++] = '}';
+    while (len % 8 != 0) {
+        hdr[len++] = ' ';
+    }
+    FILE *f = fopen(path, "wb");
+    uint8_t pre[8];
+    for (int i = 0; i < 8; i++) {
+        pre[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    }
+    bool ok = f != NULL && fwrite(pre, 1, 8, f) == 8 && fwrite(hdr, 1, len, f) == len;
+    char *zeros = calloc(1, n);
+    ok = ok && fwrite(zeros, 1, n, f) == n;
+    if (f != NULL) {
+        ok = fclose(f) == 0 && ok;
+    }
+    CHECK(ok, "write %s (%zu tensors, %zu header bytes)", path, n, len);
+    free(zeros);
+    free(hdr);
+}
+
+/* The tiny index plus extra weight_map entries "x.<k>" -> names[k]. */
+static void write_index(const char *dir, const char *const *names, size_t n)
+{
+    char p[1024];
+    path_in(p, sizeof p, TINY, "model.safetensors.index.json");
+    size_t len;
+    char *text = tu_read_file(p, &len);
+    cJSON *ix = text != NULL ? cJSON_ParseWithLength(text, len) : NULL;
+    free(text);
+    cJSON *map = cJSON_GetObjectItem(ix, "weight_map");
+    CHECK(map != NULL, "tiny index has a weight_map");
+    for (size_t k = 0; k < n && map != NULL; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "x.%zu", k);
+        cJSON_AddStringToObject(map, key, names[k]);
+    }
+    char *out = cJSON_PrintUnformatted(ix);
+    path_in(p, sizeof p, dir, "model.safetensors.index.json");
+    write_text(p, out);
+    free(out);
+    cJSON_Delete(ix);
+}
+
+typedef struct child_result {
+    int status;
+    long peak_delta_kb;
+    char msg[512];
+} child_result;
+
+/* Loads dir in a child process (its own context) and reports the status, the message and how
+ * far the child's peak resident size grew during the load. */
+static child_result load_in_child(const char *dir, nvlm_load_mode mode, int use_mmap)
+{
+    child_result r;
+    memset(&r, 0, sizeof r);
+    r.status = -1;
+    int fds[2];
+    if (pipe(fds) != 0) {
+        return r;
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        child_result c;
+        memset(&c, 0, sizeof c);
+        nvlm_context *cctx = NULL;
+        struct rusage before;
+        struct rusage after;
+        c.status = (int)nvlm_context_create(NULL, &cctx);
+        getrusage(RUSAGE_SELF, &before);
+        if (c.status == 0) {
+            c.status = (int)load(cctx, dir, mode, use_mmap);
+            snprintf(c.msg, sizeof c.msg, "%s", nvlm_last_error(cctx));
+        }
+        getrusage(RUSAGE_SELF, &after);
+        c.peak_delta_kb = after.ru_maxrss - before.ru_maxrss;
+        nvlm_context_free(cctx);
+        ssize_t w = write(fds[1], &c, sizeof c);
+        _exit(w == (ssize_t)sizeof c ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t got = pid > 0 ? read(fds[0], &r, sizeof r) : -1;
+    close(fds[0]);
+    int ws = 0;
+    if (pid > 0) {
+        waitpid(pid, &ws, 0);
+    }
+    if (got != (ssize_t)sizeof r) {
+        r.status = -1;
+    }
+    return r;
+}
+
+/* `nvlm info DIR`: the exit status and what it printed (stdout and stderr). */
+static int run_info(const char *cli, const char *args, char *out, size_t cap)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s info %s 2>&1", cli, args);
+    FILE *f = popen(cmd, "r");
+    if (f == NULL) {
+        out[0] = '\0';
+        return -1;
+    }
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    int status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+#define MAX_PEAK_KB (64L * 1024)
+
+static void check_aliases(void)
+{
+    const char *cli = getenv("NVLM_CLI");
+    char dir[512];
+    char p[1024];
+    char target[1024];
+    tiny_copy(dir, sizeof dir, "alias");
+    path_in(target, sizeof target, dir, "big.safetensors");
+    step("write the big shard");
+    write_big_shard(target, BIG_TENSORS);
+    step_done();
+
+    /* 32 symlinks and a hard link to one shard with a 3.8 MB header */
+    enum { N_ALIAS = 33 };
+    char names[N_ALIAS][32];
+    const char *name_ptr[N_ALIAS];
+    for (int k = 0; k < N_ALIAS; k++) {
+        snprintf(names[k], sizeof names[k], k < 32 ? "a%02d.safetensors" : "hard.safetensors",
+                 k);
+        name_ptr[k] = names[k];
+        path_in(p, sizeof p, dir, names[k]);
+        CHECK((k < 32 ? symlink("big.safetensors", p) : link(target, p)) == 0, "link %s", p);
+    }
+    write_index(dir, name_ptr, N_ALIAS);
+    path_in(p, sizeof p, dir, "big.safetensors");
+    unlink(p); /* only the aliases name it now; the hard link keeps it */
+    for (int k = 0; k < 32; k++) {
+        path_in(p, sizeof p, dir, names[k]);
+        unlink(p);
+        CHECK(symlink("hard.safetensors", p) == 0, "relink %s", names[k]);
+    }
+    const struct {
+        nvlm_load_mode mode;
+        int mmap;
+        const char *what;
+    } modes[3] = {{NVLM_LOAD_FULL, 1, "full"},
+                  {NVLM_LOAD_FULL, 0, "full, use_mmap 0"},
+                  {NVLM_LOAD_CONFIG_ONLY, 1, "config-only"}};
+    for (int i = 0; i < 3; i++) {
+        step("aliased shards");
+        child_result r = load_in_child(dir, modes[i].mode, modes[i].mmap);
+        step_done();
+        CHECK(r.status == NVLM_ERR_FORMAT, "aliases (%s): status %d, want FORMAT; %s",
+              modes[i].what, r.status, r.msg);
+        CHECK(strstr(r.msg, "are the same file (a link); each shard must be a distinct file") !=
+                  NULL && strstr(r.msg, "model.safetensors.index.json: shards a") != NULL,
+              "aliases (%s): message: %s", modes[i].what, r.msg);
+        CHECK(r.peak_delta_kb < MAX_PEAK_KB, "aliases (%s): peak grew %ld kB (< %ld)",
+              modes[i].what, r.peak_delta_kb, MAX_PEAK_KB);
+        printf("# aliases (%s): peak resident growth %ld kB\n", modes[i].what, r.peak_delta_kb);
+    }
+    if (cli != NULL && cli[0] != '\0') {
+        char out[4096];
+        step("nvlm info on aliased shards");
+        int rc = run_info(cli, dir, out, sizeof out);
+        step_done();
+        CHECK(rc == 1 && strstr(out, "are the same file") != NULL, "nvlm info: rc %d: %s", rc,
+              out);
+        step("nvlm info --config-only on aliased shards");
+        char args[1100];
+        snprintf(args, sizeof args, "--config-only %s", dir);
+        rc = run_info(cli, args, out, sizeof out);
+        step_done();
+        CHECK(rc == 1 && strstr(out, "are the same file") != NULL,
+              "nvlm info --config-only: rc %d: %s", rc, out);
+    }
+    rm_tree(dir);
+
+    /* one distinct shard with far more tensors than the layout has: refused before parsing */
+    tiny_copy(dir, sizeof dir, "many");
+    path_in(target, sizeof target, dir, "big.safetensors");
+    write_big_shard(target, BIG_TENSORS);
+    const char *one = "big.safetensors";
+    write_index(dir, &one, 1);
+    for (int i = 0; i < 3; i++) {
+        step("a shard with too many tensors");
+        child_result r = load_in_child(dir, modes[i].mode, modes[i].mmap);
+        step_done();
+        CHECK(r.status == NVLM_ERR_LIMIT, "too many tensors (%s): status %d, want LIMIT; %s",
+              modes[i].what, r.status, r.msg);
+        CHECK(strstr(r.msg, "big.safetensors: header lists 60000 entries, more than the") !=
+                  NULL && strstr(r.msg, "config's layout of") != NULL,
+              "too many tensors (%s): message: %s", modes[i].what, r.msg);
+        CHECK(r.peak_delta_kb < MAX_PEAK_KB, "too many tensors (%s): peak grew %ld kB",
+              modes[i].what, r.peak_delta_kb);
+    }
+    if (cli != NULL && cli[0] != '\0') {
+        char out[4096];
+        step("nvlm info on a shard with too many tensors");
+        int rc = run_info(cli, dir, out, sizeof out);
+        step_done();
+        CHECK(rc == 1 && strstr(out, "header lists 60000 entries") != NULL, "nvlm info: rc %d: %s",
+              rc, out);
+    }
+
+    /* an index far larger than the layout: refused before cJSON builds it */
+    enum { N_ENTRIES = 70000 };
+    const char **many = malloc(N_ENTRIES * sizeof *many);
+    for (int k = 0; k < N_ENTRIES; k++) {
+        many[k] = SHARD1;
+    }
+    write_index(dir, many, N_ENTRIES);
+    free(many);
+    step("an index with too many entries");
+    child_result r = load_in_child(dir, NVLM_LOAD_CONFIG_ONLY, 1);
+    step_done();
+    CHECK(r.status == NVLM_ERR_LIMIT && strstr(r.msg, "JSON values, more than an index of the "
+                                                      "config's") != NULL,
+          "index too big: status %d: %s", r.status, r.msg);
+    rm_tree(dir);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -313,6 +554,8 @@ int main(void)
 
     tu_section("special files");
     check_special_files(ctx);
+    tu_section("aliased shards and the tensor bound");
+    check_aliases();
 
     rm_tree(tmp_root);
     nvlm_context_free(ctx);
