@@ -40,9 +40,11 @@ static bool hex4(const unsigned char *s, size_t i, size_t n, uint32_t *v)
 }
 
 /* s[*pos] is '"': moves *pos past the closing quote. Raw control characters, unknown escapes
- * and unpaired surrogate escapes (which cJSON refuses) are errors. */
-static bool scan_string(const unsigned char *s, size_t n, size_t *pos)
+ * and unpaired surrogate escapes (which cJSON refuses) are errors. A \u0000 escape is valid
+ * JSON; the first string holding one is recorded in stats->nul_string. */
+static bool scan_string(const unsigned char *s, size_t n, size_t *pos, nv_json_stats *stats)
 {
+    size_t start = *pos;
     size_t i = *pos + 1;
     while (i < n) {
         unsigned char c = s[i];
@@ -71,6 +73,9 @@ static bool scan_string(const unsigned char *s, size_t n, size_t *pos)
             return false;
         }
         i += 6;
+        if (u == 0 && stats->nul_string == SIZE_MAX) {
+            stats->nul_string = start;
+        }
         if (u >= 0xDC00 && u <= 0xDFFF) {
             return false;
         }
@@ -146,10 +151,10 @@ static bool scan_literal(const unsigned char *s, size_t n, size_t *pos, const ch
 }
 
 /* An object member's key and colon; *pos is left at the value. */
-static bool scan_key(const unsigned char *s, size_t n, size_t *pos)
+static bool scan_key(const unsigned char *s, size_t n, size_t *pos, nv_json_stats *stats)
 {
     size_t i = skip_ws(s, *pos, n);
-    if (i >= n || s[i] != '"' || !scan_string(s, n, &i)) {
+    if (i >= n || s[i] != '"' || !scan_string(s, n, &i, stats)) {
         return false;
     }
     i = skip_ws(s, i, n);
@@ -174,6 +179,7 @@ bool nv_json_check(const char *text, size_t len, nv_json_stats *stats)
         stats = &local;
     }
     memset(stats, 0, sizeof *stats);
+    stats->nul_string = SIZE_MAX;
     if (text == NULL) {
         return false;
     }
@@ -210,14 +216,14 @@ bool nv_json_check(const char *text, size_t len, nv_json_stats *stats)
             } else {
                 if (c == '{') {
                     stats->top_members += depth == 1;
-                    if (!scan_key(s, len, &i)) {
+                    if (!scan_key(s, len, &i, stats)) {
                         return fail(stats, i);
                     }
                 }
                 continue;
             }
         } else if (c == '"') {
-            if (!scan_string(s, len, &i)) {
+            if (!scan_string(s, len, &i, stats)) {
                 return fail(stats, i);
             }
         } else if (c == '-' || is_digit(c)) {
@@ -244,7 +250,7 @@ bool nv_json_check(const char *text, size_t len, nv_json_stats *stats)
                 i++;
                 if (obj) {
                     stats->top_members += depth == 1;
-                    if (!scan_key(s, len, &i)) {
+                    if (!scan_key(s, len, &i, stats)) {
                         return fail(stats, i);
                     }
                 }

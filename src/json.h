@@ -23,6 +23,8 @@ typedef struct nv_json_stats {
     size_t top_members; /* members of the top-level object (0 when the text is not an object) */
     size_t end;         /* invalid text: offset of the first byte that breaks the grammar */
     bool trailing;      /* invalid text: one whole value, then bytes other than whitespace */
+    size_t nul_string;  /* offset of the first string (key or value) holding the escape \u0000,
+                           which a C string cannot carry; SIZE_MAX when none does */
 } nv_json_stats;
 
 /* Whether text[0..len) is one JSON value (RFC 8259, an optional UTF-8 byte order mark first,

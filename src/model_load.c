@@ -279,6 +279,21 @@ static nvlm_status index_parse(nvlm_context *ctx, const char *path, size_t n_lay
         return nv_error(ctx, NVLM_ERR_FORMAT, "%s: not a valid JSON object (near byte %zu)",
                         fname, js.end);
     }
+    if (js.nul_string != SIZE_MAX) {
+        /* cJSON would cut the name at the NUL: "model-00001\u0000.x" would become a different
+         * file name. Quote the string as written (up to 100 bytes). */
+        size_t a = js.nul_string + 1;
+        size_t b = a;
+        while (b < len && text[b] != '"' && b - a < 100) {
+            b += text[b] == '\\' ? 2 : 1;
+        }
+        nvlm_status st = nv_error(ctx, NVLM_ERR_FORMAT,
+                                  "%s: the name \"%.*s\" holds a NUL character (\\u0000), "
+                                  "which tensor and shard names cannot", fname,
+                                  (int)(NV_MIN(b, len) - a), text + a);
+        nv_free(ctx, text);
+        return st;
+    }
     if (js.values > n_layout + INDEX_VALUES_SLACK) {
         nv_free(ctx, text);
         return nv_error(ctx, NVLM_ERR_LIMIT, "%s: %zu JSON values, more than an index of the "

@@ -334,6 +334,10 @@ static nvlm_status parse_header(nv_st_file *f, const char *hdr, size_t hlen, con
         return nv_error(eh, NVLM_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path,
                         js.end);
     }
+    if (js.nul_string != SIZE_MAX) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "%s: header string near byte %zu holds a NUL "
+                        "character (\\u0000), which tensor names cannot", path, js.nul_string);
+    }
     const nv_st_limits *lim = f->lim;
     if (lim != NULL && js.top_members > lim->max_tensors + 1) {
         return nv_error(eh, NVLM_ERR_LIMIT, "%s: header lists %zu entries, more than the %zu "

@@ -545,6 +545,56 @@ static void check_aliases(void)
     rm_tree(dir);
 }
 
+/* ---- NUL characters in names ---------------------------------------------------------------- */
+
+static void check_nul_names(nvlm_context *ctx)
+{
+    char dir[512];
+    char p[1024];
+    tiny_copy(dir, sizeof dir, "nul");
+    path_in(p, sizeof p, dir, "model.safetensors.index.json");
+    size_t len;
+    char *text = tu_read_file(p, &len);
+    const char *from = "\"" SHARD1 "\"";
+    char *at = text != NULL ? strstr(text, from) : NULL;
+    CHECK(at != NULL, "the index names " SHARD1);
+    if (at == NULL) {
+        free(text);
+        return;
+    }
+    FILE *f = fopen(p, "wb");
+    fwrite(text, 1, (size_t)(at - text), f);
+    fputs("\"model-00001\\u0000.safetensors\"", f);
+    fputs(at + strlen(from), f);
+    fclose(f);
+    free(text);
+    const char *want = "model.safetensors.index.json: the name \"model-00001\\u0000.safetensors\" "
+                       "holds a NUL character (\\u0000), which tensor and shard names cannot";
+    for (int mode = 0; mode < 2; mode++) {
+        step("NUL in a shard name");
+        nvlm_status st = load(ctx, dir, mode == 0 ? NVLM_LOAD_FULL : NVLM_LOAD_CONFIG_ONLY, 1);
+        step_done();
+        expect(ctx, st, NVLM_ERR_FORMAT, want, mode == 0 ? "NUL shard name (full)"
+                                                         : "NUL shard name (config-only)");
+    }
+    rm_tree(dir);
+
+    /* a tensor name with a NUL in a shard header: cJSON would keep only "a" */
+    const char hdr[] = "{\"a\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+    size_t hlen = sizeof hdr - 1;
+    uint8_t buf[256];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    }
+    memcpy(buf + 8, hdr, hlen);
+    buf[8 + hlen] = 7;
+    nv_st_file *sf = NULL;
+    nvlm_status st = nv_st_parse(ctx, buf, 8 + hlen + 1, "nul.safetensors", ctx, &sf);
+    expect(ctx, st, NVLM_ERR_FORMAT, "nul.safetensors: header string near byte 1 holds a NUL",
+           "NUL in a tensor name");
+    nv_st_close(sf);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -556,6 +606,8 @@ int main(void)
     check_special_files(ctx);
     tu_section("aliased shards and the tensor bound");
     check_aliases();
+    tu_section("NUL in names");
+    check_nul_names(ctx);
 
     rm_tree(tmp_root);
     nvlm_context_free(ctx);
