@@ -8,6 +8,7 @@
 #include "json.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -681,6 +682,51 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
     return st;
 }
 
+/* The tokenizer must fit the model (both load modes): every id it can produce has an embedding
+ * row, and the tokens the chat template and the image placeholders are built from (prompt.c)
+ * are added tokens, so that the template's text becomes exactly those ids. NVLM_ERR_FORMAT. */
+static nvlm_status check_tokenizer(nvlm_model *m)
+{
+    static const char *const template_tokens[] = {"<|im_start|>", "<|im_end|>", "<|vision_pad|>"};
+    nvlm_context *ctx = m->h.ctx;
+    const nvlm_tokenizer *t = m->tok;
+    int32_t rows = m->cfg.llm.vocab_size;
+    if (t->n_ids > rows) {
+        int32_t first = -1;
+        int32_t count = 0;
+        for (int32_t id = rows; id < t->n_ids; id++) {
+            if (t->id_flags[id] & TOK_F_PRESENT) {
+                first = first < 0 ? id : first;
+                count++;
+            }
+        }
+        const char *text = "";
+        for (size_t i = 0; i < t->n_added; i++) {
+            if (t->added[i].id == first) {
+                text = t->added[i].content;
+            }
+        }
+        return nv_error(ctx, NVLM_ERR_FORMAT,
+                        "tokenizer: id %d%s%.60s%s has no embedding row: the model has %d "
+                        "(llm_config.vocab_size) and the tokenizer %d id%s at or above that",
+                        (int)first, text[0] ? " (" : "", text, text[0] ? ")" : "", (int)rows,
+                        (int)count, count == 1 ? "" : "s");
+    }
+    for (size_t k = 0; k < NV_ARRAY_LEN(template_tokens); k++) {
+        const char *name = template_tokens[k];
+        bool added = false;
+        for (size_t i = 0; i < t->n_added && !added; i++) {
+            added = strcmp(t->added[i].content, name) == 0;
+        }
+        if (!added) {
+            return nv_error(ctx, NVLM_ERR_FORMAT,
+                            "tokenizer: %s, which the chat template uses, is not one of its "
+                            "added tokens", name);
+        }
+    }
+    return NVLM_OK;
+}
+
 static nvlm_status load_tokenizer(nvlm_model *m)
 {
     nvlm_context *ctx = m->h.ctx;
@@ -694,7 +740,8 @@ static nvlm_status load_tokenizer(nvlm_model *m)
         m->tok = NULL;
         return NVLM_OK;
     }
-    return st;
+    NVLM_TRY(st);
+    return check_tokenizer(m);
 }
 
 nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model_params *params,

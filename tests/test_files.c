@@ -595,6 +595,113 @@ static void check_nul_names(nvlm_context *ctx)
     nv_st_close(sf);
 }
 
+/* ---- tokenizer against model ---------------------------------------------------------------- */
+
+static cJSON *read_json_file(const char *path)
+{
+    size_t len;
+    char *text = tu_read_file(path, &len);
+    cJSON *j = text != NULL ? cJSON_ParseWithLength(text, len) : NULL;
+    free(text);
+    return j;
+}
+
+static void write_json_file(const char *path, const cJSON *j)
+{
+    char *text = cJSON_Print(j);
+    write_text(path, text);
+    free(text);
+}
+
+static cJSON *added_token(int id, const char *content)
+{
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddNumberToObject(a, "id", id);
+    cJSON_AddStringToObject(a, "content", content);
+    cJSON_AddBoolToObject(a, "single_word", 0);
+    cJSON_AddBoolToObject(a, "lstrip", 0);
+    cJSON_AddBoolToObject(a, "rstrip", 0);
+    cJSON_AddBoolToObject(a, "normalized", 0);
+    cJSON_AddBoolToObject(a, "special", 1);
+    return a;
+}
+
+/* Both load modes refuse the directory with NVLM_ERR_FORMAT and exactly `want`. */
+static void expect_refused(nvlm_context *ctx, const char *dir, const char *want, const char *what)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        char w[256];
+        snprintf(w, sizeof w, "%s (%s)", what, mode == 0 ? "full" : "config-only");
+        step(w);
+        nvlm_status st = load(ctx, dir, mode == 0 ? NVLM_LOAD_FULL : NVLM_LOAD_CONFIG_ONLY, 1);
+        step_done();
+        expect(ctx, st, NVLM_ERR_FORMAT, want, w);
+        CHECK(strcmp(nvlm_last_error(ctx), want) == 0, "%s: exactly '%s'", w, want);
+    }
+}
+
+static void check_tokenizer_fit(nvlm_context *ctx)
+{
+    char dir[512];
+    char p[1024];
+
+    /* an added token past the 4032 embedding rows */
+    tiny_copy(dir, sizeof dir, "tok_id");
+    path_in(p, sizeof p, dir, "tokenizer.json");
+    cJSON *tj = read_json_file(p);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(tj, "added_tokens"), added_token(4032, "<|extra|>"));
+    write_json_file(p, tj);
+    cJSON_Delete(tj);
+    expect_refused(ctx, dir, "tokenizer: id 4032 (<|extra|>) has no embedding row: the model has "
+                   "4032 (llm_config.vocab_size) and the tokenizer 1 id at or above that",
+                   "id past the embedding rows");
+    /* the same through vocab.json + merges.txt + tokenizer_config.json */
+    unlink(p);
+    path_in(p, sizeof p, dir, "tokenizer_config.json");
+    cJSON *cfg = read_json_file(p);
+    cJSON *dec = cJSON_GetObjectItem(cfg, "added_tokens_decoder");
+    cJSON *a = added_token(5000, "<|far|>");
+    cJSON_DeleteItemFromObject(a, "id");
+    cJSON_AddItemToObject(dec, "5000", a);
+    cJSON_AddItemToObject(dec, "4040", added_token(4040, "<|near|>"));
+    write_json_file(p, cfg);
+    cJSON_Delete(cfg);
+    expect_refused(ctx, dir, "tokenizer: id 4040 (<|near|>) has no embedding row: the model has "
+                   "4032 (llm_config.vocab_size) and the tokenizer 2 ids at or above that",
+                   "vocab.json form: ids past the embedding rows");
+    rm_tree(dir);
+
+    /* a tokenizer without one of the template's tokens */
+    static const char *const need[] = {"<|im_start|>", "<|im_end|>", "<|vision_pad|>"};
+    for (size_t k = 0; k < 3; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "tok_missing%zu", k);
+        tiny_copy(dir, sizeof dir, name);
+        path_in(p, sizeof p, dir, "tokenizer.json");
+        tj = read_json_file(p);
+        cJSON *list = cJSON_GetObjectItem(tj, "added_tokens");
+        int n = cJSON_GetArraySize(list);
+        for (int i = n - 1; i >= 0; i--) {
+            const cJSON *c = cJSON_GetObjectItem(cJSON_GetArrayItem(list, i), "content");
+            if (cJSON_IsString(c) && strcmp(c->valuestring, need[k]) == 0) {
+                cJSON_DeleteItemFromArray(list, i);
+            }
+        }
+        CHECK_EQ_INT(cJSON_GetArraySize(list), n - 1, "one added token removed");
+        write_json_file(p, tj);
+        cJSON_Delete(tj);
+        char want[256];
+        snprintf(want, sizeof want, "tokenizer: %s, which the chat template uses, is not one of "
+                 "its added tokens", need[k]);
+        expect_refused(ctx, dir, want, need[k]);
+        rm_tree(dir);
+    }
+
+    /* the tiny checkpoint itself fits */
+    CHECK_OK(load(ctx, TINY, NVLM_LOAD_FULL, 1));
+    CHECK_OK(load(ctx, TINY, NVLM_LOAD_CONFIG_ONLY, 1));
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -608,6 +715,8 @@ int main(void)
     check_aliases();
     tu_section("NUL in names");
     check_nul_names(ctx);
+    tu_section("tokenizer against model");
+    check_tokenizer_fit(ctx);
 
     rm_tree(tmp_root);
     nvlm_context_free(ctx);
