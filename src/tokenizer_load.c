@@ -774,14 +774,15 @@ static nvlm_status finish(nvlm_context *ctx, nvlm_tokenizer *t, nvlm_status st,
     return NVLM_OK;
 }
 
+/* `label` names the text in messages (the path it was read from, or "tokenizer.json"). */
 static nvlm_status load_json(nvlm_context *ctx, const char *json, size_t len, const cJSON *cfg,
-                             nvlm_tokenizer **out)
+                             const char *label, nvlm_tokenizer **out)
 {
     bool no_mem;
     cJSON *root = nv_json_parse(json, len, NULL, &no_mem);
     if (root == NULL || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return nv_json_fail(ctx, no_mem, "tokenizer.json", "not a JSON object");
+        return nv_json_fail(ctx, no_mem, label, "not a JSON object");
     }
     nvlm_tokenizer *t = NULL;
     tok_spec sp = {0};
@@ -882,7 +883,7 @@ static nvlm_status load_json(nvlm_context *ctx, const char *json, size_t len, co
 
 nvlm_status tok_load_json(nvlm_context *ctx, const char *json, size_t len, nvlm_tokenizer **out)
 {
-    return load_json(ctx, json, len, NULL, out);
+    return load_json(ctx, json, len, NULL, "tokenizer.json", out);
 }
 
 static bool is_ws(char c)
@@ -1048,7 +1049,7 @@ nvlm_status tok_load_path(nvlm_context *ctx, const char *path, nvlm_tokenizer **
         /* `path` names tokenizer.json itself (nv_read_file refuses a FIFO, device, socket) */
         st = nv_read_file(ctx, ctx, path, (size_t)1 << 30, &json, &json_n);
         if (st == NVLM_OK) {
-            st = tok_load_json(ctx, json, json_n, out);
+            st = load_json(ctx, json, json_n, NULL, path, out);
         }
         nv_free(ctx, json);
         return st;
@@ -1066,7 +1067,7 @@ nvlm_status tok_load_path(nvlm_context *ctx, const char *path, nvlm_tokenizer **
         }
     }
     if (st == NVLM_OK && has_json) {
-        st = load_json(ctx, json, json_n, cfg_root, out);
+        st = load_json(ctx, json, json_n, cfg_root, "tokenizer.json", out);
     } else if (st == NVLM_OK) {
         st = read_opt(ctx, path, "vocab.json", &vocab, &vocab_n, &has_vocab);
         if (st == NVLM_OK) {

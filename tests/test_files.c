@@ -415,11 +415,17 @@ static child_result load_in_child(const char *dir, nvlm_load_mode mode, int use_
     return r;
 }
 
+/* A CLI that blocks is killed too, so that no stray process outlives the test. */
+static const char *cli_timeout(void)
+{
+    return access("/usr/bin/timeout", X_OK) == 0 ? "/usr/bin/timeout 30 " : "";
+}
+
 /* `nvlm info DIR`: the exit status and what it printed (stdout and stderr). */
 static int run_info(const char *cli, const char *args, char *out, size_t cap)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s info %s 2>&1", cli, args);
+    snprintf(cmd, sizeof cmd, "%s%s info %s 2>&1", cli_timeout(), cli, args);
     FILE *f = popen(cmd, "r");
     if (f == NULL) {
         out[0] = '\0';
@@ -702,6 +708,96 @@ static void check_tokenizer_fit(nvlm_context *ctx)
     CHECK_OK(load(ctx, TINY, NVLM_LOAD_CONFIG_ONLY, 1));
 }
 
+/* ---- message shapes: each file named once ---------------------------------------------------- */
+
+/* Runs the CLI with `args` and returns its exit status; stderr goes to err. */
+static int run_cli(const char *cli, const char *args, char *err, size_t cap)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s%s %s 2>&1 >/dev/null", cli_timeout(), cli, args);
+    FILE *f = popen(cmd, "r");
+    if (f == NULL) {
+        err[0] = '\0';
+        return -1;
+    }
+    size_t n = fread(err, 1, cap - 1, f);
+    err[n] = '\0';
+    int status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void cli_expect(const char *cli, const char *args, const char *want)
+{
+    char err[4096];
+    step(args);
+    int rc = run_cli(cli, args, err, sizeof err);
+    step_done();
+    CHECK(rc == 1 && strcmp(err, want) == 0, "nvlm %s: rc %d, stderr '%s', want '%s'", args, rc,
+          err, want);
+}
+
+static void check_messages(nvlm_context *ctx)
+{
+    /* the library names the file once */
+    nvlm_image *img = NULL;
+    nvlm_status st = nvlm_image_load_file(ctx, "README.md", NULL, &img);
+    expect(ctx, st, NVLM_ERR_FORMAT, "README.md", "README.md as an image");
+    CHECK(strcmp(nvlm_last_error(ctx), "README.md: unknown image format (not PNG or JPEG)") == 0,
+          "image message: %s", nvlm_last_error(ctx));
+    nvlm_image_free(img);
+    nvlm_tokenizer *tok = NULL;
+    st = nvlm_tokenizer_load(ctx, "README.md", &tok);
+    expect(ctx, st, NVLM_ERR_FORMAT, "README.md", "README.md as a tokenizer");
+    CHECK(strcmp(nvlm_last_error(ctx), "README.md: not a JSON object") == 0,
+          "tokenizer message names the file read: %s", nvlm_last_error(ctx));
+    nvlm_tokenizer_free(tok);
+
+    char dir[512];
+    char p[1024];
+    tiny_copy(dir, sizeof dir, "readme_config");
+    path_in(p, sizeof p, dir, "config.json");
+    CHECK(copy_file("README.md", p), "README.md as config.json");
+    st = load(ctx, dir, NVLM_LOAD_FULL, 1);
+    expect(ctx, st, NVLM_ERR_FORMAT, "config.json", "README.md as config.json");
+    CHECK(strcmp(nvlm_last_error(ctx), "config.json: not valid JSON") == 0, "config message: %s",
+          nvlm_last_error(ctx));
+    char tdir[512];
+    tiny_copy(tdir, sizeof tdir, "readme_tokenizer");
+    path_in(p, sizeof p, tdir, "tokenizer.json");
+    CHECK(copy_file("README.md", p), "README.md as tokenizer.json");
+    st = load(ctx, tdir, NVLM_LOAD_FULL, 1);
+    expect(ctx, st, NVLM_ERR_FORMAT, "tokenizer.json", "README.md as tokenizer.json");
+    CHECK(strcmp(nvlm_last_error(ctx), "tokenizer.json: not a JSON object") == 0,
+          "tokenizer.json message: %s", nvlm_last_error(ctx));
+
+    /* the CLI prefixes its subcommand, not the path the message already names */
+    const char *cli = getenv("NVLM_CLI");
+    if (cli != NULL && cli[0] != '\0') {
+        char args[2048];
+        char want[2048];
+        cli_expect(cli, "generate " TINY " -p hi -i README.md",
+                   "nvlm: generate: README.md: unknown image format (not PNG or JPEG)\n");
+        cli_expect(cli, "generate " TINY " -p hi -i /nonexistent.png",
+                   "nvlm: generate: cannot open /nonexistent.png: No such file or directory\n");
+        cli_expect(cli, "tokenize README.md hi", "nvlm: tokenize: README.md: not a JSON object\n");
+        snprintf(args, sizeof args, "info %s", dir);
+        cli_expect(cli, args, "nvlm: info: config.json: not valid JSON\n");
+        snprintf(args, sizeof args, "generate %s -p hi", tdir);
+        cli_expect(cli, args, "nvlm: generate: tokenizer.json: not a JSON object\n");
+        path_in(p, sizeof p, tmp_root, "cli_pipe");
+        CHECK(mkfifo(p, 0600) == 0, "mkfifo");
+        snprintf(args, sizeof args, "tokenize %s hi", p);
+        snprintf(want, sizeof want, "nvlm: tokenize: %s is a FIFO, not a regular file\n", p);
+        cli_expect(cli, args, want);
+        snprintf(args, sizeof args, "generate %s -p hi -i %s", TINY, p);
+        snprintf(want, sizeof want, "nvlm: generate: %s is a FIFO, not a regular file\n", p);
+        cli_expect(cli, args, want);
+        unlink(p);
+    }
+    rm_tree(dir);
+    rm_tree(tdir);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -717,6 +813,8 @@ int main(void)
     check_nul_names(ctx);
     tu_section("tokenizer against model");
     check_tokenizer_fit(ctx);
+    tu_section("message shapes");
+    check_messages(ctx);
 
     rm_tree(tmp_root);
     nvlm_context_free(ctx);
