@@ -322,7 +322,8 @@ static void check_oom_status(nvlm_context *ctx)
     arm(1);
     st = nvlm_tokenizer_load(ctx, TINY "/tokenizer.json", &tok);
     CHECK_EQ_INT(st, NVLM_ERR_OUT_OF_MEMORY, "tokenizer.json parse failing for memory");
-    CHECK(strcmp(nvlm_last_error(ctx), "tokenizer.json: out of memory parsing the JSON") == 0,
+    CHECK(strcmp(nvlm_last_error(ctx),
+                 TINY "/tokenizer.json: out of memory parsing the JSON") == 0,
           "message: %s", nvlm_last_error(ctx));
     nvlm_tokenizer_free(tok);
 
