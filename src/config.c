@@ -4,6 +4,7 @@
  * range-checked and the derived sizes (head dims, image tokens per tile, projector widths) are
  * computed here; a bad value is NVLM_ERR_FORMAT naming the field. Spec §1.
  */
+#include "json.h"
 #include "model.h"
 
 #include <cJSON.h>
@@ -290,9 +291,10 @@ static nvlm_status parse_top(const cJSON *root, nv_config *cfg, void *eh)
 nvlm_status nv_config_parse(nv_config *cfg, const char *json, size_t len, void *err_handle)
 {
     memset(cfg, 0, sizeof *cfg);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    bool oom;
+    cJSON *root = nv_json_parse(json, len, NULL, &oom);
     if (root == NULL) {
-        return nv_error(err_handle, NVLM_ERR_FORMAT, "config.json: not valid JSON");
+        return nv_json_fail(err_handle, oom, "config.json", "not valid JSON");
     }
     nvlm_status st;
     if (!cJSON_IsObject(root)) {
@@ -306,8 +308,12 @@ nvlm_status nv_config_parse(nv_config *cfg, const char *json, size_t len, void *
 
 nvlm_status nv_gen_config_parse(nv_config *cfg, const char *json, size_t len, void *err_handle)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (root == NULL || !cJSON_IsObject(root)) {
+    bool oom;
+    cJSON *root = nv_json_parse(json, len, NULL, &oom);
+    if (root == NULL) {
+        return nv_json_fail(err_handle, oom, "generation_config.json", "not a valid JSON object");
+    }
+    if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return nv_error(err_handle, NVLM_ERR_FORMAT,
                         "generation_config.json: not a valid JSON object");

@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,46 +241,111 @@ bool nv_params_copy(void *dst, size_t dst_size, const void *src, size_t min_size
     return true;
 }
 
+/* What a non-regular file is, for the refusal message. */
+static const char *kind_name(mode_t mode)
+{
+    if (S_ISFIFO(mode)) {
+        return "a FIFO";
+    }
+    if (S_ISDIR(mode)) {
+        return "a directory";
+    }
+    if (S_ISCHR(mode)) {
+        return "a character device";
+    }
+    if (S_ISBLK(mode)) {
+        return "a block device";
+    }
+    if (S_ISSOCK(mode)) {
+        return "a socket";
+    }
+    return "a special file";
+}
+
+nvlm_status nv_open_regular(void *err_handle, const char *path, int *fd, struct stat *sb)
+{
+    *fd = -1;
+    /* stat first: a device is refused without being opened (opening one can have effects) */
+    if (stat(path, sb) != 0) {
+        return nv_error(err_handle, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
+                        "cannot open %s: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(sb->st_mode)) {
+        return nv_error(err_handle, NVLM_ERR_IO, "%s is %s, not a regular file", path,
+                        kind_name(sb->st_mode));
+    }
+    /* O_NONBLOCK: if the path was swapped for a FIFO since the stat, the open still returns */
+    int f = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (f < 0) {
+        return nv_error(err_handle, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
+                        "cannot open %s: %s", path, strerror(errno));
+    }
+    if (fstat(f, sb) != 0) {
+        int e = errno;
+        close(f);
+        return nv_error(err_handle, NVLM_ERR_IO, "cannot stat %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb->st_mode)) {
+        close(f);
+        return nv_error(err_handle, NVLM_ERR_IO, "%s is %s, not a regular file", path,
+                        kind_name(sb->st_mode));
+    }
+    int flags = fcntl(f, F_GETFL);
+    if (flags < 0 || fcntl(f, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(f);
+        return nv_error(err_handle, NVLM_ERR_IO, "cannot set up %s: %s", path, strerror(e));
+    }
+    *fd = f;
+    return NVLM_OK;
+}
+
+bool nv_read_fd(int fd, void *buf, size_t n, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t got = pread(fd, p, NV_MIN(n, (size_t)1 << 30), (off_t)off);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got <= 0) {
+            return false;
+        }
+        p += got;
+        n -= (size_t)got;
+        off += (uint64_t)got;
+    }
+    return true;
+}
+
 nvlm_status nv_read_file(nvlm_context *ctx, void *err_handle, const char *path, size_t max_size,
                          char **data, size_t *size)
 {
     *data = NULL;
     *size = 0;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return nv_error(err_handle, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
-                        "cannot open %s: %s", path, strerror(errno));
-    }
-    if (fseeko(f, 0, SEEK_END) != 0) {
-        fclose(f);
-        return nv_error(err_handle, NVLM_ERR_IO, "cannot seek %s: %s", path, strerror(errno));
-    }
-    off_t len = ftello(f);
-    if (len < 0) {
-        fclose(f);
-        return nv_error(err_handle, NVLM_ERR_IO, "cannot size %s (not a regular file?)", path);
-    }
-    if ((uint64_t)len > max_size) {
-        fclose(f);
+    int fd;
+    struct stat sb;
+    NVLM_TRY(nv_open_regular(err_handle, path, &fd, &sb));
+    if (sb.st_size < 0 || (uint64_t)sb.st_size > max_size || (uint64_t)sb.st_size >= SIZE_MAX) {
+        close(fd);
         return nv_error(err_handle, NVLM_ERR_LIMIT, "%s is %lld bytes, more than the %zu allowed",
-                        path, (long long)len, max_size);
+                        path, (long long)sb.st_size, max_size);
     }
-    rewind(f);
-    char *buf = nv_malloc(ctx, (size_t)len + 1);
+    size_t len = (size_t)sb.st_size;
+    char *buf = nv_malloc(ctx, len + 1);
     if (buf == NULL) {
-        fclose(f);
+        close(fd);
         return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory reading %s", path);
     }
-    size_t got = fread(buf, 1, (size_t)len, f);
-    int read_err = ferror(f);
-    fclose(f);
-    if (got != (size_t)len || read_err) {
+    bool ok = nv_read_fd(fd, buf, len, 0);
+    close(fd);
+    if (!ok) {
         nv_free(ctx, buf);
         return nv_error(err_handle, NVLM_ERR_IO, "short read on %s", path);
     }
     buf[len] = '\0';
     *data = buf;
-    *size = (size_t)len;
+    *size = len;
     return NVLM_OK;
 }
 

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 /* Every public handle starts with this header, so nvlm_last_error works on any of them. */
 enum {
@@ -99,8 +100,19 @@ static inline bool nv_add_u64(uint64_t a, uint64_t b, uint64_t *out)
  * src->struct_size (first uint32_t) is smaller than 4 or than `min_size`. */
 bool nv_params_copy(void *dst, size_t dst_size, const void *src, size_t min_size);
 
+/* Opens `path` for reading, refusing anything that is not a regular file without blocking:
+ * stat, then open with O_NONBLOCK (a FIFO swapped in meanwhile cannot block the open), fstat,
+ * then O_NONBLOCK is cleared. A FIFO, directory, device or socket is NVLM_ERR_IO with
+ * "PATH is a FIFO, not a regular file" (a directory, a character device, ...); a missing file is
+ * NVLM_ERR_NOT_FOUND. On success *fd (O_CLOEXEC) belongs to the caller and *sb describes it.
+ * Every file the library reads is opened through here. Errors go to `err_handle`. */
+nvlm_status nv_open_regular(void *err_handle, const char *path, int *fd, struct stat *sb);
+/* Reads exactly n bytes at offset off (pread, EINTR retried); false on error or end of file. */
+bool nv_read_fd(int fd, void *buf, size_t n, uint64_t off);
+
 /* Read a whole file into memory allocated from ctx (a NUL byte is appended, not counted).
- * max_size bounds the file; bigger files return NVLM_ERR_LIMIT. Errors go to `err_handle`. */
+ * max_size bounds the file; bigger files return NVLM_ERR_LIMIT. The file is opened with
+ * nv_open_regular (anything but a regular file is NVLM_ERR_IO). Errors go to `err_handle`. */
 nvlm_status nv_read_file(nvlm_context *ctx, void *err_handle, const char *path, size_t max_size,
                          char **data, size_t *size);
 

@@ -5,8 +5,10 @@
  * the shards, every expected NVLM-D tensor (spec §2, shapes from the config) checked by name,
  * shape and dtype, then the tokenizer and, for NVLM_LOAD_FULL, the engine.
  */
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 #include "tp/plan.h"
 
 #include <cJSON.h>
@@ -22,6 +24,15 @@
 #define PATH_LEN 4096
 #define MAX_DUMMY_HEADS 1024
 #define LIST_NAMES 3 /* names quoted in a missing/unexpected message */
+/* All shards together hold at most twice the layout's tensors plus this many: the bound keeps
+ * memory small while a few stray tensors still get the precise "unexpected"/"in two shards"
+ * message from the checks after loading. */
+#define EXTRA_TENSORS 1024
+/* All shard headers together: a fixed allowance plus this much per tensor of the layout. */
+#define HEADER_BYTES_BASE ((uint64_t)64 << 20)
+#define HEADER_BYTES_PER_TENSOR 4096
+/* JSON values an index may hold beyond one per tensor of the layout (metadata). */
+#define INDEX_VALUES_SLACK 65536
 
 typedef struct tensor_ref {
     const char *name;
@@ -63,10 +74,12 @@ static nvlm_status join(char *out, const char *dir, const char *name, void *eh)
     return NVLM_OK;
 }
 
+/* Whether `path` exists in any form: a FIFO, directory or device under a checkpoint file's name
+ * is then refused by the reader (nv_open_regular) instead of being skipped as absent. */
 static bool file_exists(const char *path)
 {
     struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+    return stat(path, &sb) == 0;
 }
 
 static int cmp_ref(const void *a, const void *b)
@@ -253,15 +266,48 @@ static bool safe_file_name(const char *s)
            strstr(s, "..") == NULL && strcmp(s, ".") != 0;
 }
 
-static nvlm_status index_parse(nvlm_context *ctx, const char *path, index_info *ix)
+/* Reads the index; n_layout (the config's tensor count) bounds its size before cJSON builds a
+ * node per value. */
+static nvlm_status index_parse(nvlm_context *ctx, const char *path, size_t n_layout,
+                               index_info *ix)
 {
     char *text = NULL;
     size_t len = 0;
     NVLM_TRY(nv_read_file(ctx, ctx, path, MAX_INDEX_BYTES, &text, &len));
-    ix->root = cJSON_ParseWithLength(text, len);
-    nv_free(ctx, text);
     const char *fname = "model.safetensors.index.json";
-    if (ix->root == NULL || !cJSON_IsObject(ix->root)) {
+    nv_json_stats js;
+    if (!nv_json_check(text, len, &js)) {
+        nv_free(ctx, text);
+        return nv_error(ctx, NVLM_ERR_FORMAT, "%s: not a valid JSON object (near byte %zu)",
+                        fname, js.end);
+    }
+    if (js.nul_string != SIZE_MAX) {
+        /* cJSON would cut the name at the NUL: "model-00001\u0000.x" would become a different
+         * file name. Quote the string as written (up to 100 bytes). */
+        size_t a = js.nul_string + 1;
+        size_t b = a;
+        while (b < len && text[b] != '"' && b - a < 100) {
+            b += text[b] == '\\' ? 2 : 1;
+        }
+        nvlm_status st = nv_error(ctx, NVLM_ERR_FORMAT,
+                                  "%s: the name \"%.*s\" holds a NUL character (\\u0000), "
+                                  "which tensor and shard names cannot", fname,
+                                  (int)(NV_MIN(b, len) - a), text + a);
+        nv_free(ctx, text);
+        return st;
+    }
+    if (js.values > n_layout + INDEX_VALUES_SLACK) {
+        nv_free(ctx, text);
+        return nv_error(ctx, NVLM_ERR_LIMIT, "%s: %zu JSON values, more than an index of the "
+                        "config's %zu tensors holds", fname, js.values, n_layout);
+    }
+    bool oom;
+    ix->root = nv_json_parse(text, len, NULL, &oom);
+    nv_free(ctx, text);
+    if (ix->root == NULL) {
+        return nv_json_fail(ctx, oom, fname, "not a valid JSON object");
+    }
+    if (!cJSON_IsObject(ix->root)) {
         return nv_error(ctx, NVLM_ERR_FORMAT, "%s: not a valid JSON object", fname);
     }
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(ix->root, "metadata");
@@ -327,7 +373,75 @@ static nvlm_status index_parse(nvlm_context *ctx, const char *path, index_info *
     return NVLM_OK;
 }
 
-/* Opens the shards, builds the sorted table and checks it against the index (if any). */
+typedef struct file_id {
+    dev_t dev;
+    ino_t ino;
+    size_t idx;
+} file_id;
+
+static int cmp_file_id(const void *a, const void *b)
+{
+    const file_id *x = a;
+    const file_id *y = b;
+    if (x->dev != y->dev) {
+        return x->dev < y->dev ? -1 : 1;
+    }
+    if (x->ino != y->ino) {
+        return x->ino < y->ino ? -1 : 1;
+    }
+    return x->idx < y->idx ? -1 : (x->idx > y->idx);
+}
+
+/* Stats the index's shards before any header is read: *present turns false when one is missing
+ * (NVLM_ERR_NOT_FOUND for a full load), and one file under two names (a symlink, a hard link:
+ * the same st_dev and st_ino) is NVLM_ERR_FORMAT, so no header is ever parsed twice. */
+static nvlm_status stat_shards(nvlm_model *m, const char **files, size_t n, bool full,
+                               bool *present)
+{
+    nvlm_context *ctx = m->h.ctx;
+    file_id *ids = nv_alloc_array(ctx, n > 0 ? n : 1, sizeof *ids);
+    if (ids == NULL) {
+        return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the shard list");
+    }
+    *present = true;
+    nvlm_status st = NVLM_OK;
+    size_t k = 0;
+    char path[PATH_LEN];
+    for (size_t i = 0; st == NVLM_OK && i < n; i++) {
+        struct stat sb;
+        st = join(path, m->dir, files[i], ctx);
+        if (st != NVLM_OK) {
+            break;
+        }
+        if (stat(path, &sb) != 0) {
+            *present = false;
+            if (full) {
+                st = nv_error(ctx, NVLM_ERR_NOT_FOUND, "shard %s listed in the index is "
+                              "missing from %s", files[i], m->dir);
+            }
+            continue;
+        }
+        ids[k++] = (file_id){sb.st_dev, sb.st_ino, i};
+    }
+    if (st == NVLM_OK) {
+        qsort(ids, k, sizeof *ids, cmp_file_id);
+        for (size_t i = 1; i < k; i++) {
+            if (ids[i].dev == ids[i - 1].dev && ids[i].ino == ids[i - 1].ino) {
+                st = nv_error(ctx, NVLM_ERR_FORMAT,
+                              "model.safetensors.index.json: shards %.200s and %.200s are the "
+                              "same file (a link); each shard must be a distinct file",
+                              files[ids[i - 1].idx], files[ids[i].idx]);
+                break;
+            }
+        }
+    }
+    nv_free(ctx, ids);
+    return st;
+}
+
+/* Opens the shards, builds the sorted table and checks it against the index (if any). The
+ * config's layout bounds the tensors of all shards together and their header bytes, checked
+ * before each shard's per-tensor state is allocated. */
 static nvlm_status ckpt_open(nvlm_model *m, const nvlm_model_params *p, const char **files,
                              size_t n_files, const index_info *ix, nv_st_mode mode)
 {
@@ -343,12 +457,22 @@ static nvlm_status ckpt_open(nvlm_model *m, const nvlm_model_params *p, const ch
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the shard table");
     }
     size_t total = 0;
+    size_t n_layout = nv_layout_count(&m->cfg);
+    size_t max_total = 2 * n_layout + EXTRA_TENSORS;
+    uint64_t header_budget = HEADER_BYTES_BASE + (uint64_t)n_layout * HEADER_BYTES_PER_TENSOR;
+    uint64_t header_used = 0;
+    char why[160];
+    snprintf(why, sizeof why, "all shards may hold %zu tensors and %llu header bytes for the "
+             "config's layout of %zu tensors", max_total, (unsigned long long)header_budget,
+             n_layout);
     char path[PATH_LEN];
     for (size_t i = 0; i < n_files; i++) {
         NVLM_TRY(join(path, m->dir, files[i], ctx));
-        NVLM_TRY(nv_st_open_mode(ctx, path, mode, ctx, &ck->shards[i]));
+        nv_st_limits lim = {max_total - total, header_budget - header_used, why};
+        NVLM_TRY(nv_st_open_limited(ctx, path, mode, &lim, ctx, &ck->shards[i]));
         ck->n_shards = i + 1;
         total += nv_st_count(ck->shards[i]);
+        header_used += nv_st_header_bytes(ck->shards[i]);
         NVLM_TRY(progress(p, ctx, 0.1f + 0.7f * (float)(i + 1) / (float)n_files));
     }
     ck->table = nv_alloc_array(ctx, total, sizeof *ck->table);
@@ -507,19 +631,11 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
     size_t n_files = 0;
     bool shards_present = false;
     if (have_index) {
-        st = index_parse(ctx, path, &ix);
+        st = index_parse(ctx, path, nv_layout_count(&m->cfg), &ix);
         files = ix.files;
         n_files = ix.n_files;
-        shards_present = st == NVLM_OK;
-        for (size_t i = 0; st == NVLM_OK && i < n_files; i++) {
-            st = join(path, m->dir, files[i], ctx);
-            if (st == NVLM_OK && !file_exists(path)) {
-                shards_present = false;
-                if (full) {
-                    st = nv_error(ctx, NVLM_ERR_NOT_FOUND, "shard %s listed in the index is "
-                                  "missing from %s", files[i], m->dir);
-                }
-            }
+        if (st == NVLM_OK) {
+            st = stat_shards(m, files, n_files, full, &shards_present);
         }
     } else {
         NVLM_TRY(join(path, m->dir, single, ctx));
@@ -567,6 +683,51 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
     return st;
 }
 
+/* The tokenizer must fit the model (both load modes): every id it can produce has an embedding
+ * row, and the tokens the chat template and the image placeholders are built from (prompt.c)
+ * are added tokens, so that the template's text becomes exactly those ids. NVLM_ERR_FORMAT. */
+static nvlm_status check_tokenizer(nvlm_model *m)
+{
+    static const char *const template_tokens[] = {"<|im_start|>", "<|im_end|>", "<|vision_pad|>"};
+    nvlm_context *ctx = m->h.ctx;
+    const nvlm_tokenizer *t = m->tok;
+    int32_t rows = m->cfg.llm.vocab_size;
+    if (t->n_ids > rows) {
+        int32_t first = -1;
+        int32_t count = 0;
+        for (int32_t id = rows; id < t->n_ids; id++) {
+            if (t->id_flags[id] & TOK_F_PRESENT) {
+                first = first < 0 ? id : first;
+                count++;
+            }
+        }
+        const char *text = "";
+        for (size_t i = 0; i < t->n_added; i++) {
+            if (t->added[i].id == first) {
+                text = t->added[i].content;
+            }
+        }
+        return nv_error(ctx, NVLM_ERR_FORMAT,
+                        "tokenizer: id %d%s%.60s%s has no embedding row: the model has %d "
+                        "(llm_config.vocab_size) and the tokenizer %d id%s at or above that",
+                        (int)first, text[0] ? " (" : "", text, text[0] ? ")" : "", (int)rows,
+                        (int)count, count == 1 ? "" : "s");
+    }
+    for (size_t k = 0; k < NV_ARRAY_LEN(template_tokens); k++) {
+        const char *name = template_tokens[k];
+        bool added = false;
+        for (size_t i = 0; i < t->n_added && !added; i++) {
+            added = strcmp(t->added[i].content, name) == 0;
+        }
+        if (!added) {
+            return nv_error(ctx, NVLM_ERR_FORMAT,
+                            "tokenizer: %s, which the chat template uses, is not one of its "
+                            "added tokens", name);
+        }
+    }
+    return NVLM_OK;
+}
+
 static nvlm_status load_tokenizer(nvlm_model *m)
 {
     nvlm_context *ctx = m->h.ctx;
@@ -580,7 +741,8 @@ static nvlm_status load_tokenizer(nvlm_model *m)
         m->tok = NULL;
         return NVLM_OK;
     }
-    return st;
+    NVLM_TRY(st);
+    return check_tokenizer(m);
 }
 
 nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model_params *params,

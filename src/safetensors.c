@@ -7,6 +7,8 @@
  */
 #include "safetensors.h"
 
+#include "json.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +34,14 @@ struct nv_st_file {
     size_t n;
     size_t *by_name;       /* indices into w sorted by name */
     char *names;           /* all names, NUL-separated */
+    uint64_t header_len;
+    const nv_st_limits *lim; /* borrowed while opening; NULL = built-in caps only */
 };
+
+/* Per tensor, a header holds an object, dtype, shape and offsets arrays and their numbers:
+ * at most 14 values. The slack allows a large __metadata__. */
+#define VALUES_PER_TENSOR 16
+#define VALUES_SLACK 65536
 
 typedef struct entry {
     uint64_t begin;
@@ -53,6 +62,11 @@ const nv_weight *nv_st_at(const nv_st_file *f, size_t i)
 uint64_t nv_st_data_bytes(const nv_st_file *f)
 {
     return f != NULL ? f->data_size : 0;
+}
+
+uint64_t nv_st_header_bytes(const nv_st_file *f)
+{
+    return f != NULL ? f->header_len : 0;
 }
 
 const char *nv_st_path(const nv_st_file *f)
@@ -310,7 +324,35 @@ static nvlm_status parse_header(nv_st_file *f, const char *hdr, size_t hlen, con
 {
     const char *path = f->path;
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(hdr, hlen, &end, 0);
+    /* Scan before parsing: malformed text and headers over the caller's bounds are refused
+     * before cJSON allocates a node per value. */
+    nv_json_stats js;
+    if (!nv_json_check(hdr, hlen, &js)) {
+        if (js.trailing) {
+            return nv_error(eh, NVLM_ERR_FORMAT, "%s: trailing bytes after the header JSON", path);
+        }
+        return nv_error(eh, NVLM_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path,
+                        js.end);
+    }
+    if (js.nul_string != SIZE_MAX) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "%s: header string near byte %zu holds a NUL "
+                        "character (\\u0000), which tensor names cannot", path, js.nul_string);
+    }
+    const nv_st_limits *lim = f->lim;
+    if (lim != NULL && js.top_members > lim->max_tensors + 1) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "%s: header lists %zu entries, more than the %zu "
+                        "tensors allowed (%s)", path, js.top_members, lim->max_tensors, lim->why);
+    }
+    if (lim != NULL && js.values > (lim->max_tensors + 1) * VALUES_PER_TENSOR + VALUES_SLACK) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "%s: header holds %zu JSON values, more than %zu "
+                        "tensors need (%s)", path, js.values, lim->max_tensors, lim->why);
+    }
+    bool oom;
+    cJSON *root = nv_json_parse(hdr, hlen, &end, &oom);
+    if (root == NULL && oom) {
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "%s: out of memory parsing the header JSON",
+                        path);
+    }
     if (root == NULL) {
         size_t at = end != NULL && end >= hdr ? (size_t)(end - hdr) : 0;
         return nv_error(eh, NVLM_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path,
@@ -347,6 +389,11 @@ static nvlm_status parse_header(nv_st_file *f, const char *hdr, size_t hlen, con
         n++;
         /* Bounded by hlen (< 100 MB), so this cannot overflow. */
         names_len += strlen(it->string) + 1;
+    }
+    if (lim != NULL && n > lim->max_tensors) {
+        st = nv_error(eh, NVLM_ERR_LIMIT, "%s: header lists %zu tensors, more than the %zu "
+                      "allowed (%s)", path, n, lim->max_tensors, lim->why);
+        goto done;
     }
     f->n = n;
     f->w = nv_calloc(f->ctx, n, sizeof *f->w);
@@ -435,11 +482,24 @@ static nvlm_status new_file(nvlm_context *ctx, const char *path, void *eh, nv_st
     return NVLM_OK;
 }
 
+/* The caller's header byte bound, checked before the header is read. */
+static nvlm_status check_header_bound(nv_st_file *f, uint64_t hlen, void *eh)
+{
+    f->header_len = hlen;
+    if (f->lim != NULL && hlen > f->lim->max_header) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "%s: header of %llu bytes, more than the %llu "
+                        "allowed (%s)", f->path, (unsigned long long)hlen,
+                        (unsigned long long)f->lim->max_header, f->lim->why);
+    }
+    return NVLM_OK;
+}
+
 /* Parses the whole file image base[0..size). */
 static nvlm_status parse_image(nv_st_file *f, const uint8_t *base, size_t size, void *eh)
 {
     uint64_t hlen;
     NVLM_TRY(check_prefix(f->path, base, size, &hlen, eh));
+    NVLM_TRY(check_header_bound(f, hlen, eh));
     f->data_size = size - 8 - hlen;
     return parse_header(f, (const char *)base + 8, (size_t)hlen, base + 8 + hlen, eh);
 }
@@ -464,37 +524,10 @@ nvlm_status nv_st_parse(nvlm_context *ctx, const void *buf, size_t size, const c
 
 static nvlm_status open_fd(const char *path, int *fd, uint64_t *size, void *eh)
 {
-    *fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (*fd < 0) {
-        return nv_error(eh, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
-                        "cannot open %s: %s", path, strerror(errno));
-    }
     struct stat sb;
-    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(*fd);
-        *fd = -1;
-        return nv_error(eh, NVLM_ERR_IO, "%s is not a regular file", path);
-    }
+    NVLM_TRY(nv_open_regular(eh, path, fd, &sb));
     *size = (uint64_t)sb.st_size;
     return NVLM_OK;
-}
-
-static bool pread_all(int fd, void *buf, size_t n, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t got = pread(fd, p, n, (off_t)off);
-        if (got < 0 && errno == EINTR) {
-            continue;
-        }
-        if (got <= 0) {
-            return false;
-        }
-        p += got;
-        n -= (size_t)got;
-        off += (uint64_t)got;
-    }
-    return true;
 }
 
 static nvlm_status open_header_only(nv_st_file *f, void *eh)
@@ -505,17 +538,20 @@ static nvlm_status open_header_only(nv_st_file *f, void *eh)
     uint8_t prefix[8] = {0};
     nvlm_status st = NVLM_OK;
     uint64_t hlen = 0;
-    if (size >= 8 && !pread_all(fd, prefix, 8, 0)) {
+    if (size >= 8 && !nv_read_fd(fd, prefix, 8, 0)) {
         st = nv_error(eh, NVLM_ERR_IO, "%s: cannot read the header length", f->path);
     }
     if (st == NVLM_OK) {
         st = check_prefix(f->path, prefix, size, &hlen, eh);
     }
     if (st == NVLM_OK) {
+        st = check_header_bound(f, hlen, eh);
+    }
+    if (st == NVLM_OK) {
         f->buf = nv_malloc(f->ctx, (size_t)hlen);
         if (f->buf == NULL) {
             st = nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "%s: out of memory for the header", f->path);
-        } else if (!pread_all(fd, f->buf, (size_t)hlen, 8)) {
+        } else if (!nv_read_fd(fd, f->buf, (size_t)hlen, 8)) {
             st = nv_error(eh, NVLM_ERR_IO, "%s: cannot read the header", f->path);
         }
     }
@@ -524,6 +560,9 @@ static nvlm_status open_header_only(nv_st_file *f, void *eh)
         f->data_size = size - 8 - hlen;
         st = parse_header(f, f->buf, (size_t)hlen, NULL, eh);
     }
+    /* the names were copied: the header text is not kept */
+    nv_free(f->ctx, f->buf);
+    f->buf = NULL;
     return st;
 }
 
@@ -556,8 +595,8 @@ static nvlm_status open_read(nv_st_file *f, void *eh)
     return parse_image(f, (const uint8_t *)f->buf, size, eh);
 }
 
-nvlm_status nv_st_open_mode(nvlm_context *ctx, const char *path, nv_st_mode mode,
-                            void *err_handle, nv_st_file **out)
+nvlm_status nv_st_open_limited(nvlm_context *ctx, const char *path, nv_st_mode mode,
+                               const nv_st_limits *limits, void *err_handle, nv_st_file **out)
 {
     if (out == NULL || path == NULL) {
         return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "nv_st_open: NULL argument");
@@ -565,6 +604,7 @@ nvlm_status nv_st_open_mode(nvlm_context *ctx, const char *path, nv_st_mode mode
     *out = NULL;
     nv_st_file *f;
     NVLM_TRY(new_file(ctx, path, err_handle, &f));
+    f->lim = limits;
     nvlm_status st;
     switch (mode) {
     case NV_ST_MMAP:
@@ -580,12 +620,19 @@ nvlm_status nv_st_open_mode(nvlm_context *ctx, const char *path, nv_st_mode mode
         st = nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "nv_st_open: bad mode %d", (int)mode);
         break;
     }
+    f->lim = NULL;
     if (st != NVLM_OK) {
         nv_st_close(f);
         return st;
     }
     *out = f;
     return NVLM_OK;
+}
+
+nvlm_status nv_st_open_mode(nvlm_context *ctx, const char *path, nv_st_mode mode,
+                            void *err_handle, nv_st_file **out)
+{
+    return nv_st_open_limited(ctx, path, mode, NULL, err_handle, out);
 }
 
 nvlm_status nv_st_open(nvlm_context *ctx, const char *path, void *err_handle, nv_st_file **out)

@@ -21,6 +21,15 @@ typedef enum nv_st_mode {
     NV_ST_HEADER_ONLY = 2  /* read only the header: tensors have t.data == NULL */
 } nv_st_mode;
 
+/* Bounds a caller puts on one file, checked before anything per tensor is allocated: the
+ * header's entry and value counts are taken by an allocation-free scan (nv_json_check) before
+ * cJSON builds a tree. */
+typedef struct nv_st_limits {
+    size_t max_tensors;  /* tensors the header may list (plus one __metadata__) */
+    uint64_t max_header; /* header bytes the file may have */
+    const char *why;     /* what sets the bounds, ending the NVLM_ERR_LIMIT message */
+} nv_st_limits;
+
 /* Opens `path` and checks its header (mapped read-only). Error text goes to err_handle (a
  * context, model, ... handle; may be NULL). On success *out is owned by the caller
  * (nv_st_close). Returns NVLM_OK, NVLM_ERR_NOT_FOUND (no such file), NVLM_ERR_IO,
@@ -30,6 +39,9 @@ nvlm_status nv_st_open(nvlm_context *ctx, const char *path, void *err_handle, nv
 /* The same with an explicit mode. */
 nvlm_status nv_st_open_mode(nvlm_context *ctx, const char *path, nv_st_mode mode,
                             void *err_handle, nv_st_file **out);
+/* The same with bounds (NULL: only the built-in caps); a file over them is NVLM_ERR_LIMIT. */
+nvlm_status nv_st_open_limited(nvlm_context *ctx, const char *path, nv_st_mode mode,
+                               const nv_st_limits *limits, void *err_handle, nv_st_file **out);
 /* Parses a whole safetensors file held in memory (the fuzzer's entry point). `buf` is
  * borrowed and must outlive *out (tensor data points into it). `name` labels messages. */
 nvlm_status nv_st_parse(nvlm_context *ctx, const void *buf, size_t size, const char *name,
@@ -43,6 +55,8 @@ const nv_weight *nv_st_at(const nv_st_file *f, size_t i);
 const nv_weight *nv_st_find(const nv_st_file *f, const char *name);
 /* Sum of the tensors' byte counts (= size of the data area). */
 uint64_t nv_st_data_bytes(const nv_st_file *f);
+/* Length of the header JSON in bytes. */
+uint64_t nv_st_header_bytes(const nv_st_file *f);
 /* The path (or name) the file was opened with. */
 const char *nv_st_path(const nv_st_file *f);
 /* Byte count of one tensor (dtype size x elements; the reader checked it does not overflow). */

@@ -7,10 +7,14 @@
  */
 #include "tokenizer.h"
 
+#include "json.h"
+
 #include <cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 /* Qwen2's split regex (tokenizer.json pre_tokenizer; Qwen2TokenizerFast) for the vocab.json +
@@ -770,13 +774,15 @@ static nvlm_status finish(nvlm_context *ctx, nvlm_tokenizer *t, nvlm_status st,
     return NVLM_OK;
 }
 
+/* `label` names the text in messages (the path it was read from, or "tokenizer.json"). */
 static nvlm_status load_json(nvlm_context *ctx, const char *json, size_t len, const cJSON *cfg,
-                             nvlm_tokenizer **out)
+                             const char *label, nvlm_tokenizer **out)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    bool no_mem;
+    cJSON *root = nv_json_parse(json, len, NULL, &no_mem);
     if (root == NULL || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return nv_error(ctx, NVLM_ERR_FORMAT, "tokenizer.json: not a JSON object");
+        return nv_json_fail(ctx, no_mem, label, "not a JSON object");
     }
     nvlm_tokenizer *t = NULL;
     tok_spec sp = {0};
@@ -877,7 +883,7 @@ static nvlm_status load_json(nvlm_context *ctx, const char *json, size_t len, co
 
 nvlm_status tok_load_json(nvlm_context *ctx, const char *json, size_t len, nvlm_tokenizer **out)
 {
-    return load_json(ctx, json, len, NULL, out);
+    return load_json(ctx, json, len, NULL, "tokenizer.json", out);
 }
 
 static bool is_ws(char c)
@@ -942,18 +948,19 @@ nvlm_status tok_load_vocab_merges(nvlm_context *ctx, const char *vocab_json, siz
                                   const char *merges, size_t merges_len, const char *config_json,
                                   size_t config_len, nvlm_tokenizer **out)
 {
-    cJSON *vocab = cJSON_ParseWithLength(vocab_json, vocab_len);
+    bool no_mem;
+    cJSON *vocab = nv_json_parse(vocab_json, vocab_len, NULL, &no_mem);
     if (!cJSON_IsObject(vocab)) {
         cJSON_Delete(vocab);
-        return nv_error(ctx, NVLM_ERR_FORMAT, "vocab.json: not a JSON object");
+        return nv_json_fail(ctx, no_mem, "vocab.json", "not a JSON object");
     }
     cJSON *cfg = NULL;
     if (config_json != NULL) {
-        cfg = cJSON_ParseWithLength(config_json, config_len);
+        cfg = nv_json_parse(config_json, config_len, NULL, &no_mem);
         if (!cJSON_IsObject(cfg)) {
             cJSON_Delete(cfg);
             cJSON_Delete(vocab);
-            return nv_error(ctx, NVLM_ERR_FORMAT, "tokenizer_config.json: not a JSON object");
+            return nv_json_fail(ctx, no_mem, "tokenizer_config.json", "not a JSON object");
         }
     }
     nvlm_tokenizer *t = NULL;
@@ -1014,11 +1021,9 @@ static nvlm_status read_opt(nvlm_context *ctx, const char *dir, const char *name
         return oom(ctx);
     }
     snprintf(p, n, "%s/%s", dir, name);
-    FILE *f = fopen(p, "rb");
-    *found = f != NULL;
-    if (f != NULL) {
-        fclose(f);
-    }
+    /* Present in any form counts as found: nv_read_file then refuses a FIFO or directory. */
+    struct stat sb;
+    *found = stat(p, &sb) == 0;
     nvlm_status st = NVLM_OK;
     *data = NULL;
     *size = 0;
@@ -1031,45 +1036,38 @@ static nvlm_status read_opt(nvlm_context *ctx, const char *dir, const char *name
 
 nvlm_status tok_load_path(nvlm_context *ctx, const char *path, nvlm_tokenizer **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return nv_error(ctx, NVLM_ERR_NOT_FOUND, "tokenizer: cannot open %s", path);
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        return nv_error(ctx, errno == ENOENT ? NVLM_ERR_NOT_FOUND : NVLM_ERR_IO,
+                        "tokenizer: cannot open %s: %s", path, strerror(errno));
     }
-    fclose(f);
     char *json = NULL, *cfg = NULL, *vocab = NULL, *merges = NULL;
     size_t json_n = 0, cfg_n = 0, vocab_n = 0, merges_n = 0;
     bool has_json, has_cfg, has_vocab, has_merges;
-    /* a directory: fopen succeeds on Linux but reading fails; try its files */
-    nvlm_status st = read_opt(ctx, path, "tokenizer.json", &json, &json_n, &has_json);
-    if (st == NVLM_OK && !has_json) {
-        /* maybe `path` is a tokenizer.json file itself */
-        char probe[1];
-        FILE *g = fopen(path, "rb");
-        bool is_file = g != NULL && fread(probe, 1, 1, g) == 1;
-        if (g != NULL) {
-            fclose(g);
+    nvlm_status st;
+    if (!S_ISDIR(sb.st_mode)) {
+        /* `path` names tokenizer.json itself (nv_read_file refuses a FIFO, device, socket) */
+        st = nv_read_file(ctx, ctx, path, (size_t)1 << 30, &json, &json_n);
+        if (st == NVLM_OK) {
+            st = load_json(ctx, json, json_n, NULL, path, out);
         }
-        if (is_file) {
-            st = nv_read_file(ctx, ctx, path, (size_t)1 << 30, &json, &json_n);
-            if (st == NVLM_OK) {
-                st = tok_load_json(ctx, json, json_n, out);
-            }
-            nv_free(ctx, json);
-            return st;
-        }
+        nv_free(ctx, json);
+        return st;
     }
+    st = read_opt(ctx, path, "tokenizer.json", &json, &json_n, &has_json);
     if (st == NVLM_OK) {
         st = read_opt(ctx, path, "tokenizer_config.json", &cfg, &cfg_n, &has_cfg);
     }
     cJSON *cfg_root = NULL;
     if (st == NVLM_OK && has_cfg) {
-        cfg_root = cJSON_ParseWithLength(cfg, cfg_n);
+        bool no_mem;
+        cfg_root = nv_json_parse(cfg, cfg_n, NULL, &no_mem);
         if (!cJSON_IsObject(cfg_root)) {
-            st = nv_error(ctx, NVLM_ERR_FORMAT, "tokenizer_config.json: not a JSON object");
+            st = nv_json_fail(ctx, no_mem, "tokenizer_config.json", "not a JSON object");
         }
     }
     if (st == NVLM_OK && has_json) {
-        st = load_json(ctx, json, json_n, cfg_root, out);
+        st = load_json(ctx, json, json_n, cfg_root, "tokenizer.json", out);
     } else if (st == NVLM_OK) {
         st = read_opt(ctx, path, "vocab.json", &vocab, &vocab_n, &has_vocab);
         if (st == NVLM_OK) {

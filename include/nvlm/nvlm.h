@@ -228,12 +228,18 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * model.safetensors.index.json + shards, tokenizer.json (or vocab.json + merges.txt +
  * tokenizer_config.json) and optional generation_config.json. Every file is treated as
  * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32) is checked against the
- * config before use. On success *out is a new model owned by the caller (nvlm_model_free), which
+ * config before use. The tokenizer, when present, must fit the model (both modes): every id
+ * below llm_config.vocab_size, and <|im_start|>, <|im_end|>, <|vision_pad|> among its added
+ * tokens. On success *out is a new model owned by the caller (nvlm_model_free), which
  * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_FORMAT (bad JSON, corrupt
- * safetensors), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
- * NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT, NVLM_ERR_NOT_FOUND (missing file or shard),
- * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_CANCELLED (progress callback), NVLM_ERR_BACKEND. */
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO (also a FIFO, directory, device or
+ * socket in a file's place: refused without blocking), NVLM_ERR_FORMAT (bad JSON, corrupt
+ * safetensors, a NUL in an index name, two index names for one shard file, a tokenizer that does
+ * not fit the model), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the
+ * message), NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT (also shard headers or an index far larger than
+ * the config's tensor layout), NVLM_ERR_NOT_FOUND (missing file or shard),
+ * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
+ * callback), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
                                      const nvlm_model_params *params, nvlm_model **out);
 NVLM_API void nvlm_model_free(nvlm_model *model);
@@ -313,7 +319,8 @@ NVLM_API nvlm_tokenizer *nvlm_model_tokenizer(const nvlm_model *model);
 /* Loads a tokenizer from `path`: a tokenizer.json file, or a directory holding tokenizer.json
  * or vocab.json + merges.txt (+ tokenizer_config.json for the added tokens). The caller owns
  * *out (nvlm_tokenizer_free). Failure text goes to ctx. Returns NVLM_OK,
- * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_NOT_FOUND, NVLM_ERR_FORMAT,
+ * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO (also a FIFO, device or socket given as a file:
+ * refused without blocking), NVLM_ERR_NOT_FOUND, NVLM_ERR_FORMAT,
  * NVLM_ERR_UNSUPPORTED (a normalizer/pre-tokenizer/model type it does not implement, named in
  * the message), NVLM_ERR_OUT_OF_MEMORY. */
 NVLM_API nvlm_status nvlm_tokenizer_load(nvlm_context *ctx, const char *path, nvlm_tokenizer **out);
@@ -506,7 +513,9 @@ typedef enum nvlm_pixel_format {
 
 /* Decode an image file / memory buffer (format sniffed from the bytes) and tile it. The caller
  * owns *out (nvlm_image_free). Failure text goes to ctx. Returns NVLM_OK,
- * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_FORMAT (corrupt, truncated, unknown format),
+ * NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO (also a path that is not a regular file: a directory,
+ * FIFO, device or socket, refused without blocking), NVLM_ERR_FORMAT (corrupt, truncated,
+ * unknown format),
  * NVLM_ERR_LIMIT (too many pixels, checked before any pixel buffer is allocated),
  * NVLM_ERR_UNSUPPORTED, NVLM_ERR_OUT_OF_MEMORY. */
 NVLM_API nvlm_status nvlm_image_load_file(nvlm_context *ctx, const char *path,

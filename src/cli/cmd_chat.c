@@ -123,7 +123,7 @@ int cmd_chat(int argc, char **argv)
     }
     st = nvlm_model_load(ctx, dir, NULL, &model);
     if (st != NVLM_OK) {
-        rc = cli_fail(dir, st, ctx);
+        rc = cli_fail("chat", st, ctx);
         goto done;
     }
     st = nvlm_session_create(model, &sp, &s);
@@ -165,7 +165,7 @@ int cmd_chat(int argc, char **argv)
             }
             st = nvlm_image_load_file(ctx, line + 7, &ip, &pending[n_pending]);
             if (st != NVLM_OK) {
-                cli_fail(line + 7, st, ctx);
+                cli_fail("chat", st, ctx); /* the message names the file */
                 continue;
             }
             fprintf(stderr, "(image %s: %d tiles, attached to the next message)\n", line + 7,

@@ -195,7 +195,8 @@ static int load_image(nvlm_context *ctx, nvlm_model *model, conv *c, const char 
     nvlm_model_image_params(model, &ip);
     nvlm_status st = nvlm_image_load_file(ctx, path, &ip, &c->images[c->n_images]);
     if (st != NVLM_OK) {
-        return cli_fail(what != NULL ? what : path, st, ctx);
+        /* the message names the file; a --messages image also says which message */
+        return cli_fail(what != NULL ? what : "generate", st, ctx);
     }
     c->tiles[c->n_images] = nvlm_image_tile_count(c->images[c->n_images]);
     c->n_images++;
@@ -540,7 +541,7 @@ int cmd_generate(int argc, char **argv)
     }
     st = nvlm_model_load(ctx, dir, NULL, &model);
     if (st != NVLM_OK) {
-        rc = cli_fail(dir, st, ctx);
+        rc = cli_fail("generate", st, ctx);
         goto done;
     }
     const nvlm_tokenizer *tok = nvlm_model_tokenizer(model);

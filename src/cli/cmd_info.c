@@ -332,7 +332,7 @@ int cmd_info(int argc, char **argv)
         st = nvlm_model_load(ctx, dir, &mp, &model);
     }
     if (st != NVLM_OK) {
-        int rc = cli_fail(dir, st, ctx);
+        int rc = cli_fail("info", st, ctx);
         nvlm_context_free(ctx);
         return rc;
     }

@@ -83,7 +83,7 @@ int cmd_tokenize(int argc, char **argv)
     nvlm_tokenizer *tok;
     st = nvlm_tokenizer_load(ctx, path, &tok);
     if (st != NVLM_OK) {
-        int rc = cli_fail(path, st, ctx);
+        int rc = cli_fail("tokenize", st, ctx);
         nvlm_context_free(ctx);
         return rc;
     }
@@ -111,7 +111,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     int rc = 0;
     if (st != NVLM_OK) {
-        rc = cli_fail(path, st, tok);
+        rc = cli_fail("tokenize", st, tok);
     } else {
         fputs(json ? "[" : "", stdout);
         for (size_t i = 0; i < n; i++) {

@@ -17,6 +17,8 @@ static const struct {
     {"chat", cmd_chat, "interactive conversation"},
 };
 
+/* Prints "nvlm: WHAT: <the handle's message>". WHAT is the subcommand (or the step), never a
+ * path: the library's messages name the files they are about. */
 int cli_fail(const char *what, nvlm_status st, const void *handle)
 {
     const char *detail = nvlm_last_error(handle);
