@@ -128,6 +128,7 @@ struct nv_backend {
     const nv_backend_ops *ops;
     nvlm_context *ctx;
     nv_dtype kv_default;     /* the KV cache dtype of NVLM_KV_DEFAULT */
+    bool device_memory;      /* activations live in device memory (not host-addressable) */
     void *impl;              /* backend-private */
 };
 
@@ -139,10 +140,22 @@ struct nv_exec {
 
 /* The CPU backend (src/cpu/backend_cpu.c). */
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
+struct tp_comm;
+
+/* Makes the communicator of one session's ranks (their execs, in rank order). */
+typedef nvlm_status (*nv_tp_comm_fn)(nvlm_context *ctx, int size, nv_exec *const *rank_execs,
+                                     void *err_handle, struct tp_comm **out);
+
 /* The tensor-parallel backend (src/tp/backend_tp.c) over `size` rank backends of one kind,
- * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). */
+ * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). comm_fn:
+ * the communicator each session gets (NULL: the local one, staged through host memory when the
+ * ranks' memory is a device's). */
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
-                                 int size, void *err_handle, nv_backend **out);
+                                 int size, nv_tp_comm_fn comm_fn, void *err_handle,
+                                 nv_backend **out);
+/* Tests: collectives go through host memory even over host-memory ranks (the staging path of
+ * device ranks with the local communicator). */
+void nv_tp_set_staged(nv_backend *be, bool staged);
 /* Tests: rank `rank` of a tensor-parallel exec fails its op_count-th op from now with
  * NVLM_ERR_BACKEND "injected failure". */
 void nv_tp_inject_failure(nv_exec *ex, int rank, int64_t op_count);
