@@ -138,6 +138,17 @@ struct nv_exec {
     void *impl;              /* backend-private: thread pool, stream, scratch */
 };
 
+/* Bytes of a KV cache buffer of rows x kv_heads x head_dim elements of dtype (alloc_kv);
+ * false for a negative count or on overflow. */
+static inline bool nv_kv_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim, nv_dtype dtype,
+                               size_t *out)
+{
+    size_t n;
+    return rows >= 0 && kv_heads >= 0 && head_dim >= 0 &&
+           nv_mul_size((size_t)rows, (size_t)kv_heads, &n) &&
+           nv_mul_size(n, (size_t)head_dim, &n) && nv_mul_size(n, nv_dtype_size(dtype), out);
+}
+
 /* The CPU backend (src/cpu/backend_cpu.c). */
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
 struct tp_comm;

@@ -8,14 +8,7 @@
  */
 #include "eng_golden.h"
 
-#include <cJSON.h>
 #include <time.h>
-
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static nvlm_context *tp_context(int tp, int n_threads)
 {
@@ -60,63 +53,16 @@ static int check_step(void *user, int32_t token, const char *text, size_t len)
     return 0;
 }
 
-static nvlm_session *build_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
-{
-    nvlm_image *imgs[4] = {0};
-    size_t n_img = 0;
-    const cJSON *jimg;
-    cJSON_ArrayForEach(jimg, cJSON_GetObjectItemCaseSensitive(c, "images"))
-    {
-        char path[256];
-        snprintf(path, sizeof path, "tests/data/images/%s", jimg->valuestring);
-        if (n_img < 4 && nvlm_image_load_file(ctx, path, NULL, &imgs[n_img]) == NVLM_OK) {
-            n_img++;
-        }
-    }
-    nvlm_session *s = NULL;
-    nvlm_status st = nvlm_session_create(m, NULL, &s);
-    bool used = false;
-    const cJSON *turn;
-    cJSON_ArrayForEach(turn, cJSON_GetObjectItemCaseSensitive(c, "history"))
-    {
-        const char *q = cJSON_GetArrayItem(turn, 0)->valuestring;
-        bool with = !used && strstr(q, "<image>") != NULL;
-        if (st == NVLM_OK) {
-            st = nvlm_session_add_turn(s, NVLM_ROLE_USER, q, with ? imgs : NULL,
-                                       with ? n_img : 0);
-        }
-        used = used || with;
-        if (st == NVLM_OK) {
-            st = nvlm_session_add_turn(s, NVLM_ROLE_ASSISTANT,
-                                       cJSON_GetArrayItem(turn, 1)->valuestring, NULL, 0);
-        }
-    }
-    if (st == NVLM_OK) {
-        st = nvlm_session_add_turn(s, NVLM_ROLE_USER, jstr(c, "question"), used ? NULL : imgs,
-                                   used ? 0 : n_img);
-    }
-    CHECK(st == NVLM_OK, "%s: turns -> %d: %s", jstr(c, "name"), (int)st,
-          s != NULL ? nvlm_last_error(s) : nvlm_last_error(m));
-    for (size_t i = 0; i < n_img; i++) {
-        nvlm_image_free(imgs[i]);
-    }
-    if (st != NVLM_OK) {
-        nvlm_session_free(s);
-        return NULL;
-    }
-    return s;
-}
-
 static void golden_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c, int tp)
 {
-    const char *name = jstr(c, "name");
+    const char *name = eg_jstr(c, "name");
     nv_st_file *f = eg_open(ctx, name);
     size_t n_ids = 0;
     size_t n_steps = 0;
     int32_t *ids = eg_ids(f, "prompt_ids", &n_ids);
     int32_t *want = eg_ids(f, "step_tokens", &n_steps);
     const nv_tensor *sl = eg_tensor(f, "step_logits", NV_F32);
-    nvlm_session *s = build_case(ctx, m, c);
+    nvlm_session *s = eg_build_case(ctx, m, c, NULL);
     if (s != NULL && ids != NULL && want != NULL && sl != NULL) {
         size_t n_tok = 0;
         const int32_t *tok = nvlm_session_tokens(s, &n_tok);
@@ -495,7 +441,7 @@ static void test_cli(const cJSON *case1)
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "%s generate " EG_MODEL_DIR " -i tests/data/images/coffee_600x400.jpg -p '%s' "
-             "-n 16 --json --backend cpu --tp 2", cli, jstr(case1, "question"));
+             "-n 16 --json --backend cpu --tp 2", cli, eg_jstr(case1, "question"));
     int rc = 0;
     cJSON *j = cJSON_Parse(run_cli(cmd, &rc));
     CHECK(rc == 0 && j != NULL, "nvlm generate --tp 2 --json runs");
@@ -534,7 +480,7 @@ int main(void)
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(root, "cases"))
     {
-        const char *name = jstr(c, "name");
+        const char *name = eg_jstr(c, "name");
         if (name != NULL && strcmp(name, "case1_multitile") == 0) {
             test_cli(c);
         }

@@ -567,9 +567,7 @@ static nvlm_status tp_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head
     }
     nvlm_status st = NVLM_OK;
     for (int r = 0; r < t->size && st == NVLM_OK; r++) {
-        size_t n = (size_t)kv_heads_of(t, r).count * (size_t)head_dim;
-        if (rows < 0 || !nv_mul_size(n, (size_t)rows, &n) ||
-            !nv_mul_size(n, nv_dtype_size(dtype), &b[r])) {
+        if (!nv_kv_bytes(rows, kv_heads_of(t, r).count, head_dim, dtype, &b[r])) {
             st = nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
         }
     }
