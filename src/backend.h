@@ -128,6 +128,7 @@ struct nv_backend {
     const nv_backend_ops *ops;
     nvlm_context *ctx;
     nv_dtype kv_default;     /* the KV cache dtype of NVLM_KV_DEFAULT */
+    bool device_memory;      /* activations live in device memory (not host-addressable) */
     void *impl;              /* backend-private */
 };
 
@@ -137,12 +138,35 @@ struct nv_exec {
     void *impl;              /* backend-private: thread pool, stream, scratch */
 };
 
+/* Bytes of a KV cache buffer of rows x kv_heads x head_dim elements of dtype (alloc_kv);
+ * false for a negative count or on overflow. */
+static inline bool nv_kv_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim, nv_dtype dtype,
+                               size_t *out)
+{
+    size_t n;
+    return rows >= 0 && kv_heads >= 0 && head_dim >= 0 &&
+           nv_mul_size((size_t)rows, (size_t)kv_heads, &n) &&
+           nv_mul_size(n, (size_t)head_dim, &n) && nv_mul_size(n, nv_dtype_size(dtype), out);
+}
+
 /* The CPU backend (src/cpu/backend_cpu.c). */
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
+struct tp_comm;
+
+/* Makes the communicator of one session's ranks (their execs, in rank order). */
+typedef nvlm_status (*nv_tp_comm_fn)(nvlm_context *ctx, int size, nv_exec *const *rank_execs,
+                                     void *err_handle, struct tp_comm **out);
+
 /* The tensor-parallel backend (src/tp/backend_tp.c) over `size` rank backends of one kind,
- * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). */
+ * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). comm_fn:
+ * the communicator each session gets (NULL: the local one, staged through host memory when the
+ * ranks' memory is a device's). */
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
-                                 int size, void *err_handle, nv_backend **out);
+                                 int size, nv_tp_comm_fn comm_fn, void *err_handle,
+                                 nv_backend **out);
+/* Tests: collectives go through host memory even over host-memory ranks (the staging path of
+ * device ranks with the local communicator). */
+void nv_tp_set_staged(nv_backend *be, bool staged);
 /* Tests: rank `rank` of a tensor-parallel exec fails its op_count-th op from now with
  * NVLM_ERR_BACKEND "injected failure". */
 void nv_tp_inject_failure(nv_exec *ex, int rank, int64_t op_count);

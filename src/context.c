@@ -396,15 +396,35 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
     if (p.n_threads < 0 || p.n_threads > 4096 || p.log_level < NVLM_LOG_ERROR ||
         p.log_level > NVLM_LOG_DEBUG || p.backend < NVLM_BACKEND_AUTO ||
         p.backend > NVLM_BACKEND_CUDA || p.device < 0 || p.tp_size < 0 ||
-        p.tp_size > NV_TP_MAX_RANKS) {
+        p.tp_size > NV_TP_MAX_RANKS || p.n_devices < 0 || p.n_devices > NV_TP_MAX_RANKS ||
+        (p.n_devices > 0 && p.devices == NULL)) {
         return NVLM_ERR_INVALID_ARGUMENT;
     }
+    /* the device of each rank: the list given, or devices 0 .. tp_size - 1 (`device` alone) */
+    int32_t tp = p.tp_size > 1 ? p.tp_size : 1;
+    if (p.n_devices > 0) {
+        if (p.tp_size > 1 && p.tp_size != p.n_devices) {
+            return NVLM_ERR_INVALID_ARGUMENT;
+        }
+        tp = p.n_devices;
+    }
+    int32_t devs[NV_TP_MAX_RANKS];
+    for (int32_t r = 0; r < tp; r++) {
+        devs[r] = p.n_devices > 0 ? p.devices[r] : tp == 1 ? p.device : r;
+        if (devs[r] < 0) {
+            return NVLM_ERR_INVALID_ARGUMENT;
+        }
+    }
+    bool cuda_ok = p.backend != NVLM_BACKEND_CPU;
+    for (int32_t r = 0; r < tp && cuda_ok; r++) {
+        cuda_ok = nv_cuda_available(devs[r]);
+    }
     nvlm_backend backend = p.backend;
-    if (backend == NVLM_BACKEND_CUDA && !nv_cuda_available(p.device)) {
+    if (backend == NVLM_BACKEND_CUDA && !cuda_ok) {
         return NVLM_ERR_NO_DEVICE;
     }
     if (backend == NVLM_BACKEND_AUTO) {
-        backend = nv_cuda_available(p.device) ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU;
+        backend = cuda_ok ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU;
     }
     nvlm_context *ctx;
     if (hooks) {
@@ -416,20 +436,21 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
         return NVLM_ERR_OUT_OF_MEMORY;
     }
     memset(ctx, 0, sizeof *ctx);
+    ctx->alloc_fn = p.alloc_fn;
+    ctx->realloc_fn = p.realloc_fn;
+    ctx->free_fn = p.free_fn;
+    ctx->alloc_user = p.alloc_user;
+    memcpy(ctx->devices, devs, (size_t)tp * sizeof *devs);
     nv_handle_init(&ctx->h, NV_MAGIC_CONTEXT, ctx);
     pthread_mutex_init(&ctx->err_lock, NULL);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : (int32_t)(cores > 0 ? cores : 1);
     ctx->backend = backend;
-    ctx->device = p.device;
-    ctx->tp_size = p.tp_size > 1 ? p.tp_size : 1;
+    ctx->device = devs[0];
+    ctx->tp_size = tp;
     ctx->log_fn = p.log_fn;
     ctx->log_user = p.log_user;
     ctx->log_level = p.log_level;
-    ctx->alloc_fn = p.alloc_fn;
-    ctx->realloc_fn = p.realloc_fn;
-    ctx->free_fn = p.free_fn;
-    ctx->alloc_user = p.alloc_user;
     *out = ctx;
     return NVLM_OK;
 }

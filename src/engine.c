@@ -5,6 +5,8 @@
  */
 #include "engine.h"
 
+#include "tp/comm.h"
+
 #ifdef NVLM_WITH_CUDA
 #include "cuda/cuda_api.h"
 #endif
@@ -86,14 +88,71 @@ void nv_engine_free(nvlm_model *m)
     m->engine = NULL;
 }
 
-/* The CPU backend, or ctx->tp_size CPU ranks under the tensor-parallel backend. */
-static nvlm_status cpu_backend(nvlm_model *m, nv_backend **out)
+/* One backend of the context's kind: the CPU, or the CUDA device of rank r. */
+static nvlm_status one_backend(nvlm_model *m, int r, nv_backend **out)
+{
+    nvlm_context *ctx = m->h.ctx;
+#ifdef NVLM_WITH_CUDA
+    if (ctx->backend == NVLM_BACKEND_CUDA) {
+        nvlm_status st = nv_backend_cuda_create(ctx, ctx->devices[r], out);
+        return st == NVLM_OK ? st : nv_error_copy(m, ctx, st);
+    }
+#endif
+    (void)r;
+    nvlm_status st = nv_backend_cpu_create(ctx, out);
+    return st == NVLM_OK ? st : nv_error(m, st, "cannot create the CPU backend");
+}
+
+#ifdef NVLM_WITH_CUDA
+/* NCCL between the ranks' GPUs, each collective on its rank's stream; without libnccl, the
+ * local communicator (collectives staged through host memory). */
+static nvlm_status nccl_comm(nvlm_context *ctx, int size, nv_exec *const *execs,
+                             void *err_handle, struct tp_comm **out)
+{
+    int devices[NV_TP_MAX_RANKS];
+    void *streams[NV_TP_MAX_RANKS];
+    for (int r = 0; r < size; r++) {
+        devices[r] = nv_cuda_backend_device(execs[r]->be);
+        streams[r] = nv_cuda_exec_stream(execs[r]);
+    }
+    nvlm_status st = nv_tp_comm_nccl_create(ctx, size, devices, streams, err_handle, out);
+    if (st == NVLM_ERR_UNSUPPORTED) {
+        nv_log(ctx, NVLM_LOG_WARN, "%s; tensor-parallel collectives go through host memory",
+               nvlm_last_error(err_handle));
+        nv_clear(err_handle);
+        st = tp_comm_local_create(ctx, size, err_handle, out);
+    }
+    return st;
+}
+#endif
+
+/* The collectives of the ranks: NCCL between distinct GPUs; otherwise the local communicator
+ * (staged through host memory for device ranks). */
+static nv_tp_comm_fn comm_for(const nvlm_context *ctx)
+{
+#ifdef NVLM_WITH_CUDA
+    if (ctx->backend == NVLM_BACKEND_CUDA) {
+        for (int a = 0; a < ctx->tp_size; a++) {
+            for (int b = a + 1; b < ctx->tp_size; b++) {
+                if (ctx->devices[a] == ctx->devices[b]) {
+                    return NULL;
+                }
+            }
+        }
+        return nccl_comm;
+    }
+#endif
+    (void)ctx;
+    return NULL;
+}
+
+/* The backend, or ctx->tp_size rank backends under the tensor-parallel backend. */
+static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
 {
     nvlm_context *ctx = m->h.ctx;
     int size = ctx->tp_size;
     if (size <= 1) {
-        nvlm_status st = nv_backend_cpu_create(ctx, out);
-        return st == NVLM_OK ? st : nv_error(m, st, "cannot create the CPU backend");
+        return one_backend(m, 0, out);
     }
     nv_backend **ranks = nv_calloc(ctx, (size_t)size, sizeof *ranks);
     if (ranks == NULL) {
@@ -101,7 +160,7 @@ static nvlm_status cpu_backend(nvlm_model *m, nv_backend **out)
     }
     nvlm_status st = NVLM_OK;
     for (int r = 0; r < size && st == NVLM_OK; r++) {
-        st = nv_backend_cpu_create(ctx, &ranks[r]);
+        st = one_backend(m, r, &ranks[r]);
     }
     if (st != NVLM_OK) {
         for (int r = 0; r < size; r++) {
@@ -110,9 +169,9 @@ static nvlm_status cpu_backend(nvlm_model *m, nv_backend **out)
             }
         }
         nv_free(ctx, ranks);
-        return nv_error(m, st, "cannot create the CPU backend");
+        return st;
     }
-    st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, m, out);
+    st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, comm_for(ctx), m, out);
     nv_free(ctx, ranks);
     return st;
 }
@@ -128,33 +187,15 @@ nvlm_status nv_engine_init(nvlm_model *m)
         return nv_error(m, NVLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
     }
 #endif
-    if (ctx->backend == NVLM_BACKEND_CUDA && ctx->tp_size > 1) {
-        return nv_error(m, NVLM_ERR_UNSUPPORTED,
-                        "tensor parallelism (tp_size %d) is not available with the CUDA backend "
-                        "yet; use the CPU backend", ctx->tp_size);
-    }
     nv_engine *e = nv_calloc(ctx, 1, sizeof *e);
     if (e == NULL) {
         return nv_error(m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the engine");
     }
     m->engine = e;
-    nvlm_status st;
-#ifdef NVLM_WITH_CUDA
-    if (ctx->backend == NVLM_BACKEND_CUDA) {
-        st = nv_backend_cuda_create(ctx, ctx->device, &e->be);
-        if (st != NVLM_OK) {
-            nv_error_copy(m, ctx, st);
-            nv_engine_free(m);
-            return st;
-        }
-    } else
-#endif
-    {
-        st = cpu_backend(m, &e->be);
-        if (st != NVLM_OK) {
-            nv_engine_free(m);
-            return st;
-        }
+    nvlm_status st = make_backend(m, &e->be);
+    if (st != NVLM_OK) {
+        nv_engine_free(m);
+        return st;
     }
     e->image_token_id = -1;
     if (m->tok != NULL) {

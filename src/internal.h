@@ -43,6 +43,7 @@ struct nvlm_context {
     nvlm_backend backend;
     int32_t device;
     int32_t tp_size;           /* tensor-parallel ranks per model (1: none) */
+    int32_t devices[NV_TP_MAX_RANKS]; /* CUDA device of each rank (tp_size entries) */
     nvlm_log_fn log_fn;
     void *log_user;
     nvlm_log_level log_level;

@@ -1,7 +1,8 @@
 /*
  * eng_golden.h - helpers shared by the engine tests (test_vision, test_projector, test_decoder,
- * test_session, test_concurrency): open the tiny model and the golden safetensors, compare
- * float arrays with |got - want| <= atol + rtol |want| (tests/data/golden/cases.json).
+ * test_session, test_concurrency, test_tp, ...): open the tiny model and the golden safetensors,
+ * compare float arrays with |got - want| <= atol + rtol |want|, build a golden case's
+ * conversation (tests/data/golden/cases.json).
  */
 #ifndef NVLM_ENG_GOLDEN_H
 #define NVLM_ENG_GOLDEN_H
@@ -10,6 +11,7 @@
 #include "safetensors.h"
 #include "testutil.h"
 
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +117,75 @@ static inline nvlm_model *eg_load_model(nvlm_context **ctx_out, int n_threads)
           ctx != NULL ? nvlm_last_error(ctx) : "");
     *ctx_out = ctx;
     return st == NVLM_OK ? m : NULL;
+}
+
+static inline const char *eg_jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Greedy, no stop ids, at most n tokens. */
+static inline void eg_greedy_params(nvlm_sampler_params *p, int n)
+{
+    static const int32_t none[1] = {0};
+    nvlm_sampler_default_params(p);
+    p->max_new_tokens = n;
+    p->stop_ids = none;
+    p->n_stop_ids = 0;
+}
+
+/* Builds a golden case's conversation (cases.json: images, history, question) in a new
+ * session with params sp (may be NULL); NULL on failure (a failed check). */
+static inline nvlm_session *eg_build_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c,
+                                          const nvlm_session_params *sp)
+{
+    nvlm_image *imgs[4] = {0};
+    size_t n_img = 0;
+    const cJSON *jimg;
+    cJSON_ArrayForEach(jimg, cJSON_GetObjectItemCaseSensitive(c, "images"))
+    {
+        char path[256];
+        snprintf(path, sizeof path, "tests/data/images/%s", jimg->valuestring);
+        nvlm_status st = nvlm_image_load_file(ctx, path, NULL, &imgs[n_img]);
+        CHECK(st == NVLM_OK, "load %s -> %d", path, (int)st);
+        n_img += st == NVLM_OK;
+    }
+    nvlm_session *s = NULL;
+    CHECK_OK(nvlm_session_create(m, sp, &s));
+    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(c, "history");
+    nvlm_status st = s != NULL ? NVLM_OK : NVLM_ERR_INTERNAL;
+    bool images_used = false;
+    if (cJSON_IsArray(hist)) {
+        const cJSON *turn;
+        cJSON_ArrayForEach(turn, hist)
+        {
+            const char *q = cJSON_GetArrayItem(turn, 0)->valuestring;
+            const char *a = cJSON_GetArrayItem(turn, 1)->valuestring;
+            bool with = !images_used && strstr(q, "<image>") != NULL;
+            if (st == NVLM_OK) {
+                st = nvlm_session_add_turn(s, NVLM_ROLE_USER, q, with ? imgs : NULL,
+                                           with ? n_img : 0);
+            }
+            images_used = images_used || with;
+            if (st == NVLM_OK) {
+                st = nvlm_session_add_turn(s, NVLM_ROLE_ASSISTANT, a, NULL, 0);
+            }
+        }
+    }
+    if (st == NVLM_OK) {
+        st = nvlm_session_add_turn(s, NVLM_ROLE_USER, eg_jstr(c, "question"),
+                                   images_used ? NULL : imgs, images_used ? 0 : n_img);
+    }
+    CHECK(st == NVLM_OK, "%s: turns -> %d: %s", eg_jstr(c, "name"), (int)st, nvlm_last_error(s));
+    for (size_t i = 0; i < n_img; i++) {
+        nvlm_image_free(imgs[i]);
+    }
+    if (st != NVLM_OK) {
+        nvlm_session_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 #endif /* NVLM_ENG_GOLDEN_H */

@@ -5,12 +5,15 @@
  * against the CPU op on the same random inputs, by relative L2 (<= 1e-5 for f32 outputs,
  * <= 8e-3 for bf16-stored ones; outputs poisoned with NaN first), then the tiny model end to
  * end on the goldens (ViT, projector, teacher-forced logits within 2e-2; argmax where the golden
- * top-1/top-2 margin exceeds 0.1).
+ * top-1/top-2 margin exceeds 0.1). Tensor parallelism on the device: two CUDA ranks on device 0
+ * (collectives staged through the local communicator) against the CPU, and the NCCL
+ * communicator at one rank (NCCL refuses two ranks on one GPU).
  */
 #include "eng_golden.h"
 
 #ifdef NVLM_WITH_CUDA
 #include "cuda/cuda_api.h"
+#include "tp/comm.h"
 #endif
 
 #include <math.h>
@@ -835,6 +838,110 @@ static void run_e2e(void)
     nvlm_model_free(m);
     nvlm_context_free(ctx);
 }
+
+/* Logits of the same turns on the CPU (TP 1) and on two CUDA ranks sharing device 0. */
+static void tp_cuda(void)
+{
+    tu_section("cuda tensor parallelism: 2 ranks on device 0 vs the CPU");
+    float *lg[2] = {NULL, NULL};
+    size_t V = 0;
+    for (int k = 0; k < 2; k++) {
+        nvlm_context_params cp;
+        nvlm_context_default_params(&cp);
+        cp.backend = k == 0 ? NVLM_BACKEND_CPU : NVLM_BACKEND_CUDA;
+        cp.n_threads = 2;
+        const int32_t devs[2] = {0, 0};
+        if (k == 1) {
+            cp.tp_size = 2;
+            cp.n_devices = 2;
+            cp.devices = devs;
+        }
+        nvlm_context *ctx = NULL;
+        nvlm_model *m = NULL;
+        nvlm_image *img = NULL;
+        nvlm_session *s = NULL;
+        CHECK_OK(nvlm_context_create(&cp, &ctx));
+        if (ctx != NULL) {
+            CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &m));
+            CHECK_OK(nvlm_image_load_file(ctx, "tests/data/images/chelsea_square_160.png", NULL,
+                                          &img));
+        }
+        if (m != NULL && img != NULL) {
+            CHECK_OK(nvlm_session_create(m, NULL, &s));
+        }
+        if (s != NULL &&
+            nvlm_session_add_turn(s, NVLM_ROLE_USER, "<image>\nWhat is this?", &img, 1) ==
+                NVLM_OK) {
+            const float *l = nvlm_session_logits(s, &V);
+            lg[k] = malloc(V * sizeof(float));
+            memcpy(lg[k], l, V * sizeof(float));
+        }
+        CHECK(lg[k] != NULL, "%s: image turn -> %s", k == 0 ? "cpu" : "cuda tp 2",
+              s != NULL ? nvlm_last_error(s) : nvlm_last_error(ctx));
+        nvlm_session_free(s);
+        nvlm_image_free(img);
+        nvlm_model_free(m);
+        nvlm_context_free(ctx);
+    }
+    if (lg[0] != NULL && lg[1] != NULL) {
+        double d = rel_l2(lg[1], lg[0], V);
+        CHECK(d <= TOL_E2E, "2 CUDA ranks vs CPU: logits rel-L2 %.3g", d);
+        CHECK(eg_argmax(lg[1], (int)V) == eg_argmax(lg[0], (int)V), "same argmax");
+    }
+    free(lg[0]);
+    free(lg[1]);
+}
+
+/* The NCCL communicator with one rank: identity collectives on device buffers, abort, reset. */
+static void tp_nccl_one(void)
+{
+    tu_section("cuda tensor parallelism: the NCCL communicator, one rank");
+    nvlm_context *ctx = NULL;
+    nv_backend *be = NULL;
+    nv_exec *ex = NULL;
+    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    if (ctx != NULL) {
+        CHECK_OK(nv_backend_cuda_create(ctx, 0, &be));
+    }
+    if (be != NULL) {
+        CHECK_OK(be->ops->exec_create(be, 1, ctx, &ex));
+    }
+    tp_comm *c = NULL;
+    if (ex != NULL) {
+        const int dev[1] = {0};
+        void *streams[1] = {nv_cuda_exec_stream(ex)};
+        CHECK_OK(nv_tp_comm_nccl_create(ctx, 1, dev, streams, ctx, &c));
+    }
+    if (c != NULL) {
+        float h[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        float back[8] = {0};
+        void *d = NULL;
+        void *g = NULL;
+        CHECK_OK(be->ops->alloc(ex, sizeof h, &d));
+        CHECK_OK(be->ops->alloc(ex, sizeof h, &g));
+        CHECK_OK(be->ops->upload(ex, d, h, sizeof h));
+        CHECK_OK(c->ops->all_reduce_sum(c, 0, d, 8));
+        CHECK_OK(c->ops->all_gather(c, 0, d, sizeof h, g));
+        CHECK_OK(c->ops->broadcast(c, 0, g, sizeof h, 0));
+        CHECK_OK(c->ops->barrier(c, 0));
+        CHECK_OK(be->ops->download(ex, back, g, sizeof back));
+        CHECK(memcmp(back, h, sizeof h) == 0, "one rank: the collectives leave the data as is");
+        c->ops->abort(c, NVLM_ERR_BACKEND);
+        CHECK_EQ_INT(c->ops->all_reduce_sum(c, 0, d, 8), NVLM_ERR_BACKEND, "after an abort");
+        c->ops->reset(c);
+        CHECK_OK(c->ops->all_reduce_sum(c, 0, d, 8));
+        be->ops->free(ex, d);
+        be->ops->free(ex, g);
+        c->ops->destroy(c);
+    }
+    if (ex != NULL) {
+        be->ops->exec_free(ex);
+    }
+    if (be != NULL) {
+        be->ops->destroy(be);
+    }
+    nvlm_context_free(ctx);
+}
 #endif
 
 int main(void)
@@ -888,6 +995,8 @@ int main(void)
 #ifdef NVLM_WITH_CUDA
     if (have) {
         run_e2e();
+        tp_cuda();
+        tp_nccl_one();
     }
 #endif
     if (!have) {

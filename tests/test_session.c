@@ -33,74 +33,6 @@ static int on_token(void *user, int32_t token, const char *text, size_t len)
     return a->cancel_at > 0 && a->calls == a->cancel_at;
 }
 
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Greedy, no stop ids, at most n tokens. */
-static void greedy_params(nvlm_sampler_params *p, int n)
-{
-    static const int32_t none[1] = {0};
-    nvlm_sampler_default_params(p);
-    p->max_new_tokens = n;
-    p->stop_ids = none;
-    p->n_stop_ids = 0;
-}
-
-/* Builds the case's conversation in a new session; NULL on failure. */
-static nvlm_session *build_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c,
-                                const nvlm_session_params *sp)
-{
-    nvlm_image *imgs[4] = {0};
-    size_t n_img = 0;
-    const cJSON *jimg;
-    cJSON_ArrayForEach(jimg, cJSON_GetObjectItemCaseSensitive(c, "images"))
-    {
-        char path[256];
-        snprintf(path, sizeof path, "tests/data/images/%s", jimg->valuestring);
-        nvlm_status st = nvlm_image_load_file(ctx, path, NULL, &imgs[n_img]);
-        CHECK(st == NVLM_OK, "load %s -> %d", path, (int)st);
-        n_img += st == NVLM_OK;
-    }
-    nvlm_session *s = NULL;
-    CHECK_OK(nvlm_session_create(m, sp, &s));
-    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(c, "history");
-    nvlm_status st = s != NULL ? NVLM_OK : NVLM_ERR_INTERNAL;
-    bool images_used = false;
-    if (cJSON_IsArray(hist)) {
-        const cJSON *turn;
-        cJSON_ArrayForEach(turn, hist)
-        {
-            const char *q = cJSON_GetArrayItem(turn, 0)->valuestring;
-            const char *a = cJSON_GetArrayItem(turn, 1)->valuestring;
-            bool with = !images_used && strstr(q, "<image>") != NULL;
-            if (st == NVLM_OK) {
-                st = nvlm_session_add_turn(s, NVLM_ROLE_USER, q, with ? imgs : NULL,
-                                           with ? n_img : 0);
-            }
-            images_used = images_used || with;
-            if (st == NVLM_OK) {
-                st = nvlm_session_add_turn(s, NVLM_ROLE_ASSISTANT, a, NULL, 0);
-            }
-        }
-    }
-    if (st == NVLM_OK) {
-        st = nvlm_session_add_turn(s, NVLM_ROLE_USER, jstr(c, "question"),
-                                   images_used ? NULL : imgs, images_used ? 0 : n_img);
-    }
-    CHECK(st == NVLM_OK, "%s: turns -> %d: %s", jstr(c, "name"), (int)st, nvlm_last_error(s));
-    for (size_t i = 0; i < n_img; i++) {
-        nvlm_image_free(imgs[i]);
-    }
-    if (st != NVLM_OK) {
-        nvlm_session_free(s);
-        return NULL;
-    }
-    return s;
-}
-
 static void strip(char *s)
 {
     size_t n = strlen(s);
@@ -116,7 +48,7 @@ static void strip(char *s)
 
 static void test_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
 {
-    const char *name = jstr(c, "name");
+    const char *name = eg_jstr(c, "name");
     tu_section(name);
     nv_st_file *f = eg_open(ctx, name);
     size_t n_ids = 0;
@@ -124,7 +56,7 @@ static void test_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
     int32_t *ids = eg_ids(f, "prompt_ids", &n_ids);
     int32_t *steps = eg_ids(f, "step_tokens", &n_steps);
     const nv_tensor *sl = eg_tensor(f, "step_logits", NV_F32);
-    nvlm_session *s = build_case(ctx, m, c, NULL);
+    nvlm_session *s = eg_build_case(ctx, m, c, NULL);
     if (s == NULL || ids == NULL || steps == NULL || sl == NULL) {
         goto out;
     }
@@ -144,7 +76,7 @@ static void test_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
         eg_close("first-step logits", lg, sl->data, V, 2e-4);
     }
     nvlm_sampler_params p;
-    greedy_params(&p, 16);
+    eg_greedy_params(&p, 16);
     text_acc acc = {.len = 0};
     nvlm_generate_result r;
     r.struct_size = sizeof r;
@@ -159,11 +91,11 @@ static void test_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
     }
     CHECK(eq, "%s: 16 greedy tokens equal the golden", name);
     const cJSON *g = cJSON_GetObjectItemCaseSensitive(c, "greedy");
-    const char *want = jstr(g, "text_skip_special");
+    const char *want = eg_jstr(g, "text_skip_special");
     CHECK(want != NULL && strcmp(acc.buf, want) == 0, "%s: streamed text '%s' == '%s'", name,
           acc.buf, want != NULL ? want : "");
     strip(acc.buf);
-    const char *resp = jstr(c, "chat_response");
+    const char *resp = eg_jstr(c, "chat_response");
     CHECK(resp != NULL && strcmp(acc.buf, resp) == 0, "%s: chat_response", name);
 out:
     nvlm_session_free(s);
@@ -213,7 +145,7 @@ static void test_feed_and_reuse(nvlm_context *ctx, nvlm_model *m)
         return;
     }
     nvlm_sampler_params p;
-    greedy_params(&p, 5);
+    eg_greedy_params(&p, 5);
     CHECK_OK(nvlm_session_add_turn(a, NVLM_ROLE_USER, "Hello there.", NULL, 0));
     CHECK_OK(nvlm_session_generate(a, &p, NULL, NULL, NULL));
     CHECK_OK(nvlm_session_add_turn(a, NVLM_ROLE_USER, "And then?", NULL, 0));
@@ -251,7 +183,7 @@ static void test_generation_controls(nvlm_model *m)
     r.struct_size = sizeof r;
     int32_t stop[1] = {3241};
     CHECK_OK(nvlm_session_add_turn(s, NVLM_ROLE_USER, q, NULL, 0));
-    greedy_params(&p, 16);
+    eg_greedy_params(&p, 16);
     p.stop_ids = stop;
     p.n_stop_ids = 1;
     CHECK_OK(nvlm_session_generate(s, &p, NULL, NULL, &r));
@@ -260,7 +192,7 @@ static void test_generation_controls(nvlm_model *m)
 
     CHECK_OK(nvlm_session_reset(s));
     CHECK_OK(nvlm_session_add_turn(s, NVLM_ROLE_USER, q, NULL, 0));
-    greedy_params(&p, 16);
+    eg_greedy_params(&p, 16);
     const char *ss[1] = {"rest w"};
     p.stop_strings = ss;
     p.n_stop_strings = 1;
@@ -273,7 +205,7 @@ static void test_generation_controls(nvlm_model *m)
 
     CHECK_OK(nvlm_session_reset(s));
     CHECK_OK(nvlm_session_add_turn(s, NVLM_ROLE_USER, q, NULL, 0));
-    greedy_params(&p, 16);
+    eg_greedy_params(&p, 16);
     text_acc c2 = {.cancel_at = 2};
     CHECK_OK(nvlm_session_generate(s, &p, on_token, &c2, &r));
     CHECK_EQ_INT(r.n_tokens, 2, "cancelled after 2");
@@ -282,7 +214,7 @@ static void test_generation_controls(nvlm_model *m)
     /* A generated <|vision_pad|> is an ordinary token (forced here by a logit bias). */
     CHECK_OK(nvlm_session_reset(s));
     CHECK_OK(nvlm_session_add_turn(s, NVLM_ROLE_USER, q, NULL, 0));
-    greedy_params(&p, 3);
+    eg_greedy_params(&p, 3);
     nvlm_logit_bias pad_bias = {4011, 100.0f};
     p.logit_bias = &pad_bias;
     p.n_logit_bias = 1;
@@ -299,7 +231,7 @@ static void test_generation_controls(nvlm_model *m)
     CHECK_OK(nvlm_session_create(m, &sp, &s));
     if (s != NULL) {
         CHECK_OK(nvlm_session_add_turn(s, NVLM_ROLE_USER, q, NULL, 0));
-        greedy_params(&p, 16);
+        eg_greedy_params(&p, 16);
         CHECK_OK(nvlm_session_generate(s, &p, NULL, NULL, &r));
         CHECK_EQ_INT(r.n_tokens, 3, "tokens until the context is full");
         CHECK_EQ_INT(r.finish_reason, NVLM_FINISH_CONTEXT_FULL, "context full");
@@ -503,7 +435,7 @@ static void test_alloc_failures(void)
         }
         if (st == NVLM_OK) {
             nvlm_sampler_params p;
-            greedy_params(&p, 4);
+            eg_greedy_params(&p, 4);
             const char *stop[1] = {"zzz"};
             p.stop_strings = stop;
             p.n_stop_strings = 1;
@@ -537,7 +469,7 @@ static void test_cli(const cJSON *case1)
     snprintf(cmd, sizeof cmd,
              "%s generate " EG_MODEL_DIR " -i tests/data/images/coffee_600x400.jpg "
              "-p '%s' -n 16 --json --backend cpu",
-             cli, jstr(case1, "question"));
+             cli, eg_jstr(case1, "question"));
     FILE *pf = popen(cmd, "r");
     CHECK(pf != NULL, "popen %s", cmd);
     if (pf == NULL) {
@@ -570,8 +502,8 @@ static void test_cli(const cJSON *case1)
         eq = cJSON_GetArrayItem(toks, i)->valueint == cJSON_GetArrayItem(want, i)->valueint;
     }
     CHECK(eq, "cli tokens equal the golden greedy tokens");
-    const char *text = jstr(j, "text");
-    const char *resp = jstr(case1, "chat_response");
+    const char *text = eg_jstr(j, "text");
+    const char *resp = eg_jstr(case1, "chat_response");
     CHECK(text != NULL && resp != NULL && strcmp(text, resp) == 0, "cli text == chat_response");
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "prompt_tokens");
     CHECK_EQ_INT(cJSON_GetArraySize(pt), 1873, "cli prompt tokens");

@@ -8,14 +8,7 @@
  */
 #include "eng_golden.h"
 
-#include <cJSON.h>
 #include <time.h>
-
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static nvlm_context *tp_context(int tp, int n_threads)
 {
@@ -60,63 +53,16 @@ static int check_step(void *user, int32_t token, const char *text, size_t len)
     return 0;
 }
 
-static nvlm_session *build_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c)
-{
-    nvlm_image *imgs[4] = {0};
-    size_t n_img = 0;
-    const cJSON *jimg;
-    cJSON_ArrayForEach(jimg, cJSON_GetObjectItemCaseSensitive(c, "images"))
-    {
-        char path[256];
-        snprintf(path, sizeof path, "tests/data/images/%s", jimg->valuestring);
-        if (n_img < 4 && nvlm_image_load_file(ctx, path, NULL, &imgs[n_img]) == NVLM_OK) {
-            n_img++;
-        }
-    }
-    nvlm_session *s = NULL;
-    nvlm_status st = nvlm_session_create(m, NULL, &s);
-    bool used = false;
-    const cJSON *turn;
-    cJSON_ArrayForEach(turn, cJSON_GetObjectItemCaseSensitive(c, "history"))
-    {
-        const char *q = cJSON_GetArrayItem(turn, 0)->valuestring;
-        bool with = !used && strstr(q, "<image>") != NULL;
-        if (st == NVLM_OK) {
-            st = nvlm_session_add_turn(s, NVLM_ROLE_USER, q, with ? imgs : NULL,
-                                       with ? n_img : 0);
-        }
-        used = used || with;
-        if (st == NVLM_OK) {
-            st = nvlm_session_add_turn(s, NVLM_ROLE_ASSISTANT,
-                                       cJSON_GetArrayItem(turn, 1)->valuestring, NULL, 0);
-        }
-    }
-    if (st == NVLM_OK) {
-        st = nvlm_session_add_turn(s, NVLM_ROLE_USER, jstr(c, "question"), used ? NULL : imgs,
-                                   used ? 0 : n_img);
-    }
-    CHECK(st == NVLM_OK, "%s: turns -> %d: %s", jstr(c, "name"), (int)st,
-          s != NULL ? nvlm_last_error(s) : nvlm_last_error(m));
-    for (size_t i = 0; i < n_img; i++) {
-        nvlm_image_free(imgs[i]);
-    }
-    if (st != NVLM_OK) {
-        nvlm_session_free(s);
-        return NULL;
-    }
-    return s;
-}
-
 static void golden_case(nvlm_context *ctx, nvlm_model *m, const cJSON *c, int tp)
 {
-    const char *name = jstr(c, "name");
+    const char *name = eg_jstr(c, "name");
     nv_st_file *f = eg_open(ctx, name);
     size_t n_ids = 0;
     size_t n_steps = 0;
     int32_t *ids = eg_ids(f, "prompt_ids", &n_ids);
     int32_t *want = eg_ids(f, "step_tokens", &n_steps);
     const nv_tensor *sl = eg_tensor(f, "step_logits", NV_F32);
-    nvlm_session *s = build_case(ctx, m, c);
+    nvlm_session *s = eg_build_case(ctx, m, c, NULL);
     if (s != NULL && ids != NULL && want != NULL && sl != NULL) {
         size_t n_tok = 0;
         const int32_t *tok = nvlm_session_tokens(s, &n_tok);
@@ -195,7 +141,7 @@ typedef struct synth_out {
 
 /* Runs the synthetic model of cfg at TP tp: ids fed as a prefill of n_ids - 3 then three decode
  * steps (logits of the last 4 positions), and the ViT over two tiles of a fixed pattern. */
-static bool synth_run(const nv_config *cfg, int tp, const int32_t *ids, int n_ids,
+static bool synth_run(const nv_config *cfg, int tp, bool staged, const int32_t *ids, int n_ids,
                       synth_out *out)
 {
     memset(out, 0, sizeof *out);
@@ -204,6 +150,9 @@ static bool synth_run(const nv_config *cfg, int tp, const int32_t *ids, int n_id
     nvlm_status st = ctx != NULL ? nv_model_synthetic(ctx, cfg, 11, &m) : NVLM_ERR_INTERNAL;
     CHECK(st == NVLM_OK, "TP %d synthetic model -> %d: %s", tp, (int)st, nvlm_last_error(ctx));
     nvlm_session *s = NULL;
+    if (st == NVLM_OK && staged) {
+        nv_tp_set_staged(m->engine->be, true);
+    }
     if (st == NVLM_OK) {
         st = nvlm_session_create(m, NULL, &s);
     }
@@ -266,7 +215,8 @@ static bool synth_run(const nv_config *cfg, int tp, const int32_t *ids, int n_id
     return st == NVLM_OK;
 }
 
-static void synth_compare(const char *name, const nv_config *cfg, const int *sizes, int n)
+static void synth_compare(const char *name, const nv_config *cfg, const int *sizes, int n,
+                          bool staged)
 {
     tu_section(name);
     int32_t ids[40];
@@ -274,17 +224,19 @@ static void synth_compare(const char *name, const nv_config *cfg, const int *siz
         ids[i] = (int32_t)((i * 37 + 5) % cfg->llm.vocab_size);
     }
     synth_out ref;
-    if (!synth_run(cfg, 1, ids, 40, &ref)) {
+    if (!synth_run(cfg, 1, false, ids, 40, &ref)) {
         return;
     }
     for (int i = 0; i < n; i++) {
         synth_out o;
-        if (synth_run(cfg, sizes[i], ids, 40, &o)) {
+        if (synth_run(cfg, sizes[i], staged, ids, 40, &o)) {
             double dl = rel_l2(o.logits, ref.logits, ref.n_logits);
             double dv = o.vit != NULL ? rel_l2(o.vit, ref.vit, ref.n_vit) : 1.0;
-            CHECK(dl <= 1e-5, "%s TP %d: prefill + decode logits rel-L2 %.2g vs TP 1", name,
-                  sizes[i], dl);
-            CHECK(dv <= 1e-5, "%s TP %d: ViT rows rel-L2 %.2g vs TP 1", name, sizes[i], dv);
+            const char *how = staged ? " (collectives staged through host buffers)" : "";
+            CHECK(dl <= 1e-5, "%s TP %d%s: prefill + decode logits rel-L2 %.2g vs TP 1", name,
+                  sizes[i], how, dl);
+            CHECK(dv <= 1e-5, "%s TP %d%s: ViT rows rel-L2 %.2g vs TP 1", name, sizes[i], how,
+                  dv);
         }
         free(o.logits);
         free(o.vit);
@@ -330,7 +282,10 @@ static void test_synthetic(void)
     c.llm.head_dim = c.llm.hidden_size / 16;
     set_vit(&c, 6, 2, 112);
     synth_compare("synthetic 16 q / 8 kv heads, ViT 6 + 2 heads", &c,
-                  (const int[]){2, 3, 4, 8}, 4);
+                  (const int[]){2, 3, 4, 8}, 4, false);
+    /* the path of device ranks over the local communicator: every collective downloads,
+     * reduces in host memory and uploads */
+    synth_compare("staged collectives", &c, (const int[]){3}, 1, true);
     /* 12 query heads over 3 kv heads at TP 5: ranks straddle kv groups; 11 padded ViT heads */
     nv_config d = base;
     d.llm.num_heads = 12;
@@ -339,7 +294,8 @@ static void test_synthetic(void)
     d.llm.hidden_size = 96;
     d.proj_output_size = 96;
     set_vit(&d, 4, 7, 112);
-    synth_compare("synthetic 12 q / 3 kv heads, ViT 4 + 7 heads", &d, (const int[]){5, 12}, 2);
+    synth_compare("synthetic 12 q / 3 kv heads, ViT 4 + 7 heads", &d, (const int[]){5, 12}, 2,
+                  false);
 }
 
 /* ---- failures --------------------------------------------------------------------------- */
@@ -415,6 +371,45 @@ static void test_failure(void)
     nvlm_context_default_params(&cp);
     cp.tp_size = -1;
     CHECK_EQ_INT(nvlm_context_create(&cp, &ctx), NVLM_ERR_INVALID_ARGUMENT, "tp_size -1");
+    const int32_t devs[3] = {0, 1, 2};
+    nvlm_context_default_params(&cp);
+    cp.tp_size = 2;
+    cp.n_devices = 3;
+    cp.devices = devs;
+    CHECK_EQ_INT(nvlm_context_create(&cp, &ctx), NVLM_ERR_INVALID_ARGUMENT,
+                 "3 devices for tp_size 2");
+    cp.tp_size = 3;
+    cp.devices = NULL;
+    CHECK_EQ_INT(nvlm_context_create(&cp, &ctx), NVLM_ERR_INVALID_ARGUMENT, "devices NULL");
+    const int32_t neg[3] = {0, -1, 2};
+    cp.devices = neg;
+    CHECK_EQ_INT(nvlm_context_create(&cp, &ctx), NVLM_ERR_INVALID_ARGUMENT, "device -1");
+    cp.devices = devs;
+    cp.backend = NVLM_BACKEND_CUDA;
+    nvlm_status st2 = nvlm_context_create(&cp, &ctx);
+    CHECK(st2 == NVLM_ERR_NO_DEVICE || st2 == NVLM_OK,
+          "CUDA on devices 0, 1, 2: NO_DEVICE unless all three exist (%d)", (int)st2);
+    if (st2 == NVLM_OK) {
+        nvlm_context_free(ctx);
+    }
+    /* the device list sets tp_size; the CPU backend ignores the devices themselves */
+    cp.backend = NVLM_BACKEND_CPU;
+    cp.tp_size = 0;
+    ctx = NULL;
+    CHECK_OK(nvlm_context_create(&cp, &ctx));
+    m = NULL;
+    if (ctx != NULL) {
+        CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &m));
+    }
+    nvlm_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (m != NULL) {
+        CHECK_OK(nvlm_model_get_info(m, &info));
+    }
+    CHECK_EQ_INT(info.tp_size, 3, "n_devices 3 gives tp_size 3");
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
 }
 
 /* ---- the CLI ---------------------------------------------------------------------------- */
@@ -446,7 +441,7 @@ static void test_cli(const cJSON *case1)
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "%s generate " EG_MODEL_DIR " -i tests/data/images/coffee_600x400.jpg -p '%s' "
-             "-n 16 --json --backend cpu --tp 2", cli, jstr(case1, "question"));
+             "-n 16 --json --backend cpu --tp 2", cli, eg_jstr(case1, "question"));
     int rc = 0;
     cJSON *j = cJSON_Parse(run_cli(cmd, &rc));
     CHECK(rc == 0 && j != NULL, "nvlm generate --tp 2 --json runs");
@@ -485,7 +480,7 @@ int main(void)
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(root, "cases"))
     {
-        const char *name = jstr(c, "name");
+        const char *name = eg_jstr(c, "name");
         if (name != NULL && strcmp(name, "case1_multitile") == 0) {
             test_cli(c);
         }

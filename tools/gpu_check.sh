@@ -1,11 +1,13 @@
 #!/bin/sh
-# gpu_check.sh - the one device check of the CUDA backend (issue #6), in two halves:
+# gpu_check.sh - the one device check of the CUDA backend, in two halves:
 #
 #   sh tools/gpu_check.sh pack   on the CPU machine (nvcc present): builds with CUDA into
 #                                build/cuda and packs the binaries plus the non-system shared
 #                                libraries they need into build/gpu-pack (a few MiB).
 #   sh tools/gpu_check.sh run    on the H100/H200, from the repository root with build/gpu-pack
-#                                carried: op checks and goldens (test_cuda), compute-sanitizer
+#                                carried: op checks and goldens (test_cuda; also tensor
+#                                parallelism: 2 CUDA ranks on device 0 over the local
+#                                communicator, and NCCL at one rank), compute-sanitizer
 #                                memcheck on test_cuda, the engine golden tests on the GPU
 #                                (informational), then the benchmark; prints a table.
 #

@@ -166,15 +166,22 @@ typedef struct nvlm_context_params {
     nvlm_free_fn free_fn;
     void *alloc_user;
     /* Tensor parallelism: each model loaded in this context is sharded over tp_size ranks
-     * (default 1: none; 0 means 1; at most 256). With the CPU backend a rank is a group of
-     * worker threads of this process holding its own slice of every sharded weight, its own
-     * activations and the KV cache of its heads; each session splits n_threads among the ranks
-     * (at least one thread each). Results equal tp_size 1 within float rounding (sums over
-     * ranks run in a fixed order, so a given tp_size is deterministic). nvlm_model_load
-     * returns NVLM_ERR_INVALID_ARGUMENT when tp_size exceeds the LLM's query heads, and
-     * NVLM_ERR_UNSUPPORTED with the CUDA backend (GPU ranks are not available yet). See
-     * docs/parallel.md. */
+     * (default 1: none; 0 means 1; at most 256). Every rank holds its own slice of each
+     * sharded weight, its own activations and the KV cache of its heads. CPU backend: a rank
+     * is a group of worker threads of this process; each session splits n_threads among the
+     * ranks (at least one thread each). CUDA backend: a rank is a GPU (see devices), with NCCL
+     * between distinct GPUs. Results equal tp_size 1 within float rounding (on CPU ranks the
+     * sums over ranks run in a fixed order, so a given tp_size is deterministic).
+     * nvlm_model_load returns NVLM_ERR_INVALID_ARGUMENT when tp_size exceeds the LLM's query
+     * heads. See docs/parallel.md. */
     int32_t tp_size;
+    /* CUDA backend: the device of each rank, devices[0 .. n_devices) (borrowed for the call;
+     * the context keeps a copy). n_devices 0 (default): devices 0 .. tp_size - 1 (the `device`
+     * field when tp_size is 1). n_devices > 0 must equal tp_size, or sets it when tp_size is 0
+     * or 1. A device may repeat (ranks sharing a GPU; their collectives then go through host
+     * memory, as NCCL needs one GPU per rank). */
+    int32_t n_devices;
+    const int32_t *devices;
 } nvlm_context_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */

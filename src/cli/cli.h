@@ -18,6 +18,8 @@ int cmd_chat(int argc, char **argv);
 
 /* Prints "nvlm: <what>: <status text>: <last error>" to stderr and returns 1. */
 int cli_fail(const char *what, nvlm_status st, const void *handle);
+/* Parses a device list "0,1,2,3" into out (at most cap); the count, or -1 when malformed. */
+int cli_parse_devices(const char *text, int32_t *out, int cap);
 /* Whether argv[i] is -h/--help. */
 int cli_is_help(const char *arg);
 

@@ -30,6 +30,7 @@ static void help(FILE *f)
             "  --seed S         sampling seed\n"
             "  -t, --threads N  CPU threads (default: all cores)\n"
             "  --tp N           shard the model over N tensor-parallel ranks\n"
+            "  --devices LIST   the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
             "  -h, --help       this text\n");
 }
 
@@ -59,6 +60,8 @@ int cmd_chat(int argc, char **argv)
     nvlm_sampler_default_params(&smp);
     int threads = 0;
     int tp = 1;
+    int32_t devices[256];
+    int n_devices = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -66,7 +69,8 @@ int cmd_chat(int argc, char **argv)
                      strcmp(a, "--max-new") == 0 || strcmp(a, "--temp") == 0 ||
                      strcmp(a, "--top-k") == 0 || strcmp(a, "--top-p") == 0 ||
                      strcmp(a, "--seed") == 0 || strcmp(a, "-t") == 0 ||
-                     strcmp(a, "--threads") == 0 || strcmp(a, "--tp") == 0;
+                     strcmp(a, "--threads") == 0 || strcmp(a, "--tp") == 0 ||
+                     strcmp(a, "--devices") == 0;
         if (cli_is_help(a)) {
             help(stdout);
             return 0;
@@ -93,6 +97,12 @@ int cmd_chat(int argc, char **argv)
             threads = atoi(v);
         } else if (strcmp(a, "--tp") == 0) {
             tp = atoi(v);
+        } else if (strcmp(a, "--devices") == 0) {
+            n_devices = cli_parse_devices(v, devices, 256);
+            if (n_devices < 0) {
+                fprintf(stderr, "nvlm: chat: --devices needs a list such as 0,1,2,3\n");
+                return 2;
+            }
         } else if (a[0] == '-' || dir != NULL) {
             fprintf(stderr, "nvlm: chat: unexpected argument '%s'\n", a);
             help(stderr);
@@ -110,6 +120,8 @@ int cmd_chat(int argc, char **argv)
     nvlm_context_default_params(&cp);
     cp.n_threads = threads > 0 ? threads : 0;
     cp.tp_size = tp;
+    cp.n_devices = n_devices;
+    cp.devices = n_devices > 0 ? devices : NULL;
     nvlm_context *ctx = NULL;
     nvlm_model *model = NULL;
     nvlm_session *s = NULL;

@@ -48,7 +48,9 @@ static void help(FILE *f)
             "  -t, --threads N      CPU threads (default: all cores)\n"
             "  --backend NAME       auto (default), cpu or cuda\n"
             "  --tp N               shard the model over N tensor-parallel ranks (CPU: groups\n"
-            "                       of the threads; 1 .. the LLM's query heads)\n"
+            "                       of the threads; CUDA: the first N GPUs; 1 .. the LLM's\n"
+            "                       query heads)\n"
+            "  --devices LIST       the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
             "  --json               print {\"prompt_tokens\":[...],\"tokens\":[...],\n"
             "                       \"text\":\"...\"} (text: special tokens skipped, stripped)\n"
             "  --logits-out FILE    write each step's logits as float32 .npy (steps x vocab)\n"
@@ -439,6 +441,8 @@ int cmd_generate(int argc, char **argv)
     int parse_special = 0;
     nvlm_backend backend = NVLM_BACKEND_AUTO;
     double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0, tp = 1;
+    int32_t devices[256];
+    int n_devices = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -505,6 +509,13 @@ int cmd_generate(int argc, char **argv)
         } else if (strcmp(a, "--tp") == 0) {
             rc = parse_num(a, v, 1, 256, &tp);
             i++;
+        } else if (strcmp(a, "--devices") == 0) {
+            n_devices = v != NULL ? cli_parse_devices(v, devices, 256) : -1;
+            if (n_devices < 0) {
+                fprintf(stderr, "nvlm: generate: --devices needs a list such as 0,1,2,3\n");
+                rc = 2;
+            }
+            i++;
         } else if (a[0] == '-' || dir != NULL) {
             fprintf(stderr, "nvlm: generate: unexpected argument '%s'\n", a);
             rc = 2;
@@ -534,6 +545,8 @@ int cmd_generate(int argc, char **argv)
     cp.n_threads = (int32_t)threads;
     cp.backend = backend;
     cp.tp_size = (int32_t)tp;
+    cp.n_devices = n_devices;
+    cp.devices = n_devices > 0 ? devices : NULL;
     nvlm_status st = c != NULL ? nvlm_context_create(&cp, &ctx) : NVLM_ERR_OUT_OF_MEMORY;
     if (st != NVLM_OK) {
         fprintf(stderr, "nvlm: generate: %s\n", nvlm_status_str(st));

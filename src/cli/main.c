@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
@@ -28,6 +29,22 @@ int cli_fail(const char *what, nvlm_status st, const void *handle)
         fprintf(stderr, "nvlm: %s: %s\n", what, nvlm_status_str(st));
     }
     return 1;
+}
+
+int cli_parse_devices(const char *text, int32_t *out, int cap)
+{
+    int n = 0;
+    const char *p = text;
+    while (p != NULL && *p != '\0') {
+        char *end = NULL;
+        long d = strtol(p, &end, 10);
+        if (end == p || d < 0 || d > 1023 || n == cap || (*end != ',' && *end != '\0')) {
+            return -1;
+        }
+        out[n++] = (int32_t)d;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return n > 0 ? n : -1;
 }
 
 int cli_is_help(const char *arg)

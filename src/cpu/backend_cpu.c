@@ -173,9 +173,7 @@ static nvlm_status cpu_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int hea
                                 nv_dtype dtype, void **out)
 {
     size_t bytes;
-    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
-        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
-        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+    if (!nv_kv_bytes(rows, kv_heads, head_dim, dtype, &bytes)) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
     }
     return cpu_alloc(ex, bytes, out);

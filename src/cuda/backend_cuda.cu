@@ -251,9 +251,7 @@ static nvlm_status cuda_alloc_kv_op(nv_exec *ex, int64_t rows, int kv_heads, int
                                     nv_dtype dtype, void **out)
 {
     size_t bytes;
-    if (rows < 0 || kv_heads < 0 || head_dim < 0 ||
-        !nv_mul_size((size_t)rows * (size_t)kv_heads, (size_t)head_dim, &bytes) ||
-        !nv_mul_size(bytes, nv_dtype_size(dtype), &bytes)) {
+    if (!nv_kv_bytes(rows, kv_heads, head_dim, dtype, &bytes)) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
     }
     return cuda_alloc_op(ex, bytes, out);
@@ -377,6 +375,25 @@ static nvlm_status cuda_rmsnorm_op(nv_exec *ex, float *y, int ldy, const float *
     return launched(ex, cuda_rmsnorm(cuda_ex(ex)->stream, y, ldy, x, ldx,
                                      (const float *)w->t.data, rows, cols, stat_cols, eps),
                     "rmsnorm");
+}
+
+static nvlm_status cuda_rows_sumsq_op(nv_exec *ex, float *out, const float *x, int ld, int rows,
+                                      int cols)
+{
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_rows_sumsq(cuda_ex(ex)->stream, out, x, ld, rows, cols),
+                    "rows_sumsq");
+}
+
+static nvlm_status cuda_rmsnorm_scale_op(nv_exec *ex, float *y, int ldy, const float *x, int ldx,
+                                         const nv_bweight *w, int rows, int cols,
+                                         const float *sumsq, int n, float eps)
+{
+    NVLM_TRY(need_f32(ex, w, "rmsnorm_scale"));
+    NVLM_TRY(cuda_enter(ex));
+    return launched(ex, cuda_rmsnorm_scale(cuda_ex(ex)->stream, y, ldy, x, ldx,
+                                           (const float *)w->t.data, rows, cols, sumsq, n, eps),
+                    "rmsnorm_scale");
 }
 
 static nvlm_status cuda_layernorm_op(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
@@ -560,6 +577,8 @@ static nv_backend_ops make_ops(void)
     o.sync = cuda_sync_op;
     o.matmul = cuda_matmul_op;
     o.rmsnorm = cuda_rmsnorm_op;
+    o.rows_sumsq = cuda_rows_sumsq_op;
+    o.rmsnorm_scale = cuda_rmsnorm_scale_op;
     o.layernorm = cuda_layernorm_op;
     o.rope = cuda_rope_op;
     o.attention = cuda_attention_op;
@@ -575,6 +594,16 @@ static nv_backend_ops make_ops(void)
 
 /* Built once at static initialisation (a const table; C++ has no designated initialisers). */
 static const nv_backend_ops cuda_ops = make_ops();
+
+extern "C" void *nv_cuda_exec_stream(nv_exec *ex)
+{
+    return (void *)cuda_ex(ex)->stream;
+}
+
+extern "C" int nv_cuda_backend_device(const nv_backend *be)
+{
+    return ((const cuda_backend *)be->impl)->device;
+}
 
 extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out)
 {
@@ -604,6 +633,7 @@ extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_
     be->ops = &cuda_ops;
     be->ctx = ctx;
     be->kv_default = NV_BF16;
+    be->device_memory = true;
     be->impl = cb;
     *out = be;
     return NVLM_OK;

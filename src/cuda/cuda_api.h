@@ -23,6 +23,11 @@ bool nv_cuda_probe_reason(int device, char *buf, size_t n);
  * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY; the text goes on ctx. (backend_cuda.cu) */
 nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out);
 
+/* The CUDA stream (a cudaStream_t) of an exec of the CUDA backend, and the device of the
+ * backend: what the NCCL communicator of tensor-parallel ranks enqueues on. */
+void *nv_cuda_exec_stream(nv_exec *ex);
+int nv_cuda_backend_device(const nv_backend *be);
+
 /* ---- benchmark helpers (bench_kernels.cu); all run on the exec's stream ---- */
 
 /* A weight of `ndim` dims on the device filled with uniform(-amp, amp) values from `seed`:

@@ -76,6 +76,11 @@ nvlm_status cuda_gemm_bf16(nv_exec *ex, float *y, const __nv_bfloat16 *x,
 
 cudaError_t cuda_rmsnorm(cudaStream_t s, float *y, int ldy, const float *x, int ldx,
                          const float *w, int rows, int cols, int stat_cols, float eps);
+cudaError_t cuda_rows_sumsq(cudaStream_t s, float *out, const float *x, int ld, int rows,
+                            int cols);
+cudaError_t cuda_rmsnorm_scale(cudaStream_t s, float *y, int ldy, const float *x, int ldx,
+                               const float *w, int rows, int cols, const float *sumsq, int n,
+                               float eps);
 cudaError_t cuda_layernorm(cudaStream_t s, float *y, const float *x, const float *w,
                            const float *b, int rows, int cols, float eps);
 

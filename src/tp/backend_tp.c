@@ -1,15 +1,17 @@
 /*
  * backend_tp.c - the tensor-parallel backend: the ops table of backend.h over N rank backends
- * of one kind, sharded by the plan (plan.h). Every weight is loaded as one slice per rank (row
- * slices in place, column and q/k/v-block slices as strided copies: no rank holds a whole
- * sharded tensor). Activations keep global addressing: each rank has its own copy of every
- * buffer the pipeline allocates, and a pipeline pointer is translated to the same offset in
- * the rank's copy. Column-parallel matmuls fill the rank's columns of the output; row-parallel
- * ones multiply the rank's input columns, all-reduce, then add the bias once; the vocab-parallel
- * lm_head all-gathers its columns; attention runs on the rank's heads; the ViT QK-norm
- * all-reduces its per-row sums of squares. Other ops run whole on every rank (replicated).
- * Each session exec runs one worker thread per rank and its own communicator; each op is
- * handed to every worker and returns when all have finished. A failing rank aborts the
+ * of one kind (CPU ranks, or CUDA ranks one per GPU), sharded by the plan (plan.h). Every weight
+ * is loaded as one slice per rank (row slices in place, column and q/k/v-block slices as strided
+ * copies: no rank holds a whole sharded tensor). Activations keep global addressing: each rank
+ * has its own copy of every buffer the pipeline allocates (and of every replicated weight), and
+ * a pipeline pointer is translated to the same offset in the rank's copy. Column-parallel
+ * matmuls fill the rank's columns of the output; row-parallel ones multiply the rank's input
+ * columns, all-reduce, then add the bias once; the vocab-parallel lm_head all-gathers its
+ * columns; attention runs on the rank's heads; the ViT QK-norm all-reduces its per-row sums of
+ * squares; KV caches hold the rank's kv heads only. Other ops run whole on every rank.
+ * Each session exec runs one worker thread per rank and its own communicator (local, or NCCL
+ * between GPUs; device ranks over the local one stage collectives through host memory); each
+ * op is handed to every worker and returns when all have finished. A failing rank aborts the
  * communicator, so no rank waits forever in a collective.
  */
 #include "backend.h"
@@ -21,10 +23,29 @@
 
 /* ---- the backend and its weights -------------------------------------------------------- */
 
+/* A buffer or weight known by rank 0's address: rank 0's copy is the address the pipeline
+ * holds. A KV cache (kv_heads > 0) keeps on each rank only the kv heads its query heads use:
+ * rows of (that rank's kv heads) x head_dim elements. */
+typedef struct region {
+    char *base;                  /* rank 0's copy */
+    size_t bytes;
+    void **at;                   /* size: every rank's copy */
+    int kv_heads, head_dim;      /* KV caches: the whole row's heads; 0 otherwise */
+} region;
+
+/* A set of regions sorted by base. */
+typedef struct region_set {
+    region *v;
+    size_t n, cap;
+} region_set;
+
 typedef struct tp_backend {
     int size;
     tp_plan plan;
     nv_backend **rank;           /* size rank backends, owned */
+    nv_tp_comm_fn comm_fn;       /* NULL: the local communicator */
+    bool staged;                 /* collectives through host memory (device ranks, local) */
+    region_set weights;          /* replicated weights, whose data the pipeline may read */
 } tp_backend;
 
 /* One weight: a slice per rank. */
@@ -40,11 +61,74 @@ static tp_backend *tb_of(const nv_backend *be)
     return be->impl;
 }
 
+/* Adds g (its `at` array now owned by the set), keeping the set sorted by base. */
+static bool set_add(nvlm_context *ctx, region_set *rs, region g)
+{
+    if (rs->n == rs->cap) {
+        size_t cap = NV_MAX((size_t)16, rs->cap * 2);
+        region *v = nv_realloc(ctx, rs->v, cap * sizeof *v);
+        if (v == NULL) {
+            return false;
+        }
+        rs->v = v;
+        rs->cap = cap;
+    }
+    size_t i = rs->n;
+    while (i > 0 && rs->v[i - 1].base > g.base) {
+        rs->v[i] = rs->v[i - 1];
+        i--;
+    }
+    rs->v[i] = g;
+    rs->n++;
+    return true;
+}
+
+/* The region whose base is `base` removed from the set (its `at` array handed back), or a
+ * zeroed region when there is none. */
+static region set_take(region_set *rs, const void *base)
+{
+    region g;
+    memset(&g, 0, sizeof g);
+    for (size_t i = 0; i < rs->n; i++) {
+        if (rs->v[i].base == base) {
+            g = rs->v[i];
+            memmove(&rs->v[i], &rs->v[i + 1], (rs->n - i - 1) * sizeof *rs->v);
+            rs->n--;
+            break;
+        }
+    }
+    return g;
+}
+
+/* The region a pointer lies in, or NULL. */
+static const region *set_find(const region_set *rs, const void *p)
+{
+    const char *c = p;
+    size_t lo = 0;
+    size_t hi = rs->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const region *g = &rs->v[mid];
+        if (c < g->base) {
+            hi = mid;
+        } else if (c >= g->base + g->bytes) {
+            lo = mid + 1;
+        } else {
+            return g;
+        }
+    }
+    return NULL;
+}
+
 static void tp_weight_free(nv_backend *be, nv_bweight *w)
 {
     tp_backend *tb = tb_of(be);
     tp_weight *tw = w->impl;
     if (tw != NULL) {
+        if (tw->rank != NULL && tw->rank[0].t.data != NULL && tw->slice[0].whole) {
+            region g = set_take(&tb->weights, tw->rank[0].t.data);
+            nv_free(be->ctx, g.at);
+        }
         for (int r = 0; r < tb->size; r++) {
             if (tw->rank != NULL && tw->rank[r].t.data != NULL) {
                 tb->rank[r]->ops->weight_free(tb->rank[r], &tw->rank[r]);
@@ -146,8 +230,22 @@ static nvlm_status tp_weight_load(nv_backend *be, const nv_tensor *src, const nv
         tp_weight_free(be, out);
         return st;
     }
-    /* the pipeline sees the whole tensor: rank 0's data (replicated tensors are read through
-     * it, e.g. the embedding rows) and dtype, the checkpoint's shape */
+    /* the pipeline sees the whole tensor: rank 0's data and dtype, the checkpoint's shape. It
+     * reads replicated weights through that address (the embedding rows): registered, so that
+     * every rank reads its own copy. */
+    if (tw->slice[0].whole) {
+        region g = {tw->rank[0].t.data,
+                    (size_t)nv_tensor_nelem(&tw->rank[0].t) * nv_dtype_size(tw->rank[0].t.dtype),
+                    nv_calloc(ctx, (size_t)tb->size, sizeof(void *)), 0, 0};
+        if (g.at == NULL || !set_add(ctx, &tb->weights, g)) {
+            nv_free(ctx, g.at);
+            tp_weight_free(be, out);
+            return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory for a weight");
+        }
+        for (int r = 0; r < tb->size; r++) {
+            g.at[r] = tw->rank[r].t.data;
+        }
+    }
     out->t = tw->rank[0].t;
     out->t.ndim = src->ndim;
     memcpy(out->t.shape, src->shape, sizeof out->t.shape);
@@ -167,6 +265,10 @@ static void tp_destroy(nv_backend *be)
                 tb->rank[r]->ops->destroy(tb->rank[r]);
             }
         }
+        for (size_t i = 0; i < tb->weights.n; i++) {
+            nv_free(be->ctx, tb->weights.v[i].at);
+        }
+        nv_free(be->ctx, tb->weights.v);
         nv_free(be->ctx, tb->rank);
         nv_free(be->ctx, tb);
     }
@@ -175,15 +277,6 @@ static void tp_destroy(nv_backend *be)
 
 /* ---- execs: one worker thread per rank -------------------------------------------------- */
 
-/* A buffer the pipeline allocated: rank 0's copy is the address the pipeline holds. A KV
- * cache (kv_heads > 0) keeps on each rank only the kv heads its query heads use: rows of
- * (that rank's kv heads) x head_dim elements. */
-typedef struct region {
-    char *base;                  /* rank 0's copy */
-    size_t bytes;
-    void **at;                   /* size: every rank's copy */
-    int kv_heads, head_dim;      /* KV caches: the whole row's heads; 0 for activations */
-} region;
 
 typedef struct tp_exec tp_exec;
 typedef nvlm_status (*rank_fn)(tp_exec *t, int r, const void *args);
@@ -193,6 +286,8 @@ typedef struct rank_state {
     nv_exec *ex;
     float *scr[3];               /* scratch (rank memory) for column gathers and scatters */
     size_t scr_cap[3];           /* floats */
+    char *host[2];               /* host staging of collectives (device ranks) */
+    size_t host_cap[2];          /* bytes */
     pthread_t thread;
     bool started;
 } rank_state;
@@ -203,8 +298,7 @@ struct tp_exec {
     int size;
     rank_state *rk;
     tp_comm *comm;
-    region *reg;                 /* sorted by base */
-    size_t n_reg, cap_reg;
+    region_set bufs;             /* the pipeline's buffers */
     pthread_mutex_t lock;
     pthread_cond_t go, done;
     uint64_t job_id;             /* jobs handed out */
@@ -297,29 +391,16 @@ static nvlm_status run_all(nv_exec *ex, rank_fn fn, const void *args)
                     msg[0] != '\0' ? msg : nvlm_status_str(t->st[bad]));
 }
 
-/* The buffer a pipeline pointer lies in, or NULL. */
+/* The buffer (or replicated weight) a pipeline pointer lies in, or NULL. */
 static const region *region_of(const tp_exec *t, const void *p)
 {
-    const char *c = p;
-    size_t lo = 0;
-    size_t hi = t->n_reg;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const region *g = &t->reg[mid];
-        if (c < g->base) {
-            hi = mid;
-        } else if (c >= g->base + g->bytes) {
-            lo = mid + 1;
-        } else {
-            return g;
-        }
-    }
-    return NULL;
+    const region *g = set_find(&t->bufs, p);
+    return g != NULL ? g : set_find(&t->tb->weights, p);
 }
 
 /* The rank-r address of a pipeline pointer: the same offset in the rank's copy of the buffer
- * it lies in. Pointers outside every buffer (weights' host data) are the same on every rank:
- * CPU ranks share the host memory. */
+ * or replicated weight it lies in. Other pointers (host data of sliced weights) are the same
+ * on every rank. */
 static void *at(const tp_exec *t, int r, const void *p)
 {
     if (p == NULL || r == 0) {
@@ -359,6 +440,62 @@ static nvlm_status scratch(tp_exec *t, int r, int i, size_t n, float **out)
     return NVLM_OK;
 }
 
+/* Rank r's host staging buffer i with room for `bytes` bytes. */
+static nvlm_status host_scratch(tp_exec *t, int r, int i, size_t bytes, char **out)
+{
+    rank_state *rs = &t->rk[r];
+    if (rs->host_cap[i] < bytes) {
+        char *p = nv_malloc(t->ctx, bytes);
+        if (p == NULL) {
+            return nv_error(&rs->err, NVLM_ERR_OUT_OF_MEMORY, "out of memory for staging");
+        }
+        nv_free(t->ctx, rs->host[i]);
+        rs->host[i] = p;
+        rs->host_cap[i] = bytes;
+    }
+    *out = rs->host[i];
+    return NVLM_OK;
+}
+
+/* Whether collectives must go through host memory: device ranks over a host communicator. */
+static bool staged(const tp_exec *t)
+{
+    return t->tb->staged ||
+           (t->tb->rank[0]->device_memory && !t->comm->ops->device_buffers);
+}
+
+/* buf (n floats in rank memory) = the sum over the ranks. */
+static nvlm_status coll_sum(tp_exec *t, int r, float *buf, size_t n)
+{
+    if (!staged(t)) {
+        return t->comm->ops->all_reduce_sum(t->comm, r, buf, n);
+    }
+    const nv_backend_ops *op = rops(t, r);
+    nv_exec *ex = t->rk[r].ex;
+    char *h = NULL;
+    NVLM_TRY(host_scratch(t, r, 0, n * sizeof(float), &h));
+    NVLM_TRY(op->download(ex, h, buf, n * sizeof(float)));
+    NVLM_TRY(t->comm->ops->all_reduce_sum(t->comm, r, (float *)h, n));
+    return op->upload(ex, buf, h, n * sizeof(float));
+}
+
+/* recv (size * bytes, rank memory) = every rank's send (bytes) in rank order. */
+static nvlm_status coll_gather(tp_exec *t, int r, const void *send, size_t bytes, void *recv)
+{
+    if (!staged(t)) {
+        return t->comm->ops->all_gather(t->comm, r, send, bytes, recv);
+    }
+    const nv_backend_ops *op = rops(t, r);
+    nv_exec *ex = t->rk[r].ex;
+    char *hs = NULL;
+    char *hr = NULL;
+    NVLM_TRY(host_scratch(t, r, 0, bytes, &hs));
+    NVLM_TRY(host_scratch(t, r, 1, bytes * (size_t)t->size, &hr));
+    NVLM_TRY(op->download(ex, hs, send, bytes));
+    NVLM_TRY(t->comm->ops->all_gather(t->comm, r, hs, bytes, hr));
+    return op->upload(ex, recv, hr, bytes * (size_t)t->size);
+}
+
 /* ---- memory ----------------------------------------------------------------------------- */
 
 static void tp_free(nv_exec *ex, void *ptr);
@@ -369,15 +506,6 @@ static nvlm_status add_region(nv_exec *ex, const size_t *bytes, int kv_heads, in
 {
     tp_exec *t = tx_of(ex);
     *out = NULL;
-    if (t->n_reg == t->cap_reg) {
-        size_t cap = NV_MAX((size_t)16, t->cap_reg * 2);
-        region *g = nv_realloc(t->ctx, t->reg, cap * sizeof *g);
-        if (g == NULL) {
-            return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
-        }
-        t->reg = g;
-        t->cap_reg = cap;
-    }
     void **copies = nv_calloc(t->ctx, (size_t)t->size, sizeof *copies);
     if (copies == NULL) {
         return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
@@ -399,13 +527,13 @@ static nvlm_status add_region(nv_exec *ex, const size_t *bytes, int kv_heads, in
         return st;
     }
     region g = {copies[0], NV_MAX(bytes[0], (size_t)1), copies, kv_heads, head_dim};
-    size_t i = t->n_reg;
-    while (i > 0 && t->reg[i - 1].base > g.base) {
-        t->reg[i] = t->reg[i - 1];
-        i--;
+    if (!set_add(t->ctx, &t->bufs, g)) {
+        for (int r = 0; r < t->size; r++) {
+            rops(t, r)->free(t->rk[r].ex, copies[r]);
+        }
+        nv_free(t->ctx, copies);
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
     }
-    t->reg[i] = g;
-    t->n_reg++;
     *out = copies[0];
     return NVLM_OK;
 }
@@ -439,9 +567,7 @@ static nvlm_status tp_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head
     }
     nvlm_status st = NVLM_OK;
     for (int r = 0; r < t->size && st == NVLM_OK; r++) {
-        size_t n = (size_t)kv_heads_of(t, r).count * (size_t)head_dim;
-        if (rows < 0 || !nv_mul_size(n, (size_t)rows, &n) ||
-            !nv_mul_size(n, nv_dtype_size(dtype), &b[r])) {
+        if (!nv_kv_bytes(rows, kv_heads_of(t, r).count, head_dim, dtype, &b[r])) {
             st = nv_error(ex->err_handle, NVLM_ERR_LIMIT, "KV cache size overflows");
         }
     }
@@ -455,16 +581,12 @@ static nvlm_status tp_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head
 static void tp_free(nv_exec *ex, void *ptr)
 {
     tp_exec *t = tx_of(ex);
-    for (size_t i = 0; i < t->n_reg; i++) {
-        if (t->reg[i].base == ptr) {
-            for (int r = 0; r < t->size; r++) {
-                rops(t, r)->free(t->rk[r].ex, t->reg[i].at[r]);
-            }
-            nv_free(t->ctx, t->reg[i].at);
-            memmove(&t->reg[i], &t->reg[i + 1], (t->n_reg - i - 1) * sizeof *t->reg);
-            t->n_reg--;
-            return;
+    region g = set_take(&t->bufs, ptr);
+    if (g.at != NULL) {
+        for (int r = 0; r < t->size; r++) {
+            rops(t, r)->free(t->rk[r].ex, g.at[r]);
         }
+        nv_free(t->ctx, g.at);
     }
 }
 
@@ -592,7 +714,7 @@ static nvlm_status matmul_cols_out(tp_exec *t, int r, const matmul_args *a, cons
     NVLM_TRY(scratch(t, r, 2, M * pad * (size_t)t->size, &all));
     NVLM_TRY(op->zero(ex, padded, M * pad * 4));
     NVLM_TRY(op->copy_2d(ex, padded, pad * 4, part, width * 4, width * 4, M));
-    NVLM_TRY(t->comm->ops->all_gather(t->comm, r, padded, M * pad * 4, all));
+    NVLM_TRY(coll_gather(t, r, padded, M * pad * 4, all));
     for (int k = 0; k < t->size; k++) {
         const tp_slice *sk = &tw->slice[k];
         NVLM_TRY(op->copy_2d(ex, y + sk->begin, N * 4, all + (size_t)k * M * pad, pad * 4,
@@ -624,7 +746,7 @@ static nvlm_status matmul_rows_in(tp_exec *t, int r, const matmul_args *a, const
         }
         NVLM_TRY(op->matmul(ex, y, xs, rw(a->w, r), NULL, a->M));
     }
-    NVLM_TRY(t->comm->ops->all_reduce_sum(t->comm, r, y, M * (size_t)N));
+    NVLM_TRY(coll_sum(t, r, y, M * (size_t)N));
     if (a->bias != NULL) {
         NVLM_TRY(op->add_rows(ex, y, rw(a->bias, r), 1, a->M, (int)N));
     }
@@ -685,7 +807,7 @@ static nvlm_status run_rmsnorm(tp_exec *t, int r, const void *p)
     int64_t real = NV_MAX((int64_t)0, NV_MIN(s->begin + s->count, (int64_t)a->stat_cols) -
                                           s->begin);
     NVLM_TRY(op->rows_sumsq(ex, ss, x + s->begin, a->ldx, a->rows, (int)real));
-    NVLM_TRY(t->comm->ops->all_reduce_sum(t->comm, r, ss, (size_t)a->rows));
+    NVLM_TRY(coll_sum(t, r, ss, (size_t)a->rows));
     if (s->count == 0) {
         return NVLM_OK;
     }
@@ -933,8 +1055,8 @@ static void tp_exec_free(nv_exec *ex)
                 pthread_join(t->rk[r].thread, NULL);
             }
         }
-        while (t->n_reg > 0) {
-            tp_free(ex, t->reg[t->n_reg - 1].base);
+        while (t->bufs.n > 0) {
+            tp_free(ex, t->bufs.v[t->bufs.n - 1].base);
         }
         for (int r = 0; r < t->size; r++) {
             rank_state *rs = &t->rk[r];
@@ -943,6 +1065,8 @@ static void tp_exec_free(nv_exec *ex)
                     rops(t, r)->free(rs->ex, rs->scr[i]);
                 }
             }
+            nv_free(ctx, rs->host[0]);
+            nv_free(ctx, rs->host[1]);
             if (rs->ex != NULL) {
                 rops(t, r)->exec_free(rs->ex);
             }
@@ -953,7 +1077,7 @@ static void tp_exec_free(nv_exec *ex)
         pthread_cond_destroy(&t->go);
         pthread_cond_destroy(&t->done);
         pthread_mutex_destroy(&t->lock);
-        nv_free(ctx, t->reg);
+        nv_free(ctx, t->bufs.v);
         nv_free(ctx, t->st);
         nv_free(ctx, t->rk);
         nv_free(ctx, t);
@@ -990,10 +1114,10 @@ static nvlm_status tp_exec_create(nv_backend *be, int n_threads, void *err_handl
         tp_exec_free(ex);
         return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory for an exec");
     }
-    nvlm_status st = tp_comm_local_create(ctx, t->size, err_handle, &t->comm);
     /* the threads are split over the ranks, at least one each, the first ranks taking the
      * extra ones */
     int threads = NV_MAX(n_threads, t->size);
+    nvlm_status st = NVLM_OK;
     for (int r = 0; r < t->size && st == NVLM_OK; r++) {
         rank_state *rs = &t->rk[r];
         nv_handle_init(&rs->err, NV_MAGIC_DEAD, ctx);
@@ -1002,6 +1126,20 @@ static nvlm_status tp_exec_create(nv_backend *be, int n_threads, void *err_handl
         if (st != NVLM_OK) {
             nv_error_copy(err_handle, &rs->err, st);
         }
+    }
+    if (st == NVLM_OK && tb->comm_fn != NULL) {
+        nv_exec **execs = nv_alloc_array(ctx, (size_t)t->size, sizeof *execs);
+        st = execs == NULL ? nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory")
+                           : NVLM_OK;
+        for (int r = 0; r < t->size && st == NVLM_OK; r++) {
+            execs[r] = t->rk[r].ex;
+        }
+        if (st == NVLM_OK) {
+            st = tb->comm_fn(ctx, t->size, execs, err_handle, &t->comm);
+        }
+        nv_free(ctx, execs);
+    } else if (st == NVLM_OK) {
+        st = tp_comm_local_create(ctx, t->size, err_handle, &t->comm);
     }
     for (int r = 0; r < t->size && st == NVLM_OK; r++) {
         worker_arg *a = nv_malloc(ctx, sizeof *a);
@@ -1068,7 +1206,8 @@ static const nv_backend_ops tp_ops = {
 };
 
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
-                                 int size, void *err_handle, nv_backend **out)
+                                 int size, nv_tp_comm_fn comm_fn, void *err_handle,
+                                 nv_backend **out)
 {
     *out = NULL;
     tp_plan plan;
@@ -1090,10 +1229,17 @@ nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_bac
     tb->size = size;
     tb->plan = plan;
     tb->rank = own;
+    tb->comm_fn = comm_fn;
     be->ops = &tp_ops;
     be->ctx = ctx;
     be->kv_default = ranks[0]->kv_default;
+    be->device_memory = ranks[0]->device_memory;
     be->impl = tb;
     *out = be;
     return NVLM_OK;
+}
+
+void nv_tp_set_staged(nv_backend *be, bool on)
+{
+    tb_of(be)->staged = on;
 }

@@ -2,8 +2,8 @@
  * comm.h - collectives between the ranks of one tensor-parallel model. Every rank calls the
  * same collectives in the same order (the TP backend's per-model forward lock guarantees it).
  * Implementations: local (comm_local.c: ranks are threads of one process, buffers in host
- * memory, sums in a fixed rank order so results do not depend on timing) and, in the CUDA
- * plugin, NCCL. A failed rank calls abort: every rank's pending and later calls then return
+ * memory, sums in a fixed rank order so results do not depend on timing) and NCCL
+ * (cuda/tp_nccl.cu: GPUs of this process, device buffers). A failed rank calls abort: every rank's pending and later calls then return
  * the abort status instead of waiting.
  */
 #ifndef NVLM_TP_COMM_H
@@ -28,6 +28,8 @@ typedef struct tp_comm_ops {
     /* Clears an abort once no rank is inside a collective. */
     void (*reset)(tp_comm *c);
     void (*destroy)(tp_comm *c);
+    /* true: buffers are device memory of the rank's device (NCCL); false: host memory */
+    bool device_buffers;
 } tp_comm_ops;
 
 struct tp_comm {
@@ -39,5 +41,10 @@ struct tp_comm {
 /* A communicator for `size` threads of this process (ranks 0 .. size - 1). Errors go to
  * err_handle. */
 nvlm_status tp_comm_local_create(nvlm_context *ctx, int size, void *err_handle, tp_comm **out);
+
+/* An NCCL communicator over `size` GPUs of this process, rank r on devices[r] (all distinct)
+ * enqueueing on the CUDA stream streams[r] (borrowed). CUDA builds only (cuda/tp_nccl.cu). */
+nvlm_status nv_tp_comm_nccl_create(nvlm_context *ctx, int size, const int *devices,
+                                   void *const *streams, void *err_handle, tp_comm **out);
 
 #endif /* NVLM_TP_COMM_H */

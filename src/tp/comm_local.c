@@ -138,6 +138,7 @@ static void destroy(tp_comm *c)
 
 static const tp_comm_ops local_ops = {
     "local", all_reduce_sum, all_gather, broadcast, barrier, comm_abort, comm_reset, destroy,
+    false,
 };
 
 nvlm_status tp_comm_local_create(nvlm_context *ctx, int size, void *err_handle, tp_comm **out)
