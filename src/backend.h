@@ -153,20 +153,21 @@ static inline bool nv_kv_bytes(int64_t rows, int64_t kv_heads, int64_t head_dim,
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out);
 struct tp_comm;
 
-/* Makes the communicator of one session's ranks (their execs, in rank order). */
-typedef nvlm_status (*nv_tp_comm_fn)(nvlm_context *ctx, int size, nv_exec *const *rank_execs,
-                                     void *err_handle, struct tp_comm **out);
-
 /* The tensor-parallel backend (src/tp/backend_tp.c) over `size` rank backends of one kind,
- * sharded by the plan for cfg; it owns the ranks from the call on (also on failure). comm_fn:
- * the communicator each session gets (NULL: the local one, staged through host memory when the
- * ranks' memory is a device's). */
+ * sharded by the plan for cfg; it owns the ranks and `shared` from the call on (also on
+ * failure). shared: one communicator for the whole model (NCCL between the ranks' GPUs; its
+ * sessions then take turns op by op, so every rank issues the collectives in one order), or
+ * NULL: each session makes its own local communicator (staged through host memory when the
+ * ranks' memory is a device's) and sessions run side by side. */
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
-                                 int size, nv_tp_comm_fn comm_fn, void *err_handle,
+                                 int size, struct tp_comm *shared, void *err_handle,
                                  nv_backend **out);
 /* Tests: collectives go through host memory even over host-memory ranks (the staging path of
  * device ranks with the local communicator). */
 void nv_tp_set_staged(nv_backend *be, bool staged);
+/* Tests: the model's sessions share one local communicator, taking turns op by op (the path
+ * of a per-model NCCL communicator). Call before any session exists. */
+nvlm_status nv_tp_share_local_comm(nv_backend *be);
 /* Tests: rank `rank` of a tensor-parallel exec fails its op_count-th op from now with
  * NVLM_ERR_BACKEND "injected failure". */
 void nv_tp_inject_failure(nv_exec *ex, int rank, int64_t op_count);

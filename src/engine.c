@@ -103,47 +103,36 @@ static nvlm_status one_backend(nvlm_model *m, int r, nv_backend **out)
     return st == NVLM_OK ? st : nv_error(m, st, "cannot create the CPU backend");
 }
 
-#ifdef NVLM_WITH_CUDA
-/* NCCL between the ranks' GPUs, each collective on its rank's stream; without libnccl, the
- * local communicator (collectives staged through host memory). */
-static nvlm_status nccl_comm(nvlm_context *ctx, int size, nv_exec *const *execs,
-                             void *err_handle, struct tp_comm **out)
+/* The model's communicator: NCCL between distinct GPUs (one per model, its own stream per
+ * rank); NULL otherwise: each session then makes a local one (staged through host memory for
+ * device ranks). Without libnccl, NULL too, with a warning. */
+static nvlm_status model_comm(nvlm_model *m, struct tp_comm **out)
 {
-    int devices[NV_TP_MAX_RANKS];
-    void *streams[NV_TP_MAX_RANKS];
-    for (int r = 0; r < size; r++) {
-        devices[r] = nv_cuda_backend_device(execs[r]->be);
-        streams[r] = nv_cuda_exec_stream(execs[r]);
-    }
-    nvlm_status st = nv_tp_comm_nccl_create(ctx, size, devices, streams, err_handle, out);
-    if (st == NVLM_ERR_UNSUPPORTED) {
-        nv_log(ctx, NVLM_LOG_WARN, "%s; tensor-parallel collectives go through host memory",
-               nvlm_last_error(err_handle));
-        nv_clear(err_handle);
-        st = tp_comm_local_create(ctx, size, err_handle, out);
-    }
-    return st;
-}
-#endif
-
-/* The collectives of the ranks: NCCL between distinct GPUs; otherwise the local communicator
- * (staged through host memory for device ranks). */
-static nv_tp_comm_fn comm_for(const nvlm_context *ctx)
-{
+    *out = NULL;
 #ifdef NVLM_WITH_CUDA
-    if (ctx->backend == NVLM_BACKEND_CUDA) {
-        for (int a = 0; a < ctx->tp_size; a++) {
-            for (int b = a + 1; b < ctx->tp_size; b++) {
-                if (ctx->devices[a] == ctx->devices[b]) {
-                    return NULL;
-                }
+    nvlm_context *ctx = m->h.ctx;
+    if (ctx->backend != NVLM_BACKEND_CUDA) {
+        return NVLM_OK;
+    }
+    for (int a = 0; a < ctx->tp_size; a++) {
+        for (int b = a + 1; b < ctx->tp_size; b++) {
+            if (ctx->devices[a] == ctx->devices[b]) {
+                return NVLM_OK;
             }
         }
-        return nccl_comm;
     }
+    nvlm_status st = nv_tp_comm_nccl_create(ctx, ctx->tp_size, ctx->devices, NULL, m, out);
+    if (st == NVLM_ERR_UNSUPPORTED) {
+        nv_log(ctx, NVLM_LOG_WARN, "%s; tensor-parallel collectives go through host memory",
+               nvlm_last_error(m));
+        nv_clear(m);
+        st = NVLM_OK;
+    }
+    return st;
+#else
+    (void)m;
+    return NVLM_OK;
 #endif
-    (void)ctx;
-    return NULL;
 }
 
 /* The backend, or ctx->tp_size rank backends under the tensor-parallel backend. */
@@ -171,7 +160,16 @@ static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
         nv_free(ctx, ranks);
         return st;
     }
-    st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, comm_for(ctx), m, out);
+    struct tp_comm *shared = NULL;
+    st = model_comm(m, &shared);
+    if (st != NVLM_OK) {
+        for (int r = 0; r < size; r++) {
+            ranks[r]->ops->destroy(ranks[r]);
+        }
+        nv_free(ctx, ranks);
+        return st;
+    }
+    st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, shared, m, out);
     nv_free(ctx, ranks);
     return st;
 }

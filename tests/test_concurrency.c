@@ -5,7 +5,8 @@
  * text and image turns, two user turns each. Then the busy flag: calls that change a session
  * made from its own token callback, or from a second thread while the first is inside
  * generate, return NVLM_ERR_BUSY and change nothing; nvlm_session_free there is deferred.
- * All of it once on the plain CPU backend and once over tensor-parallel CPU ranks (TP 2).
+ * All of it on the plain CPU backend, over tensor-parallel CPU ranks (TP 2), and over TP 2
+ * with one communicator for the model that its sessions take turns on.
  * `make tsan-test` runs it under ThreadSanitizer.
  */
 #include "eng_golden.h"
@@ -352,7 +353,9 @@ static void test_busy_threads(nvlm_model *m, nvlm_image *img)
     }
 }
 
-static void run_all(int tp)
+/* tp ranks; shared: the model's sessions share one communicator and take turns op by op (the
+ * way a per-model NCCL communicator is used) instead of one communicator each. */
+static void run_all(int tp, bool shared)
 {
     nvlm_context_params cp;
     nvlm_context_default_params(&cp);
@@ -366,6 +369,9 @@ static void run_all(int tp)
         CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &m));
     }
     nvlm_image *img = NULL;
+    if (m != NULL && shared) {
+        CHECK_OK(nv_tp_share_local_comm(m->engine->be));
+    }
     if (m != NULL) {
         CHECK_OK(nvlm_image_load_file(ctx, "tests/data/images/chelsea_square_160.png", NULL,
                                       &img));
@@ -374,14 +380,16 @@ static void run_all(int tp)
     static conv_out par[N_SESSIONS];
     if (m != NULL && img != NULL) {
         char sec[80];
-        snprintf(sec, sizeof sec, "TP %d: sequential reference", tp);
+        snprintf(sec, sizeof sec, "TP %d%s: sequential reference", tp,
+                 shared ? ", one communicator per model" : "");
         tu_section(sec);
         run_env env = {.model = m, .img = img, .out = seq, .thread = -1};
         run(&env);
         for (int i = 0; i < N_SESSIONS; i++) {
             CHECK(seq[i].st == NVLM_OK, "sequential conversation %d -> %d", i, (int)seq[i].st);
         }
-        snprintf(sec, sizeof sec, "TP %d: 8 sessions on 4 threads", tp);
+        snprintf(sec, sizeof sec, "TP %d%s: 8 sessions on 4 threads", tp,
+                 shared ? ", one communicator per model" : "");
         tu_section(sec);
         pthread_t th[N_THREADS];
         run_env envs[N_THREADS];
@@ -411,7 +419,8 @@ static void run_all(int tp)
 
 int main(void)
 {
-    run_all(1);
-    run_all(2);
+    run_all(1, false);
+    run_all(2, false);
+    run_all(2, true);
     return tu_done();
 }

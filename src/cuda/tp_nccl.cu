@@ -81,6 +81,7 @@ typedef struct nccl_impl {
     cudaStream_t *stream;        /* size, borrowed from the rank execs */
     ncclComm_t *comm;            /* size */
     float **one;                 /* size: one device float per rank (barrier) */
+    bool own_streams;            /* the streams are this communicator's */
     pthread_mutex_t lock;
     nvlm_status aborted;         /* NVLM_OK while healthy (under lock) */
 } nccl_impl;
@@ -297,6 +298,9 @@ static void destroy(tp_comm *c)
         if (n->one[r] != NULL) {
             cudaFree(n->one[r]);
         }
+        if (n->own_streams && n->stream[r] != NULL) {
+            cudaStreamDestroy(n->stream[r]);
+        }
         leave_dev(prev);
     }
     pthread_mutex_destroy(&n->lock);
@@ -354,13 +358,20 @@ extern "C" nvlm_status nv_tp_comm_nccl_create(nvlm_context *ctx, int size, const
     c->ops = &nccl_ops;
     c->size = size;
     c->impl = n;
+    n->own_streams = streams == NULL;
     nvlm_status st = api_open(&n->api, err_handle);
     for (int r = 0; r < size && st == NVLM_OK; r++) {
         n->dev[r] = devices[r];
-        n->stream[r] = (cudaStream_t)streams[r];
         int prev = enter_dev(devices[r]);
-        if (cudaMalloc((void **)&n->one[r], sizeof(float)) != cudaSuccess ||
-            cudaMemset(n->one[r], 0, sizeof(float)) != cudaSuccess) {
+        if (streams != NULL) {
+            n->stream[r] = (cudaStream_t)streams[r];
+        } else if (cudaStreamCreateWithFlags(&n->stream[r], cudaStreamNonBlocking) !=
+                   cudaSuccess) {
+            st = nv_error(err_handle, NVLM_ERR_BACKEND, "NCCL: no stream on device %d",
+                          devices[r]);
+        }
+        if (st == NVLM_OK && (cudaMalloc((void **)&n->one[r], sizeof(float)) != cudaSuccess ||
+                              cudaMemset(n->one[r], 0, sizeof(float)) != cudaSuccess)) {
             st = nv_error(err_handle, NVLM_ERR_BACKEND, "NCCL: no device memory on device %d",
                           devices[r]);
         }

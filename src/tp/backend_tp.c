@@ -43,7 +43,8 @@ typedef struct tp_backend {
     int size;
     tp_plan plan;
     nv_backend **rank;           /* size rank backends, owned */
-    nv_tp_comm_fn comm_fn;       /* NULL: the local communicator */
+    struct tp_comm *shared;      /* the model's communicator, or NULL: one per session */
+    pthread_mutex_t turn;        /* with `shared`: one session's op at a time */
     bool staged;                 /* collectives through host memory (device ranks, local) */
     region_set weights;          /* replicated weights, whose data the pipeline may read */
 } tp_backend;
@@ -260,6 +261,10 @@ static void tp_destroy(nv_backend *be)
     }
     tp_backend *tb = tb_of(be);
     if (tb != NULL) {
+        if (tb->shared != NULL) {
+            tb->shared->ops->destroy(tb->shared);
+        }
+        pthread_mutex_destroy(&tb->turn);
         for (int r = 0; r < tb->size; r++) {
             if (tb->rank[r] != NULL) {
                 tb->rank[r]->ops->destroy(tb->rank[r]);
@@ -366,10 +371,17 @@ static void *worker(void *p)
 }
 
 /* Runs fn on every rank and waits for all. On failure the first failing rank's text goes to
- * the exec's error handle and the communicator is made usable again. */
+ * the exec's error handle and the communicator is made usable again. A model-wide
+ * communicator serves one session's op at a time: every op is complete on all ranks (its
+ * collectives included) when it returns, so ops of different sessions never interleave their
+ * collectives. */
 static nvlm_status run_all(nv_exec *ex, rank_fn fn, const void *args)
 {
     tp_exec *t = tx_of(ex);
+    tp_backend *tb = t->tb;
+    if (tb->shared != NULL) {
+        pthread_mutex_lock(&tb->turn);
+    }
     pthread_mutex_lock(&t->lock);
     t->fn = fn;
     t->args = args;
@@ -382,10 +394,15 @@ static nvlm_status run_all(nv_exec *ex, rank_fn fn, const void *args)
     }
     int bad = t->first_fail;
     pthread_mutex_unlock(&t->lock);
+    if (bad >= 0) {
+        t->comm->ops->reset(t->comm);
+    }
+    if (tb->shared != NULL) {
+        pthread_mutex_unlock(&tb->turn);
+    }
     if (bad < 0) {
         return NVLM_OK;
     }
-    t->comm->ops->reset(t->comm);
     const char *msg = t->rk[bad].err.err;
     return nv_error(ex->err_handle, t->st[bad], "tensor-parallel rank %d: %s", bad,
                     msg[0] != '\0' ? msg : nvlm_status_str(t->st[bad]));
@@ -464,10 +481,17 @@ static bool staged(const tp_exec *t)
            (t->tb->rank[0]->device_memory && !t->comm->ops->device_buffers);
 }
 
+/* A device communicator works on its own streams: the rank's queued work must be done first. */
+static nvlm_status ready(tp_exec *t, int r)
+{
+    return t->comm->ops->device_buffers ? rops(t, r)->sync(t->rk[r].ex) : NVLM_OK;
+}
+
 /* buf (n floats in rank memory) = the sum over the ranks. */
 static nvlm_status coll_sum(tp_exec *t, int r, float *buf, size_t n)
 {
     if (!staged(t)) {
+        NVLM_TRY(ready(t, r));
         return t->comm->ops->all_reduce_sum(t->comm, r, buf, n);
     }
     const nv_backend_ops *op = rops(t, r);
@@ -483,6 +507,7 @@ static nvlm_status coll_sum(tp_exec *t, int r, float *buf, size_t n)
 static nvlm_status coll_gather(tp_exec *t, int r, const void *send, size_t bytes, void *recv)
 {
     if (!staged(t)) {
+        NVLM_TRY(ready(t, r));
         return t->comm->ops->all_gather(t->comm, r, send, bytes, recv);
     }
     const nv_backend_ops *op = rops(t, r);
@@ -1071,7 +1096,7 @@ static void tp_exec_free(nv_exec *ex)
                 rops(t, r)->exec_free(rs->ex);
             }
         }
-        if (t->comm != NULL) {
+        if (t->comm != NULL && t->comm != t->tb->shared) {
             t->comm->ops->destroy(t->comm);
         }
         pthread_cond_destroy(&t->go);
@@ -1127,17 +1152,8 @@ static nvlm_status tp_exec_create(nv_backend *be, int n_threads, void *err_handl
             nv_error_copy(err_handle, &rs->err, st);
         }
     }
-    if (st == NVLM_OK && tb->comm_fn != NULL) {
-        nv_exec **execs = nv_alloc_array(ctx, (size_t)t->size, sizeof *execs);
-        st = execs == NULL ? nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory")
-                           : NVLM_OK;
-        for (int r = 0; r < t->size && st == NVLM_OK; r++) {
-            execs[r] = t->rk[r].ex;
-        }
-        if (st == NVLM_OK) {
-            st = tb->comm_fn(ctx, t->size, execs, err_handle, &t->comm);
-        }
-        nv_free(ctx, execs);
+    if (st == NVLM_OK && tb->shared != NULL) {
+        t->comm = tb->shared;
     } else if (st == NVLM_OK) {
         st = tp_comm_local_create(ctx, t->size, err_handle, &t->comm);
     }
@@ -1206,7 +1222,7 @@ static const nv_backend_ops tp_ops = {
 };
 
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
-                                 int size, nv_tp_comm_fn comm_fn, void *err_handle,
+                                 int size, struct tp_comm *shared, void *err_handle,
                                  nv_backend **out)
 {
     *out = NULL;
@@ -1216,6 +1232,9 @@ nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_bac
     tp_backend *tb = be != NULL ? nv_calloc(ctx, 1, sizeof *tb) : NULL;
     nv_backend **own = tb != NULL ? nv_calloc(ctx, (size_t)size, sizeof *own) : NULL;
     if (own == NULL) {
+        if (shared != NULL) {
+            shared->ops->destroy(shared);
+        }
         for (int r = 0; r < size; r++) {
             ranks[r]->ops->destroy(ranks[r]);
         }
@@ -1229,7 +1248,8 @@ nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_bac
     tb->size = size;
     tb->plan = plan;
     tb->rank = own;
-    tb->comm_fn = comm_fn;
+    tb->shared = shared;
+    pthread_mutex_init(&tb->turn, NULL);
     be->ops = &tp_ops;
     be->ctx = ctx;
     be->kv_default = ranks[0]->kv_default;
@@ -1242,4 +1262,13 @@ nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_bac
 void nv_tp_set_staged(nv_backend *be, bool on)
 {
     tb_of(be)->staged = on;
+}
+
+nvlm_status nv_tp_share_local_comm(nv_backend *be)
+{
+    tp_backend *tb = tb_of(be);
+    if (tb->shared != NULL) {
+        return NVLM_OK;
+    }
+    return tp_comm_local_create(be->ctx, tb->size, NULL, &tb->shared);
 }

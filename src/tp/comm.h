@@ -42,8 +42,10 @@ struct tp_comm {
  * err_handle. */
 nvlm_status tp_comm_local_create(nvlm_context *ctx, int size, void *err_handle, tp_comm **out);
 
-/* An NCCL communicator over `size` GPUs of this process, rank r on devices[r] (all distinct)
- * enqueueing on the CUDA stream streams[r] (borrowed). CUDA builds only (cuda/tp_nccl.cu). */
+/* An NCCL communicator over `size` GPUs of this process, rank r on devices[r] (all distinct),
+ * rank r's collectives on the CUDA stream streams[r] (borrowed), or with streams NULL on
+ * streams of its own. Each collective returns when it is complete. NVLM_ERR_UNSUPPORTED when
+ * libnccl.so.2 cannot be opened. CUDA builds only (cuda/tp_nccl.cu). */
 nvlm_status nv_tp_comm_nccl_create(nvlm_context *ctx, int size, const int *devices,
                                    void *const *streams, void *err_handle, tp_comm **out);
 
