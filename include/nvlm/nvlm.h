@@ -216,12 +216,36 @@ typedef enum nvlm_load_mode {
                                   introspection and memory estimates; sessions cannot be created */
 } nvlm_load_mode;
 
+/* How the CPU backend computes the projections (every Linear: the ViT's patch embedding, qkv,
+ * proj, fc1, fc2, the projector's two linears, the decoder's q/k/v/o, gate/up/down and lm_head).
+ * Everything else (norms, softmax, RoPE, GELU/SiLU, the residual stream, attention scores and
+ * sums) is f32 in both. */
+typedef enum nvlm_precision {
+    NVLM_PRECISION_EXACT = 0,  /* f32 activations x weights widened exactly to f32, f32 sums */
+    NVLM_PRECISION_FAST = 1    /* activations rounded to bf16 (round to nearest even) at every
+                                  projection's input; bf16 x bf16 products summed in f32
+                                  (AVX512-BF16 vdpbf16ps where the CPU has it, else the same
+                                  products widened to f32 and FMA). bf16 weights are used as
+                                  stored; f16/f32 weights are multiplied as stored with the
+                                  rounded activations. The KV cache defaults to bf16
+                                  (nvlm_session_params.kv_type NVLM_KV_F32 still wins). Logits
+                                  move by ~1e-2 relative (L2) from exact; prefill and the vision
+                                  encoder run faster on CPUs with AVX512-BF16 (figures:
+                                  docs/performance.md). The CUDA
+                                  backend always computes this way: both values run the same
+                                  there. */
+} nvlm_precision;
+
 typedef struct nvlm_model_params {
     uint32_t struct_size;
     nvlm_load_mode mode;       /* default NVLM_LOAD_FULL */
     nvlm_progress_fn progress; /* NULL = none */
     void *progress_user;
     int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
+    nvlm_precision precision;  /* default NVLM_PRECISION_EXACT; fixed for the model's life and
+                                  all its sessions (tensor-parallel ranks included). Appended
+                                  after use_mmap: a caller built against a header without it
+                                  (smaller struct_size) gets the default. */
 } nvlm_model_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -237,7 +261,8 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32) is checked against the
  * config before use. On success *out is a new model owned by the caller (nvlm_model_free), which
  * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO, NVLM_ERR_FORMAT (bad JSON, corrupt
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (also an unknown precision), NVLM_ERR_IO,
+ * NVLM_ERR_FORMAT (bad JSON, corrupt
  * safetensors), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
  * NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT, NVLM_ERR_NOT_FOUND (missing file or shard),
  * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_CANCELLED (progress callback), NVLM_ERR_BACKEND. */
@@ -560,7 +585,8 @@ NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t i
  * must still serialize its calls. */
 
 typedef enum nvlm_kv_type {
-    NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend, bf16 on CUDA */
+    NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend (bf16 for a model loaded with
+                            NVLM_PRECISION_FAST), bf16 on CUDA */
     NVLM_KV_F32 = 1,
     NVLM_KV_BF16 = 2
 } nvlm_kv_type;
