@@ -40,9 +40,10 @@ void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype
 /* The fast precision's GEMM: y = bf16(x) . W^T (+ bias) with bf16 W, every product bf16 x bf16
  * (exact in f32) and the sums in f32 (vdpbf16ps; the sum order differs from cpu_matmul's, so
  * results agree with cpu_matmul on cpu_round_bf16(x) within ~1e-6 relative of sum |x w|).
- * Deterministic as cpu_matmul. Returns false, computing nothing, when it cannot run: no
- * AVX512-BF16, W not bf16, no pool, or M < 8 rows of K too long for the pool scratch; the
- * caller then rounds x with cpu_round_bf16 and calls cpu_matmul. */
+ * Deterministic as cpu_matmul (a NULL pool: the calling thread, same bits). Returns false,
+ * computing nothing, when it cannot run: no AVX512-BF16, W not bf16, M < 8 rows of K too long
+ * for the pool scratch, or (NULL pool) no memory for the scratch; the caller then rounds x
+ * with cpu_round_bf16 and calls cpu_matmul. */
 bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
                      const float *bias, int M, int N, int K);
 /* dst[i] = f32(bf16(src[i])), round to nearest even (in place allowed). */

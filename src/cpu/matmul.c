@@ -306,9 +306,7 @@ void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype
 bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
                      const float *bias, int M, int N, int K)
 {
-    /* Without a pool the scratch could come from a failing heap allocation, whose fallback
-     * kernel does not round: the caller's path (round, then cpu_matmul) handles that case. */
-    if (wt != NV_BF16 || K <= 0 || M <= 0 || N <= 0 || pool == NULL || !mm_bf16dp_supported()) {
+    if (wt != NV_BF16 || K <= 0 || M <= 0 || N <= 0 || !mm_bf16dp_supported()) {
         return false;
     }
     mm_form form = M < MM_SMALL_M ? MM_FORM_SMALL : MM_FORM_BIG;
@@ -318,6 +316,18 @@ bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_
         return false;
     }
     mm_args a = {y, N, x, K, w, K, wt, bias, 1.0f, M, N, K};
+    if (pool == NULL) {
+        /* One thread (a 1-thread session, a CPU tensor-parallel rank): the whole rectangle in
+         * one call, the same arithmetic per element as any split. Scratch from the heap for
+         * this call; without it the caller's path (round, then cpu_matmul) runs instead. */
+        void *raw = nv_malloc(NULL, need + 64);
+        if (raw == NULL) {
+            return false;
+        }
+        k(&a, 0, M, 0, N, (void *)(((uintptr_t)raw + 63u) & ~(uintptr_t)63u));
+        nv_free(NULL, raw);
+        return true;
+    }
     if (form == MM_FORM_SMALL) {
         mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX);
     } else {
