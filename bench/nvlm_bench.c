@@ -659,6 +659,14 @@ static int bench_vit(nvlm_model *m, int threads, int n_tiles, int reps, double *
     return rc;
 }
 
+/* The synthetic model is built exact; its backend's precision is what matmul reads and the KV
+ * default what a new session takes (as nvlm_model_load sets them). */
+static void set_precision(nvlm_model *m, nvlm_precision prec)
+{
+    m->engine->be->precision = prec;
+    m->engine->be->kv_default = prec == NVLM_PRECISION_FAST ? NV_BF16 : NV_F32;
+}
+
 /* One precision's prefill, decode and ViT; peak: the compute probe the GEMMs run into (FMA for
  * exact, vdpbf16ps for fast; 0 = unknown). */
 static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, probe_buf *pb,
@@ -668,10 +676,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
     const bool fast = prec == NVLM_PRECISION_FAST;
     printf("-- precision %s%s\n", fast ? "fast" : "exact",
            fast ? " (bf16 GEMM inputs, bf16 KV cache)" : " (f32 GEMMs, f32 KV cache)");
-    /* The model was built exact; its backend's precision is what matmul reads, and the KV
-     * default what a new session takes (as nvlm_model_load sets them). */
-    m->engine->be->precision = prec;
-    m->engine->be->kv_default = fast ? NV_BF16 : NV_F32;
+    set_precision(m, prec);
     nvlm_session *s = NULL;
     if (nvlm_session_create(m, NULL, &s) != NVLM_OK) {
         fprintf(stderr, "nvlm-bench: session: %s\n", nvlm_last_error(m));
@@ -795,6 +800,84 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
     return 0;
 }
 
+
+/* exact vs fast interleaved, so that both see the same share of a shared machine: prefill
+ * (best of 3 each, alternating), decode (two sessions, steps alternating, median step each)
+ * and the ViT (best of 2 each, alternating). */
+static void bench_ab(nvlm_model *m, const opts *o, int threads)
+{
+    const int P = o->prompt, G = NV_MAX(o->gen, 1);
+    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
+    for (int i = 0; i < P; i++) {
+        ids[i] = (int32_t)(next64() % 150000u);
+    }
+    double pre[2] = {1e30, 1e30}, vit[2] = {1e30, 1e30};
+    nvlm_session *s[2] = {NULL, NULL};
+    for (int r = 0; r < 3; r++) {
+        for (int p = 0; p < 2; p++) {
+            set_precision(m, (nvlm_precision)p);
+            nvlm_session *t = NULL;
+            if (nvlm_session_create(m, NULL, &t) != NVLM_OK) {
+                break;
+            }
+            double t0 = nv_time_ms();
+            nvlm_status st = nvlm_session_feed(t, ids, (size_t)P, NULL, 0);
+            pre[p] = st == NVLM_OK ? NV_MIN(pre[p], nv_time_ms() - t0) : pre[p];
+            if (r == 2 && st == NVLM_OK) {
+                s[p] = t;   /* the last prefill of each precision goes on to decode */
+            } else {
+                nvlm_session_free(t);
+            }
+        }
+    }
+    double *ms[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
+    int done = 0;
+    nvlm_sampler_params sp;
+    nvlm_sampler_default_params(&sp);
+    for (int i = 0; i < G && s[0] != NULL && s[1] != NULL; i++) {
+        bool ok = true;
+        for (int p = 0; p < 2 && ok; p++) {
+            set_precision(m, (nvlm_precision)p);
+            int32_t tok = 0;
+            double t0 = nv_time_ms();
+            ok = nvlm_session_sample(s[p], &sp, &tok) == NVLM_OK &&
+                 nvlm_session_feed(s[p], &tok, 1, NULL, 0) == NVLM_OK;
+            ms[p][i] = nv_time_ms() - t0;
+        }
+        done += ok;
+        if (!ok) {
+            break;
+        }
+    }
+    for (int r = 0; r < 2 && !o->decode_only; r++) {
+        for (int p = 0; p < 2; p++) {
+            set_precision(m, (nvlm_precision)p);
+            double tile = 0, proj = 0;
+            if (bench_vit(m, threads, 2, 1, &tile, &proj) == 0) {
+                vit[p] = NV_MIN(vit[p], tile);
+            }
+        }
+    }
+    set_precision(m, NVLM_PRECISION_EXACT);
+    printf("A/B interleaved (exact | fast | fast/exact speed):\n");
+    printf("  prefill %d tokens, best of 3: %.1f | %.1f tokens/s | %.2fx\n", P, P * 1000.0 / pre[0],
+           P * 1000.0 / pre[1], pre[0] / pre[1]);
+    if (done > 0) {
+        double d0 = median(ms[0], done), d1 = median(ms[1], done);
+        printf("  decode, median of %d alternating steps: %.2f | %.2f ms/token (%.2f | %.2f "
+               "tokens/s) | %.2fx\n", done, d0, d1, 1000.0 / d0, 1000.0 / d1, d0 / d1);
+    }
+    if (!o->decode_only && vit[0] < 1e30 && vit[1] < 1e30) {
+        printf("  ViT, 2 tiles per batch, best of 2: %.0f | %.0f ms per tile | %.2fx\n", vit[0],
+               vit[1], vit[0] / vit[1]);
+    }
+    free(ms[0]);
+    free(ms[1]);
+    nvlm_session_free(s[0]);
+    nvlm_session_free(s[1]);
+    free(ids);
+}
+
 /* Prefill, decode and the ViT at both precisions, exact first, on the same model and threads. */
 static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
                      int threads, probe_buf *pb, double fma_peak, double dp_peak)
@@ -811,8 +894,10 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     if (rc == 0 && !o->exact_only) {
         rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_FAST, dp_peak);
     }
-    m->engine->be->precision = NVLM_PRECISION_EXACT;
-    m->engine->be->kv_default = NV_F32;
+    if (rc == 0 && !o->exact_only) {
+        bench_ab(m, o, threads);
+    }
+    set_precision(m, NVLM_PRECISION_EXACT);
     return rc;
 }
 
