@@ -16,6 +16,8 @@ rounding switched off the same code must reproduce the goldens (vit_out, pixel_s
 proj_out, step_logits within 2e-4 + 1e-4 |want|) before anything is written. Writes
 tests/data/fast/fast_logits.safetensors:
     <case>.step_logits  F32 (16, vocab)  for case3_text_only and case2_single_tile
+    case2_single_tile.vit_hidden_states  F32 (3, 1, 1025, D)  the input of each ViT layer
+    case3_text_only.llm_layer_outputs    F32 (3, n_prompt, D) each decoder layer's output
 Run from the repository root: python3 tests/oracle/fast_precision_logits.py  (numpy only).
 """
 import json
@@ -77,8 +79,9 @@ def softmax_rows(s):
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def vit(m, pix):
-    """pixel_values (T, 3, 448, 448) -> last hidden state without CLS (T, 1024, D)."""
+def vit(m, pix, hidden=None):
+    """pixel_values (T, 3, 448, 448) -> last hidden state without CLS (T, 1024, D); hidden
+    (a list) gets the input of every layer (embeddings first), as vit_hidden_states."""
     vc = m.cfg["vision_config"]
     D, p, eps = vc["hidden_size"], vc["patch_size"], vc["layer_norm_eps"]
     w = m.w
@@ -94,6 +97,8 @@ def vit(m, pix):
         np.float32)
     n = h.shape[1]
     for layer in range(vc["num_hidden_layers"]):
+        if hidden is not None:
+            hidden.append(h.copy())
         lp = pre + "encoder.layers.%d." % layer
         hp = w[lp + "attn.q_norm.weight"].shape[0]   # padded heads x head_dim
         hd = D // vc["num_attention_heads"]
@@ -145,8 +150,9 @@ def projector(m, vit_out):
     return s, m.linear(hid, "mlp1.3.weight")
 
 
-def decoder(m, ids, img_rows, img_id):
-    """Logits (n, vocab) of every position; img_rows replace the <|vision_pad|> rows."""
+def decoder(m, ids, img_rows, img_id, layers=None):
+    """Logits (n, vocab) of every position; img_rows replace the <|vision_pad|> rows; layers (a
+    list) gets each layer's output, as llm_layer_outputs."""
     cfg = m.cfg["llm_config"]
     w = m.w
     pre = "language_model.model."
@@ -183,6 +189,8 @@ def decoder(m, ids, img_rows, img_id):
         up = m.linear(x, p + "mlp.up_proj.weight")
         a = ((gt / (np.float32(1.0) + np.exp(-gt))) * up).astype(np.float32)
         h = (h + m.linear(a, p + "mlp.down_proj.weight")).astype(np.float32)
+        if layers is not None:
+            layers.append(h.copy())
     return m.linear(rmsnorm(h, w[pre + "norm.weight"], eps), "language_model.lm_head.weight")
 
 
@@ -200,8 +208,14 @@ def run_case(m, case, check):
     steps = g["step_tokens"].reshape(-1)
     rows = None
     ok = True
+    trace = {}
     if "pixel_values" in g:
-        vo = vit(m, g["pixel_values"].astype(np.float32))
+        hidden = []
+        vo = vit(m, g["pixel_values"].astype(np.float32), hidden)
+        trace["vit_hidden_states"] = np.stack(hidden)
+        if check:
+            ok = close(case + " vit_hidden_states", trace["vit_hidden_states"],
+                       g["vit_hidden_states"]) and ok
         shuf, rows = projector(m, vo)
         if check:
             ok = close(case + " vit_out", vo, g["vit_out"]) and ok
@@ -209,10 +223,16 @@ def run_case(m, case, check):
                        g["pixel_shuffle_out"]) and ok
             ok = close(case + " proj_out", rows.reshape(g["proj_out"].shape), g["proj_out"]) and ok
     full = np.concatenate([ids, steps[:-1]])
-    logits = decoder(m, full, rows, vision_pad_id())[len(ids) - 1:]
+    layers = []
+    logits = decoder(m, full, rows, vision_pad_id(), layers)[len(ids) - 1:]
+    # Causal: the prompt rows of a teacher-forced pass are those of a prompt-only prefill.
+    trace["llm_layer_outputs"] = np.stack(layers)[:, :len(ids), :]
+    if check and "llm_layer_outputs" in g:
+        ok = close(case + " llm_layer_outputs", trace["llm_layer_outputs"],
+                   g["llm_layer_outputs"]) and ok
     if check:
         ok = close(case + " step_logits (teacher-forced)", logits, g["step_logits"]) and ok
-    return ok, logits, g
+    return ok, logits, g, trace
 
 
 def main():
@@ -226,13 +246,25 @@ def main():
     fast = Model(fast=True)
     out = {}
     for case in CASES:
-        _, logits, g = run_case(fast, case, False)
+        _, logits, g, trace = run_case(fast, case, False)
         want = g["step_logits"].astype(np.float64)
         rel = np.linalg.norm(logits - want, axis=1) / np.linalg.norm(want, axis=1)
         print("%-20s fast vs f32 golden: rel-L2 per step max %.3g mean %.3g; greedy agree %d/16"
               % (case, rel.max(), rel.mean(),
                  int(np.sum(np.argmax(logits, axis=1) == np.argmax(want, axis=1)))))
         out[case + ".step_logits"] = ("F32", logits.astype("<f4"))
+        # The first stages, before bf16 rounding steps pile up: ViT layer inputs (image case)
+        # and decoder layer outputs of the prompt (text case).
+        if case == "case2_single_tile":
+            out[case + ".vit_hidden_states"] = ("F32", trace["vit_hidden_states"].astype("<f4"))
+        else:
+            out[case + ".llm_layer_outputs"] = ("F32", trace["llm_layer_outputs"].astype("<f4"))
+        for k, v in trace.items():
+            gk = g.get(k)
+            if gk is not None:
+                for i in range(v.shape[0]):
+                    d = np.abs(v[i] - gk[i]).max()
+                    print("%-20s %s[%d]: fast vs f32 golden max |diff| %.3g" % (case, k, i, d))
     write_safetensors(OUT, out)
     print("wrote %s" % OUT)
     return 0
