@@ -12,6 +12,8 @@
  */
 #include "eng_golden.h"
 
+#include "cpu/kernels.h"
+
 #include <stddef.h>
 
 #define FAST_FILE "tests/data/fast/fast_logits.safetensors"
@@ -224,6 +226,68 @@ static void test_stages(nvlm_context *ctx, nvlm_model *m, const nv_st_file *fast
     }
 }
 
+/* The matmul op's fallback (weights that are not bf16: x rounded into the exec's buffer, then
+ * the exact kernels) equals cpu_matmul on cpu_round_bf16(x) bit for bit, and differs from the
+ * exact op. */
+static void test_op_fallback(void)
+{
+    tu_section("fast matmul op, f16 weights (the rounding fallback)");
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    nv_backend *be = NULL;
+    CHECK_OK(ctx != NULL ? nv_backend_cpu_create(ctx, &be) : NVLM_ERR_INTERNAL);
+    nv_exec *ex = NULL;
+    if (be != NULL) {
+        CHECK_OK(be->ops->exec_create(be, 2, ctx, &ex));
+    }
+    enum { M = 20, N = 33, K = 70 };
+    uint16_t *w = malloc((size_t)N * K * sizeof(uint16_t));
+    float *x = malloc((size_t)M * K * sizeof(float)), *xr = malloc((size_t)M * K * sizeof(float));
+    float *y = malloc((size_t)M * N * sizeof(float)), *ye = malloc((size_t)M * N * sizeof(float));
+    float *want = malloc((size_t)M * N * sizeof(float));
+    uint32_t r = 12345;
+    for (size_t i = 0; i < (size_t)N * K; i++) {
+        r = r * 1664525u + 1013904223u;
+        w[i] = nv_f32_to_f16((float)((double)(r >> 8) / 8388608.0 - 1.0));
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) {
+        r = r * 1664525u + 1013904223u;
+        x[i] = (float)((double)(r >> 8) / 8388608.0 - 1.0);
+    }
+    nv_bweight bw;
+    memset(&bw, 0, sizeof bw);
+    bw.t.dtype = NV_F16;
+    bw.t.ndim = 2;
+    bw.t.shape[0] = N;
+    bw.t.shape[1] = K;
+    bw.t.data = w;
+    if (ex != NULL) {
+        be->precision = NVLM_PRECISION_FAST;
+        CHECK_OK(be->ops->matmul(ex, y, x, &bw, NULL, M));
+        be->precision = NVLM_PRECISION_EXACT;
+        CHECK_OK(be->ops->matmul(ex, ye, x, &bw, NULL, M));
+        cpu_round_bf16(xr, x, (size_t)M * K);
+        cpu_matmul(NULL, want, xr, w, NV_F16, NULL, M, N, K);
+        CHECK(memcmp(y, want, (size_t)M * N * sizeof(float)) == 0,
+              "fast op with f16 weights = cpu_matmul on bf16-rounded x, bit for bit");
+        CHECK(rel_l2(ye, y, (size_t)M * N) > 1e-4, "and differs from the exact op (rel-L2 %.3g)",
+              rel_l2(ye, y, (size_t)M * N));
+    }
+    free(w);
+    free(x);
+    free(xr);
+    free(y);
+    free(ye);
+    free(want);
+    if (ex != NULL) {
+        be->ops->exec_free(ex);
+    }
+    if (be != NULL) {
+        be->ops->destroy(be);
+    }
+    nvlm_context_free(ctx);
+}
+
 static void test_params(void)
 {
     tu_section("model params: precision");
@@ -252,6 +316,7 @@ static void test_params(void)
 int main(void)
 {
     test_params();
+    test_op_fallback();
     nvlm_context *ctx0 = NULL;
     nvlm_model *m0 = load_fast(&ctx0, 2, 1);
     nv_st_file *fast = NULL;
