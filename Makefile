@@ -110,7 +110,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -DNVLM_WITH_CUDA=1 -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -DNVLM_WITH_CUDA=1 -MMD -MP -c $< -o $@
 
 # -z nodelete: dlclose never unmaps the library, so handles still live at dlclose (the CPU
 # pool's worker threads run library code) cannot fault, and a later dlopen finds it loaded.

@@ -9,11 +9,15 @@
  * weight bytes per rank for NVLM-D-72B.
  *
  *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--no-tp] [--quick]
- *              [--decode-only]
+ *              [--decode-only] [--exact-only]
  *
- * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs).
+ * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs);
+ * --exact-only skips the fast precision (NVLM_PRECISION_FAST) runs. Compute ceilings come from
+ * in-run probes too: AVX-512 FMA chains and AVX512-BF16 vdpbf16ps chains (the fast
+ * precision's GEMM instruction); prefill and the ViT are given as a share of them.
  */
 #include "cpu/kernels.h"
+#include "cpu/matmul_impl.h"
 #include "engine.h"
 #include "model.h"
 #include "tp/comm.h"
@@ -277,6 +281,123 @@ static double median(double *v, int n)
     return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* ---- compute probes --------------------------------------------------------------------- */
+
+/* Two ceilings for the GEMMs, per thread count: independent chains of AVX-512 FMAs (vfmadd231ps
+ * zmm: 32 flops each) and of AVX512-BF16 dot products (vdpbf16ps zmm: 32 multiply-adds, 64
+ * flops each), 16 chains per thread, each accumulating into its addend as a GEMM tile does
+ * (on Zen 5 a chain through the multiplicand is slower; no compiler barrier in the loop, which
+ * made GCC keep the chains in memory). Nothing is loaded: the ceiling of
+ * the execution units at the clock and the share of the cores this run gets right then. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PROBE_ITERS 20000000L
+#define PROBE_CHAINS 16
+
+typedef struct peak_arg {
+    int bf16;
+    double sink[64];
+} peak_arg;
+
+__attribute__((target("avx512f"))) static float fma_chains(long iters)
+{
+    __m512 a[PROBE_CHAINS];
+    const __m512 b = _mm512_set1_ps(1e-3f), c = _mm512_set1_ps(1e-7f);
+    for (int j = 0; j < PROBE_CHAINS; j++) {
+        a[j] = _mm512_set1_ps((float)j);
+    }
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < PROBE_CHAINS; j++) {
+            a[j] = _mm512_fmadd_ps(b, c, a[j]);
+        }
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < PROBE_CHAINS; j++) {
+        s = _mm512_add_ps(s, a[j]);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static float dp_chains(long iters)
+{
+    __m512 a[PROBE_CHAINS];
+    const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80); /* (1.0, 1.0) */
+    const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6); /* (1e-7, 1e-7) */
+    for (int j = 0; j < PROBE_CHAINS; j++) {
+        a[j] = _mm512_set1_ps((float)j);
+    }
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < PROBE_CHAINS; j++) {
+            a[j] = _mm512_dpbf16_ps(a[j], x, y);
+        }
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < PROBE_CHAINS; j++) {
+        s = _mm512_add_ps(s, a[j]);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+static void peak_fn(void *arg, int i, int n)
+{
+    peak_arg *p = arg;
+    (void)n;
+    p->sink[i & 63] = p->bf16 ? dp_chains(PROBE_ITERS) : fma_chains(PROBE_ITERS);
+}
+
+/* GFLOP/s of the pool's threads running FMA (bf16 = 0) or vdpbf16ps (bf16 = 1) chains, best
+ * of reps; 0 when this CPU lacks the instructions. */
+static double peak_probe(nv_pool *pool, int bf16, int reps)
+{
+    if (strcmp(cpu_simd_name(), "avx512") != 0 || (bf16 && !mm_bf16dp_supported())) {
+        return 0.0;
+    }
+    peak_arg a;
+    memset(&a, 0, sizeof a);
+    a.bf16 = bf16;
+    double best = 0.0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = nv_time_ms();
+        nv_pool_run(pool, peak_fn, &a);
+        double ms = nv_time_ms() - t0;
+        double flops = (double)nv_pool_size(pool) * PROBE_ITERS * PROBE_CHAINS * 16.0 *
+                       (bf16 ? 4.0 : 2.0);
+        best = NV_MAX(best, flops / (ms * 1e6));
+    }
+    return best;
+}
+#else
+static double peak_probe(nv_pool *pool, int bf16, int reps)
+{
+    (void)pool;
+    (void)bf16;
+    (void)reps;
+    return 0.0;
+}
+#endif
+
+/* The nominal clock (MHz) /proc/cpuinfo reports, or 0. */
+static double cpu_mhz(void)
+{
+    double mhz = 0.0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f == NULL) {
+        return 0.0;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, "cpu MHz", 7) == 0) {
+            char *c = strchr(line, ':');
+            mhz = c != NULL ? atof(c + 1) : 0.0;
+            break;
+        }
+    }
+    fclose(f);
+    return mhz;
+}
+
 /* ---- kernel-level GEMMs ----------------------------------------------------------------- */
 
 typedef struct shape {
@@ -327,7 +448,7 @@ static double bench_decode_gemv(nv_pool *pool, int layers, int reps, double *ms_
 }
 
 typedef struct gemm_result {
-    double ours_ms, sgemm_ms, conv_sgemm_ms;
+    double ours_ms, sgemm_ms, conv_sgemm_ms, fast_ms;
 } gemm_result;
 
 /* y = x W^T at (M, N, K): our bf16 kernel vs OpenBLAS sgemm on an f32 copy of W (and the
@@ -341,9 +462,12 @@ static gemm_result bench_gemm(nv_pool *pool, int M, int N, int K, int reps)
     float *y = xmalloc((size_t)M * (size_t)N * 4);
     fill_bf16(w, nw, 1.0f / 32.0f);
     fill_f32(x, (size_t)M * (size_t)K);
-    gemm_result r = {1e30, 1e30, 1e30};
+    gemm_result r = {1e30, 1e30, 1e30, 1e30};
     for (int i = 0; i < reps; i++) {
+        double tf = nv_time_ms();
+        bool fast = cpu_matmul_bf16(pool, y, x, w, NV_BF16, NULL, M, N, K);
         double t0 = nv_time_ms();
+        r.fast_ms = fast ? NV_MIN(r.fast_ms, t0 - tf) : r.fast_ms;
         cpu_matmul(pool, y, x, w, NV_BF16, NULL, M, N, K);
         double t1 = nv_time_ms();
         nv_to_f32(wf, w, NV_BF16, nw);
@@ -365,23 +489,27 @@ static gemm_result bench_gemm(nv_pool *pool, int M, int N, int K, int reps)
 static void gemm_table(nv_pool *pool, const char *title, const shape *sh, size_t n_sh, int M,
                        int reps)
 {
-    printf("\n%s, M = %d (GFLOP/s; sgemm = OpenBLAS on an f32 copy of the weights)\n", title, M);
-    printf("  %-10s %6s %6s  %8s %8s %12s  %6s\n", "layer", "N", "K", "ours", "sgemm",
-           "cvt+sgemm", "ours/sgemm");
-    double tot_ours = 0, tot_sg = 0, tot_cv = 0, flops = 0;
+    printf("\n%s, M = %d (GFLOP/s; sgemm = OpenBLAS on an f32 copy of the weights; fast = the "
+           "fast precision's bf16 GEMM)\n", title, M);
+    printf("  %-10s %6s %6s  %8s %8s %12s  %6s %8s\n", "layer", "N", "K", "ours", "sgemm",
+           "cvt+sgemm", "ours/sgemm", "fast");
+    double tot_ours = 0, tot_sg = 0, tot_cv = 0, tot_fast = 0, flops = 0;
     for (size_t s = 0; s < n_sh; s++) {
         gemm_result r = bench_gemm(pool, M, sh[s].N, sh[s].K, reps);
         double f = 2.0 * M * (double)sh[s].N * sh[s].K;
-        printf("  %-10s %6d %6d  %8.1f %8.1f %12.1f  %5.0f%%\n", sh[s].name, sh[s].N, sh[s].K,
-               f / (r.ours_ms * 1e6), f / (r.sgemm_ms * 1e6), f / (r.conv_sgemm_ms * 1e6),
-               100.0 * r.sgemm_ms / r.ours_ms);
+        printf("  %-10s %6d %6d  %8.1f %8.1f %12.1f  %5.0f%%     %8.1f\n", sh[s].name, sh[s].N,
+               sh[s].K, f / (r.ours_ms * 1e6), f / (r.sgemm_ms * 1e6),
+               f / (r.conv_sgemm_ms * 1e6), 100.0 * r.sgemm_ms / r.ours_ms,
+               r.fast_ms < 1e30 ? f / (r.fast_ms * 1e6) : 0.0);
         tot_ours += r.ours_ms;
         tot_sg += r.sgemm_ms;
         tot_cv += r.conv_sgemm_ms;
+        tot_fast += r.fast_ms;
         flops += f;
     }
-    printf("  %-10s %6s %6s  %8.1f %8.1f %12.1f  %5.0f%%\n", "all", "", "", flops / (tot_ours * 1e6),
-           flops / (tot_sg * 1e6), flops / (tot_cv * 1e6), 100.0 * tot_sg / tot_ours);
+    printf("  %-10s %6s %6s  %8.1f %8.1f %12.1f  %5.0f%%     %8.1f\n", "all", "", "",
+           flops / (tot_ours * 1e6), flops / (tot_sg * 1e6), flops / (tot_cv * 1e6),
+           100.0 * tot_sg / tot_ours, tot_fast < 1e30 ? flops / (tot_fast * 1e6) : 0.0);
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
@@ -395,6 +523,7 @@ typedef struct opts {
     int e2e;
     int quick;
     int decode_only;
+    int exact_only;
     int tp;
 } opts;
 
@@ -409,6 +538,7 @@ static int parse(opts *o, int argc, char **argv)
     o->e2e = 1;
     o->quick = 0;
     o->decode_only = 0;
+    o->exact_only = 0;
     o->tp = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0 && i + 1 < argc) {
@@ -431,11 +561,13 @@ static int parse(opts *o, int argc, char **argv)
             o->quick = 1;
         } else if (strcmp(argv[i], "--decode-only") == 0) {
             o->decode_only = 1;
+        } else if (strcmp(argv[i], "--exact-only") == 0) {
+            o->exact_only = 1;
         } else if (strcmp(argv[i], "--no-tp") == 0) {
             o->tp = 0;
         } else {
             fprintf(stderr, "usage: nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] "
-                            "[--no-e2e] [--no-tp] [--quick] [--decode-only]\n");
+                            "[--no-e2e] [--no-tp] [--quick] [--decode-only] [--exact-only]\n");
             return 1;
         }
     }
@@ -527,17 +659,24 @@ static int bench_vit(nvlm_model *m, int threads, int n_tiles, int reps, double *
     return rc;
 }
 
-static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
-                     int threads, probe_buf *pb)
+/* The synthetic model is built exact; its backend's precision is what matmul reads and the KV
+ * default what a new session takes (as nvlm_model_load sets them). */
+static void set_precision(nvlm_model *m, nvlm_precision prec)
+{
+    m->engine->be->precision = prec;
+    m->engine->be->kv_default = prec == NVLM_PRECISION_FAST ? NV_BF16 : NV_F32;
+}
+
+/* One precision's prefill, decode and ViT; peak: the compute probe the GEMMs run into (FMA for
+ * exact, vdpbf16ps for fast; 0 = unknown). */
+static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, probe_buf *pb,
+                   nvlm_precision prec, double peak)
 {
     const nv_config *c = &m->cfg;
-    printf("\nEnd to end (synthetic model: decoder %d layers hidden %d, ViT %d layers hidden %d; "
-           "%.2f G params, %.2f GB bf16)\n", c->llm.num_layers, c->llm.hidden_size,
-           c->vision.num_layers, c->vision.hidden_size, (double)m->n_params / 1e9,
-           (double)m->weight_bytes / 1e9);
-    /* A session's executor takes the thread count of the model's context. */
-    (void)ctx;
-    m->h.ctx->n_threads = threads;
+    const bool fast = prec == NVLM_PRECISION_FAST;
+    printf("-- precision %s%s\n", fast ? "fast" : "exact",
+           fast ? " (bf16 GEMM inputs, bf16 KV cache)" : " (f32 GEMMs, f32 KV cache)");
+    set_precision(m, prec);
     nvlm_session *s = NULL;
     if (nvlm_session_create(m, NULL, &s) != NVLM_OK) {
         fprintf(stderr, "nvlm-bench: session: %s\n", nvlm_last_error(m));
@@ -570,9 +709,14 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
         sg_flops += 2.0 * P * dec_shapes[i].N * (double)dec_shapes[i].K;
     }
     printf("prefill %d tokens: %.0f ms = %.1f tokens/s, %.1f GFLOP/s (linear layers; %.1f with "
-           "attention)\n", P, t_prefill, P * 1000.0 / t_prefill, flops / (t_prefill * 1e6),
+           "attention)", P, t_prefill, P * 1000.0 / t_prefill, flops / (t_prefill * 1e6),
            (flops + attn) / (t_prefill * 1e6));
-    if (!o->decode_only) {
+    if (peak > 0) {
+        printf(" = %.0f%% (linear) of the %s probe, %.0f GFLOP/s", 100.0 * flops /
+               (t_prefill * 1e6) / peak, fast ? "vdpbf16ps" : "FMA", peak);
+    }
+    printf("\n");
+    if (!o->decode_only && !fast) {
         printf("  reference: OpenBLAS sgemm on the same layer GEMMs at M = %d: %.1f GFLOP/s "
                "(engine = %.0f%% of it); our GEMM alone %.1f GFLOP/s\n", P,
                sg_flops / (sg_ms * 1e6), 100.0 * (flops / t_prefill) / (sg_flops / sg_ms),
@@ -645,10 +789,116 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
         const nv_vision_config *v = &c->vision;
         double T = 1025, D = v->hidden_size, Iv = v->intermediate_size;
         double vf = v->num_layers * (2 * T * (3 * D * D + D * D + 2 * D * Iv) + 4 * T * T * D);
-        printf("ViT (2 tiles in one batch): %.0f ms per tile (%.1f GFLOP/s); projector %.0f ms "
-               "per tile\n", ms_tile, vf / (ms_tile * 1e6), ms_proj);
+        printf("ViT (2 tiles in one batch): %.0f ms per tile (%.1f GFLOP/s", ms_tile,
+               vf / (ms_tile * 1e6));
+        if (peak > 0) {
+            printf(" = %.0f%% of the %s probe", 100.0 * vf / (ms_tile * 1e6) / peak,
+                   fast ? "vdpbf16ps" : "FMA");
+        }
+        printf("); projector %.0f ms per tile\n", ms_proj);
     }
     return 0;
+}
+
+
+/* exact vs fast interleaved, so that both see the same share of a shared machine: prefill
+ * (best of 3 each, alternating), decode (two sessions, steps alternating, median step each)
+ * and the ViT (best of 2 each, alternating). */
+static void bench_ab(nvlm_model *m, const opts *o, int threads)
+{
+    const int P = o->prompt, G = NV_MAX(o->gen, 1);
+    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
+    for (int i = 0; i < P; i++) {
+        ids[i] = (int32_t)(next64() % 150000u);
+    }
+    double pre[2] = {1e30, 1e30}, vit[2] = {1e30, 1e30};
+    nvlm_session *s[2] = {NULL, NULL};
+    for (int r = 0; r < 3; r++) {
+        for (int p = 0; p < 2; p++) {
+            set_precision(m, (nvlm_precision)p);
+            nvlm_session *t = NULL;
+            if (nvlm_session_create(m, NULL, &t) != NVLM_OK) {
+                break;
+            }
+            double t0 = nv_time_ms();
+            nvlm_status st = nvlm_session_feed(t, ids, (size_t)P, NULL, 0);
+            pre[p] = st == NVLM_OK ? NV_MIN(pre[p], nv_time_ms() - t0) : pre[p];
+            if (r == 2 && st == NVLM_OK) {
+                s[p] = t;   /* the last prefill of each precision goes on to decode */
+            } else {
+                nvlm_session_free(t);
+            }
+        }
+    }
+    double *ms[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
+    int done = 0;
+    nvlm_sampler_params sp;
+    nvlm_sampler_default_params(&sp);
+    for (int i = 0; i < G && s[0] != NULL && s[1] != NULL; i++) {
+        bool ok = true;
+        for (int p = 0; p < 2 && ok; p++) {
+            set_precision(m, (nvlm_precision)p);
+            int32_t tok = 0;
+            double t0 = nv_time_ms();
+            ok = nvlm_session_sample(s[p], &sp, &tok) == NVLM_OK &&
+                 nvlm_session_feed(s[p], &tok, 1, NULL, 0) == NVLM_OK;
+            ms[p][i] = nv_time_ms() - t0;
+        }
+        done += ok;
+        if (!ok) {
+            break;
+        }
+    }
+    for (int r = 0; r < 2 && !o->decode_only; r++) {
+        for (int p = 0; p < 2; p++) {
+            set_precision(m, (nvlm_precision)p);
+            double tile = 0, proj = 0;
+            if (bench_vit(m, threads, 2, 1, &tile, &proj) == 0) {
+                vit[p] = NV_MIN(vit[p], tile);
+            }
+        }
+    }
+    set_precision(m, NVLM_PRECISION_EXACT);
+    printf("A/B interleaved (exact | fast | fast/exact speed):\n");
+    printf("  prefill %d tokens, best of 3: %.1f | %.1f tokens/s | %.2fx\n", P, P * 1000.0 / pre[0],
+           P * 1000.0 / pre[1], pre[0] / pre[1]);
+    if (done > 0) {
+        double d0 = median(ms[0], done), d1 = median(ms[1], done);
+        printf("  decode, median of %d alternating steps: %.2f | %.2f ms/token (%.2f | %.2f "
+               "tokens/s) | %.2fx\n", done, d0, d1, 1000.0 / d0, 1000.0 / d1, d0 / d1);
+    }
+    if (!o->decode_only && vit[0] < 1e30 && vit[1] < 1e30) {
+        printf("  ViT, 2 tiles per batch, best of 2: %.0f | %.0f ms per tile | %.2fx\n", vit[0],
+               vit[1], vit[0] / vit[1]);
+    }
+    free(ms[0]);
+    free(ms[1]);
+    nvlm_session_free(s[0]);
+    nvlm_session_free(s[1]);
+    free(ids);
+}
+
+/* Prefill, decode and the ViT at both precisions, exact first, on the same model and threads. */
+static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
+                     int threads, probe_buf *pb, double fma_peak, double dp_peak)
+{
+    const nv_config *c = &m->cfg;
+    printf("\nEnd to end (synthetic model: decoder %d layers hidden %d, ViT %d layers hidden %d; "
+           "%.2f G params, %.2f GB bf16)\n", c->llm.num_layers, c->llm.hidden_size,
+           c->vision.num_layers, c->vision.hidden_size, (double)m->n_params / 1e9,
+           (double)m->weight_bytes / 1e9);
+    /* A session's executor takes the thread count of the model's context. */
+    (void)ctx;
+    m->h.ctx->n_threads = threads;
+    int rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_EXACT, fma_peak);
+    if (rc == 0 && !o->exact_only) {
+        rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_FAST, dp_peak);
+    }
+    if (rc == 0 && !o->exact_only) {
+        bench_ab(m, o, threads);
+    }
+    set_precision(m, NVLM_PRECISION_EXACT);
+    return rc;
 }
 
 /* ---- tensor parallelism over CPU ranks ------------------------------------------------- */
@@ -833,6 +1083,14 @@ int main(int argc, char **argv)
                "non-temporal stores), read-only %.2f GB/s (1 stream per thread) and %.2f GB/s "
                "(4 streams per thread)\n", pr.copy_gbs, pr.memcpy_gbs, pr.read_gbs,
                pr.read4_gbs);
+        double fma_peak = peak_probe(pool, 0, 3), dp_peak = peak_probe(pool, 1, 3);
+        double mhz = cpu_mhz();
+        printf("compute probes: AVX-512 FMA %.1f GFLOP/s (%.1f per thread), vdpbf16ps %.1f "
+               "GFLOP/s (%.1f per thread); derived: 64 flop/cycle per core (2 x 16-lane FMA "
+               "pipes) x the nominal %.0f MHz = %.1f GFLOP/s per core; the FMA probe = 64 "
+               "flop/cycle x %.2f GHz (boost; with 2+ threads: the cores' FMA units shared)\n",
+               fma_peak, fma_peak / t, dp_peak, dp_peak / t, mhz, mhz * 64.0 / 1000.0,
+               fma_peak / 64.0);
         double ms_layer = 0;
         double gbs = bench_decode_gemv(pool, o.quick ? 2 : 4, o.quick ? 3 : 10, &ms_layer);
         printf("decode GEMV (M = 1, the 7 bf16 matrices of a layer, %d layers cycled): %.2f GB/s "
@@ -867,7 +1125,7 @@ int main(int argc, char **argv)
                 }
             }
             if (model != NULL) {
-                bench_e2e(ctx, model, pool, &o, t, pb);
+                bench_e2e(ctx, model, pool, &o, t, pb, fma_peak, dp_peak);
             }
         }
         probe_buf_free(pb);

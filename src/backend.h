@@ -128,6 +128,11 @@ struct nv_backend {
     const nv_backend_ops *ops;
     nvlm_context *ctx;
     nv_dtype kv_default;     /* the KV cache dtype of NVLM_KV_DEFAULT */
+    /* How matmul computes (nvlm_model_params.precision), set by the engine right after the
+     * backend is created (with kv_default), before any weight is laid out. The CPU backend's
+     * matmul reads it; CUDA's GEMMs are always bf16 x bf16; the tensor-parallel backend's
+     * ranks carry their own copy. */
+    nvlm_precision precision;
     bool device_memory;      /* activations live in device memory (not host-addressable) */
     void *impl;              /* backend-private */
 };

@@ -94,13 +94,25 @@ static nvlm_status one_backend(nvlm_model *m, int r, nv_backend **out)
     nvlm_context *ctx = m->h.ctx;
 #ifdef NVLM_WITH_CUDA
     if (ctx->backend == NVLM_BACKEND_CUDA) {
+        /* Its GEMMs are bf16 x bf16 whatever the precision (docs/cuda.md). */
         nvlm_status st = nv_backend_cuda_create(ctx, ctx->devices[r], out);
+        if (st == NVLM_OK) {
+            (*out)->precision = m->precision;
+        }
         return st == NVLM_OK ? st : nv_error_copy(m, ctx, st);
     }
 #endif
     (void)r;
     nvlm_status st = nv_backend_cpu_create(ctx, out);
-    return st == NVLM_OK ? st : nv_error(m, st, "cannot create the CPU backend");
+    if (st != NVLM_OK) {
+        return nv_error(m, st, "cannot create the CPU backend");
+    }
+    /* The fast precision: bf16 GEMM inputs, and a bf16 KV cache unless a session asks. */
+    (*out)->precision = m->precision;
+    if (m->precision == NVLM_PRECISION_FAST) {
+        (*out)->kv_default = NV_BF16;
+    }
+    return NVLM_OK;
 }
 
 /* The model's communicator: NCCL between distinct GPUs (one per model, its own stream per

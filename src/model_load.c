@@ -548,6 +548,7 @@ void nvlm_model_params_init(nvlm_model_params *p, size_t size)
     d.progress = NULL;
     d.progress_user = NULL;
     d.use_mmap = 1;
+    d.precision = NVLM_PRECISION_EXACT;
     size_t n = NV_MIN(size, sizeof d);
     memcpy(p, &d, n);
     p->struct_size = (uint32_t)size;
@@ -768,12 +769,17 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
         return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad mode %d",
                         (int)p.mode);
     }
+    if (p.precision != NVLM_PRECISION_EXACT && p.precision != NVLM_PRECISION_FAST) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT,
+                        "nvlm_model_load: bad precision %d (0 exact, 1 fast)", (int)p.precision);
+    }
     nvlm_model *m = nv_calloc(ctx, 1, sizeof *m);
     if (m == NULL) {
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the model");
     }
     nv_handle_init(&m->h, NV_MAGIC_MODEL, ctx);
     m->mode = p.mode;
+    m->precision = p.precision;
     m->dir = nv_strdup(ctx, dir);
     nvlm_status st = m->dir != NULL ? NVLM_OK
                                     : nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory");

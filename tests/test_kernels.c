@@ -297,6 +297,67 @@ static void check_gemm_f32(nv_pool **pools, int M, int N, int K, int nn)
     free_weights(&b);
 }
 
+/* The fast precision's GEMM (cpu_matmul_bf16) against a double oracle of the same rounding
+ * (x rounded to bf16, bf16 weights as stored): within 1e-6 of sum |x w| per element, bitwise
+ * equal over 1..4 threads; and the fallback (cpu_round_bf16 + cpu_matmul) within the same
+ * bound, so both paths of NVLM_PRECISION_FAST compute the same thing. */
+static void check_bf16(nv_pool **pools, int M, int N, int K, int with_bias)
+{
+    weights w = make_weights(NV_BF16, N, K, K);
+    float *x = rnd_buf((size_t)M * K);
+    float *xr = malloc((size_t)M * K * sizeof(float));
+    float *bias = with_bias ? rnd_buf((size_t)N) : NULL;
+    float *y[4], *yf = malloc((size_t)M * N * sizeof(float));
+    cpu_round_bf16(xr, x, (size_t)M * K);
+    bool ran = true;
+    for (int t = 0; t < 4; t++) {
+        y[t] = malloc((size_t)M * N * sizeof(float));
+        ran = cpu_matmul_bf16(pools[t], y[t], x, w.data, NV_BF16, bias, M, N, K) && ran;
+    }
+    cpu_matmul(pools[1], yf, xr, w.data, NV_BF16, bias, M, N, K);
+    float *yn = malloc((size_t)M * N * sizeof(float));
+    bool ran_null = cpu_matmul_bf16(NULL, yn, x, w.data, NV_BF16, bias, M, N, K);
+    CHECK(ran_null == ran, "bf16 GEMM M %d N %d K %d: a NULL pool runs too", M, N, K);
+    if (ran && ran_null) {
+        CHECK(memcmp(y[0], yn, (size_t)M * N * sizeof(float)) == 0,
+              "bf16 GEMM M %d N %d K %d: NULL pool bitwise equal to a pool", M, N, K);
+    }
+    free(yn);
+    double worst = 0.0, worst_f = 0.0;
+    for (int m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+            double s = with_bias ? bias[n] : 0.0, mag = fabs(s);
+            for (int k = 0; k < K; k++) {
+                double p = (double)xr[(size_t)m * K + k] * w.deq[(size_t)n * K + k];
+                s += p;
+                mag += fabs(p);
+            }
+            size_t i = (size_t)m * N + n;
+            worst_f = fmax(worst_f, fabs(yf[i] - s) / (mag + 1e-30));
+            if (ran) {
+                worst = fmax(worst, fabs(y[0][i] - s) / (mag + 1e-30));
+            }
+        }
+    }
+    CHECK(worst_f <= 1e-6, "fallback M %d N %d K %d: rel err %.3g", M, N, K, worst_f);
+    if (ran) {
+        CHECK(worst <= 1e-6, "bf16 GEMM M %d N %d K %d bias %d: rel err %.3g", M, N, K,
+              with_bias, worst);
+        for (int t = 1; t < 4; t++) {
+            CHECK(memcmp(y[0], y[t], (size_t)M * N * sizeof(float)) == 0,
+                  "bf16 GEMM M %d N %d K %d: %d threads bitwise equal to 1", M, N, K, t + 1);
+        }
+    }
+    for (int t = 0; t < 4; t++) {
+        free(y[t]);
+    }
+    free(yf);
+    free(bias);
+    free(xr);
+    free(x);
+    free_weights(&w);
+}
+
 int main(void)
 {
     nvlm_context *ctx = NULL;
@@ -379,6 +440,30 @@ int main(void)
     }
     for (int r = 0; r < 8; r++) {
         check_gemm_f32(pools, rnd_int(1, 80), rnd_int(1, 150), rnd_int(1, 150), r & 1);
+    }
+
+    tu_section("bf16 GEMM (fast precision)");
+    printf("# AVX512-BF16 kernels: %s\n", mm_bf16dp_supported() ? "yes" : "no (fallback only)");
+    {
+        static const int shapes[][3] = {{1, 64, 64},   {1, 37, 33},   {1, 130, 1000},
+                                        {3, 70, 97},   {7, 33, 300},  {8, 64, 64},
+                                        {13, 45, 31},  {40, 300, 513}, {100, 97, 1},
+                                        {250, 600, 260}};
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            check_bf16(pools, shapes[i][0], shapes[i][1], shapes[i][2], (int)(i & 1));
+        }
+        for (int r = 0; r < 6; r++) {
+            check_bf16(pools, rnd_int(1, 40), rnd_int(1, 150), rnd_int(1, 300), r & 1);
+        }
+        /* f16 weights: the caller's fallback. */
+        float y[4];
+        uint16_t w16[4] = {0};
+        float x1[4] = {1, 2, 3, 4};
+        CHECK(!cpu_matmul_bf16(pools[0], y, x1, w16, NV_F16, NULL, 1, 1, 4), "f16 W declines");
+        float r[2] = {1.00390625f, 1.01171875f};
+        cpu_round_bf16(r, r, 2);
+        /* Ties: 1 + 2^-8 to even 1; 1 + 3 * 2^-8 to even 1 + 2^-6. */
+        CHECK(r[0] == 1.0f && r[1] == 1.015625f, "round to nearest even");
     }
 
     tu_section("no pool");

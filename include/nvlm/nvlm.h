@@ -216,12 +216,36 @@ typedef enum nvlm_load_mode {
                                   introspection and memory estimates; sessions cannot be created */
 } nvlm_load_mode;
 
+/* How the CPU backend computes the projections (every Linear: the ViT's patch embedding, qkv,
+ * proj, fc1, fc2, the projector's two linears, the decoder's q/k/v/o, gate/up/down and lm_head).
+ * Everything else (norms, softmax, RoPE, GELU/SiLU, the residual stream, attention scores and
+ * sums) is f32 in both. */
+typedef enum nvlm_precision {
+    NVLM_PRECISION_EXACT = 0,  /* f32 activations x weights widened exactly to f32, f32 sums */
+    NVLM_PRECISION_FAST = 1    /* activations rounded to bf16 (round to nearest even) at every
+                                  projection's input; bf16 x bf16 products summed in f32
+                                  (AVX512-BF16 vdpbf16ps where the CPU has it, else the same
+                                  products widened to f32 and FMA). bf16 weights are used as
+                                  stored; f16/f32 weights are multiplied as stored with the
+                                  rounded activations. The KV cache defaults to bf16
+                                  (nvlm_session_params.kv_type NVLM_KV_F32 still wins). Logits
+                                  move by ~1e-2 relative (L2) from exact; prefill and the vision
+                                  encoder run faster on CPUs with AVX512-BF16 (figures:
+                                  docs/performance.md). The CUDA
+                                  backend always computes this way: both values run the same
+                                  there. */
+} nvlm_precision;
+
 typedef struct nvlm_model_params {
     uint32_t struct_size;
     nvlm_load_mode mode;       /* default NVLM_LOAD_FULL */
     nvlm_progress_fn progress; /* NULL = none */
     void *progress_user;
     int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
+    nvlm_precision precision;  /* default NVLM_PRECISION_EXACT; fixed for the model's life and
+                                  all its sessions (tensor-parallel ranks included). Appended
+                                  after use_mmap: a caller built against a header without it
+                                  (smaller struct_size) gets the default. */
 } nvlm_model_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -239,10 +263,10 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * below llm_config.vocab_size, and <|im_start|>, <|im_end|>, <|vision_pad|> among its added
  * tokens. On success *out is a new model owned by the caller (nvlm_model_free), which
  * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO (also a FIFO, directory, device or
- * socket in a file's place: refused without blocking), NVLM_ERR_FORMAT (bad JSON, corrupt
- * safetensors, a NUL in an index name, two index names for one shard file, a tokenizer that does
- * not fit the model), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (also an unknown precision), NVLM_ERR_IO (also a
+ * FIFO, directory, device or socket in a file's place: refused without blocking),
+ * NVLM_ERR_FORMAT (bad JSON, corrupt safetensors, a NUL in an index name, two index names for
+ * one shard file, a tokenizer that does not fit the model), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the
  * message), NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT (also shard headers or an index far larger than
  * the config's tensor layout), NVLM_ERR_NOT_FOUND (missing file or shard),
  * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
@@ -393,7 +417,8 @@ NVLM_API nvlm_status nvlm_token_to_piece(const nvlm_tokenizer *tok, int32_t id, 
  * sequence; the concatenation of all pieces plus the final flush equals nvlm_detokenize of all
  * ids. flags: NVLM_DETOKENIZE_*. On success the caller owns *out (nvlm_stream_decoder_free);
  * failure text goes to tok. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL tok/out; flag
- * bits other than NVLM_DETOKENIZE_*, named in the message), NVLM_ERR_OUT_OF_MEMORY. One thread at a time per decoder. The tokenizer must outlive it. */
+ * bits other than NVLM_DETOKENIZE_*, named in the message), NVLM_ERR_OUT_OF_MEMORY. One thread
+ * at a time per decoder. The tokenizer must outlive it. */
 NVLM_API nvlm_status nvlm_stream_decoder_create(const nvlm_tokenizer *tok, uint32_t flags,
                                                 nvlm_stream_decoder **out);
 /* Pushes one id; writes the newly completed text to buf (snprintf-style, *len = bytes of new
@@ -569,7 +594,8 @@ NVLM_API nvlm_status nvlm_image_tile_normalized(const nvlm_image *img, int32_t i
  * must still serialize its calls. */
 
 typedef enum nvlm_kv_type {
-    NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend, bf16 on CUDA */
+    NVLM_KV_DEFAULT = 0, /* f32 on the CPU backend (bf16 for a model loaded with
+                            NVLM_PRECISION_FAST), bf16 on CUDA */
     NVLM_KV_F32 = 1,
     NVLM_KV_BF16 = 2
 } nvlm_kv_type;

@@ -20,6 +20,9 @@ int cmd_chat(int argc, char **argv);
 int cli_fail(const char *what, nvlm_status st, const void *handle);
 /* Parses a device list "0,1,2,3" into out (at most cap); the count, or -1 when malformed. */
 int cli_parse_devices(const char *text, int32_t *out, int cap);
+/* Parses --precision's value ("exact" or "fast"); 0 on success, else prints a usage line for
+ * command `cmd` and returns 2. */
+int cli_parse_precision(const char *cmd, const char *text, nvlm_precision *out);
 /* Whether argv[i] is -h/--help. */
 int cli_is_help(const char *arg);
 

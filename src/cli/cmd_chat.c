@@ -29,6 +29,7 @@ static void help(FILE *f)
             "  --top-k K        top-k filter      --top-p P   top-p filter\n"
             "  --seed S         sampling seed\n"
             "  -t, --threads N  CPU threads (default: all cores)\n"
+            "  --precision P    exact (default) or fast (bf16 GEMM inputs, bf16 KV cache)\n"
             "  --tp N           shard the model over N tensor-parallel ranks\n"
             "  --devices LIST   the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
             "  -h, --help       this text\n");
@@ -60,6 +61,7 @@ int cmd_chat(int argc, char **argv)
     nvlm_sampler_default_params(&smp);
     int threads = 0;
     int tp = 1;
+    nvlm_precision precision = NVLM_PRECISION_EXACT;
     int32_t devices[256];
     int n_devices = 0;
     for (int i = 1; i < argc; i++) {
@@ -70,7 +72,7 @@ int cmd_chat(int argc, char **argv)
                      strcmp(a, "--top-k") == 0 || strcmp(a, "--top-p") == 0 ||
                      strcmp(a, "--seed") == 0 || strcmp(a, "-t") == 0 ||
                      strcmp(a, "--threads") == 0 || strcmp(a, "--tp") == 0 ||
-                     strcmp(a, "--devices") == 0;
+                     strcmp(a, "--devices") == 0 || strcmp(a, "--precision") == 0;
         if (cli_is_help(a)) {
             help(stdout);
             return 0;
@@ -97,6 +99,11 @@ int cmd_chat(int argc, char **argv)
             threads = atoi(v);
         } else if (strcmp(a, "--tp") == 0) {
             tp = atoi(v);
+        } else if (strcmp(a, "--precision") == 0) {
+            if (cli_parse_precision("chat", v, &precision) != 0) {
+                help(stderr);
+                return 2;
+            }
         } else if (strcmp(a, "--devices") == 0) {
             n_devices = cli_parse_devices(v, devices, 256);
             if (n_devices < 0) {
@@ -133,7 +140,10 @@ int cmd_chat(int argc, char **argv)
         fprintf(stderr, "nvlm: chat: %s\n", nvlm_status_str(st));
         return 1;
     }
-    st = nvlm_model_load(ctx, dir, NULL, &model);
+    nvlm_model_params mp;
+    nvlm_model_default_params(&mp);
+    mp.precision = precision;
+    st = nvlm_model_load(ctx, dir, &mp, &model);
     if (st != NVLM_OK) {
         rc = cli_fail("chat", st, ctx);
         goto done;

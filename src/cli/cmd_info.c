@@ -22,7 +22,7 @@ typedef struct dtype_stat {
 static void help(FILE *f)
 {
     fprintf(f,
-            "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N]\n"
+            "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N] [--precision P]\n"
             "\n"
             "Shows an NVLM-D model's vision/projector/LLM dimensions, the dtypes of its tensors,\n"
             "its parameter count (dummy ViT heads included) and the memory it needs per backend.\n"
@@ -34,6 +34,8 @@ static void help(FILE *f)
             "  --config-only   never map the weights (shard headers are still checked)\n"
             "  --tp N          the weight bytes of the largest of N tensor-parallel ranks\n"
             "                  (bf16, as the CUDA backend stores them): per_rank_weight_bytes\n"
+            "  --precision P   load with exact (default) or fast precision (bf16 GEMM inputs,\n"
+            "                  bf16 KV cache by default): the precision line / key\n"
             "  -h, --help      this text\n");
 }
 
@@ -164,7 +166,8 @@ static void human(char *buf, size_t cap, uint64_t bytes)
     snprintf(buf, cap, "%.2f %s", v, units[u]);
 }
 
-static void print_json(const char *dir, const nvlm_model_info *i, const dtype_stat *st, int n_st)
+static void print_json(const char *dir, const nvlm_model_info *i, const dtype_stat *st, int n_st,
+                       nvlm_precision prec)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model_dir", dir);
@@ -214,6 +217,7 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
     cJSON_AddNumberToObject(m, "cuda_bytes", (double)i->cuda_bytes);
     cJSON_AddNumberToObject(m, "kv_bytes_per_token_f32", (double)i->kv_bytes_per_token_f32);
     cJSON_AddNumberToObject(m, "kv_bytes_per_token_bf16", (double)i->kv_bytes_per_token_bf16);
+    cJSON_AddStringToObject(root, "precision", prec == NVLM_PRECISION_FAST ? "fast" : "exact");
     cJSON *d = cJSON_AddObjectToObject(root, "dtypes");
     for (int k = 0; k < n_st; k++) {
         cJSON *e = cJSON_AddObjectToObject(d, st[k].name);
@@ -229,7 +233,7 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
 }
 
 static void print_table(const char *dir, const nvlm_model_info *i, const dtype_stat *st,
-                        int n_st)
+                        int n_st, nvlm_precision prec)
 {
     char a[32];
     char b[32];
@@ -272,6 +276,9 @@ static void print_table(const char *dir, const nvlm_model_info *i, const dtype_s
     human(a, sizeof a, i->kv_bytes_per_token_f32);
     human(b, sizeof b, i->kv_bytes_per_token_bf16);
     printf("kv cache      %s per token (f32), %s per token (bf16)\n", a, b);
+    printf("precision     %s\n", prec == NVLM_PRECISION_FAST
+                                     ? "fast (bf16 GEMM inputs, f32 sums; KV cache bf16 on the CPU)"
+                                     : "exact (f32 GEMMs; KV cache f32 on the CPU)");
 }
 
 int cmd_info(int argc, char **argv)
@@ -280,6 +287,7 @@ int cmd_info(int argc, char **argv)
     int json = 0;
     int config_only = 0;
     long tp = 1;
+    nvlm_precision precision = NVLM_PRECISION_EXACT;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             help(stdout);
@@ -289,6 +297,12 @@ int cmd_info(int argc, char **argv)
             tp = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
             if (end == NULL || end == argv[i + 1] || *end != '\0' || tp < 1 || tp > 256) {
                 fprintf(stderr, "nvlm: info: --tp needs a rank count in [1, 256]\n");
+                return 2;
+            }
+            i++;
+        } else if (strcmp(argv[i], "--precision") == 0) {
+            if (cli_parse_precision("info", i + 1 < argc ? argv[i + 1] : NULL, &precision)) {
+                help(stderr);
                 return 2;
             }
             i++;
@@ -319,6 +333,7 @@ int cmd_info(int argc, char **argv)
     nvlm_model_params mp;
     nvlm_model_default_params(&mp);
     mp.mode = config_only ? NVLM_LOAD_CONFIG_ONLY : NVLM_LOAD_FULL;
+    mp.precision = precision;
     if (isatty(STDERR_FILENO)) {
         mp.progress = show_progress;
     }
@@ -357,9 +372,9 @@ int cmd_info(int argc, char **argv)
     memset(hist, 0, sizeof hist);
     int n_hist = dtype_histogram(dir, hist);
     if (json) {
-        print_json(dir, &info, hist, n_hist);
+        print_json(dir, &info, hist, n_hist, precision);
     } else {
-        print_table(dir, &info, hist, n_hist);
+        print_table(dir, &info, hist, n_hist, precision);
     }
     nvlm_model_free(model);
     nvlm_context_free(ctx);

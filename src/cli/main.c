@@ -31,6 +31,20 @@ int cli_fail(const char *what, nvlm_status st, const void *handle)
     return 1;
 }
 
+int cli_parse_precision(const char *cmd, const char *text, nvlm_precision *out)
+{
+    if (text != NULL && strcmp(text, "exact") == 0) {
+        *out = NVLM_PRECISION_EXACT;
+        return 0;
+    }
+    if (text != NULL && strcmp(text, "fast") == 0) {
+        *out = NVLM_PRECISION_FAST;
+        return 0;
+    }
+    fprintf(stderr, "nvlm: %s: --precision needs exact or fast\n", cmd);
+    return 2;
+}
+
 int cli_parse_devices(const char *text, int32_t *out, int cap)
 {
     int n = 0;

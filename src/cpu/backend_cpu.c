@@ -38,6 +38,9 @@ typedef struct cpu_exec {
     int64_t rope_pos0;
     int rope_rows, rope_half;
     double rope_theta;
+    /* The fast precision's bf16-rounded activations where cpu_matmul_bf16 declines. */
+    float *xr;
+    size_t xr_cap;      /* floats */
 } cpu_exec;
 
 static nvlm_context *ctx_of(nv_exec *ex)
@@ -116,6 +119,7 @@ static void cpu_exec_free(nv_exec *ex)
         nv_free(ctx, ce->scr);
         nv_free(ctx, ce->scr_cap);
         nv_free(ctx, ce->rope_cs);
+        nv_free(ctx, ce->xr);
         nv_free(ctx, ce);
     }
     nv_free(ctx, ex);
@@ -597,8 +601,32 @@ static nvlm_status cpu_matmul_op(nv_exec *ex, float *y, const float *x, const nv
     if (N > INT32_MAX || K > INT32_MAX) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "matmul too large");
     }
-    cpu_matmul(ce_of(ex)->pool, y, x, t->data, t->dtype,
-               bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)K);
+    const float *b = bias != NULL ? (const float *)bias->t.data : NULL;
+    cpu_exec *ce = ce_of(ex);
+    if (ex->be->precision == NVLM_PRECISION_FAST && M > 0) {
+        if (cpu_matmul_bf16(ce->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K)) {
+            return NVLM_OK;
+        }
+        /* No AVX512-BF16 (or f16/f32 weights): the same bf16 x bf16 products from x rounded
+         * into the exec's buffer, through the exact kernels. */
+        size_t n;
+        if (!nv_mul_size((size_t)M, (size_t)K, &n)) {
+            return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "matmul too large");
+        }
+        if (n > ce->xr_cap) {
+            float *p = nv_alloc_array(ctx_of(ex), n, sizeof(float));
+            if (p == NULL) {
+                return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                                "out of memory for %zu bf16-rounded activations", n);
+            }
+            nv_free(ctx_of(ex), ce->xr);
+            ce->xr = p;
+            ce->xr_cap = n;
+        }
+        cpu_round_bf16(ce->xr, x, n);
+        x = ce->xr;
+    }
+    cpu_matmul(ce->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K);
     return NVLM_OK;
 }
 

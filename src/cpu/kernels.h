@@ -1,9 +1,10 @@
 /*
  * kernels.h - the CPU backend's compute primitives: a per-session thread pool and the GEMM
  * that carries almost all FLOPs (activations f32, weights bf16/f16/f32 used in place).
- * Implementations pick AVX-512 / AVX2+FMA / portable C at run time (AVX512-BF16 is not used:
- * it would round activations to bf16); all paths accumulate in f32 and agree within 1e-6
- * relative of each other.
+ * Implementations pick AVX-512 / AVX2+FMA / portable C at run time; all paths accumulate in f32
+ * and agree within 1e-6 relative of each other. The fast precision (NVLM_PRECISION_FAST) rounds
+ * the activations to bf16 first: cpu_matmul_bf16 (AVX512-BF16 vdpbf16ps), or elsewhere
+ * cpu_round_bf16 followed by cpu_matmul (the same products, widened to f32).
  */
 #ifndef NVLM_CPU_KERNELS_H
 #define NVLM_CPU_KERNELS_H
@@ -35,6 +36,18 @@ void *nv_pool_scratch(nv_pool *pool, int i);
  * M is large). Deterministic: the result does not depend on the thread count. */
 void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
                 const float *bias, int M, int N, int K);
+
+/* The fast precision's GEMM: y = bf16(x) . W^T (+ bias) with bf16 W, every product bf16 x bf16
+ * (exact in f32) and the sums in f32 (vdpbf16ps; the sum order differs from cpu_matmul's, so
+ * results agree with cpu_matmul on cpu_round_bf16(x) within ~1e-6 relative of sum |x w|).
+ * Deterministic as cpu_matmul (a NULL pool: the calling thread, same bits). Returns false,
+ * computing nothing, when it cannot run: no AVX512-BF16, W not bf16, M < 8 rows of K too long
+ * for the pool scratch, or (NULL pool) no memory for the scratch; the caller then rounds x
+ * with cpu_round_bf16 and calls cpu_matmul. */
+bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
+                     const float *bias, int M, int N, int K);
+/* dst[i] = f32(bf16(src[i])), round to nearest even (in place allowed). */
+void cpu_round_bf16(float *dst, const float *src, size_t n);
 
 /* C[M][N] = alpha * A[M][K] . B[N][K]^T with A, B, C all f32 and row strides lda, ldb, ldc
  * (used by attention: scores = Q K^T). */

@@ -97,12 +97,31 @@ static mm_simd detect(void)
     return MM_PORTABLE;
 }
 
+/* AVX512-BF16: CPUID.(EAX=7, ECX=1):EAX bit 5. */
+static bool detect_bf16dp(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
+#else
+    return false;
+#endif
+}
+
 static pthread_once_t simd_once = PTHREAD_ONCE_INIT;
 static mm_simd simd_detected = MM_PORTABLE;
+static bool simd_bf16dp = false;
 
 static void simd_init(void)
 {
     simd_detected = detect();
+    simd_bf16dp = simd_detected == MM_AVX512 && detect_bf16dp();
+}
+
+bool mm_bf16dp_supported(void)
+{
+    pthread_once(&simd_once, simd_init);
+    return simd_bf16dp;
 }
 
 mm_simd mm_simd_detected(void)
@@ -282,6 +301,46 @@ void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype
         return;
     }
     mm_matmul_path(pool, &a, mm_simd_detected());
+}
+
+bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
+                     const float *bias, int M, int N, int K)
+{
+    if (wt != NV_BF16 || K <= 0 || M <= 0 || N <= 0 || !mm_bf16dp_supported()) {
+        return false;
+    }
+    mm_form form = M < MM_SMALL_M ? MM_FORM_SMALL : MM_FORM_BIG;
+    mm_kernel k = mm_x86_bf16_kernel(form);
+    size_t need = mm_x86_bf16_scratch(form, M, K);
+    if (k == NULL || need > NV_POOL_SCRATCH) {
+        return false;
+    }
+    mm_args a = {y, N, x, K, w, K, wt, bias, 1.0f, M, N, K};
+    if (pool == NULL) {
+        /* One thread (a 1-thread session, a CPU tensor-parallel rank): the whole rectangle in
+         * one call, the same arithmetic per element as any split. Scratch from the heap for
+         * this call; without it the caller's path (round, then cpu_matmul) runs instead. */
+        void *raw = nv_malloc(NULL, need + 64);
+        if (raw == NULL) {
+            return false;
+        }
+        k(&a, 0, M, 0, N, (void *)(((uintptr_t)raw + 63u) & ~(uintptr_t)63u));
+        nv_free(NULL, raw);
+        return true;
+    }
+    if (form == MM_FORM_SMALL) {
+        mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX);
+    } else {
+        mm_run(pool, &a, k, need, 64, 12, 256, 96);
+    }
+    return true;
+}
+
+void cpu_round_bf16(float *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = nv_bf16_to_f32(nv_f32_to_bf16(src[i]));
+    }
 }
 
 void cpu_gemm_nt_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, const float *b,

@@ -55,6 +55,15 @@ mm_simd mm_simd_detected(void);
 /* Whether `path` can run on this CPU. */
 bool mm_simd_supported(mm_simd path);
 
+/* The fast precision's kernels (AVX512-BF16, bf16 weights; matmul_x86.c): activations rounded
+ * to bf16, bf16 x bf16 products summed in f32 by vdpbf16ps. NULL where not compiled (not
+ * x86-64) and for MM_FORM_NN. Scratch bytes for M rows of K (the SMALL form keeps x as bf16
+ * there; the caller checks it fits NV_POOL_SCRATCH). */
+mm_kernel mm_x86_bf16_kernel(mm_form form);
+size_t mm_x86_bf16_scratch(mm_form form, int M, int K);
+/* Whether this CPU has AVX512-BF16 next to the AVX-512 path (detected once). */
+bool mm_bf16dp_supported(void);
+
 /* The three GEMMs on an explicit path (tests compare paths; callers use the cpu_* API). */
 void mm_matmul_path(nv_pool *pool, const mm_args *a, mm_simd path);
 void mm_nt_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);

@@ -6,8 +6,8 @@
  * (prefill, ViT) convert a KC x 32 panel of the weights to f32 once into the thread's scratch
  * and reuse it across all of M in a 12 x 32 (AVX-512) or 6 x 16 (AVX2) register tile. Weights
  * stay bf16/f16 in memory and are widened exactly (bf16: shift left 16); every product is
- * f32 x f32. AVX512-BF16 (vdpbf16ps) is deliberately unused: it rounds the activations to
- * bf16, which the numerics contract (spec, top) forbids.
+ * f32 x f32. The fast precision (opt-in, NVLM_PRECISION_FAST) has its own AVX512-BF16 kernels
+ * at the end of the AVX-512 part: activations rounded to bf16, vdpbf16ps on bf16 pairs.
  */
 #include "cpu/matmul_impl.h"
 
@@ -44,7 +44,7 @@ _Static_assert((size_t)KC * NC * 4 + (size_t)KC * MC * 4 + 256 <= NV_POOL_SCRATC
 /* ======================================================================================== */
 
 /* Pack activations m..m+mr-1, k0..k0+kc-1 as dst[k][rows] (rows >= mr are zero): the
- * A panel of both register-tile kernels (rows = MR5 or MR2). Plain C, used by both paths. */
+ * A panel of the AVX2 register-tile kernel (rows = MR2); AVX-512 uses pack_a512. */
 INL void pack_a(float *dst, int rows, const mm_args *a, int m, int mr, int k0, int kc)
 {
     for (int k = 0; k < kc; k++) {
@@ -234,6 +234,35 @@ T512 INL void transpose16(__m512 r[16])
     }
 }
 
+/* The first cnt (<= 16, may be <= 0) lanes of a 16-lane mask. */
+INL __mmask16 mask16(int cnt)
+{
+    return (__mmask16)(cnt >= 16 ? 0xffffu : cnt <= 0 ? 0u : (1u << cnt) - 1u);
+}
+
+/* pack_a for the AVX-512 tile: 16 rows x 16 k (rows >= mr and k >= kc zero) loaded, transposed
+ * in registers and stored as 12-lane rows dst[k][MR5]. The same values as the element loop it
+ * replaced; about 16 instructions per 16 x 12 block instead of 192 scalar moves. */
+T512 static void pack_a512(float *dst, const mm_args *a, int m, int mr, int k0, int kc)
+{
+    const __mmask16 st = (__mmask16)((1u << MR5) - 1u);
+    for (int kb = 0; kb < kc; kb += 16) {
+        const __mmask16 lm = mask16(kc - kb);
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            r[i] = i < mr ? _mm512_maskz_loadu_ps(
+                                lm, a->x + (size_t)(m + i) * (size_t)a->ldx + (size_t)(k0 + kb))
+                          : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        const int nt = NV_MIN(16, kc - kb);
+        for (int t = 0; t < nt; t++) {
+            _mm512_mask_storeu_ps(dst + (size_t)(kb + t) * MR5, st, r[t]);
+        }
+    }
+}
+
 /* Pack weights n..n+nr-1, k0..k0+kc-1 of an (N, K) matrix as dst[k][NR5] f32 (lanes >= nr
  * are never read: the kernel masks them). Full 16-row, 16-k blocks go through registers. */
 T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k0, int kc)
@@ -349,8 +378,8 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
             for (int mc0 = m0; mc0 < m1; mc0 += MC) {
                 const int mcw = NV_MIN(MC, m1 - mc0);
                 for (int i = 0; i * MR5 < mcw; i++) {
-                    pack_a(ap + (size_t)i * KC * MR5, MR5, a, mc0 + i * MR5,
-                           NV_MIN(MR5, mcw - i * MR5), k0, kc);
+                    pack_a512(ap + (size_t)i * KC * MR5, a, mc0 + i * MR5,
+                              NV_MIN(MR5, mcw - i * MR5), k0, kc);
                 }
                 /* One weight micro-panel stays in L1 while the activation panels stream from L2. */
                 for (int p = 0; p * NR5 < ncw; p++) {
@@ -385,6 +414,270 @@ T512 static void big_nt512(const mm_args *a, int m0, int m1, int n0, int n1, voi
 T512 static void big_nn512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     big_m512(a, m0, m1, n0, n1, scratch, 1);
+}
+
+/* ======================================================================================== */
+/* AVX512-BF16: the fast precision (bf16 x bf16 products, f32 sums)                         */
+/* ======================================================================================== */
+
+/* vdpbf16ps adds two bf16 x bf16 products per f32 lane: activations are rounded to bf16 (round
+ * to nearest even by vcvtne2ps2bf16) and bf16 weights are used as stored, as pairs of adjacent
+ * k (one 32-bit lane holds k and k + 1 of a row, so a weight panel is a 32-bit transpose of
+ * the checkpoint rows with no widening). An odd K pads its last pair with zero. */
+#define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+/* k depth of a bf16 block: as many bytes per panel as KC f32. */
+#define KCB (2 * KC)
+
+_Static_assert(KCB % 32 == 0, "bf16 blocks hold whole 32-k register loads");
+_Static_assert((size_t)KCB / 2 * NC * 4 + (size_t)KCB / 2 * MC * 4 <= NV_POOL_SCRATCH,
+               "bf16 GEMM panels must fit the pool scratch");
+
+/* The first cnt (may be <= 0 or >= 32) lanes of a 32-lane mask. */
+INL __mmask32 mask32(int cnt)
+{
+    return (__mmask32)(cnt >= 32 ? 0xffffffffu : cnt <= 0 ? 0u : (1u << cnt) - 1u);
+}
+
+/* 32 floats at p (the first cnt, others 0) as 32 bf16, round to nearest even. */
+TBF INL __m512i cvt32_bf16(const float *p, int cnt)
+{
+    const __m512 lo = _mm512_maskz_loadu_ps(mask16(cnt), p);
+    const __m512 hi = _mm512_maskz_loadu_ps(mask16(cnt - 16), p + 16);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* Activation panel: rows m..m+mr-1, k0..k0+kc-1 as dst[kp][MR5] bf16 pairs (k0 + 2kp, +1). */
+TBF static void pack_a_bf16(uint32_t *dst, const mm_args *a, int m, int mr, int k0, int kc)
+{
+    const int kcp = (kc + 1) / 2;
+    const __mmask16 st = (__mmask16)((1u << MR5) - 1u);
+    for (int kb = 0; kb < kc; kb += 32) {
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            r[i] = i < mr ? _mm512_castsi512_ps(cvt32_bf16(
+                                a->x + (size_t)(m + i) * (size_t)a->ldx + (size_t)(k0 + kb),
+                                kc - kb))
+                          : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        const int nt = NV_MIN(16, kcp - kb / 2);
+        for (int t = 0; t < nt; t++) {
+            _mm512_mask_storeu_ps((float *)(dst + (size_t)(kb / 2 + t) * MR5), st, r[t]);
+        }
+    }
+}
+
+/* Weight panel: rows n..n+nr-1 (bf16, (N, K)), k0..k0+kc-1 as dst[kp][NR5] pairs; columns
+ * >= nr are zero. */
+TBF static void pack_b_bf16(uint32_t *dst, const mm_args *a, int n, int nr, int k0, int kc)
+{
+    const int kcp = (kc + 1) / 2;
+    const uint16_t *w = a->w;
+    for (int jb = 0; jb < NR5; jb += 16) {
+        for (int kb = 0; kb < kc; kb += 32) {
+            const __mmask32 lm = mask32(kc - kb);
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                r[j] = jb + j < nr ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                                         lm, w + (size_t)(n + jb + j) * (size_t)a->ldw +
+                                                 (size_t)(k0 + kb)))
+                                   : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            const int nt = NV_MIN(16, kcp - kb / 2);
+            for (int t = 0; t < nt; t++) {
+                _mm512_storeu_ps((float *)(dst + (size_t)(kb / 2 + t) * NR5 + (size_t)jb), r[t]);
+            }
+        }
+    }
+}
+
+/* C tile (mr x nr) (+)= Ap . Bp over kcp bf16 pairs: 24 accumulators, 2 weight loads and 12
+ * broadcasts per 24 vdpbf16ps (768 multiply-adds). first / last as in ukr512 (alpha is 1). */
+TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
+                         int mr, int nr, int first, int last, const float *bias)
+{
+    const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
+    __m512 c0[MR5], c1[MR5];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR5; r++) {
+        if (first || r >= mr) {
+            c0[r] = _mm512_setzero_ps();
+            c1[r] = _mm512_setzero_ps();
+        } else {
+            c0[r] = _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc);
+            c1[r] = _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16);
+        }
+    }
+    for (int k = 0; k < kcp; k++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + (size_t)k * NR5);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + (size_t)k * NR5 + 16);
+        const uint32_t *ak = ap + (size_t)k * MR5;
+#pragma GCC unroll 12
+        for (int r = 0; r < MR5; r++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[r]);
+            c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
+            c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
+        }
+    }
+    __m512 vb0 = _mm512_setzero_ps(), vb1 = _mm512_setzero_ps();
+    if (last && bias != NULL) {
+        vb0 = _mm512_maskz_loadu_ps(mk0, bias);
+        vb1 = _mm512_maskz_loadu_ps(mk1, bias + 16);
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < MR5; r++) {
+        if (r < mr) {
+            __m512 v0 = c0[r], v1 = c1[r];
+            if (last && bias != NULL) {
+                v0 = _mm512_add_ps(v0, vb0);
+                v1 = _mm512_add_ps(v1, vb1);
+            }
+            _mm512_mask_storeu_ps(c + (size_t)r * ldc, mk0, v0);
+            _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, mk1, v1);
+        }
+    }
+}
+
+/* Many rows: big_m512's blocking over bf16 panels. */
+TBF static void big_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+{
+    uint32_t *ap = scratch;                          /* MC x KCB/2 pairs */
+    uint32_t *bp = ap + (size_t)KCB / 2 * MC;        /* KCB/2 x NC pairs */
+    const int K = a->K;
+    for (int nc0 = n0; nc0 < n1; nc0 += NC) {
+        const int ncw = NV_MIN(NC, n1 - nc0);
+        for (int k0 = 0; k0 < K; k0 += KCB) {
+            const int kc = NV_MIN(KCB, K - k0), kcp = (kc + 1) / 2;
+            const int first = k0 == 0, last = k0 + kc == K;
+            for (int p = 0; p * NR5 < ncw; p++) {
+                pack_b_bf16(bp + (size_t)p * (KCB / 2) * NR5, a, nc0 + p * NR5,
+                            NV_MIN(NR5, ncw - p * NR5), k0, kc);
+            }
+            for (int mc0 = m0; mc0 < m1; mc0 += MC) {
+                const int mcw = NV_MIN(MC, m1 - mc0);
+                for (int i = 0; i * MR5 < mcw; i++) {
+                    pack_a_bf16(ap + (size_t)i * (KCB / 2) * MR5, a, mc0 + i * MR5,
+                                NV_MIN(MR5, mcw - i * MR5), k0, kc);
+                }
+                for (int p = 0; p * NR5 < ncw; p++) {
+                    const int n = nc0 + p * NR5;
+                    for (int i = 0; i * MR5 < mcw; i++) {
+                        const int m = mc0 + i * MR5;
+                        ukr_bf16(kcp, ap + (size_t)i * (KCB / 2) * MR5,
+                                 bp + (size_t)p * (KCB / 2) * NR5,
+                                 a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
+                                 NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, ncw - p * NR5), first,
+                                 last, a->bias != NULL ? a->bias + n : NULL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Few rows: xb holds rows of x as bf16 (kp elements apart, zero past K). R weight rows
+ * n + j * rs against MR rows of xb from row mi (R * MR <= 4); two accumulators per output
+ * (alternating 32-k steps). Per output the arithmetic depends on K only. */
+TBF INL void dot_bf16(const mm_args *a, const uint16_t *xb, int kp, int mi, int m, int n, int rs,
+                      const int R, const int MR)
+{
+    __m512 acc0[4], acc1[4];
+    const uint16_t *w = a->w;
+    size_t row[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        acc0[q] = _mm512_setzero_ps();
+        acc1[q] = _mm512_setzero_ps();
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; j++) {
+        row[j] = (size_t)(n + j * rs) * (size_t)a->ldw;
+    }
+    const int K = a->K;
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {
+        __m512bh x0[4], x1[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            x0[i] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(mi + i) * (size_t)kp + k);
+            x1[i] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(mi + i) * (size_t)kp + k + 32);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + row[j] + (size_t)k);
+            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + row[j] + (size_t)k + 32);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc0[i * R + j] = _mm512_dpbf16_ps(acc0[i * R + j], x0[i], w0);
+                acc1[i * R + j] = _mm512_dpbf16_ps(acc1[i * R + j], x1[i], w1);
+            }
+        }
+    }
+    for (; k < K; k += 32) {
+        const __mmask32 lm = mask32(K - k);
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(lm, w + row[j] + (size_t)k);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                const __m512bh xv = (__m512bh)_mm512_loadu_si512(
+                    xb + (size_t)(mi + i) * (size_t)kp + k);
+                acc0[i * R + j] = _mm512_dpbf16_ps(acc0[i * R + j], xv, wv);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            const int col = n + j * rs;
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i * R + j], acc1[i * R + j]));
+            a->y[(size_t)(m + i) * (size_t)a->ldy + (size_t)col] =
+                a->bias != NULL ? s + a->bias[col] : s;
+        }
+    }
+}
+
+/* Rows of x padded to whole 32-element loads, in elements. */
+static int bf16_row_elems(int K)
+{
+    return (K + 31) & ~31;
+}
+
+TBF static void small_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+{
+    const int kp = bf16_row_elems(a->K);
+    uint16_t *xb = scratch;
+    for (int i = 0; i < m1 - m0; i++) {
+        const float *x = a->x + (size_t)(m0 + i) * (size_t)a->ldx;
+        for (int k = 0; k < kp; k += 32) {
+            _mm512_storeu_si512(xb + (size_t)i * (size_t)kp + k, cvt32_bf16(x + k, a->K - k));
+        }
+    }
+    if (m1 - m0 == 1) {
+        /* One row of x (decode): 4 weight streams far apart, as small_m512. */
+        const int q = (n1 - n0) / 4;
+        for (int i = 0; i < q; i++) {
+            dot_bf16(a, xb, kp, 0, m0, n0 + i, q, 4, 1);
+        }
+        for (int n = n0 + 4 * q; n < n1; n++) {
+            dot_bf16(a, xb, kp, 0, m0, n, 1, 1, 1);
+        }
+        return;
+    }
+    for (int n = n0; n < n1; n++) {
+        for (int m = m0; m < m1; m += 4) {
+            switch (NV_MIN(4, m1 - m)) {
+            case 4: dot_bf16(a, xb, kp, m - m0, m, n, 1, 1, 4); break;
+            case 3: dot_bf16(a, xb, kp, m - m0, m, n, 1, 1, 3); break;
+            case 2: dot_bf16(a, xb, kp, m - m0, m, n, 1, 1, 2); break;
+            default: dot_bf16(a, xb, kp, m - m0, m, n, 1, 1, 1); break;
+            }
+        }
+    }
 }
 
 /* ======================================================================================== */
@@ -652,6 +945,19 @@ size_t mm_x86_scratch(mm_simd path, mm_form form, int M)
     return NV_POOL_SCRATCH;
 }
 
+size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
+{
+    if (form == MM_FORM_SMALL) {
+        return (size_t)M * (size_t)bf16_row_elems(K) * sizeof(uint16_t);
+    }
+    return (size_t)KCB / 2 * (NC + MC) * sizeof(uint32_t);
+}
+
+mm_kernel mm_x86_bf16_kernel(mm_form form)
+{
+    return form == MM_FORM_SMALL ? small_bf16 : form == MM_FORM_BIG ? big_bf16 : NULL;
+}
+
 mm_kernel mm_x86_kernel(mm_simd path, mm_form form)
 {
     if (path == MM_AVX512) {
@@ -676,6 +982,20 @@ size_t mm_x86_scratch(mm_simd path, mm_form form, int M)
 mm_kernel mm_x86_kernel(mm_simd path, mm_form form)
 {
     (void)path;
+    (void)form;
+    return NULL;
+}
+
+size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
+{
+    (void)form;
+    (void)M;
+    (void)K;
+    return 0;
+}
+
+mm_kernel mm_x86_bf16_kernel(mm_form form)
+{
     (void)form;
     return NULL;
 }
