@@ -8,6 +8,7 @@
  */
 #include "eng_golden.h"
 
+#include <stdatomic.h>
 #include <time.h>
 
 static nvlm_context *tp_context(int tp, int n_threads)
@@ -412,6 +413,110 @@ static void test_failure(void)
     nvlm_context_free(ctx);
 }
 
+/* ---- allocation failures ------------------------------------------------------------------ */
+
+/* Allocator hooks that fail once `budget` allocations have been made (-1: never). The ranks'
+ * threads allocate too, so the counter is atomic. */
+static atomic_long alloc_count;
+static atomic_long alloc_budget = -1;
+
+static bool budget_left(void)
+{
+    long b = atomic_load(&alloc_budget);
+    return b < 0 || atomic_fetch_add(&alloc_count, 1) < b;
+}
+
+static void *fail_alloc(void *user, size_t n)
+{
+    (void)user;
+    return budget_left() ? malloc(n) : NULL;
+}
+
+static void *fail_realloc(void *user, void *p, size_t n)
+{
+    (void)user;
+    return budget_left() ? realloc(p, n) : NULL;
+}
+
+static void fail_free(void *user, void *p)
+{
+    (void)user;
+    free(p);
+}
+
+/* One run under a budget: load at TP 2 (when m is NULL) or a session on m. */
+static nvlm_status budget_run(nvlm_context *ctx, nvlm_model *m, long budget)
+{
+    atomic_store(&alloc_count, 0);
+    atomic_store(&alloc_budget, budget);
+    nvlm_status st = NVLM_OK;
+    if (m == NULL) {
+        nvlm_model *tmp = NULL;
+        st = nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &tmp);
+        nvlm_model_free(tmp);
+    } else {
+        nvlm_session *s = NULL;
+        st = nvlm_session_create(m, NULL, &s);
+        if (st == NVLM_OK) {
+            st = nvlm_session_add_turn(s, NVLM_ROLE_USER, "Hello, who are you?", NULL, 0);
+        }
+        if (st == NVLM_OK) {
+            nvlm_sampler_params p;
+            eg_greedy_params(&p, 3);
+            st = nvlm_session_generate(s, &p, NULL, NULL, NULL);
+        }
+        nvlm_session_free(s);
+    }
+    atomic_store(&alloc_budget, -1);
+    return st;
+}
+
+static void test_alloc_failures(void)
+{
+    tu_section("allocation failures at TP 2: load, then a session");
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.n_threads = 2;
+    cp.backend = NVLM_BACKEND_CPU;
+    cp.tp_size = 2;
+    cp.alloc_fn = fail_alloc;
+    cp.realloc_fn = fail_realloc;
+    cp.free_fn = fail_free;
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(&cp, &ctx));
+    if (ctx == NULL) {
+        return;
+    }
+    nvlm_model *m = NULL;
+    for (int phase = 0; phase < 2; phase++) {
+        int failures = 0;
+        int bad_status = 0;
+        bool done = false;
+        /* every budget up to 300, then every 41st: both load and session allocate thousands */
+        for (long n = 0; n < 20000 && !done; n += n < 300 ? 1 : 41) {
+            nvlm_status st = budget_run(ctx, m, n);
+            if (st == NVLM_OK) {
+                done = true;
+            } else {
+                failures++;
+                bad_status += st != NVLM_ERR_OUT_OF_MEMORY;
+            }
+        }
+        const char *what = phase == 0 ? "load" : "session";
+        CHECK(done && failures > 50, "%s: succeeds once allocations are left (%d failing budgets)",
+              what, failures);
+        CHECK_EQ_INT(bad_status, 0, "every failing budget reported NVLM_ERR_OUT_OF_MEMORY");
+        if (phase == 0) {
+            CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, NULL, &m));
+            if (m == NULL) {
+                break;
+            }
+        }
+    }
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+}
+
 /* ---- the CLI ---------------------------------------------------------------------------- */
 
 /* Runs cmd and returns its stdout (static buffer) and exit status. */
@@ -474,6 +579,7 @@ int main(void)
     test_goldens();
     test_synthetic();
     test_failure();
+    test_alloc_failures();
     char *json = tu_read_file(EG_GOLDEN_DIR "cases.json", NULL);
     cJSON *root = json != NULL ? cJSON_Parse(json) : NULL;
     free(json);

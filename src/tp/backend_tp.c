@@ -1075,7 +1075,9 @@ static void tp_exec_free(nv_exec *ex)
         t->quit = true;
         pthread_cond_broadcast(&t->go);
         pthread_mutex_unlock(&t->lock);
-        for (int r = 0; r < t->size; r++) {
+        /* rk is NULL when the exec's creation failed that early */
+        int n_ranks = t->rk != NULL ? t->size : 0;
+        for (int r = 0; r < n_ranks; r++) {
             if (t->rk[r].started) {
                 pthread_join(t->rk[r].thread, NULL);
             }
@@ -1083,7 +1085,7 @@ static void tp_exec_free(nv_exec *ex)
         while (t->bufs.n > 0) {
             tp_free(ex, t->bufs.v[t->bufs.n - 1].base);
         }
-        for (int r = 0; r < t->size; r++) {
+        for (int r = 0; r < n_ranks; r++) {
             rank_state *rs = &t->rk[r];
             for (int i = 0; i < 3; i++) {
                 if (rs->scr[i] != NULL) {
