@@ -78,6 +78,7 @@ struct nvlm_model {
     nv_handle h;
     nv_config cfg;
     nvlm_load_mode mode;
+    nvlm_weight_type weight_type;    /* resolved at load: NVLM_WEIGHTS_BF16 or NVLM_WEIGHTS_FP8 */
     char *dir;                       /* model directory */
     struct nv_checkpoint *ckpt;      /* NULL for a config-only model without shards */
     nvlm_tokenizer *tok;             /* NULL when the directory has no tokenizer */

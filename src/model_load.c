@@ -548,6 +548,7 @@ void nvlm_model_params_init(nvlm_model_params *p, size_t size)
     d.progress = NULL;
     d.progress_user = NULL;
     d.use_mmap = 1;
+    d.weight_type = NVLM_WEIGHTS_AUTO;
     size_t n = NV_MIN(size, sizeof d);
     memcpy(p, &d, n);
     p->struct_size = (uint32_t)size;
@@ -768,12 +769,18 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
         return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad mode %d",
                         (int)p.mode);
     }
+    if (p.weight_type != NVLM_WEIGHTS_AUTO && p.weight_type != NVLM_WEIGHTS_BF16 &&
+        p.weight_type != NVLM_WEIGHTS_FP8) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad weight_type %d",
+                        (int)p.weight_type);
+    }
     nvlm_model *m = nv_calloc(ctx, 1, sizeof *m);
     if (m == NULL) {
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the model");
     }
     nv_handle_init(&m->h, NV_MAGIC_MODEL, ctx);
     m->mode = p.mode;
+    m->weight_type = p.weight_type == NVLM_WEIGHTS_FP8 ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
     m->dir = nv_strdup(ctx, dir);
     nvlm_status st = m->dir != NULL ? NVLM_OK
                                     : nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory");

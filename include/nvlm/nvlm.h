@@ -216,12 +216,28 @@ typedef enum nvlm_load_mode {
                                   introspection and memory estimates; sessions cannot be created */
 } nvlm_load_mode;
 
+/* How the LLM's seven projections (q/k/v/o_proj, gate/up/down_proj of every decoder layer) are
+ * stored. FP8: E4M3 codes with one f32 scale per output channel, scale[n] = max_k |W[n,k]| / 448
+ * (1 for an all-zero row), q[n,k] = E4M3(fl32(W[n,k] / scale[n])) rounded to nearest even and
+ * saturating at +-448; the layer computes y[n] = scale[n] * sum_k x[k] q[n,k] (+ bias) with f32
+ * activations and accumulation, so results equal a float32 model whose weights are q * scale.
+ * Everything else (embeddings, lm_head, norms, biases, the vision encoder, the projector) is
+ * used as stored. docs/fp8.md has the details. */
+typedef enum nvlm_weight_type {
+    NVLM_WEIGHTS_AUTO = 0,     /* as the checkpoint stores them */
+    NVLM_WEIGHTS_BF16 = 1,     /* as stored (bf16/f16/f32 checkpoints only) */
+    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU backend
+                                  only for now (CUDA: NVLM_ERR_UNSUPPORTED) */
+} nvlm_weight_type;
+
 typedef struct nvlm_model_params {
     uint32_t struct_size;
     nvlm_load_mode mode;       /* default NVLM_LOAD_FULL */
     nvlm_progress_fn progress; /* NULL = none */
     void *progress_user;
     int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
+    /* Appended in 0.2 (a caller built against 0.1 gets NVLM_WEIGHTS_AUTO): */
+    nvlm_weight_type weight_type; /* default NVLM_WEIGHTS_AUTO */
 } nvlm_model_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */

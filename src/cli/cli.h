@@ -20,6 +20,8 @@ int cmd_chat(int argc, char **argv);
 int cli_fail(const char *what, nvlm_status st, const void *handle);
 /* Parses a device list "0,1,2,3" into out (at most cap); the count, or -1 when malformed. */
 int cli_parse_devices(const char *text, int32_t *out, int cap);
+/* Parses --weights TEXT ("auto", "bf16", "fp8") into *out; false when unknown. */
+int cli_parse_weights(const char *text, nvlm_weight_type *out);
 /* Whether argv[i] is -h/--help. */
 int cli_is_help(const char *arg);
 

@@ -22,7 +22,7 @@ typedef struct dtype_stat {
 static void help(FILE *f)
 {
     fprintf(f,
-            "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N]\n"
+            "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N] [--weights TYPE]\n"
             "\n"
             "Shows an NVLM-D model's vision/projector/LLM dimensions, the dtypes of its tensors,\n"
             "its parameter count (dummy ViT heads included) and the memory it needs per backend.\n"
@@ -34,6 +34,8 @@ static void help(FILE *f)
             "  --config-only   never map the weights (shard headers are still checked)\n"
             "  --tp N          the weight bytes of the largest of N tensor-parallel ranks\n"
             "                  (bf16, as the CUDA backend stores them): per_rank_weight_bytes\n"
+            "  --weights TYPE  auto (as stored), bf16 or fp8: the memory figures for that\n"
+            "                  weight type (fp8: the LLM's linear layers as E4M3 + scales)\n"
             "  -h, --help      this text\n");
 }
 
@@ -280,6 +282,7 @@ int cmd_info(int argc, char **argv)
     int json = 0;
     int config_only = 0;
     long tp = 1;
+    nvlm_weight_type weights = NVLM_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             help(stdout);
@@ -289,6 +292,11 @@ int cmd_info(int argc, char **argv)
             tp = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
             if (end == NULL || end == argv[i + 1] || *end != '\0' || tp < 1 || tp > 256) {
                 fprintf(stderr, "nvlm: info: --tp needs a rank count in [1, 256]\n");
+                return 2;
+            }
+            i++;
+        } else if (strcmp(argv[i], "--weights") == 0) {
+            if (!cli_parse_weights(i + 1 < argc ? argv[i + 1] : NULL, &weights)) {
                 return 2;
             }
             i++;
@@ -319,6 +327,7 @@ int cmd_info(int argc, char **argv)
     nvlm_model_params mp;
     nvlm_model_default_params(&mp);
     mp.mode = config_only ? NVLM_LOAD_CONFIG_ONLY : NVLM_LOAD_FULL;
+    mp.weight_type = weights;
     if (isatty(STDERR_FILENO)) {
         mp.progress = show_progress;
     }

@@ -47,6 +47,21 @@ int cli_parse_devices(const char *text, int32_t *out, int cap)
     return n > 0 ? n : -1;
 }
 
+int cli_parse_weights(const char *text, nvlm_weight_type *out)
+{
+    if (text != NULL && strcmp(text, "auto") == 0) {
+        *out = NVLM_WEIGHTS_AUTO;
+    } else if (text != NULL && strcmp(text, "bf16") == 0) {
+        *out = NVLM_WEIGHTS_BF16;
+    } else if (text != NULL && strcmp(text, "fp8") == 0) {
+        *out = NVLM_WEIGHTS_FP8;
+    } else {
+        fprintf(stderr, "nvlm: --weights needs auto, bf16 or fp8\n");
+        return 0;
+    }
+    return 1;
+}
+
 int cli_is_help(const char *arg)
 {
     return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0;

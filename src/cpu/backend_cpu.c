@@ -59,6 +59,14 @@ static nvlm_status cpu_weight_load(nv_backend *be, const nv_tensor *src, const n
     memset(out, 0, sizeof *out);
     out->t = *src;
     out->t.device = -1;
+    if (src->dtype == NV_F8_E4M3) {
+        /* codes and scales used in place: their owner (the engine) outlives the backend */
+        if (src->ndim != 2 || src->scale == NULL) {
+            return nv_error(err_handle, NVLM_ERR_SHAPE, "an FP8 weight must be a 2-D matrix "
+                            "with per-row scales");
+        }
+        return NVLM_OK;
+    }
     int big_dims = 0;
     for (int d = 0; d < src->ndim; d++) {
         big_dims += src->shape[d] > 1;
@@ -597,8 +605,12 @@ static nvlm_status cpu_matmul_op(nv_exec *ex, float *y, const float *x, const nv
     if (N > INT32_MAX || K > INT32_MAX) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "matmul too large");
     }
-    cpu_matmul(ce_of(ex)->pool, y, x, t->data, t->dtype,
-               bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)K);
+    const float *b = bias != NULL ? (const float *)bias->t.data : NULL;
+    if (t->dtype == NV_F8_E4M3) {
+        cpu_matmul_fp8(ce_of(ex)->pool, y, x, t->data, t->scale, b, M, (int)N, (int)K);
+    } else {
+        cpu_matmul(ce_of(ex)->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K);
+    }
     return NVLM_OK;
 }
 

@@ -36,6 +36,14 @@ void *nv_pool_scratch(nv_pool *pool, int i);
 void cpu_matmul(nv_pool *pool, float *y, const float *x, const void *w, nv_dtype wt,
                 const float *bias, int M, int N, int K);
 
+/* y[M][N] = scale[n] * (x[M][K] . Q[N][K]^T)[m][n] (+ bias[N]) with Q the E4M3 codes of an FP8
+ * weight (fp8.h) read in place (AVX-512 / AVX2: widened to f16 by shifts, then vcvtph2ps; the
+ * portable path: a 256-entry table), f32 activations and accumulation (matmul_fp8.c). Every
+ * product is exact in f32 and each path reduces like cpu_matmul's path of the same SIMD width;
+ * deterministic whatever the thread count. */
+void cpu_matmul_fp8(nv_pool *pool, float *y, const float *x, const uint8_t *q, const float *scale,
+                    const float *bias, int M, int N, int K);
+
 /* C[M][N] = alpha * A[M][K] . B[N][K]^T with A, B, C all f32 and row strides lda, ldb, ldc
  * (used by attention: scores = Q K^T). */
 void cpu_gemm_nt_f32(nv_pool *pool, float *c, int ldc, const float *a, int lda, const float *b,

@@ -1,0 +1,378 @@
+/*
+ * test_fp8.c - FP8 E4M3 weights (fp8.h, cpu/matmul_fp8.c, nvlm_model_params.weight_type):
+ * the E4M3 rounding (every code, ties to even, saturation, subnormals), the per-channel
+ * quantizer, the CPU FP8 GEMM on every SIMD path against a double reference and across thread
+ * counts, and the exactness test: the tiny model loaded with NVLM_WEIGHTS_FP8 against an
+ * independent numpy model whose weights are q * scale (tests/oracle/fp8_logits.py ->
+ * tests/data/fp8/), on a text case, an image case (golden projector rows spliced) and a
+ * 300-token prompt, with one rank and with two tensor-parallel ranks.
+ */
+#include "cpu/matmul_impl.h"
+#include "eng_golden.h"
+#include "fp8.h"
+
+#define FP8_GOLDEN "tests/data/fp8/fp8_logits.safetensors"
+
+/* ---- scalar rounding -------------------------------------------------------------------- */
+
+static void test_scalar(void)
+{
+    tu_section("fp8: E4M3 codes and rounding");
+    int bad = 0;
+    for (int c = 0; c < 256; c++) {
+        if ((c & 0x7f) == 0x7f) {
+            bad += !isnan(fp8_to_f32((uint8_t)c));
+            continue;
+        }
+        bad += fp8_from_f32(fp8_to_f32((uint8_t)c)) != c;
+    }
+    CHECK(bad == 0, "every code round-trips (NaN codes decode to NaN): %d bad", bad);
+    CHECK(fp8_to_f32(0x7e) == 448.0f && fp8_to_f32(0x01) == ldexpf(1.0f, -9) &&
+              fp8_to_f32(0x08) == ldexpf(1.0f, -6) && fp8_to_f32(0x38) == 1.0f,
+          "448, 2^-9, 2^-6, 1.0");
+    /* ties between neighbouring codes go to the even code; just above a tie goes up */
+    int ties = 0;
+    for (int c = 0; c < 0x7e; c++) {
+        float lo = fp8_to_f32((uint8_t)c), hi = fp8_to_f32((uint8_t)(c + 1));
+        float mid = (lo + hi) / 2.0f;
+        int want = (c & 1) ? c + 1 : c;
+        ties += fp8_from_f32(mid) != want;
+        ties += fp8_from_f32(-mid) != (want | 0x80);
+        ties += fp8_from_f32(nextafterf(mid, 1e9f)) != c + 1;
+        ties += fp8_from_f32(nextafterf(mid, 0.0f)) != c;
+    }
+    CHECK(ties == 0, "round half to even between every pair of codes: %d bad", ties);
+    CHECK(fp8_from_f32(449.0f) == 0x7e && fp8_from_f32(1e30f) == 0x7e &&
+              fp8_from_f32(INFINITY) == 0x7e && fp8_from_f32(-INFINITY) == 0xfe &&
+              fp8_from_f32(-464.0f) == 0xfe,
+          "saturation at +-448 (no infinities)");
+    CHECK(fp8_from_f32(NAN) == 0x7f, "NaN -> 0x7F");
+    CHECK(fp8_from_f32(ldexpf(1.0f, -10)) == 0 && fp8_from_f32(ldexpf(3.0f, -10)) == 2 &&
+              fp8_from_f32(ldexpf(1.0f, -20)) == 0 && fp8_from_f32(-0.0f) == 0x80,
+          "subnormals round half to even, underflow to zero keeps the sign");
+    CHECK(fp8_find_nan((const uint8_t *)"\x01\x7e\xfe\x80", 4) == -1 &&
+              fp8_find_nan((const uint8_t *)"\x01\x7e\xff\x80", 4) == 2,
+          "NaN scan");
+    CHECK(fp8_is_projection("language_model.model.layers.0.self_attn.q_proj.weight") &&
+              fp8_is_projection("language_model.model.layers.17.mlp.down_proj.weight") &&
+              !fp8_is_projection("language_model.model.layers.0.self_attn.q_proj.bias") &&
+              !fp8_is_projection("language_model.lm_head.weight") &&
+              !fp8_is_projection("language_model.model.layers.x.mlp.up_proj.weight") &&
+              !fp8_is_projection("vision_model.encoder.layers.0.mlp.fc1.weight"),
+          "the seven projections and nothing else");
+}
+
+static void test_quantize(void)
+{
+    tu_section("fp8: per-output-channel quantization");
+    /* rows: all zero; max 896 (scale 2); mixed with a value that is a tie after division */
+    float w[3][4] = {{0, 0, 0, 0}, {896, -448, 1, 3}, {0.5f, -0.25f, 0.1f, 0.0f}};
+    uint8_t q[12];
+    float s[3];
+    CHECK(fp8_quantize(q, s, w, NV_F32, 3, 4), "finite matrix");
+    CHECK(s[0] == 1.0f && q[0] == 0 && q[3] == 0, "all-zero row: scale 1, codes 0");
+    CHECK(s[1] == 2.0f && q[4] == 0x7e && q[5] == 0xf6 && q[6] == fp8_from_f32(0.5f) &&
+              q[7] == fp8_from_f32(1.5f),
+          "scale = max / 448, codes of W / scale");
+    float s2 = 0.5f / 448.0f;
+    CHECK(s[2] == s2 && q[8] == 0x7e && q[9] == fp8_from_f32(-0.25f / s2) &&
+              q[10] == fp8_from_f32(0.1f / s2),
+          "f32 division, then one rounding");
+    uint16_t b[4] = {nv_f32_to_bf16(1.0f), nv_f32_to_bf16(-2.0f), 0, 0};
+    CHECK(fp8_quantize(q, s, b, NV_BF16, 1, 4) && s[0] == 2.0f / 448.0f && q[1] == 0xfe,
+          "bf16 input");
+    float inf[2] = {1.0f, INFINITY};
+    CHECK(!fp8_quantize(q, s, inf, NV_F32, 1, 2), "an infinity is refused");
+}
+
+/* ---- the GEMM --------------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rnd(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+
+static float frand(void)
+{
+    return (float)rnd() / 2147483648.0f - 1.0f;
+}
+
+static void gemm_case(nv_pool *pool, int M, int N, int K, bool with_bias)
+{
+    float *x = malloc((size_t)M * (size_t)K * sizeof(float) + 4);
+    uint8_t *q = malloc((size_t)N * (size_t)K + 1);
+    float *s = malloc((size_t)N * sizeof(float));
+    float *b = malloc((size_t)N * sizeof(float));
+    float *ref = malloc((size_t)M * (size_t)N * sizeof(float));
+    float *tol = malloc((size_t)M * (size_t)N * sizeof(float));
+    float *y[MM_SIMD_COUNT][2];
+    for (size_t i = 0; i < (size_t)M * (size_t)K; i++) {
+        x[i] = frand();
+    }
+    for (size_t i = 0; i < (size_t)N * (size_t)K; i++) {
+        uint8_t c = (uint8_t)rnd();
+        q[i] = (c & 0x7f) == 0x7f ? 0x7e : c;
+    }
+    for (int n = 0; n < N; n++) {
+        s[n] = ldexpf(1.0f + frand() * 0.5f, -(int)(rnd() % 12));
+        b[n] = frand();
+    }
+    for (int m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+            double acc = 0.0, mag = 0.0;
+            for (int k = 0; k < K; k++) {
+                double t = (double)x[(size_t)m * K + k] * fp8_to_f32(q[(size_t)n * K + k]);
+                acc += t;
+                mag += fabs(t);
+            }
+            acc *= s[n];
+            mag *= s[n];
+            if (with_bias) {
+                acc += b[n];
+            }
+            ref[(size_t)m * N + n] = (float)acc;
+            tol[(size_t)m * N + n] = (float)(1e-6 * (mag + fabs(acc)) + 1e-30);
+        }
+    }
+    int bad = 0;
+    for (int p = 0; p < MM_SIMD_COUNT; p++) {
+        for (int t = 0; t < 2; t++) {
+            y[p][t] = malloc((size_t)M * (size_t)N * sizeof(float));
+            if (!mm_simd_supported((mm_simd)p)) {
+                continue;
+            }
+            mm_matmul_fp8_path(t == 0 ? NULL : pool, y[p][t], x, q, s, with_bias ? b : NULL, M, N,
+                               K, (mm_simd)p);
+            for (size_t i = 0; i < (size_t)M * (size_t)N; i++) {
+                bad += !(fabsf(y[p][t][i] - ref[i]) <= tol[i]);
+            }
+        }
+        if (mm_simd_supported((mm_simd)p)) {
+            bad += memcmp(y[p][0], y[p][1], (size_t)M * (size_t)N * sizeof(float)) != 0;
+        }
+    }
+    CHECK(bad == 0, "fp8 GEMM M %d N %d K %d%s: every path matches the reference (1e-6 of the "
+          "magnitude), threads do not change the bits: %d bad", M, N, K,
+          with_bias ? " + bias" : "", bad);
+    for (int p = 0; p < MM_SIMD_COUNT; p++) {
+        free(y[p][0]);
+        free(y[p][1]);
+    }
+    free(x);
+    free(q);
+    free(s);
+    free(b);
+    free(ref);
+    free(tol);
+}
+
+static void test_gemm(void)
+{
+    tu_section("fp8: GEMM paths (portable, AVX2, AVX-512 where the CPU has them)");
+    nv_pool *pool = NULL;
+    CHECK_OK(nv_pool_create(NULL, 3, &pool));
+    static const int shapes[][3] = {{1, 1, 1},    {1, 67, 15},   {1, 300, 130}, {1, 64, 1000},
+                                    {3, 37, 33},  {7, 130, 64},  {8, 67, 17},   {12, 300, 129},
+                                    {37, 600, 250}, {100, 64, 1}, {1, 5, 48},   {2, 9, 31}};
+    for (size_t i = 0; i < NV_ARRAY_LEN(shapes); i++) {
+        gemm_case(pool, shapes[i][0], shapes[i][1], shapes[i][2], i % 2 == 0);
+    }
+    nv_pool_free(pool);
+}
+
+/* ---- the model against the oracle ------------------------------------------------------- */
+
+typedef struct fp8_env {
+    nv_engine *e;
+    nv_exec *ex;
+} fp8_env;
+
+/* Prefill of ids[0..n_prompt) (img rows spliced over <|vision_pad|>), then teacher-forced steps
+ * over ids[n_prompt..n): (n - n_prompt + 1) logits rows into out. */
+static nvlm_status run_ids(fp8_env *d, const int32_t *ids, size_t n, size_t n_prompt,
+                           const float *img_rows, float *out)
+{
+    const dec_weights *w = &d->e->dec;
+    size_t V = (size_t)w->vocab;
+    int image_id = d->e->image_token_id;
+    size_t n_img = 0;
+    for (size_t i = 0; i < n_prompt; i++) {
+        n_img += ids[i] == image_id;
+    }
+    dec_kv kv;
+    nv_arena ar = {.ex = d->ex};
+    int32_t *pos = malloc((n_img + 1) * sizeof(int32_t));
+    int32_t *row = malloc((n_img + 1) * sizeof(int32_t));
+    nvlm_status st = dec_kv_init(d->ex, w, &kv, NV_F32, w->max_pos);
+    if (st == NVLM_OK) {
+        st = dec_kv_reserve(d->ex, &kv, (int64_t)n);
+    }
+    size_t img_bytes = nv_arena_size(n_img * (size_t)w->D);
+    if (st == NVLM_OK) {
+        st = nv_arena_reserve(&ar, img_bytes + dec_arena_bytes(w, (int)n_prompt, 1));
+    }
+    float *img = NULL;
+    if (st == NVLM_OK && n_img > 0) {
+        img = nv_arena_floats(&ar, n_img * (size_t)w->D);
+        /* through the backend: under tensor parallelism every rank holds its own copy */
+        st = d->e->be->ops->upload(d->ex, img, img_rows, n_img * (size_t)w->D * sizeof(float));
+        size_t k = 0;
+        for (size_t i = 0; i < n_prompt; i++) {
+            if (ids[i] == image_id) {
+                pos[k] = (int32_t)i;
+                row[k] = (int32_t)k;
+                k++;
+            }
+        }
+    }
+    size_t mark = nv_arena_mark(&ar);
+    if (st == NVLM_OK) {
+        st = dec_forward(d->ex, &ar, w, &kv, ids, (int)n_prompt, img, pos, row, (int)n_img, 1,
+                         out, NULL);
+    }
+    for (size_t i = n_prompt; i < n && st == NVLM_OK; i++) {
+        nv_arena_rewind(&ar, mark);
+        st = dec_forward(d->ex, &ar, w, &kv, ids + i, 1, NULL, NULL, NULL, 0, 1,
+                         out + (i - n_prompt + 1) * V, NULL);
+    }
+    free(pos);
+    free(row);
+    dec_kv_free(d->ex, &kv);
+    nv_arena_release(&ar);
+    return st;
+}
+
+static nvlm_model *load(nvlm_context **ctx, int tp, nvlm_weight_type wt)
+{
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.n_threads = 2;
+    cp.tp_size = tp;
+    cp.backend = NVLM_BACKEND_CPU;
+    *ctx = NULL;
+    CHECK_OK(nvlm_context_create(&cp, ctx));
+    nvlm_model_params mp;
+    nvlm_model_default_params(&mp);
+    mp.weight_type = wt;
+    nvlm_model *m = NULL;
+    nvlm_status st = *ctx != NULL ? nvlm_model_load(*ctx, EG_MODEL_DIR, &mp, &m) : NVLM_ERR_IO;
+    CHECK(st == NVLM_OK, "load (tp %d, weights %d) -> %d: %s", tp, (int)wt, (int)st,
+          *ctx != NULL ? nvlm_last_error(*ctx) : "");
+    return st == NVLM_OK ? m : NULL;
+}
+
+/* Runs every oracle case on model m; with `other` (same cases, V floats per row) also stores
+ * the logits there. */
+static void oracle_cases(nvlm_context *ctx, nvlm_model *m, const char *label)
+{
+    static const char *const cases[] = {"case3_text_only", "case1_multitile", "long300"};
+    nv_st_file *g = NULL;
+    CHECK_OK(nv_st_open(ctx, FP8_GOLDEN, NULL, &g));
+    fp8_env d = {m != NULL ? m->engine : NULL, NULL};
+    if (g == NULL || d.e == NULL) {
+        nv_st_close(g);
+        return;
+    }
+    CHECK_OK(d.e->be->ops->exec_create(d.e->be, 2, m, &d.ex));
+    for (size_t c = 0; c < NV_ARRAY_LEN(cases) && d.ex != NULL; c++) {
+        char name[96];
+        snprintf(name, sizeof name, "%s.ids", cases[c]);
+        size_t n = 0;
+        int32_t *ids = eg_ids(g, name, &n);
+        snprintf(name, sizeof name, "%s.n_prompt", cases[c]);
+        const nv_tensor *np = eg_tensor(g, name, NV_I64);
+        snprintf(name, sizeof name, "%s.logits", cases[c]);
+        const nv_tensor *want = eg_tensor(g, name, NV_F32);
+        const float *img = NULL;
+        nv_st_file *gold = NULL;
+        if (strcmp(cases[c], "case1_multitile") == 0) {
+            gold = eg_open(ctx, cases[c]);
+            const nv_tensor *po = gold != NULL ? eg_tensor(gold, "proj_out", NV_F32) : NULL;
+            img = po != NULL ? po->data : NULL;
+        }
+        if (ids != NULL && np != NULL && want != NULL) {
+            size_t n_prompt = (size_t)((const int64_t *)np->data)[0];
+            size_t V = (size_t)d.e->dec.vocab;
+            size_t rows = n - n_prompt + 1;
+            CHECK((size_t)nv_tensor_nelem(want) == rows * V, "%s: oracle rows", cases[c]);
+            float *got = malloc(rows * V * sizeof(float));
+            nvlm_status st = run_ids(&d, ids, n, n_prompt, img, got);
+            CHECK(st == NVLM_OK, "%s %s: forward -> %d", label, cases[c], (int)st);
+            if (st == NVLM_OK) {
+                char what[160];
+                snprintf(what, sizeof what, "%s %s (%zu tokens): prefill + %zu teacher-forced "
+                         "steps vs the q*scale numpy model", label, cases[c], n, rows - 1);
+                eg_close(what, got, want->data, rows * V, 2e-4);
+            }
+            free(got);
+        }
+        free(ids);
+        nv_st_close(gold);
+    }
+    d.e->be->ops->exec_free(d.ex);
+    nv_st_close(g);
+}
+
+static void test_model(void)
+{
+    tu_section("fp8: the tiny model against the independent q*scale model");
+    nvlm_context *ctx = NULL;
+    nvlm_model *m = load(&ctx, 1, NVLM_WEIGHTS_FP8);
+    if (m != NULL) {
+        const dec_layer *L = &m->engine->dec.layers[0];
+        CHECK(L->q.t.dtype == NV_F8_E4M3 && L->down.t.dtype == NV_F8_E4M3 &&
+                  L->q.t.scale != NULL && L->q_b.t.dtype == NV_F32 &&
+                  m->engine->dec.lm_head.t.dtype == NV_BF16 &&
+                  m->engine->proj.w1.t.dtype == NV_BF16,
+              "the seven projections are FP8; biases, lm_head and the projector as stored");
+    }
+    oracle_cases(ctx, m, "1 rank");
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+
+    tu_section("fp8: two tensor-parallel ranks (scales split with their rows)");
+    m = load(&ctx, 2, NVLM_WEIGHTS_FP8);
+    oracle_cases(ctx, m, "2 ranks");
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+}
+
+static void test_params(void)
+{
+    tu_section("fp8: model params");
+    nvlm_model_params mp;
+    nvlm_model_default_params(&mp);
+    CHECK_EQ_INT(mp.weight_type, NVLM_WEIGHTS_AUTO, "default weight type");
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    nvlm_model *m = NULL;
+    mp.weight_type = (nvlm_weight_type)7;
+    CHECK_EQ_INT(nvlm_model_load(ctx, EG_MODEL_DIR, &mp, &m), NVLM_ERR_INVALID_ARGUMENT,
+                 "an unknown weight type is refused");
+    CHECK(strstr(nvlm_last_error(ctx), "weight_type") != NULL, "named: %s",
+          nvlm_last_error(ctx));
+    /* a caller built before weight_type existed: struct_size up to use_mmap -> as stored */
+    nvlm_model_default_params(&mp);
+    mp.weight_type = NVLM_WEIGHTS_FP8;
+    mp.struct_size = (uint32_t)offsetof(nvlm_model_params, weight_type);
+    CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, &mp, &m));
+    if (m != NULL) {
+        CHECK(m->engine->dec.layers[0].q.t.dtype == NV_BF16,
+              "a short struct never reads weight_type");
+    }
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+}
+
+int main(void)
+{
+    test_scalar();
+    test_quantize();
+    test_gemm();
+    test_params();
+    test_model();
+    return tu_done();
+}
