@@ -789,7 +789,7 @@ static void bench_tp(const opts *o)
             tp_plan p;
             uint64_t b = 0;
             if (tp_plan_init(&p, &cfg, tp, NULL) == NVLM_OK &&
-                tp_plan_max_rank_bytes(&p, &cfg, 2, &b) == NVLM_OK) {
+                tp_plan_max_rank_bytes(&p, &cfg, 2, false, &b) == NVLM_OK) {
                 double kv = 2.0 * cfg.llm.num_layers * (double)cfg.llm.head_dim * 2.0 *
                             (double)tp_plan_max_count(&p, NV_TP_LLM_KV_HEADS);
                 printf("  TP %d: weights %.2f GiB, KV cache %.0f KiB per token\n", tp,

@@ -88,6 +88,37 @@ static nvlm_status fp8_make(nv_engine *e, const nvlm_model *m, const char *name,
     return NVLM_OK;
 }
 
+/* An FP8 projection as the checkpoint stores it: codes used in place after a scan for NaN
+ * codes (one read of the bytes), scales expanded to one f32 per row. */
+static nvlm_status fp8_stored(nv_engine *e, const nvlm_model *m, const char *name,
+                              nv_tensor *t)
+{
+    void *eh = (void *)m;
+    char sname[NV_LAYOUT_NAME_MAX + 8];
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    const nv_weight *sw = nv_model_weight(m, sname);
+    int64_t N = t->shape[0];
+    if (t->ndim != 2 || sw == NULL || sw->t.data == NULL || !fp8_scale_ok(&sw->t, N)) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "FP8 tensor %s: missing or malformed %s", name,
+                        sname);
+    }
+    int64_t bad = fp8_find_nan(t->data, (size_t)N * (size_t)t->shape[1]);
+    if (bad >= 0) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "FP8 tensor %s holds a NaN code (0x%02X) at "
+                        "element %lld", name, ((const uint8_t *)t->data)[bad], (long long)bad);
+    }
+    float *s = fp8_buf(e, m->h.ctx, (size_t)N * sizeof(float));
+    if (s == NULL) {
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the scales of %s", name);
+    }
+    if (!fp8_scale_expand(s, &sw->t, N)) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "tensor %s holds a scale that is not finite and "
+                        "positive", sname);
+    }
+    t->scale = s;
+    return NVLM_OK;
+}
+
 nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
                      int64_t rows, nv_bweight *out)
 {
@@ -101,7 +132,8 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: %lld elements, want %lld", name,
                         (long long)nv_tensor_nelem(&w->t), (long long)nelem);
     }
-    if (w->t.dtype != NV_BF16 && w->t.dtype != NV_F16 && w->t.dtype != NV_F32) {
+    if (w->t.dtype != NV_BF16 && w->t.dtype != NV_F16 && w->t.dtype != NV_F32 &&
+        w->t.dtype != NV_F8_E4M3) {
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: dtype %s, want bf16/f16/f32", name,
                         nv_dtype_name(w->t.dtype));
     }
@@ -109,7 +141,9 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_
     snprintf(key.name, sizeof key.name, "%s", name);
     const nv_layout_tensor *lt = bsearch(&key, e->layout, e->n_layout, sizeof key, cmp_layout);
     nv_tensor src = w->t;
-    if (m->weight_type == NVLM_WEIGHTS_FP8 && fp8_is_projection(name)) {
+    if (w->t.dtype == NV_F8_E4M3) {
+        NVLM_TRY(fp8_stored(e, m, name, &src));
+    } else if (m->quantize_fp8 && fp8_is_projection(name)) {
         NVLM_TRY(fp8_make(e, m, name, &w->t, &src));
     }
     return e->be->ops->weight_load(e->be, &src, lt != NULL ? &lt->tp : NULL, out, eh);

@@ -30,4 +30,32 @@ int64_t fp8_find_nan(const uint8_t *q, size_t n);
  * (language_model.model.layers.L.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj}.weight). */
 bool fp8_is_projection(const char *name);
 
+/* ---- FP8 checkpoints in the compressed-tensors format (fp8_ckpt.c) ---------------------- */
+
+/* config.json's quantization_config (top level, or inside llm_config). */
+typedef struct fp8_qconfig {
+    bool present;            /* quant_method "compressed-tensors", float-quantized FP8 */
+    char **ignore;           /* module names (matched as a suffix at a '.') or "re:" regexes */
+    size_t n_ignore;
+} fp8_qconfig;
+
+/* Parses the quantization_config of config.json text into *out (zeroed: absent). Accepts
+ * quant_method "compressed-tensors" with format "float-quantized" (top level or per config
+ * group) whose groups quantize weights to 8-bit floats per channel or per tensor, with
+ * input_activations null or dynamic. Another method, weight format or static activations:
+ * NVLM_ERR_UNSUPPORTED naming it; malformed: NVLM_ERR_FORMAT. Errors go to err_handle. */
+nvlm_status fp8_qconfig_parse(nvlm_context *ctx, const char *json, size_t len, fp8_qconfig *out,
+                              void *err_handle);
+void fp8_qconfig_free(nvlm_context *ctx, fp8_qconfig *q);
+/* Whether module `module` (a tensor name without ".weight") is on the ignore list; an invalid
+ * regex matches nothing. */
+bool fp8_ignored(const fp8_qconfig *q, const char *module);
+
+/* Checks a weight_scale tensor for an (N, K) FP8 weight: F32 or BF16, shape [N, 1], [N], [1]
+ * or []. */
+bool fp8_scale_ok(const nv_tensor *scale, int64_t N);
+/* Writes the N per-row scales of `scale` (per channel, or one per tensor broadcast) as f32;
+ * false when one is not finite and positive. */
+bool fp8_scale_expand(float *out, const nv_tensor *scale, int64_t N);
+
 #endif /* NVLM_FP8_H */

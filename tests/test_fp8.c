@@ -340,6 +340,271 @@ static void test_model(void)
     nvlm_context_free(ctx);
 }
 
+/* ---- FP8 checkpoints (nvlm_checkpoint_quantize, compressed-tensors) -------------------- */
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    size_t got = buf != NULL ? fread(buf, 1, (size_t)n, f) : 0;
+    fclose(f);
+    buf[got] = '\0';
+    *len = got;
+    return buf;
+}
+
+/* Replaces the first `from` in file dir/name by `to` (same length unless it is JSON text
+ * outside a safetensors header). Returns whether it was found. */
+static bool patch(const char *dir, const char *name, const char *from, const char *to)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t n = 0;
+    char *buf = slurp(path, &n);
+    char *at = NULL;
+    for (size_t i = 0; buf != NULL && i + strlen(from) <= n && at == NULL; i++) {
+        if (memcmp(buf + i, from, strlen(from)) == 0) {
+            at = buf + i;
+        }
+    }
+    if (at != NULL) {
+        FILE *f = fopen(path, "wb");
+        fwrite(buf, 1, (size_t)(at - buf), f);
+        fwrite(to, 1, strlen(to), f);
+        fwrite(at + strlen(from), 1, n - (size_t)(at - buf) - strlen(from), f);
+        fclose(f);
+    }
+    free(buf);
+    return at != NULL;
+}
+
+/* Sets byte `idx` of tensor `tensor` in shard dir/file to `v` (data offsets from the header). */
+static bool poke(const char *dir, const char *file, const char *tensor, size_t idx, uint8_t v)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    size_t n = 0;
+    char *buf = slurp(path, &n);
+    uint64_t hl = 0;
+    memcpy(&hl, buf, 8);
+    cJSON *h = cJSON_ParseWithLength(buf + 8, (size_t)hl);
+    cJSON *e = cJSON_GetObjectItemCaseSensitive(h, tensor);
+    cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    bool ok = cJSON_IsArray(off);
+    if (ok) {
+        size_t at = 8 + (size_t)hl + (size_t)cJSON_GetArrayItem(off, 0)->valuedouble + idx;
+        buf[at] = (char)v;
+        FILE *f = fopen(path, "wb");
+        fwrite(buf, 1, n, f);
+        fclose(f);
+    }
+    cJSON_Delete(h);
+    free(buf);
+    return ok;
+}
+
+static nvlm_status load_dir(nvlm_context *ctx, const char *dir, nvlm_weight_type wt,
+                            nvlm_model **m)
+{
+    nvlm_model_params mp;
+    nvlm_model_default_params(&mp);
+    mp.weight_type = wt;
+    *m = NULL;
+    return nvlm_model_load(ctx, dir, &mp, m);
+}
+
+/* Logits of an oracle case (prefill + teacher-forced steps), malloc'd; NULL on failure. */
+static float *case_logits(nvlm_context *ctx, nvlm_model *m, const char *which, size_t *count)
+{
+    nv_st_file *g = NULL;
+    CHECK_OK(nv_st_open(ctx, FP8_GOLDEN, NULL, &g));
+    char name[96];
+    snprintf(name, sizeof name, "%s.ids", which);
+    size_t n = 0;
+    int32_t *ids = g != NULL ? eg_ids(g, name, &n) : NULL;
+    snprintf(name, sizeof name, "%s.n_prompt", which);
+    const nv_tensor *np = g != NULL ? eg_tensor(g, name, NV_I64) : NULL;
+    float *out = NULL;
+    fp8_env d = {m->engine, NULL};
+    if (ids != NULL && np != NULL && d.e->be->ops->exec_create(d.e->be, 2, m, &d.ex) == 0) {
+        size_t n_prompt = (size_t)((const int64_t *)np->data)[0];
+        *count = (n - n_prompt + 1) * (size_t)d.e->dec.vocab;
+        out = malloc(*count * sizeof(float));
+        if (run_ids(&d, ids, n, n_prompt, NULL, out) != NVLM_OK) {
+            free(out);
+            out = NULL;
+        }
+        d.e->be->ops->exec_free(d.ex);
+    }
+    free(ids);
+    nv_st_close(g);
+    return out;
+}
+
+static void test_checkpoint(void)
+{
+    tu_section("fp8: nvlm_checkpoint_quantize and loading FP8 checkpoints as-is");
+    char dir[] = "/tmp/nvlm_fp8_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    char out[600];
+    snprintf(out, sizeof out, "%s/q", dir);
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    nvlm_status st = nvlm_checkpoint_quantize(ctx, EG_MODEL_DIR, out, NULL, NULL);
+    CHECK(st == NVLM_OK, "quantize -> %d: %s", (int)st, nvlm_last_error(ctx));
+    CHECK_EQ_INT(nvlm_checkpoint_quantize(ctx, out, out, NULL, NULL), NVLM_ERR_INVALID_ARGUMENT,
+                 "the output must be another directory");
+    char again[640];
+    snprintf(again, sizeof again, "%s/again", dir);
+    CHECK_EQ_INT(nvlm_checkpoint_quantize(ctx, out, again, NULL, NULL), NVLM_ERR_UNSUPPORTED,
+                 "an FP8 checkpoint is not quantized twice");
+
+    nvlm_model *a = NULL, *b = NULL;
+    CHECK_OK(load_dir(ctx, EG_MODEL_DIR, NVLM_WEIGHTS_FP8, &a));
+    st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+    CHECK(st == NVLM_OK, "load the FP8 checkpoint as-is -> %d: %s", (int)st,
+          nvlm_last_error(ctx));
+    if (a != NULL && b != NULL) {
+        CHECK(b->has_fp8 && b->weight_type == NVLM_WEIGHTS_FP8 && !b->quantize_fp8 &&
+                  b->engine->dec.layers[1].up.t.dtype == NV_F8_E4M3,
+              "auto on an FP8 checkpoint: the stored codes are used");
+        static const char *const which[] = {"case3_text_only", "long300"};
+        for (size_t i = 0; i < NV_ARRAY_LEN(which); i++) {
+            size_t na = 0, nb = 0;
+            float *la = case_logits(ctx, a, which[i], &na);
+            float *lb = case_logits(ctx, b, which[i], &nb);
+            CHECK(la != NULL && lb != NULL && na == nb &&
+                      memcmp(la, lb, na * sizeof(float)) == 0,
+                  "%s: the quantized checkpoint's logits are bit-identical to quantize-on-load",
+                  which[i]);
+            free(la);
+            free(lb);
+        }
+    }
+    nvlm_model_free(a);
+    nvlm_model_free(b);
+    CHECK_EQ_INT(load_dir(ctx, out, NVLM_WEIGHTS_BF16, &b), NVLM_ERR_UNSUPPORTED,
+                 "FP8 checkpoint as bf16: unsupported");
+    CHECK_OK(load_dir(ctx, out, NVLM_WEIGHTS_FP8, &b));
+    nvlm_model_free(b);
+
+    /* a NaN code is refused when the tensor is first read */
+    static const char up1[] = "language_model.model.layers.1.mlp.up_proj.weight";
+    const char *shard = NULL;
+    char path[700];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
+    size_t len = 0;
+    char *ix = slurp(path, &len);
+    cJSON *j = ix != NULL ? cJSON_Parse(ix) : NULL;
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
+    const cJSON *sv = cJSON_GetObjectItemCaseSensitive(wm, up1);
+    shard = cJSON_IsString(sv) ? sv->valuestring : NULL;
+    CHECK(shard != NULL, "the index names the shard of %s", up1);
+    if (shard != NULL) {
+        CHECK(poke(out, shard, up1, 77, 0xff), "poke a NaN code");
+        st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+        CHECK(st == NVLM_ERR_FORMAT && strstr(nvlm_last_error(ctx), "NaN code") != NULL,
+              "NaN code refused -> %d: %s", (int)st, nvlm_last_error(ctx));
+        nvlm_model_free(b);
+        poke(out, shard, up1, 77, 0x00);
+        /* a static activation scale is unsupported (the scale renamed in the header) */
+        CHECK(patch(out, shard, "layers.1.mlp.up_proj.weight_scale\"",
+                    "layers.1.mlp.up_proj.input_scale\" "),
+              "rename a scale");
+        CHECK(patch(out, "model.safetensors.index.json", "layers.1.mlp.up_proj.weight_scale\"",
+                    "layers.1.mlp.up_proj.input_scale\""),
+              "rename it in the index");
+        st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+        CHECK(st == NVLM_ERR_UNSUPPORTED && strstr(nvlm_last_error(ctx), "input_scale") != NULL,
+              "static input_scale refused -> %d: %s", (int)st, nvlm_last_error(ctx));
+        nvlm_model_free(b);
+        patch(out, shard, "layers.1.mlp.up_proj.input_scale\" ",
+              "layers.1.mlp.up_proj.weight_scale\"");
+        patch(out, "model.safetensors.index.json", "layers.1.mlp.up_proj.input_scale\"",
+              "layers.1.mlp.up_proj.weight_scale\"");
+        CHECK_OK(load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b));
+        nvlm_model_free(b);
+    }
+    cJSON_Delete(j);
+    free(ix);
+    /* the ignore list: a module it names must not be stored as FP8 */
+    CHECK(patch(out, "config.json", "\"language_model.lm_head\"",
+                "\"re:.*layers\\\\.1\\\\.mlp\\\\.up_proj\""),
+          "edit the ignore list");
+    st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+    CHECK(st == NVLM_ERR_FORMAT && strstr(nvlm_last_error(ctx), "ignore") != NULL,
+          "an ignored module stored as FP8 is refused -> %d: %s", (int)st, nvlm_last_error(ctx));
+    nvlm_model_free(b);
+    CHECK(patch(out, "config.json", "\"re:.*layers\\\\.1\\\\.mlp\\\\.up_proj\"", "\"up_proj\""),
+          "edit the ignore list");
+    CHECK_EQ_INT(load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b), NVLM_ERR_FORMAT,
+                 "ignore entries match as module-name suffixes");
+    nvlm_model_free(b);
+    CHECK(patch(out, "config.json", "\"up_proj\"", "\"lm_head\""), "edit the ignore list");
+    CHECK(patch(out, "config.json", "compressed-tensors", "gptq"), "edit quant_method");
+    st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+    CHECK(st == NVLM_ERR_UNSUPPORTED && strstr(nvlm_last_error(ctx), "gptq") != NULL,
+          "another quant_method -> %d: %s", (int)st, nvlm_last_error(ctx));
+    nvlm_model_free(b);
+    nvlm_context_free(ctx);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "remove the temp dir");
+}
+
+static void info_72b(int tp, nvlm_weight_type wt, nvlm_model_info *info)
+{
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.tp_size = tp;
+    cp.backend = NVLM_BACKEND_CPU;
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(&cp, &ctx));
+    nvlm_model_params mp;
+    nvlm_model_default_params(&mp);
+    mp.mode = NVLM_LOAD_CONFIG_ONLY;
+    mp.weight_type = wt;
+    nvlm_model *m = NULL;
+    memset(info, 0, sizeof *info);
+    info->struct_size = sizeof *info;
+    CHECK_OK(ctx != NULL ? nvlm_model_load(ctx, "tests/data/nvlm-d-72b", &mp, &m) : 1);
+    if (m != NULL) {
+        CHECK_OK(nvlm_model_get_info(m, info));
+    }
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+}
+
+static void test_info(void)
+{
+    tu_section("fp8: memory estimates of NVLM-D-72B (config only)");
+    nvlm_model_info b, f, b4, f4;
+    info_72b(1, NVLM_WEIGHTS_AUTO, &b);
+    info_72b(1, NVLM_WEIGHTS_FP8, &f);
+    info_72b(4, NVLM_WEIGHTS_BF16, &b4);
+    info_72b(4, NVLM_WEIGHTS_FP8, &f4);
+    double gib = 1024.0 * 1024.0 * 1024.0;
+    CHECK(b.weight_type == NVLM_WEIGHTS_BF16 && f.weight_type == NVLM_WEIGHTS_FP8,
+          "resolved weight types");
+    CHECK(f.cuda_bytes < (uint64_t)(90.0 * gib) && b.cuda_bytes > (uint64_t)(140.0 * gib),
+          "cuda_bytes: FP8 %.2f GiB (< 90), bf16 %.2f GiB", f.cuda_bytes / gib,
+          b.cuda_bytes / gib);
+    CHECK(f.cpu_bytes + (uint64_t)(60.0 * gib) < b.cpu_bytes,
+          "cpu_bytes: FP8 %.2f GiB, bf16 %.2f GiB", f.cpu_bytes / gib, b.cpu_bytes / gib);
+    CHECK(f.per_rank_weight_bytes == f.cuda_bytes, "one rank: per_rank_weight_bytes = cuda_bytes");
+    CHECK(f4.per_rank_weight_bytes > f.cuda_bytes / 4 &&
+              f4.per_rank_weight_bytes < f.cuda_bytes / 4 + (uint64_t)(2.0 * gib) &&
+              f4.per_rank_weight_bytes * 10 < b4.per_rank_weight_bytes * 6,
+          "4 ranks: FP8 %.2f GiB per rank, bf16 %.2f GiB", f4.per_rank_weight_bytes / gib,
+          b4.per_rank_weight_bytes / gib);
+}
+
 static void test_params(void)
 {
     tu_section("fp8: model params");
@@ -373,6 +638,8 @@ int main(void)
     test_quantize();
     test_gemm();
     test_params();
+    test_info();
     test_model();
+    test_checkpoint();
     return tu_done();
 }

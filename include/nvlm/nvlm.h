@@ -267,6 +267,25 @@ NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
                                      const nvlm_model_params *params, nvlm_model **out);
 NVLM_API void nvlm_model_free(nvlm_model *model);
 
+/* Writes an FP8 copy of the bf16/f16/f32 checkpoint in directory in_dir to directory out_dir
+ * (created when missing; it must not be in_dir): the LLM's seven projections as F8_E4M3 codes
+ * plus F32 [N, 1] `<name>_scale` tensors by the NVLM_WEIGHTS_FP8 rule, every other tensor
+ * copied byte for byte, shard by shard under the same file names (scales first in each shard);
+ * config.json gains a compressed-tensors quantization_config (float-quantized, 8-bit float
+ * weights per channel, no activation quantization, the vision model, projector and lm_head
+ * ignored); model.safetensors.index.json gets the new weight map and total_size;
+ * generation_config.json, the tokenizer files and preprocessor_config.json are copied when
+ * present. Memory: one shard mapped plus one tensor's codes and scales. Loading the result
+ * (NVLM_WEIGHTS_AUTO) gives bit-identical results to loading in_dir with NVLM_WEIGHTS_FP8.
+ * progress (may be NULL) gets the fraction of shards written; non-zero cancels. Failure text
+ * goes to ctx. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL argument, out_dir = in_dir),
+ * NVLM_ERR_NOT_FOUND, NVLM_ERR_IO, NVLM_ERR_FORMAT (bad JSON or safetensors, an infinity or NaN
+ * in a projection), NVLM_ERR_UNSUPPORTED (already quantized), NVLM_ERR_OUT_OF_MEMORY,
+ * NVLM_ERR_CANCELLED. Files already written stay. Thread-safe for distinct directories. */
+NVLM_API nvlm_status nvlm_checkpoint_quantize(nvlm_context *ctx, const char *in_dir,
+                                              const char *out_dir, nvlm_progress_fn progress,
+                                              void *progress_user);
+
 /* Everything about a model that does not need the weights. Field names follow config.json. */
 typedef struct nvlm_model_info {
     uint32_t struct_size;
@@ -316,16 +335,25 @@ typedef struct nvlm_model_info {
     /* sizes */
     uint64_t n_params;                  /* parameters, dummy-head padding included */
     uint64_t weight_bytes;              /* bytes of the tensors as stored in the checkpoint */
-    uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights */
-    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs (all bf16) */
+    uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights
+                                           (weight_type FP8: the projections as 1-byte codes
+                                           plus a 4-byte scale per output row) */
+    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs: all bf16, or
+                                           with weight_type FP8 the projections as codes +
+                                           scales (the CUDA backend cannot run FP8 weights
+                                           yet: this is the planned storage) */
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
     /* tensor parallelism (the context's tp_size) */
     int32_t tp_size;
     uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
-                                           in bf16 (the CUDA backend's storage); cuda_bytes at
-                                           tp_size 1; 0 when tp_size exceeds the query heads */
+                                           in bf16 (the CUDA backend's storage; FP8 projections
+                                           as codes + scales with weight_type FP8); cuda_bytes
+                                           at tp_size 1; 0 when tp_size exceeds the query heads */
+    /* Appended in 0.2: */
+    nvlm_weight_type weight_type;       /* the model's resolved weight type: NVLM_WEIGHTS_BF16
+                                           (as stored) or NVLM_WEIGHTS_FP8 */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).

@@ -15,6 +15,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 /* Prints "nvlm: <what>: <status text>: <last error>" to stderr and returns 1. */
 int cli_fail(const char *what, nvlm_status st, const void *handle);

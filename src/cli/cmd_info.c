@@ -211,6 +211,8 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
     cJSON_AddNumberToObject(root, "weight_bytes", (double)i->weight_bytes);
     cJSON_AddNumberToObject(root, "tp_size", i->tp_size);
     cJSON_AddNumberToObject(root, "per_rank_weight_bytes", (double)i->per_rank_weight_bytes);
+    cJSON_AddStringToObject(root, "weight_type",
+                            i->weight_type == NVLM_WEIGHTS_FP8 ? "fp8" : "bf16");
     cJSON *m = cJSON_AddObjectToObject(root, "memory");
     cJSON_AddNumberToObject(m, "cpu_bytes", (double)i->cpu_bytes);
     cJSON_AddNumberToObject(m, "cuda_bytes", (double)i->cuda_bytes);
@@ -263,9 +265,12 @@ static void print_table(const char *dir, const nvlm_model_info *i, const dtype_s
         printf("  %-10s  %llu tensors, %s\n", st[k].name, (unsigned long long)st[k].tensors, a);
     }
     human(a, sizeof a, i->cpu_bytes);
-    printf("memory cpu    %s weights (used in place)\n", a);
+    int fp8 = i->weight_type == NVLM_WEIGHTS_FP8;
+    printf("memory cpu    %s weights (%s)\n", a,
+           fp8 ? "LLM projections FP8 + scales, the rest in place" : "used in place");
     human(a, sizeof a, i->cuda_bytes);
-    printf("memory cuda   %s weights (bf16)\n", a);
+    printf("memory cuda   %s weights (%s)\n", a, fp8 ? "LLM projections FP8, the rest bf16"
+                                                       : "bf16");
     if (i->tp_size > 1) {
         human(a, sizeof a, i->per_rank_weight_bytes);
         printf("per rank      %s weights (bf16) on the largest of %d tensor-parallel ranks\n", a,

@@ -16,6 +16,7 @@ static const struct {
     {"preprocess", cmd_preprocess, "decode an image and show or dump its tiles"},
     {"generate", cmd_generate, "answer a prompt (with images) and stream the text"},
     {"chat", cmd_chat, "interactive conversation"},
+    {"quantize", cmd_quantize, "write an FP8 copy of a checkpoint (compressed-tensors)"},
 };
 
 /* Prints "nvlm: WHAT: <the handle's message>". WHAT is the subcommand (or the step), never a
