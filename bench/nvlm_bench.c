@@ -527,14 +527,32 @@ static int bench_vit(nvlm_model *m, int threads, int n_tiles, int reps, double *
     return rc;
 }
 
+/* Decode tokens/s and prefill GFLOP/s (linear layers) of one bench_e2e run. */
+typedef struct e2e_result {
+    double tok_s, prefill_gflops;
+} e2e_result;
+
+/* Rebuilds the model's engine with the LLM projections in FP8 (quantized from the synthetic
+ * bf16 weights) or back in bf16. */
+static nvlm_status set_fp8(nvlm_model *m, bool fp8)
+{
+    nv_engine_free(m);
+    m->quantize_fp8 = fp8;
+    m->weight_type = fp8 ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
+    return nv_engine_init(m);
+}
+
 static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
-                     int threads, probe_buf *pb)
+                     int threads, probe_buf *pb, e2e_result *res)
 {
     const nv_config *c = &m->cfg;
-    printf("\nEnd to end (synthetic model: decoder %d layers hidden %d, ViT %d layers hidden %d; "
-           "%.2f G params, %.2f GB bf16)\n", c->llm.num_layers, c->llm.hidden_size,
-           c->vision.num_layers, c->vision.hidden_size, (double)m->n_params / 1e9,
-           (double)m->weight_bytes / 1e9);
+    bool fp8 = m->weight_type == NVLM_WEIGHTS_FP8;
+    memset(res, 0, sizeof *res);
+    printf("\nEnd to end, %s (synthetic model: decoder %d layers hidden %d, ViT %d layers "
+           "hidden %d; %.2f G params, %.2f GB bf16)\n",
+           fp8 ? "FP8 LLM projections (E4M3 + per-row f32 scales)" : "bf16 weights",
+           c->llm.num_layers, c->llm.hidden_size, c->vision.num_layers, c->vision.hidden_size,
+           (double)m->n_params / 1e9, (double)m->weight_bytes / 1e9);
     /* A session's executor takes the thread count of the model's context. */
     (void)ctx;
     m->h.ctx->n_threads = threads;
@@ -563,7 +581,9 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
                   c->llm.num_layers;
     /* Reference: OpenBLAS sgemm (f32 weights) on the same layer GEMMs at M = P. */
     double sg_ms = 0, ours_ms = 0, sg_flops = 0;
-    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes) && !o->decode_only; i++) {
+    /* (the FP8 run skips the references and the ViT: they do not depend on the LLM weights) */
+    bool refs = !o->decode_only && !fp8;
+    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes) && refs; i++) {
         gemm_result r = bench_gemm(pool, P, dec_shapes[i].N, dec_shapes[i].K, 1);
         sg_ms += r.sgemm_ms;
         ours_ms += r.ours_ms;
@@ -572,7 +592,8 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     printf("prefill %d tokens: %.0f ms = %.1f tokens/s, %.1f GFLOP/s (linear layers; %.1f with "
            "attention)\n", P, t_prefill, P * 1000.0 / t_prefill, flops / (t_prefill * 1e6),
            (flops + attn) / (t_prefill * 1e6));
-    if (!o->decode_only) {
+    res->prefill_gflops = flops / (t_prefill * 1e6);
+    if (refs) {
         printf("  reference: OpenBLAS sgemm on the same layer GEMMs at M = %d: %.1f GFLOP/s "
                "(engine = %.0f%% of it); our GEMM alone %.1f GFLOP/s\n", P,
                sg_flops / (sg_ms * 1e6), 100.0 * (flops / t_prefill) / (sg_flops / sg_ms),
@@ -581,7 +602,14 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
 
     nvlm_sampler_params sp;
     nvlm_sampler_default_params(&sp);
-    double bytes_tok = (lin + (double)c->llm.vocab_size * c->llm.hidden_size) * 2.0;
+    /* bytes streamed per token: the projections (FP8: 1 byte per weight + a 4-byte scale per
+     * output row) and the bf16 lm_head */
+    double rows = (double)c->llm.num_layers *
+                  (2.0 * c->llm.num_heads * c->llm.head_dim +
+                   2.0 * c->llm.num_kv_heads * c->llm.head_dim + c->llm.hidden_size +
+                   2.0 * c->llm.intermediate_size);
+    double bytes_tok = (fp8 ? lin + 4.0 * rows : lin * 2.0) +
+                       (double)c->llm.vocab_size * c->llm.hidden_size * 2.0;
     /* Each decode step is followed by one round of the probes: on a shared machine the
      * bandwidth left to us moves by 20% and more within seconds, so a step is compared with
      * the probes taken right after it, and the median of those ratios is the figure. The mean
@@ -620,6 +648,7 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
         printf("decode (after %d tokens, greedy, %d steps): %.2f ms/token = %.2f tokens/s "
                "(median step %.2f ms); weights %.2f GB/token -> %.2f GB/s\n", P, done, ms,
                1000.0 / ms, median(ms_v, done), bytes_tok / 1e9, gbs);
+        res->tok_s = 1000.0 / ms;
         printf("  vs the probes after each step (median of the per-step ratios):");
         for (int k = 0; k < N_PROBES; k++) {
             printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * median(ratio[k], done),
@@ -640,7 +669,7 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     free(ids);
 
     double ms_tile = 0, ms_proj = 0;
-    if (!o->decode_only && bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
+    if (refs && bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
         /* ViT GEMM flops per tile: 1025 tokens through 4 linears per layer, plus attention. */
         const nv_vision_config *v = &c->vision;
         double T = 1025, D = v->hidden_size, Iv = v->intermediate_size;
@@ -867,7 +896,23 @@ int main(int argc, char **argv)
                 }
             }
             if (model != NULL) {
-                bench_e2e(ctx, model, pool, &o, t, pb);
+                e2e_result rb, rf;
+                bench_e2e(ctx, model, pool, &o, t, pb, &rb);
+                if (set_fp8(model, true) == NVLM_OK) {
+                    bench_e2e(ctx, model, pool, &o, t, pb, &rf);
+                    if (rb.tok_s > 0 && rf.tok_s > 0) {
+                        printf("FP8 vs bf16 (same run, %d thread%s): decode %.2f vs %.2f "
+                               "tokens/s = %.2fx; prefill %.1f vs %.1f GFLOP/s = %.2fx\n", t,
+                               t == 1 ? "" : "s", rf.tok_s, rb.tok_s, rf.tok_s / rb.tok_s,
+                               rf.prefill_gflops, rb.prefill_gflops,
+                               rf.prefill_gflops / rb.prefill_gflops);
+                    }
+                }
+                if (set_fp8(model, false) != NVLM_OK) {
+                    fprintf(stderr, "nvlm-bench: engine: %s\n", nvlm_last_error(model));
+                    nvlm_model_free(model);
+                    model = NULL;
+                }
             }
         }
         probe_buf_free(pb);

@@ -605,6 +605,82 @@ static void test_info(void)
           b4.per_rank_weight_bytes / gib);
 }
 
+/* FP8 vs bf16 on every golden case, teacher-forced over the golden greedy tokens: the quality
+ * figure of docs/performance.md (printed; loose bounds checked). */
+static void test_quality(void)
+{
+    tu_section("fp8: quality vs bf16 (golden cases, teacher-forced)");
+    nvlm_context *cb = NULL, *cf = NULL;
+    nvlm_model *b = load(&cb, 1, NVLM_WEIGHTS_BF16);
+    nvlm_model *f = load(&cf, 1, NVLM_WEIGHTS_FP8);
+    if (b == NULL || f == NULL) {
+        nvlm_model_free(b);
+        nvlm_model_free(f);
+        nvlm_context_free(cb);
+        nvlm_context_free(cf);
+        return;
+    }
+    double tot_d = 0, tot_n = 0;
+    size_t rows_all = 0, agree_all = 0;
+    for (size_t c = 0; c < NV_ARRAY_LEN(eg_cases); c++) {
+        nv_st_file *g = eg_open(cb, eg_cases[c]);
+        size_t np = 0, ns = 0;
+        int32_t *prompt = g != NULL ? eg_ids(g, "prompt_ids", &np) : NULL;
+        int32_t *steps = g != NULL ? eg_ids(g, "step_tokens", &ns) : NULL;
+        const nv_weight *po = g != NULL ? nv_st_find(g, "proj_out") : NULL;
+        if (prompt == NULL || steps == NULL) {
+            free(prompt);
+            free(steps);
+            nv_st_close(g);
+            continue;
+        }
+        size_t n = np + ns - 1; /* the last step token is never fed */
+        int32_t *ids = malloc(n * sizeof(int32_t));
+        memcpy(ids, prompt, np * sizeof(int32_t));
+        memcpy(ids + np, steps, (ns - 1) * sizeof(int32_t));
+        size_t V = (size_t)b->engine->dec.vocab, rows = ns;
+        float *lb = malloc(rows * V * sizeof(float)), *lf = malloc(rows * V * sizeof(float));
+        fp8_env db = {b->engine, NULL}, df = {f->engine, NULL};
+        CHECK_OK(db.e->be->ops->exec_create(db.e->be, 2, b, &db.ex));
+        CHECK_OK(df.e->be->ops->exec_create(df.e->be, 2, f, &df.ex));
+        const float *img = po != NULL ? po->t.data : NULL;
+        if (db.ex != NULL && df.ex != NULL && run_ids(&db, ids, n, np, img, lb) == NVLM_OK &&
+            run_ids(&df, ids, n, np, img, lf) == NVLM_OK) {
+            double d2 = 0, n2 = 0;
+            size_t agree = 0;
+            for (size_t r = 0; r < rows; r++) {
+                for (size_t k = 0; k < V; k++) {
+                    double d = (double)lf[r * V + k] - lb[r * V + k];
+                    d2 += d * d;
+                    n2 += (double)lb[r * V + k] * lb[r * V + k];
+                }
+                agree += eg_argmax(lf + r * V, (int)V) == eg_argmax(lb + r * V, (int)V);
+            }
+            printf("#   %-18s %4zu prompt tokens, %zu positions: logit rel-L2 %.4f, top-1 "
+                   "agreement %zu/%zu\n", eg_cases[c], np, rows, sqrt(d2 / n2), agree, rows);
+            tot_d += d2;
+            tot_n += n2;
+            rows_all += rows;
+            agree_all += agree;
+        }
+        db.e->be->ops->exec_free(db.ex);
+        df.e->be->ops->exec_free(df.ex);
+        free(lb);
+        free(lf);
+        free(ids);
+        free(prompt);
+        free(steps);
+        nv_st_close(g);
+    }
+    double rel = tot_n > 0 ? sqrt(tot_d / tot_n) : 1.0;
+    CHECK(rows_all > 0 && rel < 0.15 && agree_all * 10 >= rows_all * 6,
+          "all cases: logit rel-L2 %.4f, top-1 agreement %zu/%zu", rel, agree_all, rows_all);
+    nvlm_model_free(b);
+    nvlm_model_free(f);
+    nvlm_context_free(cb);
+    nvlm_context_free(cf);
+}
+
 static void test_params(void)
 {
     tu_section("fp8: model params");
@@ -641,5 +717,6 @@ int main(void)
     test_info();
     test_model();
     test_checkpoint();
+    test_quality();
     return tu_done();
 }

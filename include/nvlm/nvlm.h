@@ -250,17 +250,23 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
 /* Loads an NVLM-D checkpoint from a Hugging Face directory: config.json, model.safetensors or
  * model.safetensors.index.json + shards, tokenizer.json (or vocab.json + merges.txt +
  * tokenizer_config.json) and optional generation_config.json. Every file is treated as
- * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32) is checked against the
- * config before use. The tokenizer, when present, must fit the model (both modes): every id
- * below llm_config.vocab_size, and <|im_start|>, <|im_end|>, <|vision_pad|> among its added
- * tokens. On success *out is a new model owned by the caller (nvlm_model_free), which
- * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
+ * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32; F8_E4M3 with a
+ * weight_scale for the LLM projections of a compressed-tensors FP8 checkpoint, see
+ * nvlm_weight_type) is checked against the config before use. The tokenizer, when present,
+ * must fit the model (both modes): every id below llm_config.vocab_size, and <|im_start|>,
+ * <|im_end|>, <|vision_pad|> among its added tokens. On success *out is a new model owned by
+ * the caller (nvlm_model_free), which must outlive its sessions; the context must outlive the
+ * model. Failure text goes to ctx.
  * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT, NVLM_ERR_IO (also a FIFO, directory, device or
  * socket in a file's place: refused without blocking), NVLM_ERR_FORMAT (bad JSON, corrupt
  * safetensors, a NUL in an index name, two index names for one shard file, a tokenizer that does
- * not fit the model), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the
- * message), NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT (also shard headers or an index far larger than
- * the config's tensor layout), NVLM_ERR_NOT_FOUND (missing file or shard),
+ * not fit the model; an FP8 checkpoint's missing or bad weight_scale, NaN code, or ignored
+ * module stored as FP8; a projection to quantize that holds an infinity or NaN),
+ * NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
+ * NVLM_ERR_UNSUPPORTED (also: another quantization method, static activation scales,
+ * NVLM_WEIGHTS_BF16 on an FP8 checkpoint, FP8 weights on the CUDA backend), NVLM_ERR_LIMIT
+ * (also shard headers or an index far larger than the config's tensor layout),
+ * NVLM_ERR_NOT_FOUND (missing file or shard),
  * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
  * callback), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,

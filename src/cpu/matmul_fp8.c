@@ -94,6 +94,15 @@ T512 INL __m512 f8x16(const uint8_t *p, __mmask16 mask)
     return _mm512_cvtph_ps(_mm256_and_si256(h, _mm256_set1_epi16((short)0xBF80)));
 }
 
+/* 32 codes at p as two f32 vectors (lanes 0-15, 16-31): one widening for both halves. */
+T512 INL void f8x32(const uint8_t *p, __m512 *lo, __m512 *hi)
+{
+    __m512i h = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    h = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16((short)0xBF80));
+    *lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    *hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+
 /* MR rows of x (m..) against R code rows n + j * rs: two accumulators per output alternate
  * 16-wide k steps (as dot_row512), so every output gets the same arithmetic for any MR, R. */
 T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int R, int rs)
@@ -120,7 +129,8 @@ T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int
     for (; k + 32 <= K; k += 32) {
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
-            const __m512 w0 = f8x16(w[j] + k, 0xffff), w1 = f8x16(w[j] + k + 16, 0xffff);
+            __m512 w0, w1;
+            f8x32(w[j] + k, &w0, &w1);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
                 acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i][j]);
@@ -295,7 +305,41 @@ static mm_kernel f8_small_kernel(mm_simd path)
     return path == MM_AVX512 ? f8_small512 : path == MM_AVX2 ? f8_small256 : NULL;
 }
 
+/* n codes -> f16 (the prefill panels), 16 at a time. */
+T256 static void f8_widen256(uint16_t *h, const uint8_t *q, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i)));
+        v = _mm256_and_si256(_mm256_slli_epi16(v, 7), _mm256_set1_epi16((short)0xBF80));
+        _mm256_storeu_si256((__m256i *)(h + i), v);
+    }
+    for (; i < n; i++) {
+        h[i] = f8_to_h(q[i]);
+    }
+}
+
+static void f8_widen(mm_simd path, uint16_t *h, const uint8_t *q, size_t n)
+{
+    if (path >= MM_AVX2) {
+        f8_widen256(h, q, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        h[i] = f8_to_h(q[i]);
+    }
+}
+
 #else
+
+static void f8_widen(mm_simd path, uint16_t *h, const uint8_t *q, size_t n)
+{
+    (void)path;
+    for (size_t i = 0; i < n; i++) {
+        h[i] = f8_to_h(q[i]);
+    }
+}
+
 
 static mm_kernel f8_small_kernel(mm_simd path)
 {
@@ -307,10 +351,12 @@ static mm_kernel f8_small_kernel(mm_simd path)
 
 /* ---- many rows: widen a column block to f16, then the f16 register-tile kernel ---------- */
 
-/* Columns widened per block: at most 4 MiB of f16, a multiple of 32. */
+/* Columns widened per block: 512, the f16 kernel's column block (narrower blocks make it pack
+ * the activations once per block: 20% slower at K = 8960), fewer when K is so large that the
+ * block would pass 64 MiB. */
 static int f8_block_cols(int K)
 {
-    int nb = (int)((4u << 20) / (2u * (unsigned)K));
+    int nb = (int)((64u << 20) / (2u * (unsigned)K));
     nb = NV_MIN(512, nb) & ~31;
     return NV_MAX(32, nb);
 }
@@ -338,9 +384,7 @@ static void f8_big(const mm_args *a, int m0, int m1, int n0, int n1, void *scrat
     for (int c0 = n0; c0 < n1; c0 += nb) {
         const int cw = NV_MIN(nb, n1 - c0);
         const uint8_t *src = q + (size_t)c0 * (size_t)a->ldw;
-        for (size_t i = 0, e = (size_t)cw * (size_t)K; i < e; i++) {
-            h[i] = f8_to_h(src[i]);
-        }
+        f8_widen(f->path, h, src, (size_t)cw * (size_t)K);
         mm_args sub = {a->y + c0, a->ldy, a->x, a->ldx, h, K, NV_F16, NULL, 1.0f,
                        a->M, cw, K};
         k(&sub, m0, m1, 0, cw, scratch);
