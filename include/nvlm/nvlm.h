@@ -236,8 +236,10 @@ typedef struct nvlm_model_params {
     nvlm_progress_fn progress; /* NULL = none */
     void *progress_user;
     int32_t use_mmap;          /* 1 (default): map shards; 0: read them into memory */
-    /* Appended in 0.2 (a caller built against 0.1 gets NVLM_WEIGHTS_AUTO): */
-    nvlm_weight_type weight_type; /* default NVLM_WEIGHTS_AUTO */
+    /* Appended after use_mmap. On LP64 it occupies what was the struct's tail padding, so
+     * sizeof is unchanged: fill the struct with nvlm_model_default_params (as always) and an
+     * older caller's struct reads NVLM_WEIGHTS_AUTO. */
+    nvlm_weight_type weight_type; /* default NVLM_WEIGHTS_AUTO; see nvlm_weight_type */
 } nvlm_model_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -357,7 +359,7 @@ typedef struct nvlm_model_info {
                                            in bf16 (the CUDA backend's storage; FP8 projections
                                            as codes + scales with weight_type FP8); cuda_bytes
                                            at tp_size 1; 0 when tp_size exceeds the query heads */
-    /* Appended in 0.2: */
+    /* Appended (a shorter struct_size leaves it out): */
     nvlm_weight_type weight_type;       /* the model's resolved weight type: NVLM_WEIGHTS_BF16
                                            (as stored) or NVLM_WEIGHTS_FP8 */
 } nvlm_model_info;
