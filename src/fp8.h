@@ -42,7 +42,8 @@ typedef struct fp8_qconfig {
 /* Parses the quantization_config of config.json text into *out (zeroed: absent). Accepts
  * quant_method "compressed-tensors" with format "float-quantized" (top level or per config
  * group) whose groups quantize weights to 8-bit floats per channel or per tensor, with
- * input_activations null or dynamic. Another method, weight format or static activations:
+ * input_activations null or dynamic (ignore list: "ignore"); and quant_method "fp8" with a
+ * dynamic activation_scheme and no weight_block_size (ignore list: "ignored_layers"). Another method, weight format or static activations:
  * NVLM_ERR_UNSUPPORTED naming it; malformed: NVLM_ERR_FORMAT. Errors go to err_handle. */
 nvlm_status fp8_qconfig_parse(nvlm_context *ctx, const char *json, size_t len, fp8_qconfig *out,
                               void *err_handle);

@@ -54,30 +54,53 @@ static nvlm_status check_group(const cJSON *g, const char *name, const char *for
     return NVLM_OK;
 }
 
+/* quant_method "fp8" (per-tensor weight_scale, dynamic activations); the block-wise form
+ * (weight_block_size, weight_scale_inv) is not supported. */
+static nvlm_status check_fp8_method(const cJSON *qc, void *eh)
+{
+    const char *act = jstr(qc, "activation_scheme");
+    if (act != NULL && strcmp(act, "dynamic") != 0) {
+        return nv_error(eh, NVLM_ERR_UNSUPPORTED, "config.json: quantization_config "
+                        "activation_scheme \"%s\" is not supported (only dynamic)", act);
+    }
+    const cJSON *blk = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
+    if (blk != NULL && !cJSON_IsNull(blk)) {
+        return nv_error(eh, NVLM_ERR_UNSUPPORTED, "config.json: block-wise FP8 "
+                        "(weight_block_size) is not supported, only per-channel or per-tensor "
+                        "scales");
+    }
+    return NVLM_OK;
+}
+
 static nvlm_status parse_qc(nvlm_context *ctx, const cJSON *qc, fp8_qconfig *out, void *eh)
 {
     if (!cJSON_IsObject(qc)) {
         return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config is not an object");
     }
     const char *method = jstr(qc, "quant_method");
-    if (method == NULL || strcmp(method, "compressed-tensors") != 0) {
+    const char *ignore_key = "ignore";
+    if (method != NULL && strcmp(method, "fp8") == 0) {
+        NVLM_TRY(check_fp8_method(qc, eh));
+        ignore_key = "ignored_layers";
+    } else if (method == NULL || strcmp(method, "compressed-tensors") != 0) {
         return nv_error(eh, NVLM_ERR_UNSUPPORTED, "config.json: quantization_config "
-                        "quant_method \"%s\" is not supported (only compressed-tensors)",
-                        method != NULL ? method : "(none)");
+                        "quant_method \"%s\" is not supported (only compressed-tensors and "
+                        "fp8)", method != NULL ? method : "(none)");
+    } else {
+        const char *format = jstr(qc, "format");
+        const cJSON *groups = cJSON_GetObjectItemCaseSensitive(qc, "config_groups");
+        if (!cJSON_IsObject(groups) || groups->child == NULL) {
+            return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config has no "
+                            "config_groups");
+        }
+        for (const cJSON *g = groups->child; g != NULL; g = g->next) {
+            NVLM_TRY(check_group(g, g->string != NULL ? g->string : "?", format, eh));
+        }
     }
-    const char *format = jstr(qc, "format");
-    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(qc, "config_groups");
-    if (!cJSON_IsObject(groups) || groups->child == NULL) {
-        return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config has no "
-                        "config_groups");
-    }
-    for (const cJSON *g = groups->child; g != NULL; g = g->next) {
-        NVLM_TRY(check_group(g, g->string != NULL ? g->string : "?", format, eh));
-    }
-    const cJSON *ign = cJSON_GetObjectItemCaseSensitive(qc, "ignore");
+    const cJSON *ign = cJSON_GetObjectItemCaseSensitive(qc, ignore_key);
     if (ign != NULL && !cJSON_IsNull(ign) && !cJSON_IsArray(ign)) {
-        return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config ignore is not a "
-                        "list");
+        return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config %s is not a "
+                        "list", ignore_key);
     }
     size_t n = ign != NULL ? (size_t)cJSON_GetArraySize(ign) : 0;
     out->ignore = n > 0 ? nv_calloc(ctx, n, sizeof *out->ignore) : NULL;
@@ -86,8 +109,8 @@ static nvlm_status parse_qc(nvlm_context *ctx, const cJSON *qc, fp8_qconfig *out
     }
     for (const cJSON *e = ign != NULL ? ign->child : NULL; e != NULL; e = e->next) {
         if (!cJSON_IsString(e)) {
-            return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config ignore "
-                            "holds a non-string");
+            return nv_error(eh, NVLM_ERR_FORMAT, "config.json: quantization_config %s "
+                            "holds a non-string", ignore_key);
         }
         out->ignore[out->n_ignore] = nv_strdup(ctx, e->valuestring);
         if (out->ignore[out->n_ignore] == NULL) {

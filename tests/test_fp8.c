@@ -409,6 +409,29 @@ static bool poke(const char *dir, const char *file, const char *tensor, size_t i
     return ok;
 }
 
+/* Replaces config.json's quantization_config in dir by the JSON object `qc`. */
+static void set_qconfig(const char *dir, const char *qc)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    size_t n = 0;
+    char *text = slurp(path, &n);
+    cJSON *root = text != NULL ? cJSON_Parse(text) : NULL;
+    cJSON_ReplaceItemInObject(root, "quantization_config", cJSON_Parse(qc));
+    char *out = cJSON_Print(root);
+    FILE *f = fopen(path, "wb");
+    CHECK(root != NULL && out != NULL && f != NULL, "rewrite %s", path);
+    if (f != NULL && out != NULL) {
+        fputs(out, f);
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    free(out);
+    cJSON_Delete(root);
+    free(text);
+}
+
 static nvlm_status load_dir(nvlm_context *ctx, const char *dir, nvlm_weight_type wt,
                             nvlm_model **m)
 {
@@ -552,6 +575,33 @@ static void test_checkpoint(void)
     CHECK(st == NVLM_ERR_UNSUPPORTED && strstr(nvlm_last_error(ctx), "gptq") != NULL,
           "another quant_method -> %d: %s", (int)st, nvlm_last_error(ctx));
     nvlm_model_free(b);
+    /* the quant_method "fp8" form: same tensors, ignored_layers, dynamic activations */
+    set_qconfig(out, "{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                     "\"ignored_layers\": [\"lm_head\"]}");
+    st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+    CHECK(st == NVLM_OK && b->has_fp8, "quant_method fp8 loads -> %d: %s", (int)st,
+          nvlm_last_error(ctx));
+    nvlm_model_free(b);
+    set_qconfig(out, "{\"quant_method\": \"fp8\", \"activation_scheme\": \"static\"}");
+    CHECK_EQ_INT(load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b), NVLM_ERR_UNSUPPORTED,
+                 "fp8 with static activations: unsupported");
+    set_qconfig(out, "{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                     "\"weight_block_size\": [128, 128]}");
+    st = load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b);
+    CHECK(st == NVLM_ERR_UNSUPPORTED && strstr(nvlm_last_error(ctx), "block") != NULL,
+          "block-wise fp8: unsupported -> %d: %s", (int)st, nvlm_last_error(ctx));
+    set_qconfig(out, "{\"quant_method\": \"compressed-tensors\", \"format\": "
+                     "\"float-quantized\", \"config_groups\": {\"g\": {\"weights\": "
+                     "{\"num_bits\": 8, \"type\": \"float\", \"strategy\": \"channel\"}, "
+                     "\"input_activations\": {\"num_bits\": 8, \"type\": \"float\", "
+                     "\"dynamic\": false}}}}");
+    CHECK_EQ_INT(load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b), NVLM_ERR_UNSUPPORTED,
+                 "compressed-tensors with static input activations: unsupported");
+    set_qconfig(out, "{\"quant_method\": \"compressed-tensors\", \"format\": "
+                     "\"float-quantized\", \"config_groups\": {\"g\": {\"weights\": "
+                     "{\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"group\"}}}}");
+    CHECK_EQ_INT(load_dir(ctx, out, NVLM_WEIGHTS_AUTO, &b), NVLM_ERR_UNSUPPORTED,
+                 "int4 weights: unsupported");
     nvlm_context_free(ctx);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
