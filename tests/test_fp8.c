@@ -11,6 +11,8 @@
 #include "eng_golden.h"
 #include "fp8.h"
 
+#include <sys/wait.h>
+
 #define FP8_GOLDEN "tests/data/fp8/fp8_logits.safetensors"
 
 /* ---- scalar rounding -------------------------------------------------------------------- */
@@ -731,6 +733,60 @@ static void test_quality(void)
     nvlm_context_free(cf);
 }
 
+/* Runs `cmd`, returns its exit status; its stdout (up to cap - 1 bytes) into out. */
+static int run_cmd(const char *cmd, char *out, size_t cap)
+{
+    FILE *pf = popen(cmd, "r");
+    if (pf == NULL) {
+        return -1;
+    }
+    size_t got = fread(out, 1, cap - 1, pf);
+    out[got] = '\0';
+    int rc = pclose(pf);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void test_cli(void)
+{
+    tu_section("fp8: the CLI (quantize, --weights)");
+    const char *cli = getenv("NVLM_CLI");
+    if (cli == NULL || cli[0] == '\0') {
+        printf("SKIP cli: NVLM_CLI not set\n");
+        return;
+    }
+    char dir[] = "/tmp/nvlm_fp8cli_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    static char a[1 << 16], b[1 << 16];
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s quantize " EG_MODEL_DIR " %s/q", cli, dir);
+    CHECK_EQ_INT(run_cmd(cmd, a, sizeof a), 0, "nvlm quantize exit status");
+    snprintf(cmd, sizeof cmd, "%s generate %s/q -p 'Hello there' -n 6 --json --backend cpu", cli,
+             dir);
+    CHECK_EQ_INT(run_cmd(cmd, a, sizeof a), 0, "generate on the FP8 checkpoint");
+    snprintf(cmd, sizeof cmd, "%s generate " EG_MODEL_DIR " -p 'Hello there' -n 6 --json "
+             "--backend cpu --weights fp8", cli);
+    CHECK_EQ_INT(run_cmd(cmd, b, sizeof b), 0, "generate --weights fp8");
+    CHECK(strcmp(a, b) == 0 && strstr(a, "\"tokens\"") != NULL,
+          "same tokens from the quantized checkpoint and from --weights fp8: %.120s", a);
+    snprintf(cmd, sizeof cmd, "%s info tests/data/nvlm-d-72b --config-only --json --weights fp8",
+             cli);
+    CHECK_EQ_INT(run_cmd(cmd, a, sizeof a), 0, "info --weights fp8");
+    cJSON *j = cJSON_Parse(a);
+    const cJSON *mem = cJSON_GetObjectItemCaseSensitive(j, "memory");
+    const cJSON *cb = cJSON_GetObjectItemCaseSensitive(mem, "cuda_bytes");
+    const cJSON *wt = cJSON_GetObjectItemCaseSensitive(j, "weight_type");
+    CHECK(cJSON_IsNumber(cb) && cb->valuedouble < 90.0 * 1024 * 1024 * 1024 &&
+              cJSON_IsString(wt) && strcmp(wt->valuestring, "fp8") == 0,
+          "info --json: weight_type fp8, cuda_bytes %.0f < 90 GiB",
+          cJSON_IsNumber(cb) ? cb->valuedouble : -1.0);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "%s generate " EG_MODEL_DIR " -p x --weights int4 2>/dev/null",
+             cli);
+    CHECK_EQ_INT(run_cmd(cmd, a, sizeof a), 2, "--weights int4 is a usage error");
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "remove the temp dir");
+}
+
 static void test_params(void)
 {
     tu_section("fp8: model params");
@@ -768,5 +824,6 @@ int main(void)
     test_model();
     test_checkpoint();
     test_quality();
+    test_cli();
     return tu_done();
 }
