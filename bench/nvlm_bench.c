@@ -3,7 +3,9 @@
  * kernel-level GEMMs at the layer shapes of a Qwen2-1.5B-like decoder and an InternViT-300M-like
  * encoder with random bf16 weights, next to in-run reference probes (memory bandwidth: STREAM
  * copy, memcpy, 1- and 4-stream reads; OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
- * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile. Last,
+ * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile, at both
+ * precisions, then again with the LLM's projections in FP8 (decode and prefill against bf16 in
+ * the same run). Last,
  * tensor parallelism over CPU ranks: the cost of one all-reduce of a hidden row between rank
  * threads (and so per decoded token), decode at TP 2 against TP 1 on the same threads, and the
  * weight bytes per rank for NVLM-D-72B.
@@ -667,15 +669,35 @@ static void set_precision(nvlm_model *m, nvlm_precision prec)
     m->engine->be->kv_default = prec == NVLM_PRECISION_FAST ? NV_BF16 : NV_F32;
 }
 
+/* Decode tokens/s and prefill GFLOP/s (linear layers) of one e2e_one run. */
+typedef struct e2e_result {
+    double tok_s, prefill_gflops;
+} e2e_result;
+
+/* Rebuilds the model's engine with the LLM projections in FP8 (quantized from the synthetic
+ * bf16 weights) or back in bf16. */
+static nvlm_status set_fp8(nvlm_model *m, bool fp8)
+{
+    nv_engine_free(m);
+    m->quantize_fp8 = fp8;
+    m->weight_type = fp8 ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
+    return nv_engine_init(m);
+}
+
 /* One precision's prefill, decode and ViT; peak: the compute probe the GEMMs run into (FMA for
- * exact, vdpbf16ps for fast; 0 = unknown). */
+ * exact, vdpbf16ps for fast; 0 = unknown). With FP8 weights the references and the ViT are
+ * skipped (they do not depend on the LLM's weights). */
 static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, probe_buf *pb,
-                   nvlm_precision prec, double peak)
+                   nvlm_precision prec, double peak, e2e_result *res)
 {
     const nv_config *c = &m->cfg;
     const bool fast = prec == NVLM_PRECISION_FAST;
-    printf("-- precision %s%s\n", fast ? "fast" : "exact",
-           fast ? " (bf16 GEMM inputs, bf16 KV cache)" : " (f32 GEMMs, f32 KV cache)");
+    const bool fp8 = m->weight_type == NVLM_WEIGHTS_FP8;
+    const bool refs = !o->decode_only && !fp8;
+    memset(res, 0, sizeof *res);
+    printf("-- precision %s%s%s\n", fast ? "fast" : "exact",
+           fast ? " (bf16 GEMM inputs, bf16 KV cache)" : " (f32 GEMMs, f32 KV cache)",
+           fp8 ? ", FP8 LLM projections (E4M3 + per-row f32 scales)" : "");
     set_precision(m, prec);
     nvlm_session *s = NULL;
     if (nvlm_session_create(m, NULL, &s) != NVLM_OK) {
@@ -702,7 +724,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
                   c->llm.num_layers;
     /* Reference: OpenBLAS sgemm (f32 weights) on the same layer GEMMs at M = P. */
     double sg_ms = 0, ours_ms = 0, sg_flops = 0;
-    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes) && !o->decode_only; i++) {
+    for (size_t i = 0; i < NV_ARRAY_LEN(dec_shapes) && refs; i++) {
         gemm_result r = bench_gemm(pool, P, dec_shapes[i].N, dec_shapes[i].K, 1);
         sg_ms += r.sgemm_ms;
         ours_ms += r.ours_ms;
@@ -716,7 +738,8 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
                (t_prefill * 1e6) / peak, fast ? "vdpbf16ps" : "FMA", peak);
     }
     printf("\n");
-    if (!o->decode_only && !fast) {
+    res->prefill_gflops = flops / (t_prefill * 1e6);
+    if (refs && !fast) {
         printf("  reference: OpenBLAS sgemm on the same layer GEMMs at M = %d: %.1f GFLOP/s "
                "(engine = %.0f%% of it); our GEMM alone %.1f GFLOP/s\n", P,
                sg_flops / (sg_ms * 1e6), 100.0 * (flops / t_prefill) / (sg_flops / sg_ms),
@@ -725,7 +748,14 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
 
     nvlm_sampler_params sp;
     nvlm_sampler_default_params(&sp);
-    double bytes_tok = (lin + (double)c->llm.vocab_size * c->llm.hidden_size) * 2.0;
+    /* bytes streamed per token: the projections (FP8: 1 byte per weight + a 4-byte scale per
+     * output row) and the bf16 lm_head */
+    double rows = (double)c->llm.num_layers *
+                  (2.0 * c->llm.num_heads * c->llm.head_dim +
+                   2.0 * c->llm.num_kv_heads * c->llm.head_dim + c->llm.hidden_size +
+                   2.0 * c->llm.intermediate_size);
+    double bytes_tok = (fp8 ? lin + 4.0 * rows : lin * 2.0) +
+                       (double)c->llm.vocab_size * c->llm.hidden_size * 2.0;
     /* Each decode step is followed by one round of the probes: on a shared machine the
      * bandwidth left to us moves by 20% and more within seconds, so a step is compared with
      * the probes taken right after it, and the median of those ratios is the figure. The mean
@@ -761,6 +791,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
     if (done > 0) {
         double ms = t_dec / done;
         double gbs = bytes_tok / (ms * 1e6);
+        res->tok_s = 1000.0 / ms;
         printf("decode (after %d tokens, greedy, %d steps): %.2f ms/token = %.2f tokens/s "
                "(median step %.2f ms); weights %.2f GB/token -> %.2f GB/s\n", P, done, ms,
                1000.0 / ms, median(ms_v, done), bytes_tok / 1e9, gbs);
@@ -784,7 +815,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
     free(ids);
 
     double ms_tile = 0, ms_proj = 0;
-    if (!o->decode_only && bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
+    if (refs && bench_vit(m, threads, 2, 1, &ms_tile, &ms_proj) == 0) {
         /* ViT GEMM flops per tile: 1025 tokens through 4 linears per layer, plus attention. */
         const nv_vision_config *v = &c->vision;
         double T = 1025, D = v->hidden_size, Iv = v->intermediate_size;
@@ -890,14 +921,29 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     /* A session's executor takes the thread count of the model's context. */
     (void)ctx;
     m->h.ctx->n_threads = threads;
-    int rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_EXACT, fma_peak);
+    e2e_result rb, rf;
+    int rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_EXACT, fma_peak, &rb);
     if (rc == 0 && !o->exact_only) {
-        rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_FAST, dp_peak);
+        rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_FAST, dp_peak, &rf);
     }
     if (rc == 0 && !o->exact_only) {
         bench_ab(m, o, threads);
     }
     set_precision(m, NVLM_PRECISION_EXACT);
+    /* FP8 weights against bf16, exact precision, same threads */
+    if (rc == 0 && set_fp8(m, true) == NVLM_OK) {
+        rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_EXACT, fma_peak, &rf);
+        if (rc == 0 && rb.tok_s > 0 && rf.tok_s > 0) {
+            printf("FP8 vs bf16 (same run, %d thread%s): decode %.2f vs %.2f tokens/s = %.2fx; "
+                   "prefill %.1f vs %.1f GFLOP/s = %.2fx\n", threads, threads == 1 ? "" : "s",
+                   rf.tok_s, rb.tok_s, rf.tok_s / rb.tok_s, rf.prefill_gflops,
+                   rb.prefill_gflops, rf.prefill_gflops / rb.prefill_gflops);
+        }
+    }
+    if (set_fp8(m, false) != NVLM_OK) {
+        fprintf(stderr, "nvlm-bench: engine: %s\n", nvlm_last_error(m));
+        return -1;
+    }
     return rc;
 }
 
@@ -1039,7 +1085,7 @@ static void bench_tp(const opts *o)
             tp_plan p;
             uint64_t b = 0;
             if (tp_plan_init(&p, &cfg, tp, NULL) == NVLM_OK &&
-                tp_plan_max_rank_bytes(&p, &cfg, 2, &b) == NVLM_OK) {
+                tp_plan_max_rank_bytes(&p, &cfg, 2, false, &b) == NVLM_OK) {
                 double kv = 2.0 * cfg.llm.num_layers * (double)cfg.llm.head_dim * 2.0 *
                             (double)tp_plan_max_count(&p, NV_TP_LLM_KV_HEADS);
                 printf("  TP %d: weights %.2f GiB, KV cache %.0f KiB per token\n", tp,

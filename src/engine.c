@@ -5,6 +5,7 @@
  */
 #include "engine.h"
 
+#include "fp8.h"
 #include "tp/comm.h"
 
 #ifdef NVLM_WITH_CUDA
@@ -41,6 +42,83 @@ static nvlm_status layout_build(nv_engine *e, const nvlm_model *m)
     return NVLM_OK;
 }
 
+/* A buffer of `bytes` owned by the engine until nv_engine_free. */
+static void *fp8_buf(nv_engine *e, nvlm_context *ctx, size_t bytes)
+{
+    if (e->n_fp8_bufs == e->cap_fp8_bufs) {
+        size_t cap = e->cap_fp8_bufs ? 2 * e->cap_fp8_bufs : 64;
+        void **v = nv_realloc(ctx, e->fp8_bufs, cap * sizeof *v);
+        if (v == NULL) {
+            return NULL;
+        }
+        e->fp8_bufs = v;
+        e->cap_fp8_bufs = cap;
+    }
+    void *p = nv_malloc(ctx, bytes == 0 ? 1 : bytes);
+    if (p != NULL) {
+        e->fp8_bufs[e->n_fp8_bufs++] = p;
+    }
+    return p;
+}
+
+/* Quantize-on-load of one projection (fp8.h): codes and scales in engine-owned buffers. */
+static nvlm_status fp8_make(nv_engine *e, const nvlm_model *m, const char *name,
+                            const nv_tensor *src, nv_tensor *dst)
+{
+    void *eh = (void *)m;
+    if (src->ndim != 2) {
+        return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: %d dimensions, want 2 for FP8", name,
+                        src->ndim);
+    }
+    int64_t N = src->shape[0], K = src->shape[1];
+    uint8_t *q = fp8_buf(e, m->h.ctx, (size_t)N * (size_t)K);
+    float *s = q != NULL ? fp8_buf(e, m->h.ctx, (size_t)N * sizeof(float)) : NULL;
+    if (s == NULL) {
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory quantizing %s to FP8 "
+                        "(%lld bytes)", name, (long long)(N * K));
+    }
+    if (!fp8_quantize(q, s, src->data, src->dtype, N, K)) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "tensor %s holds an infinity or NaN: it cannot "
+                        "be quantized to FP8", name);
+    }
+    *dst = *src;
+    dst->dtype = NV_F8_E4M3;
+    dst->data = q;
+    dst->scale = s;
+    return NVLM_OK;
+}
+
+/* An FP8 projection as the checkpoint stores it: codes used in place after a scan for NaN
+ * codes (one read of the bytes), scales expanded to one f32 per row. */
+static nvlm_status fp8_stored(nv_engine *e, const nvlm_model *m, const char *name,
+                              nv_tensor *t)
+{
+    void *eh = (void *)m;
+    char sname[NV_LAYOUT_NAME_MAX + 8];
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    const nv_weight *sw = nv_model_weight(m, sname);
+    int64_t N = t->shape[0];
+    if (t->ndim != 2 || sw == NULL || sw->t.data == NULL || !fp8_scale_ok(&sw->t, N)) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "FP8 tensor %s: missing or malformed %s", name,
+                        sname);
+    }
+    int64_t bad = fp8_find_nan(t->data, (size_t)N * (size_t)t->shape[1]);
+    if (bad >= 0) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "FP8 tensor %s holds a NaN code (0x%02X) at "
+                        "element %lld", name, ((const uint8_t *)t->data)[bad], (long long)bad);
+    }
+    float *s = fp8_buf(e, m->h.ctx, (size_t)N * sizeof(float));
+    if (s == NULL) {
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the scales of %s", name);
+    }
+    if (!fp8_scale_expand(s, &sw->t, N)) {
+        return nv_error(eh, NVLM_ERR_FORMAT, "tensor %s holds a scale that is not finite and "
+                        "positive", sname);
+    }
+    t->scale = s;
+    return NVLM_OK;
+}
+
 nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
                      int64_t rows, nv_bweight *out)
 {
@@ -54,14 +132,21 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: %lld elements, want %lld", name,
                         (long long)nv_tensor_nelem(&w->t), (long long)nelem);
     }
-    if (w->t.dtype != NV_BF16 && w->t.dtype != NV_F16 && w->t.dtype != NV_F32) {
+    if (w->t.dtype != NV_BF16 && w->t.dtype != NV_F16 && w->t.dtype != NV_F32 &&
+        w->t.dtype != NV_F8_E4M3) {
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: dtype %s, want bf16/f16/f32", name,
                         nv_dtype_name(w->t.dtype));
     }
     nv_layout_tensor key;
     snprintf(key.name, sizeof key.name, "%s", name);
     const nv_layout_tensor *lt = bsearch(&key, e->layout, e->n_layout, sizeof key, cmp_layout);
-    return e->be->ops->weight_load(e->be, &w->t, lt != NULL ? &lt->tp : NULL, out, eh);
+    nv_tensor src = w->t;
+    if (w->t.dtype == NV_F8_E4M3) {
+        NVLM_TRY(fp8_stored(e, m, name, &src));
+    } else if (m->quantize_fp8 && fp8_is_projection(name)) {
+        NVLM_TRY(fp8_make(e, m, name, &w->t, &src));
+    }
+    return e->be->ops->weight_load(e->be, &src, lt != NULL ? &lt->tp : NULL, out, eh);
 }
 
 void eng_unload(nv_engine *e, nv_bweight *w)
@@ -83,6 +168,10 @@ void nv_engine_free(nvlm_model *m)
         vit_free(e);
         e->be->ops->destroy(e->be);
     }
+    for (size_t i = 0; i < e->n_fp8_bufs; i++) {
+        nv_free(m->h.ctx, e->fp8_bufs[i]);
+    }
+    nv_free(m->h.ctx, e->fp8_bufs);
     nv_free(m->h.ctx, e->layout);
     nv_free(m->h.ctx, e);
     m->engine = NULL;

@@ -67,6 +67,10 @@ struct nv_engine {
     proj_weights proj;
     dec_weights dec;
     int image_token_id;             /* <|vision_pad|>, -1 when unknown */
+    /* FP8 weights (fp8.h): buffers of codes and scales made at load (quantized or converted),
+     * owned here and freed after the backend; weights of the backend point into them. */
+    void **fp8_bufs;
+    size_t n_fp8_bufs, cap_fp8_bufs;
 };
 
 typedef struct nv_engine nv_engine;

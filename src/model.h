@@ -78,6 +78,11 @@ struct nvlm_model {
     nv_handle h;
     nv_config cfg;
     nvlm_load_mode mode;
+    nvlm_weight_type weight_type;    /* resolved at load: NVLM_WEIGHTS_BF16 or NVLM_WEIGHTS_FP8 */
+    bool quantize_fp8;               /* NVLM_WEIGHTS_FP8 asked: bf16 projections quantized */
+    bool has_fp8;                    /* the checkpoint stores F8_E4M3 projections */
+    struct fp8_qconfig *qcfg;        /* config.json's quantization_config (fp8.h), never NULL
+                                        after the config is read */
     char *dir;                       /* model directory */
     struct nv_checkpoint *ckpt;      /* NULL for a config-only model without shards */
     nvlm_tokenizer *tok;             /* NULL when the directory has no tokenizer */

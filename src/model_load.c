@@ -5,6 +5,7 @@
  * the shards, every expected NVLM-D tensor (spec §2, shapes from the config) checked by name,
  * shape and dtype, then the tokenizer and, for NVLM_LOAD_FULL, the engine.
  */
+#include "fp8.h"
 #include "json.h"
 #include "model.h"
 #include "safetensors.h"
@@ -173,9 +174,79 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
 
 /* Checks the tensors (table, sorted by name) against the expected set. With `have_shapes`
  * false (index only) only the names are compared. */
-static nvlm_status check_tensors(nvlm_context *ctx, exp_list *L, const tensor_ref *table,
-                                 size_t n, bool have_shapes)
+static const tensor_ref *table_find(const tensor_ref *table, size_t n, const char *name)
 {
+    tensor_ref key = {name, NULL, 0};
+    return bsearch(&key, table, n, sizeof key, cmp_ref);
+}
+
+/* An extra tensor of an FP8 checkpoint: `X.weight_scale` beside an F8_E4M3 projection `X.weight`
+ * (accepted; checked with its weight) or a static `X.input_scale` (unsupported). *ok: whether
+ * the name is accounted for. */
+static nvlm_status fp8_extra(nvlm_context *ctx, const char *name, const tensor_ref *table,
+                             size_t n, bool have_shapes, bool *ok)
+{
+    static const char ws[] = ".weight_scale", is[] = ".input_scale";
+    size_t len = strlen(name);
+    *ok = false;
+    if (len > sizeof is - 1 && strcmp(name + len - (sizeof is - 1), is) == 0) {
+        return nv_error(ctx, NVLM_ERR_UNSUPPORTED, "tensor %s: static activation scales are "
+                        "not supported (FP8 checkpoints with dynamic input_activations only)",
+                        name);
+    }
+    if (len <= sizeof ws - 1 || len >= NV_LAYOUT_NAME_MAX ||
+        strcmp(name + len - (sizeof ws - 1), ws) != 0) {
+        return NVLM_OK;
+    }
+    char base[NV_LAYOUT_NAME_MAX];
+    snprintf(base, sizeof base, "%.*s.weight", (int)(len - (sizeof ws - 1)), name);
+    const tensor_ref *w = table_find(table, n, base);
+    if (w == NULL || !fp8_is_projection(base)) {
+        return NVLM_OK; /* reported as unexpected */
+    }
+    if (have_shapes && w->w->t.dtype != NV_F8_E4M3) {
+        return nv_error(ctx, NVLM_ERR_FORMAT, "tensor %s: a weight scale for %s, which is "
+                        "stored as %s, not F8_E4M3", name, base, nv_dtype_name(w->w->t.dtype));
+    }
+    *ok = true;
+    return NVLM_OK;
+}
+
+/* An F8_E4M3 tensor: one of the seven LLM projections, with a well-formed weight_scale, not on
+ * quantization_config's ignore list. */
+static nvlm_status fp8_check(nvlm_context *ctx, const nvlm_model *m, const char *name,
+                             const nv_tensor *t, const tensor_ref *table, size_t n)
+{
+    if (!fp8_is_projection(name) || t->ndim != 2) {
+        return nv_error(ctx, NVLM_ERR_SHAPE, "tensor %s is stored as F8_E4M3, but only the "
+                        "LLM's q/k/v/o, gate, up and down projections may be FP8", name);
+    }
+    char sname[NV_LAYOUT_NAME_MAX + 8];
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    const tensor_ref *s = table_find(table, n, sname);
+    if (s == NULL) {
+        return nv_error(ctx, NVLM_ERR_FORMAT, "FP8 tensor %s has no %s", name, sname);
+    }
+    if (!fp8_scale_ok(&s->w->t, t->shape[0])) {
+        char got[128];
+        shape_str(got, sizeof got, s->w->t.ndim, s->w->t.shape);
+        return nv_error(ctx, NVLM_ERR_FORMAT, "tensor %s: %s %s, want F32 or BF16 of shape "
+                        "[%lld, 1], [%lld], [1] or []", sname, nv_dtype_name(s->w->t.dtype), got,
+                        (long long)t->shape[0], (long long)t->shape[0]);
+    }
+    char module[NV_LAYOUT_NAME_MAX];
+    snprintf(module, sizeof module, "%.*s", (int)(strlen(name) - 7), name);
+    if (m->qcfg != NULL && fp8_ignored(m->qcfg, module)) {
+        return nv_error(ctx, NVLM_ERR_FORMAT, "tensor %s is stored as F8_E4M3, but "
+                        "quantization_config's ignore list names %s", name, module);
+    }
+    return NVLM_OK;
+}
+
+static nvlm_status check_tensors(nvlm_model *m, exp_list *L, const tensor_ref *table, size_t n,
+                                 bool have_shapes)
+{
+    nvlm_context *ctx = m->h.ctx;
     char missing[512] = "";
     char unexpected[512] = "";
     size_t n_missing = 0;
@@ -187,7 +258,11 @@ static nvlm_status check_tensors(nvlm_context *ctx, exp_list *L, const tensor_re
                           ? bsearch(&key, L->v, L->n, sizeof *L->v, cmp_exp)
                           : NULL;
         if (e == NULL) {
-            list_add(unexpected, sizeof unexpected, &n_unexpected, table[i].name);
+            bool ok;
+            NVLM_TRY(fp8_extra(ctx, table[i].name, table, n, have_shapes, &ok));
+            if (!ok) {
+                list_add(unexpected, sizeof unexpected, &n_unexpected, table[i].name);
+            }
             continue;
         }
         e->seen = true;
@@ -195,7 +270,10 @@ static nvlm_status check_tensors(nvlm_context *ctx, exp_list *L, const tensor_re
             continue;
         }
         const nv_tensor *t = &table[i].w->t;
-        if (t->dtype != NV_BF16 && t->dtype != NV_F16 && t->dtype != NV_F32) {
+        if (t->dtype == NV_F8_E4M3) {
+            NVLM_TRY(fp8_check(ctx, m, e->name, t, table, n));
+            m->has_fp8 = true;
+        } else if (t->dtype != NV_BF16 && t->dtype != NV_F16 && t->dtype != NV_F32) {
             return nv_error(ctx, NVLM_ERR_SHAPE, "tensor %s has dtype %s (need BF16, F16 or F32)",
                             e->name, nv_dtype_name(t->dtype));
         }
@@ -549,6 +627,7 @@ void nvlm_model_params_init(nvlm_model_params *p, size_t size)
     d.progress_user = NULL;
     d.use_mmap = 1;
     d.precision = NVLM_PRECISION_EXACT;
+    d.weight_type = NVLM_WEIGHTS_AUTO;
     size_t n = NV_MIN(size, sizeof d);
     memcpy(p, &d, n);
     p->struct_size = (uint32_t)size;
@@ -586,6 +665,8 @@ void nvlm_model_free(nvlm_model *m)
     nv_free(ctx, m->mem_block);
     nv_free(ctx, m->mem_weights);
     nv_free(ctx, m->dir);
+    fp8_qconfig_free(ctx, m->qcfg);
+    nv_free(ctx, m->qcfg);
     m->h.magic = NV_MAGIC_DEAD;
     nv_free(ctx, m);
 }
@@ -603,6 +684,13 @@ static nvlm_status load_config(nvlm_model *m)
     }
     NVLM_TRY(st);
     st = nv_config_parse(&m->cfg, text, len, ctx);
+    m->qcfg = st == NVLM_OK ? nv_calloc(ctx, 1, sizeof *m->qcfg) : NULL;
+    if (st == NVLM_OK && m->qcfg == NULL) {
+        st = nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    if (st == NVLM_OK) {
+        st = fp8_qconfig_parse(ctx, text, len, m->qcfg, ctx);
+    }
     nv_free(ctx, text);
     NVLM_TRY(st);
     NVLM_TRY(join(path, m->dir, "generation_config.json", ctx));
@@ -661,9 +749,9 @@ static nvlm_status load_weights(nvlm_model *m, const nvlm_model_params *p)
     if (st == NVLM_OK && (shards_present || have_index)) {
         st = exp_build(&m->cfg, ctx, &L);
         if (st == NVLM_OK && shards_present) {
-            st = check_tensors(ctx, &L, m->ckpt->table, m->ckpt->n, true);
+            st = check_tensors(m, &L, m->ckpt->table, m->ckpt->n, true);
         } else if (st == NVLM_OK) {
-            st = check_tensors(ctx, &L, ix.entries, ix.n, false);
+            st = check_tensors(m, &L, ix.entries, ix.n, false);
         }
     }
     if (st == NVLM_OK) {
@@ -746,6 +834,19 @@ static nvlm_status load_tokenizer(nvlm_model *m)
     return check_tokenizer(m);
 }
 
+/* The weight type from the request and what the checkpoint stores (nvlm.h). */
+static nvlm_status resolve_weights(nvlm_model *m, nvlm_weight_type want)
+{
+    bool stored = m->has_fp8 || (m->ckpt == NULL && m->qcfg != NULL && m->qcfg->present);
+    if (want == NVLM_WEIGHTS_BF16 && stored) {
+        return nv_error(m->h.ctx, NVLM_ERR_UNSUPPORTED, "%s stores FP8 weights: loading them "
+                        "as bf16 is not supported (use weight type auto or fp8)", m->dir);
+    }
+    m->quantize_fp8 = want == NVLM_WEIGHTS_FP8;
+    m->weight_type = want == NVLM_WEIGHTS_FP8 || stored ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
+    return NVLM_OK;
+}
+
 nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model_params *params,
                             nvlm_model **out)
 {
@@ -773,6 +874,11 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
         return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT,
                         "nvlm_model_load: bad precision %d (0 exact, 1 fast)", (int)p.precision);
     }
+    if (p.weight_type != NVLM_WEIGHTS_AUTO && p.weight_type != NVLM_WEIGHTS_BF16 &&
+        p.weight_type != NVLM_WEIGHTS_FP8) {
+        return nv_error(ctx, NVLM_ERR_INVALID_ARGUMENT, "nvlm_model_load: bad weight_type %d",
+                        (int)p.weight_type);
+    }
     nvlm_model *m = nv_calloc(ctx, 1, sizeof *m);
     if (m == NULL) {
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the model");
@@ -791,6 +897,9 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
     }
     if (st == NVLM_OK) {
         st = load_weights(m, &p);
+    }
+    if (st == NVLM_OK) {
+        st = resolve_weights(m, p.weight_type);
     }
     if (st == NVLM_OK) {
         st = load_tokenizer(m);
@@ -815,6 +924,20 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
     }
     nv_clear(ctx);
     *out = m;
+    return NVLM_OK;
+}
+
+typedef struct proj_count {
+    uint64_t elems, rows;
+} proj_count;
+
+static nvlm_status proj_add(void *u, const nv_layout_tensor *t)
+{
+    proj_count *p = u;
+    if (!t->optional && t->ndim == 2 && fp8_is_projection(t->name)) {
+        p->elems += (uint64_t)t->shape[0] * (uint64_t)t->shape[1];
+        p->rows += (uint64_t)t->shape[0];
+    }
     return NVLM_OK;
 }
 
@@ -872,9 +995,21 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     }
     i.n_params = m->n_params;
     i.weight_bytes = m->weight_bytes;
-    /* The CPU backend uses the stored tensors in place (bf16/f16/f32 converted on use). */
+    /* The CPU backend uses the stored tensors in place (bf16/f16/f32 converted on use). FP8:
+     * codes + f32 scales of the projections; quantized at load, they replace the stored
+     * (bf16, 2-byte) projections, whose mapped pages are read once and not kept. */
+    proj_count pc = {0, 0};
+    nv_layout_tensors(c, proj_add, &pc);
+    bool fp8 = m->weight_type == NVLM_WEIGHTS_FP8;
     i.cpu_bytes = m->weight_bytes;
     i.cuda_bytes = m->n_params * 2;
+    if (fp8) {
+        uint64_t q = pc.elems + 4 * pc.rows;
+        i.cpu_bytes = m->has_fp8 ? m->weight_bytes + 4 * pc.rows
+                                 : m->weight_bytes - NV_MIN(m->weight_bytes, 2 * pc.elems) + q;
+        i.cuda_bytes = (m->n_params - pc.elems) * 2 + q;
+    }
+    i.weight_type = fp8 ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
     uint64_t kv = 2 * (uint64_t)c->llm.num_layers * (uint64_t)c->llm.num_kv_heads *
                   (uint64_t)c->llm.head_dim;
     i.kv_bytes_per_token_f32 = kv * 4;
@@ -884,7 +1019,7 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     i.per_rank_weight_bytes = i.tp_size == 1 ? i.cuda_bytes : 0;
     tp_plan plan;
     if (i.tp_size > 1 && tp_plan_init(&plan, c, i.tp_size, NULL) == NVLM_OK) {
-        tp_plan_max_rank_bytes(&plan, c, 2, &i.per_rank_weight_bytes);
+        tp_plan_max_rank_bytes(&plan, c, 2, fp8, &i.per_rank_weight_bytes);
     }
     uint32_t size = info->struct_size;
     memcpy(info, &i, NV_MIN((size_t)size, sizeof i));

@@ -218,7 +218,7 @@ static void test_real(nvlm_context *ctx)
         tp_plan p;
         CHECK_OK(tp_plan_init(&p, &cfg, tp, NULL));
         uint64_t b = 0;
-        CHECK_OK(tp_plan_max_rank_bytes(&p, &cfg, 2, &b));
+        CHECK_OK(tp_plan_max_rank_bytes(&p, &cfg, 2, false, &b));
         printf("# TP %d: %.2f GiB per rank\n", tp, (double)b / gib);
         CHECK(b >= total / (uint64_t)tp && b < prev, "TP %d: at least 1/%d of the weights, "
               "fewer than at TP %d", tp, tp, tp / 2);

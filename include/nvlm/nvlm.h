@@ -236,6 +236,20 @@ typedef enum nvlm_precision {
                                   there. */
 } nvlm_precision;
 
+/* How the LLM's seven projections (q/k/v/o_proj, gate/up/down_proj of every decoder layer) are
+ * stored. FP8: E4M3 codes with one f32 scale per output channel, scale[n] = max_k |W[n,k]| / 448
+ * (1 for an all-zero row), q[n,k] = E4M3(fl32(W[n,k] / scale[n])) rounded to nearest even and
+ * saturating at +-448; the layer computes y[n] = scale[n] * sum_k x[k] q[n,k] (+ bias) with f32
+ * activations and accumulation, so results equal a float32 model whose weights are q * scale.
+ * Everything else (embeddings, lm_head, norms, biases, the vision encoder, the projector) is
+ * used as stored. docs/fp8.md has the details. */
+typedef enum nvlm_weight_type {
+    NVLM_WEIGHTS_AUTO = 0,     /* as the checkpoint stores them */
+    NVLM_WEIGHTS_BF16 = 1,     /* as stored (bf16/f16/f32 checkpoints only) */
+    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU backend
+                                  only for now (CUDA: NVLM_ERR_UNSUPPORTED) */
+} nvlm_weight_type;
+
 typedef struct nvlm_model_params {
     uint32_t struct_size;
     nvlm_load_mode mode;       /* default NVLM_LOAD_FULL */
@@ -246,6 +260,9 @@ typedef struct nvlm_model_params {
                                   all its sessions (tensor-parallel ranks included). Appended
                                   after use_mmap: a caller built against a header without it
                                   (smaller struct_size) gets the default. */
+    nvlm_weight_type weight_type; /* default NVLM_WEIGHTS_AUTO; see nvlm_weight_type. Appended
+                                     after precision: a caller built against an older header
+                                     (smaller struct_size) gets the default. */
 } nvlm_model_params;
 
 /* Fills defaults into the first `size` bytes of *p and sets p->struct_size = size. */
@@ -258,22 +275,48 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
 /* Loads an NVLM-D checkpoint from a Hugging Face directory: config.json, model.safetensors or
  * model.safetensors.index.json + shards, tokenizer.json (or vocab.json + merges.txt +
  * tokenizer_config.json) and optional generation_config.json. Every file is treated as
- * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32) is checked against the
- * config before use. The tokenizer, when present, must fit the model (both modes): every id
- * below llm_config.vocab_size, and <|im_start|>, <|im_end|>, <|vision_pad|> among its added
- * tokens. On success *out is a new model owned by the caller (nvlm_model_free), which
- * must outlive its sessions; the context must outlive the model. Failure text goes to ctx.
- * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (also an unknown precision), NVLM_ERR_IO (also a
- * FIFO, directory, device or socket in a file's place: refused without blocking),
- * NVLM_ERR_FORMAT (bad JSON, corrupt safetensors, a NUL in an index name, two index names for
- * one shard file, a tokenizer that does not fit the model), NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the
- * message), NVLM_ERR_UNSUPPORTED, NVLM_ERR_LIMIT (also shard headers or an index far larger than
- * the config's tensor layout), NVLM_ERR_NOT_FOUND (missing file or shard),
+ * untrusted. Every expected tensor's name, shape and dtype (bf16/f16/f32; F8_E4M3 with a
+ * weight_scale for the LLM projections of a compressed-tensors FP8 checkpoint, see
+ * nvlm_weight_type) is checked against the config before use. The tokenizer, when present,
+ * must fit the model (both modes): every id below llm_config.vocab_size, and <|im_start|>,
+ * <|im_end|>, <|vision_pad|> among its added tokens. On success *out is a new model owned by
+ * the caller (nvlm_model_free), which must outlive its sessions; the context must outlive the
+ * model. Failure text goes to ctx.
+ * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (also an unknown precision or weight type),
+ * NVLM_ERR_IO (also a FIFO, directory, device or socket in a file's place: refused without
+ * blocking), NVLM_ERR_FORMAT (bad JSON, corrupt
+ * safetensors, a NUL in an index name, two index names for one shard file, a tokenizer that does
+ * not fit the model; an FP8 checkpoint's missing or bad weight_scale, NaN code, or ignored
+ * module stored as FP8; a projection to quantize that holds an infinity or NaN),
+ * NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
+ * NVLM_ERR_UNSUPPORTED (also: another quantization method, static activation scales,
+ * NVLM_WEIGHTS_BF16 on an FP8 checkpoint, FP8 weights on the CUDA backend), NVLM_ERR_LIMIT
+ * (also shard headers or an index far larger than the config's tensor layout),
+ * NVLM_ERR_NOT_FOUND (missing file or shard),
  * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
  * callback), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
                                      const nvlm_model_params *params, nvlm_model **out);
 NVLM_API void nvlm_model_free(nvlm_model *model);
+
+/* Writes an FP8 copy of the bf16/f16/f32 checkpoint in directory in_dir to directory out_dir
+ * (created when missing; it must not be in_dir): the LLM's seven projections as F8_E4M3 codes
+ * plus F32 [N, 1] `<name>_scale` tensors by the NVLM_WEIGHTS_FP8 rule, every other tensor
+ * copied byte for byte, shard by shard under the same file names (scales first in each shard);
+ * config.json gains a compressed-tensors quantization_config (float-quantized, 8-bit float
+ * weights per channel, no activation quantization, the vision model, projector and lm_head
+ * ignored); model.safetensors.index.json gets the new weight map and total_size;
+ * generation_config.json, the tokenizer files and preprocessor_config.json are copied when
+ * present. Memory: one shard mapped plus one tensor's codes and scales. Loading the result
+ * (NVLM_WEIGHTS_AUTO) gives bit-identical results to loading in_dir with NVLM_WEIGHTS_FP8.
+ * progress (may be NULL) gets the fraction of shards written; non-zero cancels. Failure text
+ * goes to ctx. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (NULL argument, out_dir = in_dir),
+ * NVLM_ERR_NOT_FOUND, NVLM_ERR_IO, NVLM_ERR_FORMAT (bad JSON or safetensors, an infinity or NaN
+ * in a projection), NVLM_ERR_UNSUPPORTED (already quantized), NVLM_ERR_OUT_OF_MEMORY,
+ * NVLM_ERR_CANCELLED. Files already written stay. Thread-safe for distinct directories. */
+NVLM_API nvlm_status nvlm_checkpoint_quantize(nvlm_context *ctx, const char *in_dir,
+                                              const char *out_dir, nvlm_progress_fn progress,
+                                              void *progress_user);
 
 /* Everything about a model that does not need the weights. Field names follow config.json. */
 typedef struct nvlm_model_info {
@@ -324,16 +367,25 @@ typedef struct nvlm_model_info {
     /* sizes */
     uint64_t n_params;                  /* parameters, dummy-head padding included */
     uint64_t weight_bytes;              /* bytes of the tensors as stored in the checkpoint */
-    uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights */
-    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs (all bf16) */
+    uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights
+                                           (weight_type FP8: the projections as 1-byte codes
+                                           plus a 4-byte scale per output row) */
+    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs: all bf16, or
+                                           with weight_type FP8 the projections as codes +
+                                           scales (the CUDA backend cannot run FP8 weights
+                                           yet: this is the planned storage) */
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
     /* tensor parallelism (the context's tp_size) */
     int32_t tp_size;
     uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
-                                           in bf16 (the CUDA backend's storage); cuda_bytes at
-                                           tp_size 1; 0 when tp_size exceeds the query heads */
+                                           in bf16 (the CUDA backend's storage; FP8 projections
+                                           as codes + scales with weight_type FP8); cuda_bytes
+                                           at tp_size 1; 0 when tp_size exceeds the query heads */
+    /* Appended (a shorter struct_size leaves it out): */
+    nvlm_weight_type weight_type;       /* the model's resolved weight type: NVLM_WEIGHTS_BF16
+                                           (as stored) or NVLM_WEIGHTS_FP8 */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).

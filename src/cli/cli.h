@@ -15,6 +15,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 /* Prints "nvlm: <what>: <status text>: <last error>" to stderr and returns 1. */
 int cli_fail(const char *what, nvlm_status st, const void *handle);
@@ -23,6 +24,8 @@ int cli_parse_devices(const char *text, int32_t *out, int cap);
 /* Parses --precision's value ("exact" or "fast"); 0 on success, else prints a usage line for
  * command `cmd` and returns 2. */
 int cli_parse_precision(const char *cmd, const char *text, nvlm_precision *out);
+/* Parses --weights TEXT ("auto", "bf16", "fp8") into *out; false when unknown. */
+int cli_parse_weights(const char *text, nvlm_weight_type *out);
 /* Whether argv[i] is -h/--help. */
 int cli_is_help(const char *arg);
 

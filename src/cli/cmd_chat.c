@@ -32,6 +32,8 @@ static void help(FILE *f)
             "  --precision P    exact (default) or fast (bf16 GEMM inputs, bf16 KV cache)\n"
             "  --tp N           shard the model over N tensor-parallel ranks\n"
             "  --devices LIST   the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
+            "  --weights TYPE   auto (as stored, the default), bf16, or fp8: the LLM's linear\n"
+            "                   layers quantized to FP8 E4M3 at load (CPU backend)\n"
             "  -h, --help       this text\n");
 }
 
@@ -64,6 +66,7 @@ int cmd_chat(int argc, char **argv)
     nvlm_precision precision = NVLM_PRECISION_EXACT;
     int32_t devices[256];
     int n_devices = 0;
+    nvlm_weight_type weights = NVLM_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -72,7 +75,8 @@ int cmd_chat(int argc, char **argv)
                      strcmp(a, "--top-k") == 0 || strcmp(a, "--top-p") == 0 ||
                      strcmp(a, "--seed") == 0 || strcmp(a, "-t") == 0 ||
                      strcmp(a, "--threads") == 0 || strcmp(a, "--tp") == 0 ||
-                     strcmp(a, "--devices") == 0 || strcmp(a, "--precision") == 0;
+                     strcmp(a, "--devices") == 0 || strcmp(a, "--precision") == 0 ||
+                     strcmp(a, "--weights") == 0;
         if (cli_is_help(a)) {
             help(stdout);
             return 0;
@@ -102,6 +106,10 @@ int cmd_chat(int argc, char **argv)
         } else if (strcmp(a, "--precision") == 0) {
             if (cli_parse_precision("chat", v, &precision) != 0) {
                 help(stderr);
+                return 2;
+            }
+        } else if (strcmp(a, "--weights") == 0) {
+            if (!cli_parse_weights(v, &weights)) {
                 return 2;
             }
         } else if (strcmp(a, "--devices") == 0) {
@@ -143,6 +151,7 @@ int cmd_chat(int argc, char **argv)
     nvlm_model_params mp;
     nvlm_model_default_params(&mp);
     mp.precision = precision;
+    mp.weight_type = weights;
     st = nvlm_model_load(ctx, dir, &mp, &model);
     if (st != NVLM_OK) {
         rc = cli_fail("chat", st, ctx);

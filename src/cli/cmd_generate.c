@@ -54,6 +54,8 @@ static void help(FILE *f)
             "                       of the threads; CUDA: the first N GPUs; 1 .. the LLM's\n"
             "                       query heads)\n"
             "  --devices LIST       the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
+            "  --weights TYPE       auto (as stored, the default), bf16, or fp8: the LLM's\n"
+            "                       linear layers quantized to FP8 E4M3 at load (CPU backend)\n"
             "  --json               print {\"prompt_tokens\":[...],\"tokens\":[...],\n"
             "                       \"text\":\"...\"} (text: special tokens skipped, stripped)\n"
             "  --logits-out FILE    write each step's logits as float32 .npy (steps x vocab)\n"
@@ -447,6 +449,7 @@ int cmd_generate(int argc, char **argv)
     double max_new = -1, temp = -1, top_k = -1, top_p = -1, seed = -1, threads = 0, tp = 1;
     int32_t devices[256];
     int n_devices = 0;
+    nvlm_weight_type weights = NVLM_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -516,6 +519,9 @@ int cmd_generate(int argc, char **argv)
         } else if (strcmp(a, "--precision") == 0) {
             rc = cli_parse_precision("generate", v, &precision);
             i++;
+        } else if (strcmp(a, "--weights") == 0) {
+            rc = cli_parse_weights(v, &weights) ? 0 : 2;
+            i++;
         } else if (strcmp(a, "--devices") == 0) {
             n_devices = v != NULL ? cli_parse_devices(v, devices, 256) : -1;
             if (n_devices < 0) {
@@ -562,6 +568,7 @@ int cmd_generate(int argc, char **argv)
     nvlm_model_params mp;
     nvlm_model_default_params(&mp);
     mp.precision = precision;
+    mp.weight_type = weights;
     st = nvlm_model_load(ctx, dir, &mp, &model);
     if (st != NVLM_OK) {
         rc = cli_fail("generate", st, ctx);

@@ -23,6 +23,7 @@ static void help(FILE *f)
 {
     fprintf(f,
             "usage: nvlm info MODEL_DIR [--json] [--config-only] [--tp N] [--precision P]\n"
+            "       [--weights TYPE]\n"
             "\n"
             "Shows an NVLM-D model's vision/projector/LLM dimensions, the dtypes of its tensors,\n"
             "its parameter count (dummy ViT heads included) and the memory it needs per backend.\n"
@@ -36,6 +37,8 @@ static void help(FILE *f)
             "                  (bf16, as the CUDA backend stores them): per_rank_weight_bytes\n"
             "  --precision P   load with exact (default) or fast precision (bf16 GEMM inputs,\n"
             "                  bf16 KV cache by default): the precision line / key\n"
+            "  --weights TYPE  auto (as stored), bf16 or fp8: the memory figures for that\n"
+            "                  weight type (fp8: the LLM's linear layers as E4M3 + scales)\n"
             "  -h, --help      this text\n");
 }
 
@@ -212,6 +215,8 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
     cJSON_AddNumberToObject(root, "weight_bytes", (double)i->weight_bytes);
     cJSON_AddNumberToObject(root, "tp_size", i->tp_size);
     cJSON_AddNumberToObject(root, "per_rank_weight_bytes", (double)i->per_rank_weight_bytes);
+    cJSON_AddStringToObject(root, "weight_type",
+                            i->weight_type == NVLM_WEIGHTS_FP8 ? "fp8" : "bf16");
     cJSON *m = cJSON_AddObjectToObject(root, "memory");
     cJSON_AddNumberToObject(m, "cpu_bytes", (double)i->cpu_bytes);
     cJSON_AddNumberToObject(m, "cuda_bytes", (double)i->cuda_bytes);
@@ -265,9 +270,12 @@ static void print_table(const char *dir, const nvlm_model_info *i, const dtype_s
         printf("  %-10s  %llu tensors, %s\n", st[k].name, (unsigned long long)st[k].tensors, a);
     }
     human(a, sizeof a, i->cpu_bytes);
-    printf("memory cpu    %s weights (used in place)\n", a);
+    int fp8 = i->weight_type == NVLM_WEIGHTS_FP8;
+    printf("memory cpu    %s weights (%s)\n", a,
+           fp8 ? "LLM projections FP8 + scales, the rest in place" : "used in place");
     human(a, sizeof a, i->cuda_bytes);
-    printf("memory cuda   %s weights (bf16)\n", a);
+    printf("memory cuda   %s weights (%s)\n", a, fp8 ? "LLM projections FP8, the rest bf16"
+                                                       : "bf16");
     if (i->tp_size > 1) {
         human(a, sizeof a, i->per_rank_weight_bytes);
         printf("per rank      %s weights (bf16) on the largest of %d tensor-parallel ranks\n", a,
@@ -288,6 +296,7 @@ int cmd_info(int argc, char **argv)
     int config_only = 0;
     long tp = 1;
     nvlm_precision precision = NVLM_PRECISION_EXACT;
+    nvlm_weight_type weights = NVLM_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             help(stdout);
@@ -303,6 +312,11 @@ int cmd_info(int argc, char **argv)
         } else if (strcmp(argv[i], "--precision") == 0) {
             if (cli_parse_precision("info", i + 1 < argc ? argv[i + 1] : NULL, &precision)) {
                 help(stderr);
+                return 2;
+            }
+            i++;
+        } else if (strcmp(argv[i], "--weights") == 0) {
+            if (!cli_parse_weights(i + 1 < argc ? argv[i + 1] : NULL, &weights)) {
                 return 2;
             }
             i++;
@@ -334,6 +348,7 @@ int cmd_info(int argc, char **argv)
     nvlm_model_default_params(&mp);
     mp.mode = config_only ? NVLM_LOAD_CONFIG_ONLY : NVLM_LOAD_FULL;
     mp.precision = precision;
+    mp.weight_type = weights;
     if (isatty(STDERR_FILENO)) {
         mp.progress = show_progress;
     }

@@ -16,6 +16,7 @@ static const struct {
     {"preprocess", cmd_preprocess, "decode an image and show or dump its tiles"},
     {"generate", cmd_generate, "answer a prompt (with images) and stream the text"},
     {"chat", cmd_chat, "interactive conversation"},
+    {"quantize", cmd_quantize, "write an FP8 copy of a checkpoint (compressed-tensors)"},
 };
 
 /* Prints "nvlm: WHAT: <the handle's message>". WHAT is the subcommand (or the step), never a
@@ -59,6 +60,21 @@ int cli_parse_devices(const char *text, int32_t *out, int cap)
         p = *end == ',' ? end + 1 : end;
     }
     return n > 0 ? n : -1;
+}
+
+int cli_parse_weights(const char *text, nvlm_weight_type *out)
+{
+    if (text != NULL && strcmp(text, "auto") == 0) {
+        *out = NVLM_WEIGHTS_AUTO;
+    } else if (text != NULL && strcmp(text, "bf16") == 0) {
+        *out = NVLM_WEIGHTS_BF16;
+    } else if (text != NULL && strcmp(text, "fp8") == 0) {
+        *out = NVLM_WEIGHTS_FP8;
+    } else {
+        fprintf(stderr, "nvlm: --weights needs auto, bf16 or fp8\n");
+        return 0;
+    }
+    return 1;
 }
 
 int cli_is_help(const char *arg)

@@ -62,6 +62,14 @@ static nvlm_status cpu_weight_load(nv_backend *be, const nv_tensor *src, const n
     memset(out, 0, sizeof *out);
     out->t = *src;
     out->t.device = -1;
+    if (src->dtype == NV_F8_E4M3) {
+        /* codes and scales used in place: their owner (the engine) outlives the backend */
+        if (src->ndim != 2 || src->scale == NULL) {
+            return nv_error(err_handle, NVLM_ERR_SHAPE, "an FP8 weight must be a 2-D matrix "
+                            "with per-row scales");
+        }
+        return NVLM_OK;
+    }
     int big_dims = 0;
     for (int d = 0; d < src->ndim; d++) {
         big_dims += src->shape[d] > 1;
@@ -607,8 +615,8 @@ static nvlm_status cpu_matmul_op(nv_exec *ex, float *y, const float *x, const nv
         if (cpu_matmul_bf16(ce->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K)) {
             return NVLM_OK;
         }
-        /* No AVX512-BF16 (or f16/f32 weights): the same bf16 x bf16 products from x rounded
-         * into the exec's buffer, through the exact kernels. */
+        /* No AVX512-BF16 (or f16/f32/FP8 weights): x rounded into the exec's buffer, then
+         * the exact kernels (for bf16 weights the same bf16 x bf16 products). */
         size_t n;
         if (!nv_mul_size((size_t)M, (size_t)K, &n)) {
             return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "matmul too large");
@@ -626,7 +634,11 @@ static nvlm_status cpu_matmul_op(nv_exec *ex, float *y, const float *x, const nv
         cpu_round_bf16(ce->xr, x, n);
         x = ce->xr;
     }
-    cpu_matmul(ce->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K);
+    if (t->dtype == NV_F8_E4M3) {
+        cpu_matmul_fp8(ce->pool, y, x, t->data, t->scale, b, M, (int)N, (int)K);
+    } else {
+        cpu_matmul(ce->pool, y, x, t->data, t->dtype, b, M, (int)N, (int)K);
+    }
     return NVLM_OK;
 }
 

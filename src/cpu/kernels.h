@@ -48,6 +48,13 @@ bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_
                      const float *bias, int M, int N, int K);
 /* dst[i] = f32(bf16(src[i])), round to nearest even (in place allowed). */
 void cpu_round_bf16(float *dst, const float *src, size_t n);
+/* y[M][N] = scale[n] * (x[M][K] . Q[N][K]^T)[m][n] (+ bias[N]) with Q the E4M3 codes of an FP8
+ * weight (fp8.h) read in place (AVX-512 / AVX2: widened to f16 by shifts, then vcvtph2ps; the
+ * portable path: a 256-entry table), f32 activations and accumulation (matmul_fp8.c). Every
+ * product is exact in f32 and each path reduces like cpu_matmul's path of the same SIMD width;
+ * deterministic whatever the thread count. */
+void cpu_matmul_fp8(nv_pool *pool, float *y, const float *x, const uint8_t *q, const float *scale,
+                    const float *bias, int M, int N, int K);
 
 /* C[M][N] = alpha * A[M][K] . B[N][K]^T with A, B, C all f32 and row strides lda, ldb, ldc
  * (used by attention: scores = Q K^T). */

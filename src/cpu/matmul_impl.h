@@ -76,6 +76,10 @@ void mm_nn_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 void mm_run(nv_pool *pool, const mm_args *a, mm_kernel kern, size_t scratch, int align_n,
             int align_m, int min_n, int min_m);
 
+/* cpu_matmul_fp8 (kernels.h) on an explicit path (matmul_fp8.c). */
+void mm_matmul_fp8_path(nv_pool *pool, float *y, const float *x, const uint8_t *q,
+                        const float *scale, const float *bias, int M, int N, int K, mm_simd path);
+
 void mm_nt_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch);
 void mm_nn_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch);
 

@@ -100,6 +100,9 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     (void)cut;
     memset(out, 0, sizeof *out);
     cuda_backend *cb = cb_of(be);
+    if (src->dtype == NV_F8_E4M3) {
+        return nv_error(err_handle, NVLM_ERR_UNSUPPORTED, "FP8 weights need the CPU backend");
+    }
     if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
         return nv_error(err_handle, NVLM_ERR_SHAPE, "weight dtype %s is not bf16/f16/f32",
                         nv_dtype_name(src->dtype));

@@ -162,7 +162,14 @@ static nvlm_status slice_view(nv_backend *be, const nv_tensor *src, const tp_sli
     if (!s->cols && s->blocks == 1) {
         view->shape[0] = s->count;
         view->data = (char *)src->data + (size_t)s->begin * row_bytes;
+        if (src->scale != NULL) {
+            view->scale = src->scale + s->begin; /* FP8: the scales go with their rows */
+        }
         return NVLM_OK;
+    }
+    if (src->scale != NULL && !s->cols) {
+        return nv_error(eh, NVLM_ERR_UNSUPPORTED, "an FP8 weight cut in %d row blocks",
+                        s->blocks);
     }
     size_t bytes = (size_t)s->nelem * es;
     char *dst = nv_malloc(be->ctx, bytes == 0 ? 1 : bytes);

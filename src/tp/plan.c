@@ -6,6 +6,8 @@
  */
 #include "tp/plan.h"
 
+#include "fp8.h"
+
 #include <string.h>
 
 tp_range tp_split(int64_t n, int parts, int rank)
@@ -112,27 +114,35 @@ typedef struct bytes_walk {
     const tp_plan *p;
     int rank;
     size_t elem_size;
+    bool fp8;
     uint64_t bytes;
 } bytes_walk;
 
 static nvlm_status add_bytes(void *u, const nv_layout_tensor *t)
 {
     bytes_walk *w = u;
-    if (!t->optional) {
-        w->bytes += (uint64_t)tp_plan_slice(w->p, w->rank, &t->tp, t->ndim, t->shape).nelem *
-                    w->elem_size;
+    if (t->optional) {
+        return NVLM_OK;
+    }
+    tp_slice s = tp_plan_slice(w->p, w->rank, &t->tp, t->ndim, t->shape);
+    if (w->fp8 && t->ndim == 2 && fp8_is_projection(t->name)) {
+        /* codes, plus the scales of the rows this rank holds */
+        int64_t rows = s.cols ? t->shape[0] : s.nelem / NV_MAX(1, t->shape[1]);
+        w->bytes += (uint64_t)s.nelem + (s.nelem > 0 ? 4u * (uint64_t)rows : 0u);
+    } else {
+        w->bytes += (uint64_t)s.nelem * w->elem_size;
     }
     return NVLM_OK;
 }
 
 nvlm_status tp_plan_max_rank_bytes(const tp_plan *p, const nv_config *cfg, size_t elem_size,
-                                   uint64_t *bytes)
+                                   bool fp8, uint64_t *bytes)
 {
     /* the first rank is the largest in every part (it takes the extra unit first) except
      * possibly in kv heads, so walk every rank; one walk per rank keeps this allocation-free */
     *bytes = 0;
     for (int r = 0; r < p->size; r++) {
-        bytes_walk w = {p, r, elem_size, 0};
+        bytes_walk w = {p, r, elem_size, fp8, 0};
         NVLM_TRY(nv_layout_tensors(cfg, add_bytes, &w));
         *bytes = NV_MAX(*bytes, w.bytes);
     }

@@ -56,8 +56,10 @@ tp_slice tp_plan_slice(const tp_plan *p, int rank, const nv_tp_cut *cut, int ndi
                        const int64_t *shape);
 
 /* Weight bytes of the largest rank when every tensor of the layout is stored with elem_size
- * bytes per element (tensors that are absent, such as a tied lm_head, not counted). */
+ * bytes per element (tensors that are absent, such as a tied lm_head, not counted); with fp8
+ * the LLM's seven projections take 1 byte per element plus a 4-byte scale per output row the
+ * rank holds (a row-parallel layer's rank keeps every scale). */
 nvlm_status tp_plan_max_rank_bytes(const tp_plan *p, const nv_config *cfg, size_t elem_size,
-                                   uint64_t *bytes);
+                                   bool fp8, uint64_t *bytes);
 
 #endif /* NVLM_TP_PLAN_H */
