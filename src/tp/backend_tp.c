@@ -9,15 +9,17 @@
  * columns, all-reduce, then add the bias once; the vocab-parallel lm_head all-gathers its
  * columns; attention runs on the rank's heads; the ViT QK-norm all-reduces its per-row sums of
  * squares; KV caches hold the rank's kv heads only. Other ops run whole on every rank.
- * Each session exec runs one worker thread per rank and its own communicator (local, or NCCL
- * between GPUs; device ranks over the local one stage collectives through host memory); each
- * op is handed to every worker and returns when all have finished. A failing rank aborts the
+ * Each session exec runs rank 0 on the calling thread and one worker thread for each other
+ * rank, with its own local communicator (device ranks over it stage collectives through host
+ * memory), or the model's NCCL communicator between GPUs; each op is handed to every rank and
+ * returns when all have finished. A failing rank aborts the
  * communicator, so no rank waits forever in a collective.
  */
 #include "backend.h"
 #include "tp/comm.h"
 #include "tp/plan.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -311,30 +313,62 @@ struct tp_exec {
     rank_state *rk;
     tp_comm *comm;
     region_set bufs;             /* the pipeline's buffers */
+    /* The job: fn(args) on every rank. The calling thread runs rank 0 itself; ranks 1 .. size
+     * - 1 have a worker thread each. job_id publishes a job (fn, args, inject written first),
+     * n_done counts the ranks that finished it. Waiting spins briefly, then blocks on the
+     * condition variables (under lock). */
     pthread_mutex_t lock;
     pthread_cond_t go, done;
-    uint64_t job_id;             /* jobs handed out */
+    atomic_uint_fast64_t job_id; /* jobs handed out */
     rank_fn fn;
     const void *args;
-    int n_done;
-    int first_fail;              /* the rank that failed first in this job, or -1 */
-    bool quit;
-    nvlm_status *st;             /* size */
+    int inject;                  /* tests: the rank whose op of this job fails, or -1 */
+    atomic_int n_done;
+    int first_fail;              /* the rank that failed first in this job, or -1 (lock) */
+    atomic_bool quit;
+    nvlm_status *st;             /* size: written by each rank, read once all are done */
     int fail_rank;               /* tests: this rank fails its fail_at-th op from now */
     int64_t fail_at;
 };
+
+/* Iterations of a busy wait before blocking (tens of microseconds): longer than the gap
+ * between back-to-back ops, so ranks do not sleep and wake (25-50 us each on the dev VM)
+ * between them, and short enough not to hold a core while a session is idle. */
+#define TP_SPIN 20000
 
 static tp_exec *tx_of(nv_exec *ex)
 {
     return ex->impl;
 }
 
-static void *worker(void *p);
-
 typedef struct worker_arg {
     tp_exec *t;
     int r;
 } worker_arg;
+
+/* Rank r's part of the current job; the last rank to finish wakes the caller. */
+static void run_rank(tp_exec *t, int r)
+{
+    rank_state *rs = &t->rk[r];
+    rs->err.err[0] = '\0'; /* only this rank writes its text during a job */
+    nvlm_status st = r == t->inject
+                         ? nv_error(&rs->err, NVLM_ERR_BACKEND, "injected failure")
+                         : t->fn(t, r, t->args);
+    if (st != NVLM_OK) {
+        pthread_mutex_lock(&t->lock);
+        if (t->first_fail < 0) {
+            t->first_fail = r;
+        }
+        pthread_mutex_unlock(&t->lock);
+        t->comm->ops->abort(t->comm, st);
+    }
+    t->st[r] = st;
+    if (atomic_fetch_add(&t->n_done, 1) + 1 == t->size) {
+        pthread_mutex_lock(&t->lock);
+        pthread_cond_signal(&t->done);
+        pthread_mutex_unlock(&t->lock);
+    }
+}
 
 static void *worker(void *p)
 {
@@ -343,37 +377,22 @@ static void *worker(void *p)
     tp_exec *t = a.t;
     uint64_t seen = 0;
     for (;;) {
-        pthread_mutex_lock(&t->lock);
-        while (t->job_id == seen && !t->quit) {
-            pthread_cond_wait(&t->go, &t->lock);
+        for (int i = 0; i < TP_SPIN && atomic_load(&t->job_id) == seen &&
+                        !atomic_load(&t->quit);
+             i++) {
         }
-        if (t->quit) {
-            pthread_mutex_unlock(&t->lock);
-            return NULL;
-        }
-        seen = t->job_id;
-        rank_fn fn = t->fn;
-        const void *args = t->args;
-        bool inject = a.r == t->fail_rank && --t->fail_at == 0;
-        pthread_mutex_unlock(&t->lock);
-
-        nv_clear(&t->rk[a.r].err);
-        nvlm_status st = inject ? nv_error(&t->rk[a.r].err, NVLM_ERR_BACKEND, "injected failure")
-                                : fn(t, a.r, args);
-        if (st != NVLM_OK) {
+        if (atomic_load(&t->job_id) == seen && !atomic_load(&t->quit)) {
             pthread_mutex_lock(&t->lock);
-            if (t->first_fail < 0) {
-                t->first_fail = a.r;
+            while (atomic_load(&t->job_id) == seen && !atomic_load(&t->quit)) {
+                pthread_cond_wait(&t->go, &t->lock);
             }
             pthread_mutex_unlock(&t->lock);
-            t->comm->ops->abort(t->comm, st);
         }
-        pthread_mutex_lock(&t->lock);
-        t->st[a.r] = st;
-        if (++t->n_done == t->size) {
-            pthread_cond_signal(&t->done);
+        if (atomic_load(&t->quit)) {
+            return NULL;
         }
-        pthread_mutex_unlock(&t->lock);
+        seen = atomic_load(&t->job_id);
+        run_rank(t, a.r);
     }
 }
 
@@ -392,11 +411,17 @@ static nvlm_status run_all(nv_exec *ex, rank_fn fn, const void *args)
     pthread_mutex_lock(&t->lock);
     t->fn = fn;
     t->args = args;
-    t->n_done = 0;
+    t->inject = t->fail_rank >= 0 && --t->fail_at == 0 ? t->fail_rank : -1;
     t->first_fail = -1;
-    t->job_id++;
+    atomic_store(&t->n_done, 0);
+    atomic_fetch_add(&t->job_id, 1);
     pthread_cond_broadcast(&t->go);
-    while (t->n_done < t->size) {
+    pthread_mutex_unlock(&t->lock);
+    run_rank(t, 0);
+    for (int i = 0; i < TP_SPIN && atomic_load(&t->n_done) < t->size; i++) {
+    }
+    pthread_mutex_lock(&t->lock);
+    while (atomic_load(&t->n_done) < t->size) {
         pthread_cond_wait(&t->done, &t->lock);
     }
     int bad = t->first_fail;
@@ -1079,7 +1104,7 @@ static void tp_exec_free(nv_exec *ex)
     nvlm_context *ctx = ex->be->ctx;
     if (t != NULL) {
         pthread_mutex_lock(&t->lock);
-        t->quit = true;
+        atomic_store(&t->quit, true);
         pthread_cond_broadcast(&t->go);
         pthread_mutex_unlock(&t->lock);
         /* rk is NULL when the exec's creation failed that early */
@@ -1139,6 +1164,10 @@ static nvlm_status tp_exec_create(nv_backend *be, int n_threads, void *err_handl
     t->ctx = ctx;
     t->size = tb->size;
     t->fail_rank = -1;
+    t->inject = -1;
+    atomic_init(&t->job_id, 0);
+    atomic_init(&t->n_done, 0);
+    atomic_init(&t->quit, false);
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->go, NULL);
     pthread_cond_init(&t->done, NULL);
@@ -1166,7 +1195,7 @@ static nvlm_status tp_exec_create(nv_backend *be, int n_threads, void *err_handl
     } else if (st == NVLM_OK) {
         st = tp_comm_local_create(ctx, t->size, err_handle, &t->comm);
     }
-    for (int r = 0; r < t->size && st == NVLM_OK; r++) {
+    for (int r = 1; r < t->size && st == NVLM_OK; r++) {
         worker_arg *a = nv_malloc(ctx, sizeof *a);
         if (a == NULL) {
             st = nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory for a rank");
