@@ -167,14 +167,16 @@ test: $(TEST_BIN) $(CLI) $(SHLIB)
 
 check: test
 
-# The concurrency test (8 sessions on 4 threads, plain and over 2 tensor-parallel CPU ranks)
-# and the local communicator under ThreadSanitizer, in their own build tree.
+# The concurrency test (8 sessions on 4 threads, plain and over 2 tensor-parallel CPU ranks),
+# the local communicator and the tensor-parallel synthetic models and failing rank under
+# ThreadSanitizer, in their own build tree.
 .PHONY: tsan-test
 tsan-test:
 	$(MAKE) O=build/tsan SANITIZE=thread build/tsan/obj/tests/test_concurrency \
-	    build/tsan/obj/tests/test_tp_comm
+	    build/tsan/obj/tests/test_tp_comm build/tsan/obj/tests/test_tp
 	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_concurrency
 	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_tp_comm
+	TSAN_OPTIONS=halt_on_error=1 build/tsan/obj/tests/test_tp --synthetic
 
 # libFuzzer (clang): the library sources (CPU only) instrumented with ASan + UBSan.
 # `make fuzz` runs the safetensors header/config parser for FUZZ_SECONDS (default 60);
