@@ -308,9 +308,7 @@ T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k
 T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, float *c, size_t ldc,
                         int mr, int nr, int first, int last, float alpha, const float *bias)
 {
-    const __mmask16 mk0 = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1u);
-    const __mmask16 mk1 =
-        (__mmask16)(nr >= 32 ? 0xffffu : nr > 16 ? (1u << (nr - 16)) - 1u : 0u);
+    const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
     for (int r = 0; r < MR5; r++) {
