@@ -125,6 +125,30 @@ static inline const char *eg_jstr(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Runs the ViT on one tile of normalized pixels (3 x S x S floats, host) in an arena of its
+ * own: *out (arena rows, valid until *ar is released) and the returned hidden states
+ * (n_layers x (1 + n_patches) x D, malloc'd; embeddings then every layer's output but the
+ * last). NULL (a failed check) on failure. */
+static inline float *eg_vit_one_tile(nv_exec *ex, nv_arena *ar, const vit_weights *w,
+                                     const float *pixels, float **out)
+{
+    *ar = (nv_arena){.ex = ex};
+    *out = NULL;
+    size_t npix = (size_t)3 * w->image * w->image;
+    CHECK_OK(nv_arena_reserve(ar, vit_arena_bytes(w, 1))); /* the pixels included */
+    float *pix = nv_arena_floats(ar, npix);
+    size_t per = (size_t)(w->n_patches + 1) * w->D;
+    float *hidden = malloc((size_t)w->n_layers * per * sizeof(float));
+    if (pix == NULL || hidden == NULL) {
+        CHECK(false, "ViT arena and hidden states");
+        free(hidden);
+        return NULL;
+    }
+    memcpy(pix, pixels, npix * sizeof(float));
+    CHECK_OK(vit_forward(ex, ar, w, pix, 1, out, hidden));
+    return hidden;
+}
+
 /* Greedy, no stop ids, at most n tokens. */
 static inline void eg_greedy_params(nvlm_sampler_params *p, int n)
 {

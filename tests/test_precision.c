@@ -156,15 +156,10 @@ static void test_stages(nvlm_context *ctx, nvlm_model *m, const nv_st_file *fast
     const nv_tensor *hs = eg_tensor(fast, "case2_single_tile.vit_hidden_states", NV_F32);
     if (ex != NULL && pv != NULL && hs != NULL) {
         const vit_weights *w = &e->vit;
-        nv_arena ar = {.ex = ex};
-        size_t npix = (size_t)3 * w->image * w->image;
-        CHECK_OK(nv_arena_reserve(&ar, nv_arena_size(npix) + vit_arena_bytes(w, 1)));
-        float *pix = nv_arena_floats(&ar, npix);
-        memcpy(pix, pv->data, npix * sizeof(float));
-        size_t per = (size_t)(w->n_patches + 1) * w->D;
-        float *hidden = malloc((size_t)w->n_layers * per * sizeof(float));
+        nv_arena ar;
         float *out = NULL;
-        CHECK_OK(vit_forward(ex, &ar, w, pix, 1, &out, hidden));
+        float *hidden = eg_vit_one_tile(ex, &ar, w, pv->data, &out);
+        size_t per = (size_t)(w->n_patches + 1) * w->D;
         for (int l = 0; l < w->n_layers && out != NULL; l++) {
             char what[96];
             snprintf(what, sizeof what, "fast ViT layer %d input", l);

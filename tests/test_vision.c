@@ -22,15 +22,10 @@ static void test_case2(nv_engine *e, nv_exec *ex, nvlm_context *ctx)
         return;
     }
     const vit_weights *w = &e->vit;
-    nv_arena ar = {.ex = ex};
-    size_t npix = (size_t)3 * w->image * w->image;
-    CHECK_OK(nv_arena_reserve(&ar, nv_arena_size(npix) + vit_arena_bytes(w, 1)));
-    float *pix = nv_arena_floats(&ar, npix);
-    memcpy(pix, pv->data, npix * sizeof(float));
-    size_t per = (size_t)(w->n_patches + 1) * w->D;
-    float *hidden = malloc((size_t)w->n_layers * per * sizeof(float));
+    nv_arena ar;
     float *out = NULL;
-    CHECK_OK(vit_forward(ex, &ar, w, pix, 1, &out, hidden));
+    float *hidden = eg_vit_one_tile(ex, &ar, w, pv->data, &out);
+    size_t per = (size_t)(w->n_patches + 1) * w->D;
     CHECK_EQ_INT(hs->shape[0], w->n_layers, "hidden state count");
     const float *want = hs->data;
     for (int l = 0; l < w->n_layers && out != NULL; l++) {
