@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#ifdef NVLM_WITH_CUDA
 /* ---- services lent to the plugin ---- */
 
 static nvlm_status host_error(void *handle, nvlm_status st, const char *msg)
@@ -69,6 +70,8 @@ static void *open_one(const char *path, char *why, size_t why_len, bool *exists)
     }
     return h;
 }
+
+#endif /* NVLM_WITH_CUDA */
 
 const nv_cuda_plugin *nv_cuda_plugin_open(char *why, size_t why_len)
 {
