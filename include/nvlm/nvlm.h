@@ -370,22 +370,43 @@ typedef struct nvlm_model_info {
     uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights
                                            (weight_type FP8: the projections as 1-byte codes
                                            plus a 4-byte scale per output row) */
-    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs: all bf16, or
-                                           with weight_type FP8 the projections as codes +
-                                           scales (the CUDA backend cannot run FP8 weights
-                                           yet: this is the planned storage) */
+    uint64_t cuda_bytes;                /* device bytes the CUDA backend's weights take on one
+                                           device: matrices bf16, vectors f32, each weight at a
+                                           256-byte offset of one slab; with weight_type FP8 the
+                                           projections as codes + f32 row scales (the CUDA
+                                           backend cannot run FP8 weights yet: this is the
+                                           planned storage) */
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
     /* tensor parallelism (the context's tp_size) */
     int32_t tp_size;
-    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
-                                           in bf16 (the CUDA backend's storage; FP8 projections
-                                           as codes + scales with weight_type FP8); cuda_bytes
-                                           at tp_size 1; 0 when tp_size exceeds the query heads */
+    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank in the CUDA
+                                           backend's storage (as cuda_bytes, for the rank's
+                                           slices); cuda_bytes at tp_size 1; 0 when tp_size
+                                           exceeds the query heads */
     /* Appended (a shorter struct_size leaves it out): */
     nvlm_weight_type weight_type;       /* the model's resolved weight type: NVLM_WEIGHTS_BF16
                                            (as stored) or NVLM_WEIGHTS_FP8 */
+    /* Appended: what the CUDA backend needs on each device, from the estimator its fit check
+     * uses (docs/cuda.md, "Memory"); per rank of tp_size (the largest), 0 when tp_size exceeds
+     * the query heads. A session adds workspace + activations + its KV cache; each device
+     * keeps headroom free. */
+    uint64_t cuda_workspace_bytes;      /* one session: cuBLASLt workspace, the bf16 copy of the
+                                           widest GEMM input, attention scratch */
+    uint64_t cuda_activation_bytes;     /* one session: the activation arena of the largest
+                                           pass (a 2048-token decoder chunk, or one image of
+                                           max_dynamic_patch tiles + thumbnail) */
+    uint64_t cuda_kv_bytes_per_token;   /* bf16 KV cache bytes per token (the rank's kv heads) */
+    uint64_t cuda_kv_bytes_default_ctx; /* bf16 KV cache for cuda_default_n_ctx tokens */
+    uint64_t cuda_headroom_bytes;       /* kept free per device (allocator, cuBLASLt) */
+    uint64_t cuda_load_bytes;           /* what nvlm_model_load requires free on the device:
+                                           weights + one session's workspace and activations +
+                                           the KV cache of cuda_load_n_ctx tokens + headroom */
+    uint64_t cuda_default_ctx_bytes;    /* weights + one session at the default context
+                                           (cuda_default_n_ctx) + headroom */
+    int32_t cuda_default_n_ctx;         /* the default context: max_position_embeddings */
+    int32_t cuda_load_n_ctx;            /* tokens of one full decoder pass (2048 at most) */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).
