@@ -148,7 +148,11 @@ typedef void *(*nvlm_realloc_fn)(void *user, void *ptr, size_t size);
 typedef void (*nvlm_free_fn)(void *user, void *ptr);
 
 typedef enum nvlm_backend {
-    NVLM_BACKEND_AUTO = 0, /* CUDA when built in and a device exists, else CPU */
+    NVLM_BACKEND_AUTO = 0, /* CUDA when built in and a device exists, else CPU. Chosen when
+                              the context is created: a model that then does not fit the
+                              device is refused by nvlm_model_load's fit check (the message
+                              names the CPU backend among the remedies), never moved to the
+                              CPU silently */
     NVLM_BACKEND_CPU = 1,
     NVLM_BACKEND_CUDA = 2
 } nvlm_backend;
@@ -207,7 +211,10 @@ NVLM_API const char *nvlm_backend_name(nvlm_backend backend);
 /* Model: config, weights, tokenizer.  Read-only once loaded; shareable between threads.        */
 /* ============================================================================================ */
 
-/* Load progress, fraction in [0, 1]. Return non-zero to cancel the load (NVLM_ERR_CANCELLED). */
+/* Load progress, fraction in [0, 1], non-decreasing: up to 0.35 for the config, index, shards
+ * and tokenizer, then by bytes of weights laid out (uploaded to the device on CUDA), reported
+ * each time it has moved by 1/512 or more, ending at 1. Return non-zero to cancel the load: it stops, frees what
+ * it made and returns NVLM_ERR_CANCELLED. */
 typedef int (*nvlm_progress_fn)(void *user, float fraction);
 
 typedef enum nvlm_load_mode {
@@ -293,8 +300,12 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * NVLM_WEIGHTS_BF16 on an FP8 checkpoint, FP8 weights on the CUDA backend), NVLM_ERR_LIMIT
  * (also shard headers or an index far larger than the config's tensor layout),
  * NVLM_ERR_NOT_FOUND (missing file or shard),
- * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
- * callback), NVLM_ERR_BACKEND. */
+ * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out; on the CUDA backend also the fit
+ * check, before any weight is uploaded: when a device's free memory is below what its ranks
+ * need, nvlm_model_info.cuda_load_bytes each, the message says "needs X GiB, device N has
+ * Y GiB free" with the parts and the remedies: more tensor-parallel ranks with their
+ * per-device figure, FP8 weights, and for the auto backend the CPU backend; docs/cuda.md),
+ * NVLM_ERR_CANCELLED (progress callback), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
                                      const nvlm_model_params *params, nvlm_model **out);
 NVLM_API void nvlm_model_free(nvlm_model *model);
@@ -695,7 +706,9 @@ static inline void nvlm_session_default_params(nvlm_session_params *p)
 
 /* Creates a session over a fully loaded model (which must outlive it). Failure text goes to the
  * model. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (config-only model, bad params),
- * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+ * NVLM_ERR_OUT_OF_MEMORY (also, on the CUDA backend, when its workspace, activations and KV
+ * cache for the whole n_ctx do not fit a device's free memory now: the message says how many
+ * tokens of context would), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
                                          nvlm_session **out);
 /* Frees the session and everything it owns; NULL is a no-op. Call it when no other call on the

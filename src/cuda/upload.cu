@@ -18,7 +18,7 @@ extern "C" {
 #include <unistd.h>
 
 #define UP_LANES 4
-#define UP_STAGE_BYTES ((size_t)16 << 20)   /* per pinned half, per lane */
+#define UP_STAGE_BYTES ((size_t)8 << 20)    /* per pinned half, per lane */
 #define UP_MIN_PART_BYTES ((size_t)8 << 20) /* a thread's share of a tensor at least */
 #define UP_QUANTUM 4096                     /* elements: parts start at multiples of it */
 
