@@ -1,8 +1,9 @@
 /*
  * memory_plan.c - the device memory estimator (weights per rank in the CUDA backend's storage,
  * workspace, the activation arena of the largest pass, the KV cache), the fit checks at model
- * load and session creation that compare it with each device's free memory, and the host-side
- * parts of the weight upload (slab offsets, thread split, conversion, progress by bytes).
+ * load and session creation that compare it with each device's free memory, and the load
+ * progress by bytes. The host-side parts of the upload that the CUDA backend calls are in
+ * upload_host.c.
  */
 #include "memory_plan.h"
 
@@ -16,40 +17,6 @@
 
 #include <stdio.h>
 #include <string.h>
-
-/* ---- storage of one weight -------------------------------------------------------------- */
-
-size_t nv_slab_piece(size_t bytes)
-{
-    size_t b;
-    if (!nv_add_size(bytes == 0 ? 1 : bytes, NV_SLAB_ALIGN - 1, &b)) {
-        return SIZE_MAX;
-    }
-    return b & ~(NV_SLAB_ALIGN - 1);
-}
-
-bool nv_mem_weight_store(int ndim, const int64_t *shape, nv_dtype src_dtype, nv_dtype *dtype,
-                         size_t *bytes)
-{
-    int big_dims = 0;
-    size_t n = 1;
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] < 0 || !nv_mul_size(n, (size_t)shape[d], &n)) {
-            return false;
-        }
-        big_dims += shape[d] > 1;
-    }
-    if (src_dtype == NV_F8_E4M3) {
-        /* codes, then one f32 scale per row at the next aligned offset */
-        size_t rows = ndim > 0 ? (size_t)shape[0] : 1;
-        size_t codes = nv_slab_piece(n);
-        *dtype = NV_F8_E4M3;
-        return codes != SIZE_MAX && nv_mul_size(rows, sizeof(float), bytes) &&
-               nv_add_size(codes, *bytes, bytes);
-    }
-    *dtype = big_dims > 1 ? NV_BF16 : NV_F32;
-    return nv_mul_size(n, nv_dtype_size(*dtype), bytes);
-}
 
 /* ---- the estimator ---------------------------------------------------------------------- */
 
@@ -230,11 +197,6 @@ void nv_mem_set_probe(nvlm_context *ctx, nv_mem_probe_fn fn, void *user)
     ctx->mem_probe_user = user;
 }
 
-void nv_mem_gib(char *buf, size_t n, uint64_t bytes)
-{
-    snprintf(buf, n, "%.2f GiB", (double)bytes / (double)(1ull << 30));
-}
-
 #ifdef NVLM_WITH_CUDA
 static nvlm_status cuda_probe(void *user, int device, size_t *free_b, size_t *total_b, void *eh)
 {
@@ -303,8 +265,8 @@ static void remedies(const nvlm_model *m, const nv_mem_plan *cur, int64_t n_ctx,
                                 "`--weights fp8`) need %s per device", g);
     }
     if (len < cap && ctx->backend_auto) {
-        snprintf(buf + len, cap - len, "; or the CPU backend (backend cpu, `--backend cpu`): "
-                 "the auto backend picked CUDA because a device exists");
+        snprintf(buf + len, cap - len, "; or the CPU backend (backend cpu, `--backend cpu`) "
+                 "instead of auto");
     }
 }
 
@@ -349,7 +311,8 @@ static nvlm_status fit(const nvlm_model *m, const nv_mem_plan *p, const uint64_t
         if (need <= free_b) {
             continue;
         }
-        char a[32], b[32], t[32], w[32], s[32], k[32], more[512];
+        char a[32], b[32], t[32], w[32], s[32], k[32], hr[32], more[512];
+        nv_mem_gib(hr, sizeof hr, p->headroom);
         nv_mem_gib(a, sizeof a, need);
         nv_mem_gib(b, sizeof b, free_b);
         nv_mem_gib(t, sizeof t, total_b);
@@ -360,8 +323,8 @@ static nvlm_status fit(const nvlm_model *m, const nv_mem_plan *p, const uint64_t
             remedies(m, p, p->n_ctx, kv, free_b, more, sizeof more);
             return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "the %s needs %s, device %d has %s "
                             "free (of %s): weights %s, workspace and activations %s, KV cache "
-                            "for %lld tokens %s, headroom 0.50 GiB%s", what, a, dev, b, t, w,
-                            s, (long long)p->n_ctx, k, more);
+                            "for %lld tokens %s, headroom %s%s", what, a, dev, b, t, w, s,
+                            (long long)p->n_ctx, k, hr, more);
         }
         /* a session: how many tokens of context would fit */
         uint64_t fixed = need - p->kv * (uint64_t)ranks;
@@ -369,9 +332,9 @@ static nvlm_status fit(const nvlm_model *m, const nv_mem_plan *p, const uint64_t
         uint64_t fits = free_b > fixed && per > 0 ? (free_b - fixed) / per : 0;
         return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "the %s needs %s, device %d has %s free "
                         "(of %s): KV cache for n_ctx %lld tokens %s, workspace and activations "
-                        "%s, headroom 0.50 GiB; an n_ctx of at most %llu fits, or use more "
+                        "%s, headroom %s; an n_ctx of at most %llu fits, or use more "
                         "tensor-parallel ranks (tp_size, `--tp N`)", what, a, dev, b, t,
-                        (long long)p->n_ctx, k, s, (unsigned long long)fits);
+                        (long long)p->n_ctx, k, s, hr, (unsigned long long)fits);
     }
     return NVLM_OK;
 }
@@ -403,69 +366,10 @@ nvlm_status nv_mem_fit_session(const nvlm_model *m, int64_t n_ctx, nv_dtype kv_t
     nv_mem_plan p;
     NVLM_TRY(nv_mem_estimate(&m->cfg, ctx->tp_size, m->weight_type == NVLM_WEIGHTS_FP8,
                              kv_type, n_ctx, lm_head_stored(m), NULL, &p, err_handle));
-    p.headroom = NV_MEM_HEADROOM;
     return fit(m, &p, NULL, false, kv_type, "session", err_handle);
 }
 
-/* ---- weight upload: host-side parts ----------------------------------------------------- */
-
-bool nv_slab_take(nv_slab *s, size_t bytes, size_t *off)
-{
-    size_t piece = nv_slab_piece(bytes);
-    if (piece == SIZE_MAX || piece > s->cap - s->used) {
-        return false;
-    }
-    *off = s->used;
-    s->used += piece;
-    return true;
-}
-
-int nv_upload_split(size_t n, size_t quantum, size_t min_elems, int max_parts, size_t *begin,
-                    size_t *count)
-{
-    if (n == 0 || max_parts < 1) {
-        return 0;
-    }
-    quantum = quantum > 0 ? quantum : 1;
-    size_t units = (n + quantum - 1) / quantum;
-    size_t min_units = NV_MAX((size_t)1, (min_elems + quantum - 1) / quantum);
-    size_t parts = NV_MIN((size_t)max_parts, NV_MAX((size_t)1, units / min_units));
-    size_t at = 0;
-    for (size_t i = 0; i < parts; i++) {
-        /* the first units % parts parts take one unit more */
-        size_t u = units / parts + (i < units % parts ? 1 : 0);
-        size_t c = NV_MIN(u * quantum, n - at);
-        begin[i] = at;
-        count[i] = c;
-        at += c;
-    }
-    return (int)parts;
-}
-
-void nv_convert_weight(void *dst, nv_dtype dt, const void *src, nv_dtype st, size_t n)
-{
-    size_t des = nv_dtype_size(dt);
-    size_t ses = nv_dtype_size(st);
-    if (st == dt) {
-        memcpy(dst, src, n * des);
-        return;
-    }
-    float tmp[1024];
-    char *d = dst;
-    const char *s = src;
-    for (size_t i = 0; i < n; i += NV_ARRAY_LEN(tmp)) {
-        size_t c = NV_MIN(NV_ARRAY_LEN(tmp), n - i);
-        nv_to_f32(tmp, s + i * ses, st, c);
-        if (dt == NV_F32) {
-            memcpy(d + i * des, tmp, c * sizeof(float));
-        } else {
-            uint16_t *o = (uint16_t *)(void *)(d + i * des);
-            for (size_t j = 0; j < c; j++) {
-                o[j] = nv_f32_to_bf16(tmp[j]);
-            }
-        }
-    }
-}
+/* ---- load progress ---------------------------------------------------------------------- */
 
 nvlm_status nv_progress_add(nv_progress *p, uint64_t bytes, void *err_handle)
 {

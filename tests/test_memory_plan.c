@@ -421,8 +421,8 @@ static void test_tiny(void)
     }
     CHECK(st == NVLM_ERR_OUT_OF_MEMORY && m == NULL && pr.calls == 1,
           "one byte short: NVLM_ERR_OUT_OF_MEMORY (%d): %s", st, nvlm_last_error(ctx));
-    CHECK(top <= NV_LOAD_WEIGHTS_F0, "refused before any weight was laid out (progress stopped at %.3f)",
-          top);
+    CHECK(top <= NV_LOAD_WEIGHTS_F0,
+          "refused before any weight was laid out (progress stopped at %.3f)", top);
     CHECK(strstr(nvlm_last_error(ctx), "CPU backend") == NULL,
           "no CPU-backend remedy for a context that chose its backend: %s",
           nvlm_last_error(ctx));

@@ -213,8 +213,8 @@ NVLM_API const char *nvlm_backend_name(nvlm_backend backend);
 
 /* Load progress, fraction in [0, 1], non-decreasing: up to 0.35 for the config, index, shards
  * and tokenizer, then by bytes of weights laid out (uploaded to the device on CUDA), reported
- * each time it has moved by 1/512 or more, ending at 1. Return non-zero to cancel the load: it stops, frees what
- * it made and returns NVLM_ERR_CANCELLED. */
+ * each time it has moved by 1/512 or more, ending at 1. Return non-zero to cancel the load: it
+ * stops, frees what it made and returns NVLM_ERR_CANCELLED. */
 typedef int (*nvlm_progress_fn)(void *user, float fraction);
 
 typedef enum nvlm_load_mode {
