@@ -149,28 +149,34 @@ bool cuda_slab_owns(const cuda_backend *cb, const void *p)
 }
 
 /* Lanes: as many as half the cores (1 .. UP_LANES), each a stream, two pinned halves and
- * their events. */
-static nvlm_status lanes_init(cuda_backend *cb, cuda_upload *up, void *eh)
+ * their events. All or none: a failure frees the lanes made so far. */
+static nvlm_status lanes_init(cuda_upload *up, void *eh)
 {
     if (up->n_lanes > 0) {
         return NVLM_OK;
     }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)NV_MAX(1L, NV_MIN((long)UP_LANES, cores / 2));
-    for (int i = 0; i < n; i++) {
+    nvlm_status st = NVLM_OK;
+    for (int i = 0; i < n && st == NVLM_OK; i++) {
         up_lane *l = &up->lane[i];
         up->n_lanes = i + 1;
-        NVLM_TRY(cuda_status(eh, cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking),
-                             "create upload stream"));
-        for (int h = 0; h < 2; h++) {
-            NVLM_TRY(cuda_status(eh, cudaHostAlloc(&l->stage[h], UP_STAGE_BYTES,
-                                                   cudaHostAllocDefault), "pinned staging"));
-            NVLM_TRY(cuda_status(eh, cudaEventCreateWithFlags(&l->ev[h],
+        st = cuda_status(eh, cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking),
+                         "create upload stream");
+        for (int h = 0; h < 2 && st == NVLM_OK; h++) {
+            st = cuda_status(eh, cudaHostAlloc(&l->stage[h], UP_STAGE_BYTES,
+                                               cudaHostAllocDefault), "pinned staging");
+            if (st == NVLM_OK) {
+                st = cuda_status(eh, cudaEventCreateWithFlags(&l->ev[h],
                                                               cudaEventDisableTiming),
-                                 "staging event"));
+                                 "staging event");
+            }
         }
     }
-    return NVLM_OK;
+    if (st != NVLM_OK) {
+        lanes_free(up);
+    }
+    return st;
 }
 
 typedef struct up_job {
@@ -269,7 +275,7 @@ nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight 
     cuda_upload *up = up_of(be, eh, &st);
     NVLM_TRY(st);
     NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
-    NVLM_TRY(lanes_init(cb, up, eh));
+    NVLM_TRY(lanes_init(up, eh));
     char *p = NULL;
     size_t off;
     bool own = false;
