@@ -567,9 +567,130 @@ static void test_upload_parts(void)
     CHECK(st == NVLM_ERR_CANCELLED && pg.n == 4, "the 4th report cancels (%d reports)", pg.n);
 }
 
+/* ---- the slab estimate against what the tensor-parallel backend hands its ranks ---------- */
+
+/* A rank backend that only records the slab pieces its weights would take on a CUDA device
+ * (the sizing the CUDA backend's weight_load uses). */
+typedef struct rec_rank {
+    uint64_t bytes;
+    int loads;
+} rec_rank;
+
+static nvlm_status rec_load(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
+                            nv_bweight *out, void *eh)
+{
+    (void)cut;
+    rec_rank *r = be->impl;
+    nv_dtype dt;
+    size_t bytes;
+    if (!nv_mem_weight_store(src->ndim, src->shape, src->dtype, &dt, &bytes)) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "overflow");
+    }
+    r->bytes += nv_slab_piece(bytes);
+    r->loads++;
+    memset(out, 0, sizeof *out);
+    out->t = *src;
+    out->t.dtype = dt;
+    return NVLM_OK;
+}
+
+static void rec_free(nv_backend *be, nv_bweight *w)
+{
+    (void)be;
+    memset(w, 0, sizeof *w);
+}
+
+static void rec_destroy(nv_backend *be)
+{
+    (void)be;
+}
+
+typedef struct rec_walk {
+    const nvlm_model *m;
+    nv_backend *tp;
+    bool fp8;
+    int missing;
+    nvlm_status st;
+} rec_walk;
+
+static nvlm_status rec_tensor(void *u, const nv_layout_tensor *t)
+{
+    rec_walk *w = u;
+    const nv_weight *cw = nv_model_weight(w->m, t->name);
+    if (cw == NULL) {
+        w->missing += !t->optional;
+        return NVLM_OK;
+    }
+    nv_tensor src = cw->t;
+    static float scales[1 << 16];
+    if (w->fp8 && src.ndim == 2 && strstr(t->name, "_proj.weight") != NULL &&
+        strncmp(t->name, "language_model.model.layers.", 28) == 0) {
+        src.dtype = NV_F8_E4M3; /* sizes only: codes + row scales, as quantize-on-load */
+        src.scale = scales;
+    }
+    nv_bweight bw;
+    w->st = w->tp->ops->weight_load(w->tp, &src, &t->tp, &bw, NULL);
+    if (w->st == NVLM_OK) {
+        w->tp->ops->weight_free(w->tp, &bw);
+    }
+    return w->st;
+}
+
+static void test_slab_vs_ranks(void)
+{
+    tu_section("estimator: each rank's slab = the pieces the tensor-parallel backend hands it");
+    nvlm_context *ctx = ctx_tp(1, NULL);
+    nvlm_model *m = load(ctx, TINY, NVLM_LOAD_FULL, NVLM_WEIGHTS_AUTO);
+    if (m == NULL) {
+        nvlm_context_free(ctx);
+        return;
+    }
+    static const nv_backend_ops rec_ops = {
+        .name = "rec", .weight_load = rec_load, .weight_free = rec_free,
+        .destroy = rec_destroy,
+    };
+    for (int fp8 = 0; fp8 <= 1; fp8++) {
+        for (int tp = 2; tp <= 4; tp++) {
+            rec_rank rr[4];
+            nv_backend rb[4];
+            nv_backend *ranks[4];
+            memset(rr, 0, sizeof rr);
+            memset(rb, 0, sizeof rb);
+            for (int r = 0; r < tp; r++) {
+                rb[r].ops = &rec_ops;
+                rb[r].ctx = ctx;
+                rb[r].impl = &rr[r];
+                ranks[r] = &rb[r];
+            }
+            nv_backend *be = NULL;
+            CHECK_OK(nv_backend_tp_create(ctx, &m->cfg, ranks, tp, NULL, NULL, &be));
+            if (be == NULL) {
+                continue;
+            }
+            rec_walk w = {m, be, fp8 != 0, 0, NVLM_OK};
+            nv_layout_tensors(&m->cfg, rec_tensor, &w);
+            be->ops->destroy(be);
+            uint64_t want[4];
+            nv_mem_plan p;
+            CHECK_OK(nv_mem_estimate(&m->cfg, tp, fp8 != 0, NV_BF16, 0, true, want, &p, NULL));
+            bool same = w.st == NVLM_OK && w.missing == 0;
+            for (int r = 0; r < tp; r++) {
+                same = same && rr[r].bytes == want[r] && rr[r].loads > 0;
+            }
+            CHECK(same, "tp %d%s: ranks %llu %llu .. = the estimate %llu %llu ..", tp,
+                  fp8 ? " fp8" : "", (unsigned long long)rr[0].bytes,
+                  (unsigned long long)rr[1].bytes, (unsigned long long)want[0],
+                  (unsigned long long)want[1]);
+        }
+    }
+    nvlm_model_free(m);
+    nvlm_context_free(ctx);
+}
+
 int main(void)
 {
     test_upload_parts();
+    test_slab_vs_ranks();
     test_big_estimate();
     test_big_fit();
     test_cli_agrees();
