@@ -83,7 +83,7 @@ TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 PLUGIN_OBJ := $(CUDA_OBJ) $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/cuda/*.c)) \
-              $(BUILD)/src/tensor.o
+              $(BUILD)/src/tensor.o $(BUILD)/src/upload_host.o
 CPPFLAGS += -DNVLM_WITH_CUDA=1
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \

@@ -20,15 +20,12 @@ extern "C" {
 
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
 
-/* Per model: the device and the pinned staging used to upload weights. */
+/* Per model: the device and the weight slab. */
 typedef struct cuda_backend {
     int device;
     int sm_count;
     char name[256];
-    cudaStream_t upload;        /* weight uploads (created at the first weight) */
-    void *stage[2];             /* pinned halves, double-buffered host -> device */
-    cudaEvent_t stage_ev[2];
-    size_t stage_bytes;         /* bytes per half */
+    struct cuda_upload *up;     /* weight slab and upload lanes (upload.cu), NULL until used */
     bool debug_sync;            /* NVLM_CUDA_SYNC: synchronise after every op */
 } cuda_backend;
 
@@ -73,6 +70,17 @@ nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size
                          const char *what);
 /* Grid size for n elements with `threads` per block, capped (kernels use grid-stride loops). */
 unsigned cuda_blocks(size_t n, unsigned threads);
+
+/* ---- upload.cu ---- */
+
+/* Lays out one weight on the device (matrices bf16, vectors f32, FP8 codes + f32 row scales;
+ * memory_plan.h's nv_mem_weight_store): a piece of the slab when one is reserved and has room,
+ * else its own allocation; converted and copied by the upload lanes. Text to eh. */
+nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight *out, void *eh);
+/* Whether p lies in the backend's weight slab (weight_free leaves it alone). */
+bool cuda_slab_owns(const cuda_backend *cb, const void *p);
+/* Frees the upload lanes and the slab (backend destroy). */
+void cuda_upload_free(nv_backend *be);
 
 /* ---- gemm_lt.cu ---- */
 
