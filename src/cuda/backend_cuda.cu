@@ -1,8 +1,9 @@
 /*
  * backend_cuda.cu - the CUDA implementation of backend.h's op table. Per model: the device
- * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints; vectors f32),
- * uploaded once through double-buffered pinned staging. Per session: one non-blocking stream,
- * the cuBLASLt state and scratch that grows at the first prefill, so decode allocates nothing.
+ * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints, or FP8 E4M3
+ * codes with per-row f32 scales as given (fp8.cu); vectors f32), uploaded once through
+ * double-buffered pinned staging. Per session: one non-blocking stream, the cuBLASLt state
+ * and scratch that grows at the first prefill, so decode allocates nothing.
  * Activations are f32 device buffers; every op enqueues on the session's stream and returns;
  * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
  */
@@ -94,6 +95,53 @@ static nvlm_status upload_convert(nv_backend *be, void *dst, nv_dtype dt, const 
     return cuda_status(eh, cudaStreamSynchronize(cb->upload), "weight upload");
 }
 
+/* An FP8 E4M3 matrix (N, K) with its N host scales: one allocation, the codes as stored, then
+ * (256-byte aligned) the scales; t.data and t.scale point into it on the device. */
+static nvlm_status cuda_weight_load_fp8(nv_backend *be, const nv_tensor *src, nv_bweight *out,
+                                        void *eh)
+{
+    cuda_backend *cb = cb_of(be);
+    if (src->ndim != 2 || src->scale == NULL || src->shape[0] < 0 || src->shape[1] < 0) {
+        return nv_error(eh, NVLM_ERR_SHAPE, "an FP8 weight must be a 2-D matrix with per-row "
+                        "scales");
+    }
+    size_t N = (size_t)src->shape[0];
+    size_t codes;
+    size_t sbytes;
+    size_t bytes;
+    if (!nv_mul_size(N, (size_t)src->shape[1], &codes) || codes > SIZE_MAX - 256 ||
+        !nv_mul_size(N, sizeof(float), &sbytes)) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "weight too large");
+    }
+    size_t at = (codes + 255) / 256 * 256;
+    if (sbytes > SIZE_MAX - at) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "weight too large");
+    }
+    bytes = at + sbytes;
+    NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory for a weight (%zu bytes)", bytes);
+    }
+    nvlm_status st = upload_convert(be, p, NV_U8, src->data, NV_U8, codes, eh);
+    if (st == NVLM_OK) {
+        st = upload_convert(be, (char *)p + at, NV_F32, src->scale, NV_F32, N, eh);
+    }
+    if (st != NVLM_OK) {
+        cudaFree(p);
+        return st;
+    }
+    out->t = *src;
+    out->t.data = p;
+    out->t.scale = (const float *)((char *)p + at);
+    out->t.device = cb->device;
+    out->owned = 1;
+    return NVLM_OK;
+}
+
 static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
                                     nv_bweight *out, void *err_handle)
 {
@@ -101,7 +149,7 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     memset(out, 0, sizeof *out);
     cuda_backend *cb = cb_of(be);
     if (src->dtype == NV_F8_E4M3) {
-        return nv_error(err_handle, NVLM_ERR_UNSUPPORTED, "FP8 weights need the CPU backend");
+        return cuda_weight_load_fp8(be, src, out, err_handle);
     }
     if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
         return nv_error(err_handle, NVLM_ERR_SHAPE, "weight dtype %s is not bf16/f16/f32",
@@ -186,6 +234,7 @@ static void cuda_exec_free(nv_exec *ex)
             cudaStreamSynchronize(ce->stream);
         }
         cuda_gemm_free(ctx, ce->gemm);
+        cuda_fp8_free(ctx, ce->fp8);
         if (ce->xbf != NULL) {
             cudaFree(ce->xbf);
         }
@@ -339,6 +388,9 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     const nv_tensor *t = &w->t;
     int64_t N = t->shape[0];
     int64_t K = nv_tensor_nelem(t) / (N > 0 ? N : 1);
+    if (t->dtype == NV_F8_E4M3) {
+        return cuda_matmul_fp8(ex, y, x, w, bias, M);
+    }
     if (N > INT32_MAX || K > INT32_MAX || t->dtype != NV_BF16) {
         return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
                         "matmul: weight (%lld, %lld) %s not supported", (long long)N,
