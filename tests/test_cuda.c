@@ -7,7 +7,9 @@
  * end on the goldens (ViT, projector, teacher-forced logits within 2e-2; argmax where the golden
  * top-1/top-2 margin exceeds 0.1). Tensor parallelism on the device: two CUDA ranks on device 0
  * (collectives staged through the local communicator) against the CPU, and the NCCL
- * communicator at one rank (NCCL refuses two ranks on one GPU).
+ * communicator at one rank (NCCL refuses two ranks on one GPU). FP8 weights: the FP8 matmul
+ * (decode GEMV, prefill in both precisions) against the CPU's FP8 kernel (CPU against CPU
+ * here), and the model quantized at load on one device and on two ranks against the CPU.
  */
 #include "eng_golden.h"
 #include "fp8.h"
@@ -978,6 +980,68 @@ static void tp_cuda(void)
     free(lg[1]);
 }
 
+/* FP8 weights (quantized at load) end to end: the image turn's logits on the CPU, on one CUDA
+ * device and on two CUDA ranks sharing device 0 (scales split with their rows). */
+static void fp8_cuda(void)
+{
+    tu_section("cuda FP8 weights: the CPU vs one device vs 2 ranks on device 0");
+    float *lg[3] = {NULL, NULL, NULL};
+    size_t V = 0;
+    static const char *names[3] = {"cpu fp8", "cuda fp8", "cuda fp8 tp 2"};
+    for (int k = 0; k < 3; k++) {
+        nvlm_context_params cp;
+        nvlm_context_default_params(&cp);
+        cp.backend = k == 0 ? NVLM_BACKEND_CPU : NVLM_BACKEND_CUDA;
+        cp.n_threads = 2;
+        const int32_t devs[2] = {0, 0};
+        if (k == 2) {
+            cp.tp_size = 2;
+            cp.n_devices = 2;
+            cp.devices = devs;
+        }
+        nvlm_model_params mp;
+        nvlm_model_default_params(&mp);
+        mp.weight_type = NVLM_WEIGHTS_FP8;
+        nvlm_context *ctx = NULL;
+        nvlm_model *m = NULL;
+        nvlm_image *img = NULL;
+        nvlm_session *s = NULL;
+        CHECK_OK(nvlm_context_create(&cp, &ctx));
+        if (ctx != NULL) {
+            CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, &mp, &m));
+            CHECK_OK(nvlm_image_load_file(ctx, "tests/data/images/chelsea_square_160.png", NULL,
+                                          &img));
+        }
+        if (m != NULL && img != NULL) {
+            CHECK_OK(nvlm_session_create(m, NULL, &s));
+        }
+        if (s != NULL &&
+            nvlm_session_add_turn(s, NVLM_ROLE_USER, "<image>\nWhat is this?", &img, 1) ==
+                NVLM_OK) {
+            const float *l = nvlm_session_logits(s, &V);
+            lg[k] = malloc(V * sizeof(float));
+            memcpy(lg[k], l, V * sizeof(float));
+        }
+        CHECK(lg[k] != NULL, "%s: image turn -> %s", names[k],
+              s != NULL ? nvlm_last_error(s) : nvlm_last_error(ctx));
+        nvlm_session_free(s);
+        nvlm_image_free(img);
+        nvlm_model_free(m);
+        nvlm_context_free(ctx);
+    }
+    for (int k = 1; k < 3; k++) {
+        if (lg[0] != NULL && lg[k] != NULL) {
+            double d = rel_l2(lg[k], lg[0], V);
+            CHECK(d <= TOL_E2E, "%s vs cpu fp8: logits rel-L2 %.3g", names[k], d);
+            CHECK(eg_argmax(lg[k], (int)V) == eg_argmax(lg[0], (int)V), "%s: same argmax",
+                  names[k]);
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        free(lg[k]);
+    }
+}
+
 /* The NCCL communicator with one rank: identity collectives on device buffers, abort, reset. */
 static void tp_nccl_one(void)
 {
@@ -1090,6 +1154,7 @@ int main(void)
     if (have) {
         run_e2e();
         tp_cuda();
+        fp8_cuda();
         tp_nccl_one();
     }
 #endif
