@@ -20,7 +20,8 @@
 /* ---- per-exec state: scratch and the cuBLASLt E4M3 x E4M3 GEMM ------------------------ */
 
 typedef struct fp8_lt_entry {
-    int M, N, K, used;
+    int M, N, K, align_y, used;
+    int failed;                   /* cublasLtMatmul refused it once: the widening path */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -100,15 +101,27 @@ static nvlm_status fp8_state(nv_exec *ex, cuda_fp8 **out)
     return NVLM_OK;
 }
 
-/* The cached descriptors and algorithm of an E4M3 x E4M3 -> f32 GEMM of this shape, or NULL
- * (no error set) when cuBLASLt offers none. D (N x M, column-major) = A^T B with A = the
+/* Byte alignment of a device pointer (1 .. 256). */
+static int ptr_align(const void *p)
+{
+    uintptr_t u = (uintptr_t)p;
+    if (u == 0) {
+        return 256;
+    }
+    uintptr_t low = u & (~u + 1);
+    return low >= 256 ? 256 : (int)low;
+}
+
+/* The cached descriptors and algorithm of an E4M3 x E4M3 -> f32 GEMM of this shape and output
+ * alignment (A and B are scratch or weight allocations: 256-byte aligned), or NULL (no error
+ * set) when cuBLASLt offers none or refused it at run time. D (N x M, column-major) = A^T B with A = the
  * codes stored K x N (TN: the layout FP8 GEMMs require), B = xq stored K x M. */
-static fp8_lt_entry *lt_entry(cuda_fp8 *f, int M, int N, int K)
+static fp8_lt_entry *lt_entry(cuda_fp8 *f, int M, int N, int K, int align_y)
 {
     for (int i = 0; i < FP8_LT_CACHE; i++) {
         fp8_lt_entry *e = &f->cache[i];
-        if (e->used && e->M == M && e->N == N && e->K == K) {
-            return e;
+        if (e->used && e->M == M && e->N == N && e->K == K && e->align_y == align_y) {
+            return e->failed ? NULL : e;
         }
     }
     fp8_lt_entry *e = &f->cache[f->next];
@@ -132,8 +145,18 @@ static fp8_lt_entry *lt_entry(cuda_fp8 *f, int M, int N, int K)
     ok = ok && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
     if (ok) {
         size_t ws = FP8_LT_WS;
+        uint32_t al = 256;
+        uint32_t ad = (uint32_t)align_y;
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                              sizeof ws);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                             &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                             &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                             &ad, sizeof ad);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                             &ad, sizeof ad);
         cublasLtMatmulHeuristicResult_t res;
         int n_res = 0;
         ok = cublasLtMatmulAlgoGetHeuristic(f->lt, e->desc, e->a, e->b, e->d, e->d, pref, 1,
@@ -152,11 +175,13 @@ static fp8_lt_entry *lt_entry(cuda_fp8 *f, int M, int N, int K)
     e->M = M;
     e->N = N;
     e->K = K;
+    e->align_y = align_y;
     e->used = 1;
     return e;
 }
 
-/* The FP8 x FP8 path; *done false (nothing enqueued) when cuBLASLt has no algorithm. */
+/* The FP8 x FP8 path; *done false when cuBLASLt has no algorithm for the shape or refuses it
+ * (then at most the activation quantization was enqueued, its output unused). */
 static nvlm_status fp8_gemm_lt(nv_exec *ex, cuda_fp8 *f, float *y, const float *x,
                                const uint8_t *q, const float *w_scale, const float *bias, int M,
                                int N, int K, bool *done)
@@ -178,7 +203,7 @@ static nvlm_status fp8_gemm_lt(nv_exec *ex, cuda_fp8 *f, float *y, const float *
                             "out of device memory for the FP8 GEMM workspace");
         }
     }
-    fp8_lt_entry *e = lt_entry(f, M, N, K);
+    fp8_lt_entry *e = lt_entry(f, M, N, K, ptr_align(y));
     if (e == NULL) {
         return NVLM_OK;
     }
@@ -193,8 +218,10 @@ static nvlm_status fp8_gemm_lt(nv_exec *ex, cuda_fp8 *f, float *y, const float *
     cublasStatus_t s = cublasLtMatmul(f->lt, e->desc, &alpha, q, e->a, f->xq, e->b, &beta, y,
                                       e->d, y, e->d, &e->algo, f->ws, FP8_LT_WS, ce->stream);
     if (s != CUBLAS_STATUS_SUCCESS) {
-        return nv_error(eh, NVLM_ERR_BACKEND, "cuBLASLt FP8 matmul M %d N %d K %d: %s (%d)", M,
-                        N, K, cublasLtGetStatusName(s), (int)s);
+        /* refused at run time (nothing enqueued; the codes in xq are unused): this shape takes
+         * the widening path from now on */
+        e->failed = 1;
+        return NVLM_OK;
     }
     NVLM_TRY(cuda_status(eh, cuda_fp8_epilogue(ce->stream, y, N, 0, y, N, f->a_scale, w_scale,
                                                bias, M), "FP8 matmul epilogue"));
