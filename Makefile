@@ -160,28 +160,6 @@ $(BUILD)/tests/test_dlopen: tests/test_dlopen.c $(TEST_UTIL_OBJ) $(SHLIB)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -DNVLM_TEST_SHLIB='"$(LIBOUT)/$(SONAME)"' -MMD -MP \
 	    -o $@ $< $(TEST_UTIL_OBJ) -ldl $(LDFLAGS)
 
-# The FP8 kernels of src/cuda/fp8.cu compiled for the host through the CUDA kernel emulation
-# (src/cuda/emu) and checked against the CPU (tests/test_fp8_emu.cpp, real shapes, ~5 s of CPU);
-# part of the plain `make test` whenever the emulation header is in the tree (not the sanitizer
-# passes: the emulation switches stacks).
-FP8_EMU_H := $(if $(SANFLAGS),,$(wildcard src/cuda/emu/cuda_host.h))
-ifneq ($(FP8_EMU_H),)
-FP8_EMU_FLAGS := -std=c++17 -O2 -g -pthread -include src/cuda/emu/cuda_host.h \
-                 -Isrc/cuda/emu/include -Iinclude -Isrc -Itests
-TEST_BIN += $(BUILD)/tests/test_fp8_emu
-$(BUILD)/fp8emu/fp8.o: src/cuda/fp8.cu src/cuda/cuda_internal.h $(FP8_EMU_H)
-	@mkdir -p $(dir $@)
-	$(CXX) $(FP8_EMU_FLAGS) -x c++ -c $< -o $@
-$(BUILD)/fp8emu/cuda_host.o: src/cuda/emu/cuda_host.cpp $(FP8_EMU_H)
-	@mkdir -p $(dir $@)
-	$(CXX) -std=c++17 -O2 -g -pthread -Isrc/cuda/emu/include -Iinclude -Isrc -c $< -o $@
-$(BUILD)/tests/test_fp8_emu: tests/test_fp8_emu.cpp $(BUILD)/fp8emu/fp8.o \
-                             $(BUILD)/fp8emu/cuda_host.o $(TEST_UTIL_OBJ) $(INTLIB)
-	@mkdir -p $(dir $@)
-	$(CXX) $(FP8_EMU_FLAGS) -o $@ $< $(BUILD)/fp8emu/fp8.o $(BUILD)/fp8emu/cuda_host.o \
-	    $(TEST_UTIL_OBJ) $(INTLIB) $(LIBS) $(LDFLAGS)
-endif
-
 # test_json fails cJSON parses on demand to check the out-of-memory status.
 $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpts
 
@@ -192,7 +170,7 @@ $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpt
 # generated header (NVEMU_DYN_SHARED(name, T), one line per declaration). Sanitizer builds run
 # the test's small shapes only.
 CUDA_EMU_SRC := src/cuda/act.cu src/cuda/attention.cu src/cuda/norm.cu src/cuda/rope.cu \
-                src/cuda/rows.cu
+                src/cuda/rows.cu src/cuda/fp8.cu
 EMU_BUILD := $(BUILD)/emu
 CUDA_EMU_OBJ := $(CUDA_EMU_SRC:%.cu=$(EMU_BUILD)/%.o) $(EMU_BUILD)/src/cuda/emu/cuda_host.o
 EMU_CXXFLAGS := -std=c++17 $(OPT) $(WARN) -pthread -ffp-contract=off $(SANFLAGS) \
@@ -213,6 +191,13 @@ $(EMU_BUILD)/%.o: %.cpp
 	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/tests/test_cuda_emu: tests/test_cuda_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
+	    $(LIBS) $(LDFLAGS)
+
+# The FP8 kernels (src/cuda/fp8.cu) under the same emulation against the CPU's FP8 layer.
+TEST_BIN += $(BUILD)/tests/test_fp8_emu
+$(BUILD)/tests/test_fp8_emu: tests/test_fp8_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
 	    $(LIBS) $(LDFLAGS)

@@ -38,8 +38,12 @@ extern "C" {
 #include <cuda_fp8.h>
 #endif
 
-#ifndef NV_LAUNCH
-#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<grid, block, shmem, stream>>>
+/* Full unrolling of the constant-count loops (the register arrays need it); nothing under the
+ * host emulation. */
+#ifdef NVEMU
+#define FP8_UNROLL
+#else
+#define FP8_UNROLL _Pragma("unroll")
 #endif
 
 #define FP8_THREADS 128           /* GEMV block: four warps on the same rows */
@@ -90,7 +94,7 @@ static __device__ __forceinline__ uint8_t fp8_enc(float v)
 static __device__ __forceinline__ void x16(const float *p, float *o)
 {
     const float4 *v = (const float4 *)p;
-#pragma unroll
+FP8_UNROLL
     for (int i = 0; i < 4; i++) {
         float4 f = __ldg(v + i);
         o[4 * i] = f.x;
@@ -103,11 +107,11 @@ static __device__ __forceinline__ void x16(const float *p, float *o)
 static __device__ __forceinline__ void x16(const __nv_bfloat16 *p, float *o)
 {
     const uint4 *v = (const uint4 *)p;
-#pragma unroll
+FP8_UNROLL
     for (int i = 0; i < 2; i++) {
         uint4 u = __ldg(v + i);
         uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
+FP8_UNROLL
         for (int j = 0; j < 4; j++) {
             o[8 * i + 2 * j] = __uint_as_float(w[j] << 16);
             o[8 * i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
@@ -139,16 +143,16 @@ fp8_gemv_kernel(float *y, const TX *x, const uint8_t *q, const float *scale, con
     const int n0 = blockIdx.x * R;
     const int tid = threadIdx.x;
     float acc[M][R];
-#pragma unroll
+FP8_UNROLL
     for (int m = 0; m < M; m++) {
-#pragma unroll
+FP8_UNROLL
         for (int r = 0; r < R; r++) {
             acc[m][r] = 0.0f;
         }
     }
     /* rows past N read row N - 1 again (their sums are dropped) */
     const uint8_t *row[R];
-#pragma unroll
+FP8_UNROLL
     for (int r = 0; r < R; r++) {
         int n = n0 + r < N ? n0 + r : N - 1;
         row[r] = q + (size_t)n * (size_t)K;
@@ -156,25 +160,25 @@ fp8_gemv_kernel(float *y, const TX *x, const uint8_t *q, const float *scale, con
     if (VEC) {
         for (int k = tid * 16; k < K; k += FP8_THREADS * 16) {
             uint4 wv[R];
-#pragma unroll
+FP8_UNROLL
             for (int r = 0; r < R; r++) {
                 wv[r] = __ldg((const uint4 *)(row[r] + k));
             }
             float wf[R][16];
-#pragma unroll
+FP8_UNROLL
             for (int r = 0; r < R; r++) {
                 fp8x4_to_f32(wv[r].x, &wf[r][0]);
                 fp8x4_to_f32(wv[r].y, &wf[r][4]);
                 fp8x4_to_f32(wv[r].z, &wf[r][8]);
                 fp8x4_to_f32(wv[r].w, &wf[r][12]);
             }
-#pragma unroll
+FP8_UNROLL
             for (int m = 0; m < M; m++) {
                 float xf[16];
                 x16(x + (size_t)m * (size_t)K + k, xf);
-#pragma unroll
+FP8_UNROLL
                 for (int r = 0; r < R; r++) {
-#pragma unroll
+FP8_UNROLL
                     for (int j = 0; j < 16; j++) {
                         acc[m][r] = fmaf(xf[j], wf[r][j], acc[m][r]);
                     }
@@ -184,14 +188,14 @@ fp8_gemv_kernel(float *y, const TX *x, const uint8_t *q, const float *scale, con
     } else {
         for (int k = tid; k < K; k += FP8_THREADS) {
             float wf[R];
-#pragma unroll
+FP8_UNROLL
             for (int r = 0; r < R; r++) {
                 wf[r] = fp8_dec(row[r][k]);
             }
-#pragma unroll
+FP8_UNROLL
             for (int m = 0; m < M; m++) {
                 float xv = x1(x + (size_t)m * (size_t)K + k);
-#pragma unroll
+FP8_UNROLL
                 for (int r = 0; r < R; r++) {
                     acc[m][r] = fmaf(xv, wf[r], acc[m][r]);
                 }
@@ -200,12 +204,12 @@ fp8_gemv_kernel(float *y, const TX *x, const uint8_t *q, const float *scale, con
     }
     const int lane = tid & 31;
     const int warp = tid >> 5;
-#pragma unroll
+FP8_UNROLL
     for (int m = 0; m < M; m++) {
-#pragma unroll
+FP8_UNROLL
         for (int r = 0; r < R; r++) {
             float v = acc[m][r];
-#pragma unroll
+FP8_UNROLL
             for (int o = 16; o > 0; o >>= 1) {
                 v += __shfl_xor_sync(0xffffffffu, v, o);
             }
@@ -286,7 +290,7 @@ fp8_quant_rows_kernel(uint8_t *q, float *a_scale, const float *x, int K)
     for (int k = threadIdx.x; k < K; k += FP8_QT) {
         mx = fmaxf(mx, fabsf(xr[k]));
     }
-#pragma unroll
+FP8_UNROLL
     for (int o = 16; o > 0; o >>= 1) {
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     }
@@ -295,7 +299,7 @@ fp8_quant_rows_kernel(uint8_t *q, float *a_scale, const float *x, int K)
     }
     __syncthreads();
     mx = red[0];
-#pragma unroll
+FP8_UNROLL
     for (int w = 1; w < FP8_QT / 32; w++) {
         mx = fmaxf(mx, red[w]);
     }
