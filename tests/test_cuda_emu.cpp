@@ -275,8 +275,8 @@ static void case_attn_decode(emu_ctx *c, emu_res *r)
     run_attention(c, r, s, "attention decode");
 }
 
-/* A prefill chunk of 16 tokens after 4,208 cached ones (causal within the chunk, split keys:
- * some splits hold no key a row may see). */
+/* A prefill chunk of 16 tokens after 4,208 cached ones (causal within the chunk, 5 splits of
+ * 864 keys). */
 static void case_attn_chunk(emu_ctx *c, emu_res *r)
 {
     attn_shape s = {1, 16, 4224, 64, 8, 128, 64, NV_F32, 4208, 5, false};
@@ -284,6 +284,18 @@ static void case_attn_chunk(emu_ctx *c, emu_res *r)
         s = {1, 5, 290, 8, 2, 64, 8, NV_F32, 285, 0, false};
     }
     run_attention(c, r, s, "attention chunk");
+}
+
+/* One tensor-parallel rank's share of a 72B prefill (8 q heads / 1 kv head), 512 tokens from
+ * position 0: 256 blocks leave SMs idle, so the keys split in two, and the rows before
+ * position 256 see no key of the second split (an empty partial, m = -inf, in the merge). */
+static void case_attn_tp_prefill(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {1, 512, 512, 8, 1, 128, 8, NV_BF16, 0, 2, false};
+    if (c->small) {
+        s = {1, 256, 256, 8, 1, 64, 8, NV_BF16, 0, 2, false};
+    }
+    run_attention(c, r, s, "attention tp prefill");
 }
 
 /* The ViT: 1,025 tokens, full attention, 25 real heads of the 32 padded ones. The full grid
@@ -622,6 +634,7 @@ struct emu_case {
 static const emu_case CASES[] = {
     {"attn_decode", case_attn_decode},
     {"attn_chunk", case_attn_chunk},
+    {"attn_tp_prefill", case_attn_tp_prefill},
     {"attn_vit", case_attn_vit},
     {"attn_batch", case_attn_batch},
     {"rmsnorm", case_rmsnorm},

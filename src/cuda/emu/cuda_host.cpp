@@ -316,8 +316,13 @@ void init_fiber(block_rt *b, int i, const dim3 &bd)
         f->stack = m + page;
     }
 #ifdef NVEMU_ASAN
+    /* A finished fiber never returns from its last frames (entry, exit, scheduler): their
+     * redzones stay poisoned near the top of the stack; an abandoned one (a failed launch)
+     * may leave any depth poisoned. */
     if (b->dirty) {
         __asan_unpoison_memory_region(f->stack, NVEMU_STACK);
+    } else {
+        __asan_unpoison_memory_region(f->stack + NVEMU_STACK - 32768, 32768);
     }
 #endif
 #if defined(__x86_64__)

@@ -540,9 +540,49 @@ static inline float __fadd_rn(float a, float b)
 {
     return a + b;
 }
+static inline float __fsub_rn(float a, float b)
+{
+    return a - b;
+}
+static inline float __fdiv_rn(float a, float b)
+{
+    return a / b;
+}
 static inline float __fmaf_rn(float a, float b, float c)
 {
     return fmaf(a, b, c);
+}
+static inline int __float2int_rn(float x)
+{
+    return (int)nearbyintf(x);
+}
+static inline int __float2int_rz(float x)
+{
+    return (int)x;
+}
+static inline unsigned __float2uint_rn(float x)
+{
+    return (unsigned)nearbyintf(x);
+}
+static inline float __int2float_rn(int i)
+{
+    return (float)i;
+}
+static inline float __uint2float_rn(unsigned i)
+{
+    return (float)i;
+}
+static inline double __longlong_as_double(long long i)
+{
+    double d;
+    memcpy(&d, &i, 8);
+    return d;
+}
+static inline long long __double_as_longlong(double d)
+{
+    long long i;
+    memcpy(&i, &d, 8);
+    return i;
 }
 static inline int __float_as_int(float x)
 {
