@@ -508,6 +508,40 @@ static void case_rows_copy(emu_ctx *c, emu_res *r)
             "rows_copy bf16 gather %d of %d rows x %d, scattered", n, vocab, cols);
 }
 
+/* The projector's pixel shuffle (v2, factor 2) as projector.c runs it: a gather of f32 ViT
+ * rows, output token (R, C) taking as its q-th block of D channels (q = dy * 2 + dx) the row of
+ * patch (2R + dy, 2C + dx); 2 tiles of 32 x 32 patches x 3,200. Exact. */
+static void case_pixel_shuffle(emu_ctx *c, emu_res *r)
+{
+    int tiles = 2;
+    int g = c->small ? 8 : 32;
+    int D = c->small ? 40 : 3200;
+    int f = 2;
+    int np = g * g;
+    std::vector<float> vit = rnd((size_t)tiles * np * D, 1.0f);
+    std::vector<int32_t> idx;
+    for (int t = 0; t < tiles; t++) {
+        for (int R = 0; R < g / f; R++) {
+            for (int C = 0; C < g / f; C++) {
+                for (int dy = 0; dy < f; dy++) {
+                    for (int dx = 0; dx < f; dx++) {
+                        idx.push_back(t * np + (f * R + dy) * g + f * C + dx);
+                    }
+                }
+            }
+        }
+    }
+    size_t n = idx.size();
+    std::vector<float> want = nan_vec(n * D);
+    std::vector<float> got = nan_vec(n * D);
+    cpu_ok(c, c->be->ops->rows_copy(c->ex, want.data(), NULL, vit.data(), NV_F32, idx.data(), n,
+                                    D));
+    r->launch = cuda_rows_copy(NULL, got.data(), NULL, vit.data(), NV_F32, idx.data(), n, D);
+    set_res(r, max_abs(got.data(), want.data(), n * D), 0.0,
+            "pixel shuffle %d tiles of %d x %d patches x %d -> %zu x %d", tiles, g, g, D,
+            n / (size_t)(f * f), D * f * f);
+}
+
 static void case_im2col(emu_ctx *c, emu_res *r)
 {
     int batch = c->small ? 2 : 1;
@@ -645,6 +679,7 @@ static const emu_case CASES[] = {
     {"store_bf16", case_store_bf16},
     {"store_f32", case_store_f32},
     {"rows_copy", case_rows_copy},
+    {"pixel_shuffle", case_pixel_shuffle},
     {"im2col", case_im2col},
     {"to_bf16", case_to_bf16},
     {"gelu", case_gelu},

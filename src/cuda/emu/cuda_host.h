@@ -20,9 +20,11 @@
  *       real barriers: every thread of a block is a fiber (its own stack) and runs until it
  *       reaches a barrier or a warp collective, then the next runnable thread runs. Warps are 32
  *       consecutive threads; a shuffle exchanges the values the lanes of the mask handed in at
- *       that point. Misuse is a launch failure with a message (nvemu_message()): a barrier
- *       that not every live thread reaches (deadlock), lanes of one warp meeting at different
- *       collectives or with different masks, a shuffle reading a lane outside its mask;
+ *       that point. Threads that have returned do not hold a barrier up (as on sm_70+).
+ *       Misuse is a launch failure with a message (nvemu_message()): a barrier that not every
+ *       live thread reaches (deadlock), threads at different __syncthreads, lanes of one warp
+ *       meeting at different collectives or with different masks, a shuffle reading a lane
+ *       outside its mask, a lane returning while its warp waits for it;
  *   atomicAdd/Sub/Max/Min/Exch/CAS/And/Or/Xor, __threadfence*: host atomics;
  *   math: the C library's functions (expf, erff, sqrtf, ...), __expf __logf __fdividef rsqrtf
  *       __saturatef __int_as_float etc. as their exact host counterparts, min/max overloads;
@@ -38,10 +40,16 @@
  * cudaGetLastError() returns the launch's status. A kernel name with template arguments holding
  * a comma: take a pointer first (auto k = kern<A, B>; NV_LAUNCH(k, ...)).
  *
- * Mutation hooks (tests): every barrier and warp collective is a "site" (file, line).
- * nvemu_mutate(file_suffix, line) turns the sites on that line off: a barrier there does
- * nothing, a shuffle/vote returns the calling lane's own value. nvemu_sites() lists every site
- * executed so far, with its hit count.
+ * Test hooks: every barrier and warp collective is a "site" (file, line).
+ * nvemu_mutate(file_suffix, line, false) turns the sites on that line off: a barrier there
+ * does nothing, a shuffle/vote returns the calling lane's own value (a source line holding
+ * "nvemu: redundant" documents a barrier no result can depend on). nvemu_sites() lists every
+ * site executed so far with its hit count; nvemu_schedule() picks the order in which threads
+ * take turns (a missing barrier may show under one order only); nvemu_block_filter() runs a
+ * sample of the blocks of a big grid.
+ *
+ * Sanitizers: the fiber switches are annotated for AddressSanitizer (the stacks are mmap'ed,
+ * with a guard page); ThreadSanitizer is not supported.
  *
  * Usage: compile a kernel file with
  *   g++ -std=c++17 -include src/cuda/emu/cuda_host.h -include <dyn.h> -Isrc/cuda/emu/include
