@@ -207,6 +207,15 @@ static void run_attention(emu_ctx *c, emu_res *r, const attn_shape &s, const cha
         vb = to_bf16_host(v);
         kp = kb.data();
         vp = vb.data();
+    } else if (s.kvt == NV_F16) {
+        kb.resize(nkv);
+        vb.resize(nkv);
+        for (size_t i = 0; i < nkv; i++) {
+            kb[i] = nv_f32_to_f16(k[i]);
+            vb[i] = nv_f32_to_f16(v[i]);
+        }
+        kp = kb.data();
+        vp = vb.data();
     }
     size_t nout = (size_t)s.batch * s.n_q * HQ;
     std::vector<float> want = nan_vec(nout);
@@ -260,7 +269,7 @@ static void run_attention(emu_ctx *c, emu_res *r, const attn_shape &s, const cha
     }
     set_res(r, e, TOL_ATTN, "%s: %d seq x %d q x %d keys, %d/%d heads (ld %d), hd %d, %s KV, "
             "causal %lld, %d split%s%s", name, s.batch, s.n_q, s.n_kv, s.n_heads, s.n_kv_heads,
-            s.ld_heads, s.hd, s.kvt == NV_BF16 ? "bf16" : "f32", (long long)s.cpos0, splits,
+            s.ld_heads, s.hd, nv_dtype_name(s.kvt), (long long)s.cpos0, splits,
             splits == 1 ? "" : "s", s.sample ? " (kv heads first/middle/last emulated)" : "");
 }
 
@@ -323,6 +332,17 @@ static void case_attn_batch(emu_ctx *c, emu_res *r)
         s = {2, 9, 9, 4, 1, 80, 4, NV_BF16, 0, 0, false};
     }
     run_attention(c, r, s, "attention batch");
+}
+
+/* Decode of two sequences at once (batch 2, f16 KV): 4 key splits per sequence, the merge
+ * indexing partials by sequence. */
+static void case_attn_batch_decode(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {2, 1, 600, 8, 2, 128, 8, NV_F16, 599, 4, false};
+    if (c->small) {
+        s = {2, 1, 260, 4, 2, 64, 4, NV_F16, 259, 2, false};
+    }
+    run_attention(c, r, s, "attention batch decode");
 }
 
 /* ---- norms -------------------------------------------------------------------------------- */
@@ -671,6 +691,7 @@ static const emu_case CASES[] = {
     {"attn_tp_prefill", case_attn_tp_prefill},
     {"attn_vit", case_attn_vit},
     {"attn_batch", case_attn_batch},
+    {"attn_batch_decode", case_attn_batch_decode},
     {"rmsnorm", case_rmsnorm},
     {"qk_norm", case_qk_norm},
     {"rms_parts", case_rms_parts},
@@ -930,6 +951,26 @@ int main(int argc, char **argv)
               r.launch != cudaSuccess ? ", launch: " : "",
               r.launch != cudaSuccess ? nvemu_message() : "", secs);
     }
+
+    /* A kernel without races gives the same result whatever order its threads take turns in
+     * (and its blocks run in): every case again, small shapes, under the two other orders. */
+    tu_section("the same cases under other thread and block orders (small shapes)");
+    bool was_small = c.small;
+    c.small = true;
+    static const int other[] = {NVEMU_SCHED_WARP_FIRST, NVEMU_SCHED_REVERSE};
+    for (int o : other) {
+        nvemu_schedule(o);
+        for (int i = 0; i < N_CASES; i++) {
+            emu_res r;
+            bool ok = run_case(&c, CASES[i], &r);
+            CHECK(ok, "%s, %s: err %.3g (tol %.0e)%s%s", r.what.c_str(),
+                  o == NVEMU_SCHED_WARP_FIRST ? "one warp ahead" : "reverse order", r.err, r.tol,
+                  r.launch != cudaSuccess ? ", launch: " : "",
+                  r.launch != cudaSuccess ? nvemu_message() : "");
+        }
+    }
+    nvemu_schedule(NVEMU_SCHED_IN_ORDER);
+    c.small = was_small;
 
     mutation_check(&c);
 

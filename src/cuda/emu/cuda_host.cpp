@@ -515,9 +515,13 @@ void run_grid(const launch_cfg &c, void (*body)(void *), void *arg)
     b->arg = arg;
     cur_block.block_dim = c.block;
     cur_block.grid_dim = c.grid;
-    for (unsigned bz = 0; bz < c.grid.z; bz++) {
-        for (unsigned by = 0; by < c.grid.y; by++) {
-            for (unsigned bx = 0; bx < c.grid.x; bx++) {
+    bool rev = policy == NVEMU_SCHED_REVERSE;
+    for (unsigned iz = 0; iz < c.grid.z; iz++) {
+        for (unsigned iy = 0; iy < c.grid.y; iy++) {
+            for (unsigned ix = 0; ix < c.grid.x; ix++) {
+                unsigned bx = rev ? c.grid.x - 1 - ix : ix;
+                unsigned by = rev ? c.grid.y - 1 - iy : iy;
+                unsigned bz = rev ? c.grid.z - 1 - iz : iz;
                 cur_block.block_idx = uint3{bx, by, bz};
                 if (block_keep != NULL && !block_keep(cur_block.block_idx, c.grid, block_arg)) {
                     continue;

@@ -824,7 +824,8 @@ void nvemu_mutate_clear(void);
 void nvemu_sites(void (*fn)(const ::nvemu::site *s, void *arg), void *arg);
 /* The order in which runnable threads of a block take turns (a correct kernel gives the same
  * result under each; a missing barrier often shows under one of them only):
- * in thread order (the default), a warp's lanes first (one warp runs ahead), reverse order. */
+ * in thread order (the default), a warp's lanes first (one warp runs ahead), reverse order
+ * (threads and blocks: the last block of the grid runs first). */
 enum { NVEMU_SCHED_IN_ORDER = 0, NVEMU_SCHED_WARP_FIRST = 1, NVEMU_SCHED_REVERSE = 2 };
 void nvemu_schedule(int policy);
 /* Runs only the blocks for which keep(blockIdx, gridDim, arg) is true (NULL: all), for a
