@@ -874,6 +874,17 @@ static __global__ void shuffle_kernel(int *out)
     out[threadIdx.x * 5 + 4] = (int)bal;
 }
 
+/* Writes one float past the dynamic shared memory it was launched with. (The Makefile
+ * generates the storage line for the kernel files; in this file it is written out.) */
+NVEMU_DYN_SHARED(overrun_smem, float)
+static __global__ void smem_overrun_kernel(int n)
+{
+    extern __shared__ float overrun_smem[];
+    if (threadIdx.x == 0) {
+        overrun_smem[n] = 1.0f;
+    }
+}
+
 static void emulator_checks(void)
 {
     tu_section("emulator");
@@ -905,6 +916,14 @@ static void emulator_checks(void)
     NV_LAUNCH(shuffle_kernel, 1, 32, 64 * 1024, (cudaStream_t)NULL)(out.data());
     CHECK(cudaGetLastError() == cudaErrorInvalidValue,
           "64 KiB of dynamic shared memory refused without cudaFuncSetAttribute");
+#ifndef NVLM_EMU_SMALL /* the sanitizer build reports the write itself */
+    NV_LAUNCH(smem_overrun_kernel, 2, 32, 64 * sizeof(float), (cudaStream_t)NULL)(64);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure && strstr(nvemu_message(), "past") != NULL,
+          "a write past the dynamic shared memory fails the launch (%s)", nvemu_message());
+#endif
+    NV_LAUNCH(smem_overrun_kernel, 2, 32, 64 * sizeof(float), (cudaStream_t)NULL)(63);
+    CHECK(cudaGetLastError() == cudaSuccess, "the last float of the dynamic shared memory is in");
     CHECK(__bfloat16_as_ushort(__float2bfloat16_rn(1.00390625f)) == 0x3f80 &&
               __bfloat16_as_ushort(__float2bfloat16_rn(1.01171875f)) == 0x3f82 &&
               __half_as_ushort(__float2half_rn(65520.0f)) == 0x7c00 &&

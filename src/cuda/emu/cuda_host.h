@@ -13,8 +13,10 @@
  *       calling OS thread, all threads of a block share it);
  *   extern __shared__ T name[] (dynamic shared memory)
  *       a per-file array of 227 KiB that NVEMU_DYN_SHARED(name, T) defines; the Makefile
- *       generates that line from the file's `extern __shared__` declarations. Poisoned with
+ *       generates that line from the file's `extern __shared__` declarations. Filled with
  *       0xff bytes (NaN floats) before every block, so reading what no thread wrote shows up;
+ *       a write into the 1 KiB past the launch's size fails the launch (under AddressSanitizer
+ *       any access past it is reported);
  *   __syncthreads __syncwarp __shfl_sync __shfl_xor_sync __shfl_up_sync __shfl_down_sync
  *   __ballot_sync __any_sync __all_sync __activemask
  *       real barriers: every thread of a block is a fiber (its own stack) and runs until it
