@@ -874,6 +874,21 @@ static __global__ void shuffle_kernel(int *out)
     out[threadIdx.x * 5 + 4] = (int)bal;
 }
 
+/* Atomics across blocks, votes and __syncwarp. */
+static __global__ void atomic_vote_kernel(int *cnt, float *sum, int *mx, int *votes)
+{
+    int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    atomicAdd(cnt, 1);
+    atomicAdd(sum, 0.5f);
+    atomicMax(mx, t);
+    __syncwarp();
+    int any = __any_sync(0xffffffffu, t == 37);
+    int all = __all_sync(0xffffffffu, t >= 0);
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(votes, any + 2 * all);
+    }
+}
+
 /* Writes one float past the dynamic shared memory it was launched with. (The Makefile
  * generates the storage line for the kernel files; in this file it is written out.) */
 NVEMU_DYN_SHARED(overrun_smem, float)
@@ -907,6 +922,13 @@ static void emulator_checks(void)
              (unsigned)out[t * 5 + 4] == want_bal;
     }
     CHECK(ok, "xor / down / up (width 16) / idx shuffles and ballot give CUDA's lanes");
+    int cnt = 0, mx = -1, votes = 0;
+    float sum = 0.0f;
+    NV_LAUNCH(atomic_vote_kernel, 3, 64, 0, (cudaStream_t)NULL)(&cnt, &sum, &mx, &votes);
+    CHECK(cudaGetLastError() == cudaSuccess && cnt == 192 && sum == 96.0f && mx == 191 &&
+              votes == 6 * 2 + 1,
+          "atomics over 3 blocks and warp votes (count %d, sum %g, max %d, votes %d)", cnt,
+          (double)sum, mx, votes);
     NV_LAUNCH(deadlock_kernel, 1, 64, 0, (cudaStream_t)NULL)(out.data());
     cudaError_t e = cudaGetLastError();
     CHECK(e == cudaErrorLaunchFailure && strstr(nvemu_message(), "deadlock") != NULL,

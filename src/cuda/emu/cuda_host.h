@@ -34,7 +34,8 @@
  *       conversions (NaN -> canonical quiet NaN), as the device's __float2bfloat16_rn does;
  *   cuda_runtime.h: dim3, the vector types, cudaError_t, cudaStream_t, cudaGetLastError,
  *       cudaFuncSetAttribute(MaxDynamicSharedMemorySize) (a launch asking for more than 48 KiB
- *       of dynamic shared memory without it fails, as on the device).
+ *       of dynamic shared memory without it fails, as on the device); cudaMalloc/Free(Async),
+ *       cudaMemcpy/Memset(Async), cudaMemcpyToSymbol on host memory, at once.
  *
  * Launches: write NV_LAUNCH(kernel, grid, block, shmem, stream)(args...) instead of
  * kernel<<<grid, block, shmem, stream>>>(args...) (cuda_internal.h defines it as exactly that
@@ -76,6 +77,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmath>
@@ -383,7 +385,7 @@ static constexpr int warpSize = 32;
 /* ---- synchronisation and warp collectives -------------------------------------------------- */
 
 #define __syncthreads() ::nvemu::barrier(NVEMU_SITE(::nvemu::SITE_BARRIER))
-#define __syncwarp(...) ::nvemu::syncwarp(NVEMU_SITE(::nvemu::SITE_SYNCWARP), ##__VA_ARGS__)
+#define __syncwarp(...) ::nvemu::syncwarp_at{NVEMU_SITE(::nvemu::SITE_SYNCWARP)}(__VA_ARGS__)
 #define __shfl_sync(...) ::nvemu::shfl_idx_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
 #define __shfl_xor_sync(...) ::nvemu::shfl_xor_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
 #define __shfl_up_sync(...) ::nvemu::shfl_up_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
@@ -395,10 +397,13 @@ static constexpr int warpSize = 32;
 #define __activemask() ::nvemu::activemask()
 
 namespace nvemu {
-static inline void syncwarp(site &s)
-{
-    syncwarp(s, 0xffffffffu);
-}
+struct syncwarp_at {
+    site &s;
+    void operator()(unsigned mask = 0xffffffffu) const
+    {
+        syncwarp(s, mask);
+    }
+};
 template <class T> static inline T shfl_idx_(site &s, unsigned m, T v, int l, int w = 32)
 {
     return shfl(s, SHFL_IDX, m, v, l, w);
@@ -422,7 +427,8 @@ template <class T> static inline T shfl_down_(site &s, unsigned m, T v, unsigned
 template <class T> static inline T atomicAdd(T *p, T v)
 {
     if constexpr (std::is_floating_point<T>::value) {
-        T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+        T old;
+        __atomic_load(p, &old, __ATOMIC_RELAXED);
         T nv = old + v;
         while (!__atomic_compare_exchange(p, &old, &nv, false, __ATOMIC_SEQ_CST,
                                           __ATOMIC_SEQ_CST)) {
@@ -450,7 +456,8 @@ template <class T> static inline T atomicCAS(T *p, T cmp, T v)
 }
 template <class T> static inline T atomicMax(T *p, T v)
 {
-    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    T old;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
     while (old < v && !__atomic_compare_exchange(p, &old, &v, false, __ATOMIC_SEQ_CST,
                                                  __ATOMIC_SEQ_CST)) {
     }
@@ -458,7 +465,8 @@ template <class T> static inline T atomicMax(T *p, T v)
 }
 template <class T> static inline T atomicMin(T *p, T v)
 {
-    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    T old;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
     while (v < old && !__atomic_compare_exchange(p, &old, &v, false, __ATOMIC_SEQ_CST,
                                                  __ATOMIC_SEQ_CST)) {
     }
@@ -811,6 +819,80 @@ static inline cudaError_t cudaDeviceSynchronize(void)
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t)
 {
     return cudaSuccess;
+}
+
+/* Device memory is host memory here; copies and fills run at once (streams are ignored). */
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4
+};
+static inline cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    return *p != NULL || bytes == 0 ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+template <class T> static inline cudaError_t cudaMalloc(T **p, size_t bytes)
+{
+    return cudaMalloc((void **)p, bytes);
+}
+static inline cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t)
+{
+    return cudaMalloc(p, bytes);
+}
+template <class T> static inline cudaError_t cudaMallocAsync(T **p, size_t bytes, cudaStream_t)
+{
+    return cudaMalloc((void **)p, bytes);
+}
+static inline cudaError_t cudaFreeAsync(void *p, cudaStream_t)
+{
+    return cudaFree(p);
+}
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind)
+{
+    if (n > 0) {
+        memmove(d, s, n);
+    }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k,
+                                          cudaStream_t = NULL)
+{
+    return cudaMemcpy(d, s, n, k);
+}
+static inline cudaError_t cudaMemset(void *d, int v, size_t n)
+{
+    if (n > 0) {
+        memset(d, v, n);
+    }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t = NULL)
+{
+    return cudaMemset(d, v, n);
+}
+/* __constant__ / __device__ variables are ordinary globals. */
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbol(T &sym, const void *src, size_t n, size_t off = 0,
+                                             cudaMemcpyKind = cudaMemcpyHostToDevice)
+{
+    memcpy((char *)&sym + off, src, n);
+    return cudaSuccess;
+}
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbolAsync(T &sym, const void *src, size_t n,
+                                                  size_t off = 0,
+                                                  cudaMemcpyKind = cudaMemcpyHostToDevice,
+                                                  cudaStream_t = NULL)
+{
+    return cudaMemcpyToSymbol(sym, src, n, off);
 }
 
 /* ---- test hooks ---------------------------------------------------------------------------- */
