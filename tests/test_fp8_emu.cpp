@@ -464,8 +464,25 @@ int main(int argc, char **argv)
         make_weight(&w, 33, 72);
         gemv_case(&w, 4, true, true, false);
     }
+    /* the small cases again with the threads of a block taking turns in other orders (a
+     * missing barrier often shows under one order only) */
+    static const int orders[2] = {NVEMU_SCHED_WARP_FIRST, NVEMU_SCHED_REVERSE};
+    for (int i = 0; i < 2; i++) {
+        tu_section(i == 0 ? "fp8 emu: GEMV, a warp's lanes first" : "fp8 emu: GEMV, reverse order");
+        nvemu_schedule(orders[i]);
+        weight w;
+        make_weight(&w, 37, 512);
+        gemv_case(&w, 1, true, false, false);
+        gemv_case(&w, 3, true, true, false);
+        make_weight(&w, 33, 72);
+        gemv_case(&w, 2, true, true, false);
+    }
+    nvemu_schedule(NVEMU_SCHED_IN_ORDER);
     mutations(); /* before the other kernels run: only the GEMV's sites are listed */
     quant_epilogue(small ? 5 : 19, small ? 40 : 96, small ? 256 : 1024);
+    nvemu_schedule(NVEMU_SCHED_REVERSE);
+    quant_epilogue(4, 40, 300);
+    nvemu_schedule(NVEMU_SCHED_IN_ORDER);
     quant_mutations();
     widen();
     return tu_done();
