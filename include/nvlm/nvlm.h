@@ -259,7 +259,11 @@ typedef enum nvlm_precision {
                                   encoder run faster on CPUs with AVX512-BF16 (figures:
                                   docs/performance.md). The CUDA
                                   backend always computes this way: both values run the same
-                                  there. */
+                                  there, except for FP8 weights (nvlm_weight_type) in prefill
+                                  (more than 8 rows): FAST on a GPU of compute capability 8.9+
+                                  also rounds each row of activations to FP8 E4M3 with its own
+                                  scale and multiplies FP8 x FP8 (about 2.5 % relative L2 per
+                                  projection), EXACT widens the weights to bf16. */
 } nvlm_precision;
 
 /* How the LLM's seven projections (q/k/v/o_proj, gate/up/down_proj of every decoder layer) are
@@ -272,8 +276,8 @@ typedef enum nvlm_precision {
 typedef enum nvlm_weight_type {
     NVLM_WEIGHTS_AUTO = 0,     /* as the checkpoint stores them */
     NVLM_WEIGHTS_BF16 = 1,     /* as stored (bf16/f16/f32 checkpoints only) */
-    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU backend
-                                  only for now (CUDA: NVLM_ERR_UNSUPPORTED) */
+    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU and
+                                  CUDA backends (CUDA: see nvlm_precision for its prefill) */
 } nvlm_weight_type;
 
 typedef struct nvlm_model_params {
@@ -316,7 +320,7 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * module stored as FP8; a projection to quantize that holds an infinity or NaN),
  * NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
  * NVLM_ERR_UNSUPPORTED (also: another quantization method, static activation scales,
- * NVLM_WEIGHTS_BF16 on an FP8 checkpoint, FP8 weights on the CUDA backend), NVLM_ERR_LIMIT
+ * NVLM_WEIGHTS_BF16 on an FP8 checkpoint), NVLM_ERR_LIMIT
  * (also shard headers or an index far larger than the config's tensor layout),
  * NVLM_ERR_NOT_FOUND (missing file or shard),
  * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out; on the CUDA backend also the fit

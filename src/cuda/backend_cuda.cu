@@ -1,9 +1,10 @@
 /*
  * backend_cuda.cu - the CUDA implementation of backend.h's op table. Per model: the device
- * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints; vectors f32),
- * uploaded once into one slab by several host threads through pinned staging (upload.cu). Per
- * session: one non-blocking stream, the cuBLASLt state and scratch that grows at the first
- * prefill, so decode allocates nothing.
+ * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints, or FP8 E4M3
+ * codes with per-row f32 scales as given (fp8.cu); vectors f32), uploaded once into one slab
+ * by several host threads through pinned staging (upload.cu). Per session: one non-blocking
+ * stream, the cuBLASLt state and scratch that grows at the first prefill, so decode allocates
+ * nothing.
  * Activations are f32 device buffers; every op enqueues on the session's stream and returns;
  * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
  */
@@ -56,14 +57,18 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
 {
     (void)cut;
     memset(out, 0, sizeof *out);
-    if (src->dtype == NV_F8_E4M3) {
-        return nv_error(err_handle, NVLM_ERR_UNSUPPORTED, "FP8 weights need the CPU backend");
+    if (src->dtype == NV_F8_E4M3 &&
+        (src->ndim != 2 || src->scale == NULL || src->shape[0] < 0 || src->shape[1] < 0)) {
+        return nv_error(err_handle, NVLM_ERR_SHAPE, "an FP8 weight must be a 2-D matrix with "
+                        "per-row scales");
     }
-    if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
+    if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32 &&
+        src->dtype != NV_F8_E4M3) {
         return nv_error(err_handle, NVLM_ERR_SHAPE, "weight dtype %s is not bf16/f16/f32",
                         nv_dtype_name(src->dtype));
     }
-    /* one piece of the weight slab, filled by the upload lanes (upload.cu) */
+    /* one piece of the weight slab, filled by the upload lanes (upload.cu); an FP8 matrix
+     * keeps its codes, then (256-byte aligned) its f32 row scales */
     NVLM_TRY(cuda_alive(cb_of(be)->device, err_handle));
     return cuda_weight_upload(be, src, out, err_handle);
 }
@@ -121,6 +126,7 @@ static void cuda_exec_free(nv_exec *ex)
             cudaStreamSynchronize(ce->stream);
         }
         cuda_gemm_free(ctx, ce->gemm);
+        cuda_fp8_free(ctx, ce->fp8);
         if (ce->xbf != NULL) {
             cudaFree(ce->xbf);
         }
@@ -280,6 +286,9 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     const nv_tensor *t = &w->t;
     int64_t N = t->shape[0];
     int64_t K = nv_tensor_nelem(t) / (N > 0 ? N : 1);
+    if (t->dtype == NV_F8_E4M3) {
+        return cuda_matmul_fp8(ex, y, x, w, bias, M);
+    }
     if (N > INT32_MAX || K > INT32_MAX || t->dtype != NV_BF16) {
         return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
                         "matmul: weight (%lld, %lld) %s not supported", (long long)N,

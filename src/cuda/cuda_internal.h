@@ -3,7 +3,8 @@
  * (cuda_backend), the per-session stream and scratch (cuda_exec), the error helper and the
  * host launchers of each op family. Kernels live in their op's file; every launcher enqueues
  * on the given stream and returns the launch status (cudaGetLastError), never synchronises.
- * Activations are f32 (backend.h); weights are bf16 matrices or f32 vectors.
+ * Activations are f32 (backend.h); weights are bf16 matrices, FP8 E4M3 matrices with per-row
+ * f32 scales, or f32 vectors.
  */
 #ifndef NVLM_CUDA_INTERNAL_H
 #define NVLM_CUDA_INTERNAL_H
@@ -12,6 +13,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+/* Every kernel launch is written NV_LAUNCH(kernel, grid, block, shmem, stream)(args...): the
+ * <<<>>> launch under nvcc; the host emulation of the kernels (emu/cuda_host.h) defines it as a
+ * call that runs the grid on the CPU. */
+#ifndef NV_LAUNCH
+#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
+#endif
+
 /* The library's C headers carry no extern "C" of their own. */
 extern "C" {
 #include "backend.h"
@@ -19,6 +27,7 @@ extern "C" {
 #include "cuda_api.h"
 
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
+typedef struct cuda_fp8 cuda_fp8;   /* FP8 matmul scratch and cuBLASLt state (fp8.cu) */
 
 /* Per model: the device and the weight slab. */
 typedef struct cuda_backend {
@@ -41,6 +50,7 @@ typedef struct cuda_exec {
     size_t idx_cap;             /* elements */
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
+    cuda_fp8 *fp8;              /* FP8 matmul state, created at the first FP8 prefill */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -89,6 +99,31 @@ void cuda_gemm_free(nvlm_context *ctx, cuda_gemm *g);
 /* y[M][N] (f32) = x[M][K] (bf16) . w[N][K]^T (bf16) (+ bias[N] f32), fp32 accumulation. */
 nvlm_status cuda_gemm_bf16(nv_exec *ex, float *y, const __nv_bfloat16 *x,
                            const __nv_bfloat16 *w, const float *bias, int M, int N, int K);
+
+/* ---- fp8.cu: FP8 E4M3 weights (codes N x K, one f32 scale per row, both on the device) ---- */
+
+/* Rows of x up to which an FP8 matmul is the GEMV (above: the prefill GEMM). */
+#define CUDA_FP8_GEMV_MAX_M 8
+/* y = x . W^T: FP8 weight w (t.data codes, t.scale row scales, device memory), f32 x and y. */
+nvlm_status cuda_matmul_fp8(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                            const nv_bweight *bias, int M);
+void cuda_fp8_free(nvlm_context *ctx, cuda_fp8 *f);
+/* The kernels (exposed for tests): y[m][n] = scale[n] * sum_k x[m][k] e4m3(q[n][k]) (+ bias)
+ * for M in 1 .. CUDA_FP8_GEMV_MAX_M; f32 or bf16 x. */
+cudaError_t cuda_fp8_gemv_f32(cudaStream_t s, float *y, const float *x, const uint8_t *q,
+                              const float *scale, const float *bias, int M, int N, int K);
+cudaError_t cuda_fp8_gemv_bf16(cudaStream_t s, float *y, const __nv_bfloat16 *x,
+                               const uint8_t *q, const float *scale, const float *bias, int M,
+                               int N, int K);
+/* Per-row dynamic quantization of x (M x K f32) to E4M3 codes q and scales a_scale. */
+cudaError_t cuda_fp8_quant_rows(cudaStream_t s, uint8_t *q, float *a_scale, const float *x,
+                                int M, int K);
+/* y[m][n0 + j] = acc[m][j] * a_scale[m] (NULL: 1) * w_scale[n0 + j] (+ bias[n0 + j]). */
+cudaError_t cuda_fp8_epilogue(cudaStream_t s, float *y, int ldy, int n0, const float *acc,
+                              int nc, const float *a_scale, const float *w_scale,
+                              const float *bias, int M);
+/* out[i] = bf16(e4m3(q[i])), exact. */
+cudaError_t cuda_fp8_to_bf16(cudaStream_t s, __nv_bfloat16 *out, const uint8_t *q, size_t n);
 
 /* ---- norm.cu ---- */
 
