@@ -225,13 +225,6 @@ $(BUILD)/tests/%: tests/%.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
 	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
 	    $(LIBS) $(LDFLAGS)
 
-# The FP8 kernels (src/cuda/fp8.cu) under the same emulation against the CPU's FP8 layer.
-TEST_BIN += $(BUILD)/tests/test_fp8_emu
-$(BUILD)/tests/test_fp8_emu: tests/test_fp8_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
-	@mkdir -p $(dir $@)
-	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
-	    $(LIBS) $(LDFLAGS)
-
 test: $(TEST_BIN) $(CLI) $(SHLIB) $(PLUGIN)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)
 
