@@ -138,6 +138,63 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     return NVLM_OK;
 }
 
+/* n tensors of one dtype as one weight: their rows in order (backend.h weight_load_group). */
+static nvlm_status cuda_weight_load_group(nv_backend *be, const nv_tensor *srcs, int n,
+                                          nv_bweight *out, bool *grouped, void *err_handle)
+{
+    memset(out, 0, sizeof *out);
+    *grouped = false;
+    if (n < 1 || (srcs[0].dtype != NV_BF16 && srcs[0].dtype != NV_F16 &&
+                  srcs[0].dtype != NV_F32)) {
+        return NVLM_OK;
+    }
+    int ndim = srcs[0].ndim;
+    int64_t rows = 0;
+    int64_t K = ndim == 2 ? srcs[0].shape[1] : 1;
+    for (int i = 0; i < n; i++) {
+        if (srcs[i].dtype != srcs[0].dtype || srcs[i].ndim != ndim || ndim < 1 || ndim > 2 ||
+            (ndim == 2 && srcs[i].shape[1] != K) || srcs[i].shape[0] <= 0) {
+            return NVLM_OK;
+        }
+        rows += srcs[i].shape[0];
+    }
+    /* Laid out as weight_load lays out the whole: bf16 matrices, f32 vectors. */
+    nv_dtype dt = ndim == 2 && K > 1 ? NV_BF16 : NV_F32;
+    size_t es = nv_dtype_size(dt);
+    size_t bytes;
+    if (!nv_mul_size((size_t)rows, (size_t)K, &bytes) || !nv_mul_size(bytes, es, &bytes)) {
+        return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
+    }
+    cuda_backend *cb = cb_of(be);
+    NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory for a weight (%zu bytes)", bytes);
+    }
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        size_t cnt = (size_t)srcs[i].shape[0] * (size_t)K;
+        nvlm_status st = upload_convert(be, (char *)p + at * es, dt, srcs[i].data,
+                                        srcs[i].dtype, cnt, err_handle);
+        if (st != NVLM_OK) {
+            cudaFree(p);
+            return st;
+        }
+        at += cnt;
+    }
+    out->t = srcs[0];
+    out->t.shape[0] = rows;
+    out->t.dtype = dt;
+    out->t.data = p;
+    out->t.device = cb->device;
+    out->owned = 1;
+    *grouped = true;
+    return NVLM_OK;
+}
+
 static void cuda_weight_free(nv_backend *be, nv_bweight *w)
 {
     if (w->owned && w->t.data != NULL) {
@@ -194,6 +251,9 @@ static void cuda_exec_free(nv_exec *ex)
         }
         if (ce->part != NULL) {
             cudaFree(ce->part);
+        }
+        if (ce->rope_dev != NULL) {
+            cudaFree(ce->rope_dev);
         }
         if (ce->stream != NULL) {
             cudaStreamDestroy(ce->stream);
@@ -347,12 +407,25 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     if (M <= 0 || N <= 0) {
         return NVLM_OK;
     }
-    NVLM_TRY(cuda_enter(ex));
     cuda_exec *ce = cuda_ex(ex);
     size_t n = (size_t)M * (size_t)K;
-    NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
-                          "matmul input"));
-    NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    /* add_rmsnorm (fused.cu) may have left x in bf16 already. */
+    bool have = ce->xbf_of == x && ce->xbf_n == n;
+    NVLM_TRY(cuda_enter(ex));
+    if (have) {
+        /* Still valid for the next matmul unless this one overwrites x. */
+        const char *y0 = (const char *)y;
+        const char *x0 = (const char *)x;
+        size_t yb = (size_t)M * (size_t)N * sizeof(float);
+        if (y0 + yb <= x0 || x0 + n * sizeof(float) <= y0) {
+            ce->xbf_of = x;
+            ce->xbf_n = n;
+        }
+    } else {
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
+                              "matmul input"));
+        NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    }
     return cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
                           bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)K);
 }
@@ -413,22 +486,11 @@ static nvlm_status cuda_layernorm_op(nv_exec *ex, float *y, const float *x, cons
 static nvlm_status cuda_rope_op(nv_exec *ex, float *x, int ld, int rows, int n_heads,
                                 int head_dim, int64_t pos0, double theta)
 {
-    float inv_freq[CUDA_ROPE_MAX_HALF];
-    int half = head_dim / 2;
-    if (half > CUDA_ROPE_MAX_HALF || head_dim % 2 != 0 || head_dim <= 0) {
-        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "head_dim %d not supported",
-                        head_dim);
-    }
-    /* Exactly the CPU op's table: base ** (2i / dim) in fp32, then 1 / that. */
-    float base = (float)theta;
-    for (int i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)head_dim;
-        float p = (float)pow((double)base, (double)e);
-        inv_freq[i] = 1.0f / p;
-    }
     NVLM_TRY(cuda_enter(ex));
+    /* The session's table, made once (fused.cu). */
+    NVLM_TRY(cuda_rope_table(ex, head_dim, theta));
     return launched(ex, cuda_rope(cuda_ex(ex)->stream, x, ld, rows, n_heads, head_dim, pos0,
-                                  inv_freq), "rope");
+                                  cuda_ex(ex)->rope_host), "rope");
 }
 
 static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
@@ -592,6 +654,10 @@ static nv_backend_ops make_ops(void)
     o.rows_copy = cuda_rows_copy_op;
     o.store_rows = cuda_store_rows_op;
     o.im2col = cuda_im2col_op;
+    o.weight_load_group = cuda_weight_load_group;
+    o.add_rmsnorm = cuda_add_rmsnorm_op;
+    o.silu_mul_cat = cuda_silu_mul_cat_op;
+    o.rope_store = cuda_rope_store_op;
     return o;
 }
 
