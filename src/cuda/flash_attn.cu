@@ -18,6 +18,12 @@
  */
 #include "cuda/cuda_internal.h"
 
+/* NV_LAUNCH(kernel, grid, block, shmem, stream)(args...): the <<<>>> launch under nvcc; the
+ * host emulation of the kernels defines it as a call that runs the grid on the CPU. */
+#ifndef NV_LAUNCH
+#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
+#endif
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -316,9 +322,9 @@ cudaError_t cuda_flash_attention(cudaStream_t s, float *out, int ldo, const floa
     }
     dim3 grid((unsigned)gx, (unsigned)(batch * n_kv_heads));
     if (head_dim <= 64) {
-        flash_kernel<64><<<grid, FA_THREADS, 0, s>>>(a);
+        NV_LAUNCH(flash_kernel<64>, grid, FA_THREADS, 0, s)(a);
     } else {
-        flash_kernel<128><<<grid, FA_THREADS, 0, s>>>(a);
+        NV_LAUNCH(flash_kernel<128>, grid, FA_THREADS, 0, s)(a);
     }
     return cudaGetLastError();
 }

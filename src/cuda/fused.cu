@@ -7,6 +7,12 @@
  */
 #include "cuda/cuda_internal.h"
 
+/* NV_LAUNCH(kernel, grid, block, shmem, stream)(args...): the <<<>>> launch under nvcc; the
+ * host emulation of the kernels defines it as a call that runs the grid on the CPU. */
+#ifndef NV_LAUNCH
+#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
+#endif
+
 #include <math.h>
 #include <string.h>
 
@@ -127,7 +133,8 @@ cudaError_t cuda_add_rmsnorm(cudaStream_t s, float *h, const float *a, const flo
     if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
-    add_rmsnorm_kernel<<<(unsigned)rows, FUSED_THREADS, 0, s>>>(h, a, sc, x, xbf, w, cols, eps);
+    NV_LAUNCH(add_rmsnorm_kernel, (unsigned)rows, FUSED_THREADS, 0, s)(h, a, sc, x, xbf, w,
+                                                                       cols, eps);
     return cudaGetLastError();
 }
 
@@ -137,8 +144,8 @@ cudaError_t cuda_silu_mul_cat(cudaStream_t s, float *y, const float *gu, int row
         return cudaSuccess;
     }
     size_t n = (size_t)rows * (size_t)cols;
-    silu_mul_cat_kernel<<<cuda_blocks(n, FUSED_THREADS), FUSED_THREADS, 0, s>>>(y, gu, rows,
-                                                                                cols);
+    unsigned nb = cuda_blocks(n, FUSED_THREADS);
+    NV_LAUNCH(silu_mul_cat_kernel, nb, FUSED_THREADS, 0, s)(y, gu, rows, cols);
     return cudaGetLastError();
 }
 
@@ -154,7 +161,8 @@ cudaError_t cuda_rope_store(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
         return cudaErrorInvalidValue;
     }
     size_t n = (size_t)rows * (size_t)half;
-    rope_store_kernel<<<cuda_blocks(n, FUSED_THREADS), FUSED_THREADS, 0, s>>>(
+    unsigned nb = cuda_blocks(n, FUSED_THREADS);
+    NV_LAUNCH(rope_store_kernel, nb, FUSED_THREADS, 0, s)(
         dst, type == NV_BF16, (long long)row0, src, lds, rows, n_heads, head_dim, inv_freq);
     return cudaGetLastError();
 }
