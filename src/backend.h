@@ -128,7 +128,8 @@ typedef struct nv_backend_ops {
      * (2-D parts of equal width: (sum of rows, K); 1-D parts: their concatenation), so that one
      * matmul computes what n did: the decoder's q|k|v (with q_b|k_b|v_b as one bias) and
      * gate|up. *grouped false (and NVLM_OK, nothing loaded): this backend keeps these tensors
-     * apart (their dtype, say); load them one by one. Single-device backends only. */
+     * apart (their dtype, say); load them one by one. A backend that groups also has
+     * silu_mul_cat. The tensor-parallel backend does not group. */
     nvlm_status (*weight_load_group)(nv_backend *be, const nv_tensor *srcs, int n,
                                      nv_bweight *out, bool *grouped, void *err_handle);
     /* The residual add and the next RMSNorm in one pass: h[r] += s (.) a[r] when a is not NULL
