@@ -263,9 +263,6 @@ size_t cuda_attention_part_floats(const cuda_backend *cb, int batch, int n_q, in
                                   int n_heads, int n_kv_heads, int head_dim, int64_t cpos0)
 {
     (void)cpos0;
-    if (cuda_flash_ok(n_q, n_heads, n_kv_heads, head_dim)) {
-        return 0;
-    }
     int ns, chunk;
     plan(cb, batch, n_q, n_kv, n_heads, n_kv_heads, &ns, &chunk);
     if (ns <= 1) {
@@ -281,11 +278,6 @@ cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, 
 {
     if (head_dim <= 0 || head_dim > CUDA_ATTN_MAX_HD || (long long)batch * n_kv_heads > 65535) {
         return cudaErrorInvalidValue;
-    }
-    /* Prefill and ViT shapes go to the tensor-core kernel (flash_attn.cu). */
-    if (cuda_flash_ok(n_q, n_heads, n_kv_heads, head_dim)) {
-        return cuda_flash_attention(s, out, ldo, q, ldq, k, v, ldkv, kv_type, batch, n_q, n_kv,
-                                    n_heads, n_kv_heads, head_dim, scale, cpos0);
     }
     attn_args a;
     a.out = out;

@@ -516,6 +516,13 @@ static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const flo
     cuda_exec *ce = cuda_ex(ex);
     size_t part = cuda_attention_part_floats(ce->cb, batch, n_q, n_kv, n_heads, n_kv_heads,
                                              head_dim, causal_pos0);
+    /* Prefill and ViT shapes that fill the device unsplit: the tensor-core kernel. */
+    if (part == 0 && cuda_flash_ok(n_q, n_heads, n_kv_heads, head_dim)) {
+        return launched(ex, cuda_flash_attention(ce->stream, out, ldo, q, ldq, k, v, ldkv,
+                                                 kv_type, batch, n_q, n_kv, n_heads, n_kv_heads,
+                                                 head_dim, scale, causal_pos0),
+                        "attention");
+    }
     if (part > 0) {
         NVLM_TRY(cuda_scratch(ex, (void **)&ce->part, &ce->part_cap, part, sizeof(float),
                               "attention"));

@@ -141,8 +141,9 @@ nvlm_status cuda_rope_store_op(nv_exec *ex, void *dst, nv_dtype type, int64_t ro
 
 /* ---- flash_attn.cu ---- */
 
-/* Whether the tensor-core flash kernel takes this attention (prefill and ViT shapes: at least
- * CUDA_FLASH_MIN_ROWS (position, head) rows per kv head, head_dim <= 128). */
+/* Whether the tensor-core flash kernel can take this attention (at least CUDA_FLASH_MIN_ROWS
+ * (position, head) rows per kv head, head_dim <= 128). The attention op uses it for such
+ * shapes when the split-KV plan of attention.cu does not split (prefill, the ViT). */
 #define CUDA_FLASH_MIN_ROWS 128
 bool cuda_flash_ok(int n_q, int n_heads, int n_kv_heads, int head_dim);
 cudaError_t cuda_flash_attention(cudaStream_t s, float *out, int ldo, const float *q, int ldq,
