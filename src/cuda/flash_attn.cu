@@ -13,8 +13,9 @@
  * a0 = (g, 2t..2t+1), a1 = (g + 8, 2t..), a2 = (g, 8 + 2t..), a3 = (g + 8, 8 + 2t..). B (16 x 8,
  * col): b0 = (k 2t..2t+1, n g), b1 = (k 8 + 2t.., n g). C/D (16 x 8): c0, c1 = (g, 2t..2t+1),
  * c2, c3 = (g + 8, 2t..). Lower element in the lower 16 bits. fa_mma below has a reference
- * form written from exactly this table with shuffles (compiled where the PTX instruction does
- * not exist: a host emulation, or -DNVLM_FA_MMA_REF on the device to compare the two).
+ * form written from exactly this table (the lanes exchange fragments through shared memory),
+ * compiled where the PTX instruction does not exist (the host emulation) or with
+ * -DNVLM_FA_MMA_REF on the device, to compare the two on a card.
  */
 #include "cuda/cuda_internal.h"
 
@@ -81,23 +82,34 @@ static __device__ __forceinline__ void fa_mma(float d[4], const uint32_t a[4],
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
+    /* Each lane parks its fragments in the warp's slice of shared memory; then every lane
+     * reads the A rows (g, g + 8) and B columns (2t, 2t + 1) its accumulators need. */
+    __shared__ uint32_t fa_frag[FA_THREADS / 32][32][6];
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2;
     const int t = lane & 3;
+    uint32_t(*f)[6] = fa_frag[threadIdx.x >> 5];
+    for (int i = 0; i < 4; i++) {
+        f[lane][i] = a[i];
+    }
+    f[lane][4] = b[0];
+    f[lane][5] = b[1];
+    __syncwarp(0xffffffffu);
     for (int kp = 0; kp < 8; kp++) {
-        /* k pair (2 kp, 2 kp + 1) sits with thread t = kp mod 4 of a group, in a0/a1 and b0
-         * for k < 8, in a2/a3 and b1 above. */
+        /* k pair (2 kp, 2 kp + 1) sits with thread kp mod 4 of a group: in a0 (row g), a1
+         * (row g + 8) and b0 for k < 8, in a2, a3 and b1 above. */
         int src = kp & 3;
-        bool hi8 = kp >= 4;
-        uint32_t r0 = __shfl_sync(0xffffffffu, hi8 ? a[2] : a[0], g * 4 + src);
-        uint32_t r1 = __shfl_sync(0xffffffffu, hi8 ? a[3] : a[1], g * 4 + src);
-        uint32_t c0 = __shfl_sync(0xffffffffu, hi8 ? b[1] : b[0], (2 * t) * 4 + src);
-        uint32_t c1 = __shfl_sync(0xffffffffu, hi8 ? b[1] : b[0], (2 * t + 1) * 4 + src);
+        int hi = kp >= 4 ? 1 : 0;
+        uint32_t r0 = f[g * 4 + src][2 * hi];
+        uint32_t r1 = f[g * 4 + src][2 * hi + 1];
+        uint32_t c0 = f[(2 * t) * 4 + src][4 + hi];
+        uint32_t c1 = f[(2 * t + 1) * 4 + src][4 + hi];
         d[0] += fa_lo(r0) * fa_lo(c0) + fa_hi(r0) * fa_hi(c0);
         d[1] += fa_lo(r0) * fa_lo(c1) + fa_hi(r0) * fa_hi(c1);
         d[2] += fa_lo(r1) * fa_lo(c0) + fa_hi(r1) * fa_hi(c0);
         d[3] += fa_lo(r1) * fa_lo(c1) + fa_hi(r1) * fa_hi(c1);
     }
+    __syncwarp(0xffffffffu); /* every lane has read before the next product overwrites */
 #endif
 }
 
