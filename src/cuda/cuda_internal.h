@@ -59,7 +59,7 @@ typedef struct cuda_exec {
     int rope_half;
     double rope_theta;
     float *rope_dev;
-    float rope_host[256];
+    float rope_host[256];       /* CUDA_ROPE_MAX_HALF */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)

@@ -8,6 +8,9 @@
 
 #include <math.h>
 
+static_assert(CUDA_ROPE_MAX_HALF * sizeof(float) <= sizeof(((cuda_exec *)0)->rope_host),
+              "rope_host holds CUDA_ROPE_MAX_HALF frequencies");
+
 nvlm_status cuda_rope_table(nv_exec *ex, int head_dim, double theta)
 {
     cuda_exec *ce = cuda_ex(ex);
