@@ -409,7 +409,7 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     }
     cuda_exec *ce = cuda_ex(ex);
     size_t n = (size_t)M * (size_t)K;
-    /* add_rmsnorm (fused.cu) may have left x in bf16 already. */
+    /* add_rmsnorm (fused_ops.cu) may have left x in bf16 already. */
     bool have = ce->xbf_of == x && ce->xbf_n == n;
     NVLM_TRY(cuda_enter(ex));
     if (have) {
@@ -487,7 +487,7 @@ static nvlm_status cuda_rope_op(nv_exec *ex, float *x, int ld, int rows, int n_h
                                 int head_dim, int64_t pos0, double theta)
 {
     NVLM_TRY(cuda_enter(ex));
-    /* The session's table, made once (fused.cu). */
+    /* The session's table, made once (fused_ops.cu). */
     NVLM_TRY(cuda_rope_table(ex, head_dim, theta));
     return launched(ex, cuda_rope(cuda_ex(ex)->stream, x, ld, rows, n_heads, head_dim, pos0,
                                   cuda_ex(ex)->rope_host), "rope");

@@ -50,11 +50,11 @@ typedef struct cuda_exec {
     size_t idx_cap;             /* elements */
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
-    /* fused.cu: add_rmsnorm left bf16(xbf_of[0..xbf_n)) in xbf for the matmuls reading xbf_of
+    /* fused_ops.cu: add_rmsnorm left bf16(xbf_of[0..xbf_n)) in xbf for the matmuls reading xbf_of
      * next; cuda_enter clears it (any other op may change xbf_of or xbf). */
     const float *xbf_of;
     size_t xbf_n;
-    /* fused.cu: RoPE inverse frequencies for (rope_half * 2, rope_theta), host and device
+    /* fused_ops.cu: RoPE inverse frequencies for (rope_half * 2, rope_theta), host and device
      * copies, made at the first rope of the session (rope_half 0: none yet). */
     int rope_half;
     double rope_theta;
@@ -136,9 +136,13 @@ cudaError_t cuda_silu_mul_cat(cudaStream_t s, float *y, const float *gu, int row
 cudaError_t cuda_rope_store(cudaStream_t s, void *dst, nv_dtype type, int64_t row0,
                             const float *src, int lds, int rows, int n_heads, int head_dim,
                             const float *inv_freq);
+
+/* ---- fused_ops.cu ---- */
+
 /* Makes the session's RoPE table current for (head_dim, theta): ce->rope_host and, ordered on
  * the stream, ce->rope_dev. Computed only when head_dim or theta change. */
 nvlm_status cuda_rope_table(nv_exec *ex, int head_dim, double theta);
+
 /* backend.h's optional fused ops. */
 nvlm_status cuda_add_rmsnorm_op(nv_exec *ex, float *h, const float *a, const nv_bweight *s,
                                 float *x, const nv_bweight *w, int rows, int cols, float eps);

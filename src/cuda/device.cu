@@ -84,7 +84,7 @@ nvlm_status cuda_status(void *err_handle, cudaError_t e, const char *what)
 
 nvlm_status cuda_enter(nv_exec *ex)
 {
-    /* Any op may write the rows add_rmsnorm converted (fused.cu): forget them. */
+    /* Any op may write the rows add_rmsnorm converted (fused_ops.cu): forget them. */
     cuda_ex(ex)->xbf_of = NULL;
     int want = cuda_ex(ex)->cb->device;
     int cur = -1;
