@@ -899,7 +899,7 @@ static void tp_nccl_one(void)
     nvlm_context *ctx = NULL;
     nv_backend *be = NULL;
     nv_exec *ex = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     if (ctx != NULL) {
         CHECK_OK(nv_backend_cuda_create(ctx, 0, &be));
     }

@@ -390,7 +390,7 @@ static child_result load_in_child(const char *dir, nvlm_load_mode mode, int use_
         nvlm_context *cctx = NULL;
         struct rusage before;
         struct rusage after;
-        c.status = (int)nvlm_context_create(NULL, &cctx);
+        c.status = (int)tu_context_create(&cctx);
         getrusage(RUSAGE_SELF, &before);
         if (c.status == 0) {
             c.status = (int)load(cctx, dir, mode, use_mmap);
@@ -802,7 +802,7 @@ int main(void)
 {
     signal(SIGALRM, on_alarm);
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     CHECK(mkdtemp(tmp_root) != NULL, "mkdtemp");
 
     tu_section("special files");
