@@ -329,7 +329,24 @@ int main(int argc, char **argv)
     if (real && gpu && load_cfg("tests/data/nvlm-d-72b", 2, 2, &cfg)) {
         run_model("NVLM-D-72B shapes, 2 LLM + 2 ViT layers, synthetic", NULL, &cfg, N_REAL, 1,
                   true);
-    } else if (!gpu && load_cfg(EG_MODEL_DIR, 0, 0, &cfg)) {
+    } else if (!gpu && load_cfg("tests/data/nvlm-d-72b", 2, 2, &cfg)) {
+        /* what --real-shape builds on a device: the real dimensions, 2 + 2 layers */
+        tu_section("--real-shape's config (no device: checked, not built)");
+        const nv_llm_config *l = &cfg.llm;
+        const nv_vision_config *v = &cfg.vision;
+        CHECK(l->hidden_size == 8192 && l->num_heads == 64 && l->num_kv_heads == 8 &&
+                  l->head_dim == 128 && l->intermediate_size == 29568 &&
+                  l->vocab_size == 152064 && l->num_layers == 2,
+              "LLM: hidden %d, heads %d/%d of %d, FFN %d, vocab %d, %d layers", l->hidden_size,
+              l->num_heads, l->num_kv_heads, l->head_dim, l->intermediate_size, l->vocab_size,
+              l->num_layers);
+        CHECK(v->hidden_size == 3200 && v->num_heads == 25 && v->num_dummy_heads == 7 &&
+                  v->head_dim == 128 && v->intermediate_size == 12800 && v->num_layers == 2,
+              "ViT: hidden %d, heads %d + %d dummies of %d, MLP %d, %d layers", v->hidden_size,
+              v->num_heads, v->num_dummy_heads, v->head_dim, v->intermediate_size,
+              v->num_layers);
+    }
+    if (!gpu && load_cfg(EG_MODEL_DIR, 0, 0, &cfg)) {
         /* no device (nor room for two 9 GB real-shape models): --real-shape's code path at the
          * tiny model's shapes */
         run_model("synthetic, tiny shapes (no device)", NULL, &cfg, N_REAL, 1, false);
