@@ -21,6 +21,12 @@
 #                                a deadline of 0 (every step a deadline SKIP row), then checks
 #                                the rows. Seconds.
 #
+# Environment: OUT (where the rows go; build/gpu-check-out when unset), GPU_CHECK_SECONDS (the
+# deadline), GPU_CHECK_ONLY (steps to run), GPU_CHECK_REQUIRE_DEVICE=1 (no device is exit 3),
+# GPU_CHECK_PACK (build/gpu-pack), GPU_CHECK_O (pack's build tree), GPU_CHECK_NO_DEVICE=1 (act
+# as if there were none), GPU_CHECK_FAKE_DEVICE=1 (run every step without one: tests this
+# script's result handling; the tests then FAIL for printing SKIP).
+#
 # Steps of `run` (names for GPU_CHECK_ONLY="name name ..."; the others get "not selected" rows):
 #   device        nvidia-smi: name, driver, memory (no device: every later step is a SKIP row)
 #   libs          every packed binary and the plugin resolve their shared libraries
@@ -146,24 +152,30 @@ keep_log() {
 # step NAME KIND SLICE CMD...: KIND check (PASS/FAIL/TIME) or info (INFO). Runs CMD with
 # min(SLICE, time left - 2) seconds, its output in $WORK/NAME.log. The row's detail: the lines
 # matching DETAIL_RE when set, else the harness's "# N passed" line (else the last line). A log
-# matching REFUSED_RE (a tool that refused the device) makes a SKIP row. Both are reset after.
+# matching REFUSED_RE (a tool that refused the device) makes a SKIP row; MISSING set (a tool
+# not found) makes a SKIP row without running. All three are reset after.
 step() {
     name=$1; kind=$2; slice=$3; shift 3
     step_rc=255
     if [ -n "${GPU_CHECK_ONLY:-}" ] && ! echo " $GPU_CHECK_ONLY " | grep -q " $name "; then
-        DETAIL_RE=; REFUSED_RE=
+        DETAIL_RE=; REFUSED_RE=; MISSING=
         row "$name" SKIP 0 "not selected (GPU_CHECK_ONLY)"
         return 1
     fi
     budget=$(($(left) - 2))
     if [ "$budget" -lt 3 ]; then
-        DETAIL_RE=; REFUSED_RE=
+        DETAIL_RE=; REFUSED_RE=; MISSING=
         row "$name" SKIP 0 "global deadline of ${DEADLINE}s reached"
         return 1
     fi
     if [ "$HAVE_DEV" -eq 0 ]; then
-        DETAIL_RE=; REFUSED_RE=
+        DETAIL_RE=; REFUSED_RE=; MISSING=
         row "$name" SKIP 0 "no device: $DEV_WHY"
+        return 1
+    fi
+    if [ -n "$MISSING" ]; then
+        row "$name" SKIP 0 "$MISSING"
+        DETAIL_RE=; REFUSED_RE=; MISSING=
         return 1
     fi
     [ "$slice" -gt "$budget" ] && slice=$budget
@@ -180,7 +192,7 @@ step() {
     grep -q '^FAIL' "$f" && sum="$sum; first: $(grep -m 1 '^FAIL' "$f")"
     refused=
     [ -n "$REFUSED_RE" ] && refused=$(grep -m 1 -iE "$REFUSED_RE" "$f")
-    DETAIL_RE=; REFUSED_RE=
+    DETAIL_RE=; REFUSED_RE=; MISSING=
     if [ -n "$refused" ]; then
         row "$name" SKIP "$secs" "the tool refused the device: $refused"
     elif [ "$step_rc" -eq 124 ] || [ "$step_rc" -eq 137 ]; then
@@ -211,15 +223,18 @@ do_run() {
     LOG=$OUTD/gpu_check.log
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
     B=$PACK/bin
-    DETAIL_RE=; REFUSED_RE=
+    DETAIL_RE=; REFUSED_RE=; MISSING=
     printf '# gpu_check %s, %s, deadline %ss\nstep\tresult\tseconds\tdetail\n' \
         "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(head -n 1 "$PACK/MANIFEST" 2>/dev/null)" \
         "$DEADLINE" >"$TSV"
     : >"$LOG"
     LD_LIBRARY_PATH="$PWD/$PACK/lib:$PWD/$PACK/rt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # CUDA 13 libraries: the toolkit's, else the Python wheels' (nvidia-cublas, -cuda-runtime).
+    wheels='import nvidia, os
+for r, ds, fs in os.walk(nvidia.__path__[0]):
+    print(" ".join(os.path.join(r, d) for d in ds if d == "lib"))'
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-             $(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(" ".join(os.path.join(r, d) for r, ds, fs in os.walk(p) for d in ds if d == "lib"))' 2>/dev/null); do
+             $(python3 -c "$wheels" 2>/dev/null); do
         [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
     done
     export LD_LIBRARY_PATH
@@ -267,10 +282,7 @@ do_run() {
 
     for spec in memcheck:25 racecheck:30 synccheck:15 initcheck:20; do
         tool=${spec%:*}
-        if [ -z "$CS" ] && [ "$HAVE_DEV" -eq 1 ]; then
-            row "$tool" SKIP 0 "compute-sanitizer not found"
-            continue
-        fi
+        [ -n "$CS" ] || MISSING="compute-sanitizer not found"
         extra=
         [ "$tool" = memcheck ] && extra="--leak-check full"
         DETAIL_RE='ERROR SUMMARY'
@@ -309,7 +321,8 @@ do_run() {
 }
 
 # ---- dry (CI, no device) -----------------------------------------------------------------------
-STEPS="device libs test_cuda memcheck racecheck synccheck initcheck feed2200 real_shape breakdown goldens_cuda bench_cuda summary"
+STEPS="device libs test_cuda memcheck racecheck synccheck initcheck feed2200 real_shape"
+STEPS="$STEPS breakdown goldens_cuda bench_cuda summary"
 
 # check_rows TSV WANT: every step has exactly one row; rows other than device/libs/summary
 # are SKIP rows whose detail contains WANT.
