@@ -96,11 +96,3 @@ nvlm_backend tu_backend_from_env(void)
     fflush(stdout);
     return tu_backend_choice;
 }
-
-nvlm_status tu_context_create(nvlm_context **out)
-{
-    nvlm_context_params cp;
-    nvlm_context_default_params(&cp);
-    cp.backend = tu_backend_choice;
-    return nvlm_context_create(&cp, out);
-}

@@ -36,8 +36,15 @@ nvlm_backend tu_backend(void);
 const char *tu_backend_name(void);
 /* Opts the calling test in to NVLM_BACKEND (see above); returns the backend chosen. */
 nvlm_backend tu_backend_from_env(void);
-/* nvlm_context_create with default params and backend = tu_backend(). */
-nvlm_status tu_context_create(nvlm_context **out);
+/* nvlm_context_create with default params and backend = tu_backend() (inline: test_dlopen
+ * links this harness without the library). */
+static inline nvlm_status tu_context_create(nvlm_context **out)
+{
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.backend = tu_backend();
+    return nvlm_context_create(&cp, out);
+}
 
 #define CHECK(cond, ...) tu_check((cond), __FILE__, __LINE__, __VA_ARGS__)
 #define CHECK_EQ_INT(a, b, what)                                                         \
