@@ -782,14 +782,14 @@ static void check_messages(nvlm_context *ctx)
         cli_expect(cli, "tokenize README.md hi", "nvlm: tokenize: README.md: not a JSON object\n");
         snprintf(args, sizeof args, "info %s", dir);
         cli_expect(cli, args, "nvlm: info: config.json: not valid JSON\n");
-        snprintf(args, sizeof args, "generate %s -p hi", tdir);
+        snprintf(args, sizeof args, "generate %s -p hi --backend cpu", tdir);
         cli_expect(cli, args, "nvlm: generate: tokenizer.json: not a JSON object\n");
         path_in(p, sizeof p, tmp_root, "cli_pipe");
         CHECK(mkfifo(p, 0600) == 0, "mkfifo");
         snprintf(args, sizeof args, "tokenize %s hi", p);
         snprintf(want, sizeof want, "nvlm: tokenize: %s is a FIFO, not a regular file\n", p);
         cli_expect(cli, args, want);
-        snprintf(args, sizeof args, "generate %s -p hi -i %s", TINY, p);
+        snprintf(args, sizeof args, "generate %s -p hi -i %s --backend cpu", TINY, p);
         snprintf(want, sizeof want, "nvlm: generate: %s is a FIFO, not a regular file\n", p);
         cli_expect(cli, args, want);
         unlink(p);

@@ -298,7 +298,7 @@ for r, ds, fs in os.walk(nvidia.__path__[0]):
     step real_shape check 75 "$B/test_cuda_model" --real-shape
     DETAIL_RE='^(ceiling: read|breakdown)'
     step breakdown info 25 "$B/bench_cuda" --breakdown 8192,32768 --reps 3
-    step goldens_cuda info 15 env NVLM_BACKEND=cuda "$B/test_session"
+    step goldens_cuda info 15 env NVLM_BACKEND=cuda NVLM_CLI="$B/nvlm" "$B/test_session"
     step bench_cuda info 15 "$B/bench_cuda" --quick
 
     # >>> further device checks: one `step NAME check|info SLICE COMMAND...` line each, the
