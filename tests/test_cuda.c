@@ -948,7 +948,6 @@ static void tp_nccl_one(void)
  * tools/gpu_check.sh; without it also the end-to-end goldens and tensor parallelism. */
 int main(int argc, char **argv)
 {
-    const bool ops_only = argc > 1 && strcmp(argv[1], "--ops") == 0;
     char why[256];
     bool have = check_probe(why, sizeof why);
 
@@ -996,7 +995,7 @@ int main(int argc, char **argv)
     }
     nvlm_context_free(ctx);
 #ifdef NVLM_WITH_CUDA
-    if (have && !ops_only) {
+    if (have && !(argc > 1 && strcmp(argv[1], "--ops") == 0)) {
         run_e2e();
         tp_cuda();
         tp_nccl_one();
