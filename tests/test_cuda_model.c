@@ -77,15 +77,16 @@ static size_t argmax_top2(const float *x, size_t n, double *lead)
     return best;
 }
 
-/* The ViT of the engine over `tiles` tiles of a fixed pattern, rows downloaded. */
-static nvlm_status run_vit(nvlm_model *m, int tiles, side_out *out)
+/* The ViT of the engine over `tiles` tiles of a fixed pattern, rows downloaded; the CPU side on
+ * the context's threads, as a session would run it. */
+static nvlm_status run_vit(nvlm_context *ctx, nvlm_model *m, int tiles, side_out *out)
 {
     const nv_engine *e = m->engine;
     int S = e->vit.image;
     size_t n_pix = (size_t)tiles * 3 * S * S;
     nv_exec *ex = NULL;
     nv_arena ar = {0};
-    nvlm_status st = e->be->ops->exec_create(e->be, 0, m, &ex);
+    nvlm_status st = e->be->ops->exec_create(e->be, ctx->n_threads, m, &ex);
     if (st == NVLM_OK) {
         ar.ex = ex;
         st = nv_arena_reserve(&ar, vit_arena_bytes(&e->vit, tiles));
@@ -173,7 +174,7 @@ static bool run_side(const char *label, nvlm_backend be, const char *dir, const 
         CHECK(st == NVLM_OK, "%s: feeds -> %d: %s", label, (int)st, nvlm_last_error(s));
     }
     if (st == NVLM_OK && vit_tiles > 0) {
-        st = run_vit(m, vit_tiles, out);
+        st = run_vit(ctx, m, vit_tiles, out);
         CHECK(st == NVLM_OK, "%s: ViT -> %d: %s", label, (int)st, nvlm_last_error(m));
     }
     nvlm_session_free(s);
