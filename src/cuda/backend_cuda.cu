@@ -186,6 +186,7 @@ static void cuda_exec_free(nv_exec *ex)
             cudaStreamSynchronize(ce->stream);
         }
         cuda_gemm_free(ctx, ce->gemm);
+        cuda_sample_free(ctx, ce);
         if (ce->xbf != NULL) {
             cudaFree(ce->xbf);
         }
@@ -592,6 +593,7 @@ static nv_backend_ops make_ops(void)
     o.rows_copy = cuda_rows_copy_op;
     o.store_rows = cuda_store_rows_op;
     o.im2col = cuda_im2col_op;
+    o.sample = cuda_sample;
     return o;
 }
 

@@ -19,6 +19,7 @@ extern "C" {
 #include "cuda_api.h"
 
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
+typedef struct cuda_sampler cuda_sampler; /* the sampler's workspace of one exec (sample.cu) */
 
 /* Per model: the device and the pinned staging used to upload weights. */
 typedef struct cuda_backend {
@@ -43,6 +44,7 @@ typedef struct cuda_exec {
     size_t idx_cap;             /* elements */
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
+    cuda_sampler *sampler;      /* sample.cu: created at the first sample */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -119,6 +121,13 @@ cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
                             const float *src, int lds, size_t n, int cols);
 cudaError_t cuda_im2col(cudaStream_t s, float *out, const float *pix, int batch, int channels,
                         int height, int width, int patch);
+
+/* ---- sample.cu ---- */
+
+/* The backend's sample op (backend.h): the whole sampler on the device, only the token id and
+ * outcome come back (synchronises). */
+nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);
+void cuda_sample_free(nvlm_context *ctx, cuda_exec *ce);
 
 /* Element loads shared by the kernels: f32, bf16 or f16 storage read as f32. */
 __device__ __forceinline__ float cuda_load(const void *p, nv_dtype t, size_t i)
