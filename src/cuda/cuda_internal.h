@@ -124,6 +124,34 @@ cudaError_t cuda_im2col(cudaStream_t s, float *out, const float *pix, int batch,
 
 /* ---- sample.cu ---- */
 
+#define CUDA_SAMPLE_THREADS 1024   /* the one block's threads (launches may use fewer) */
+
+/* The kernel's arguments (by value). Device pointers except where noted. */
+typedef struct cuda_sample_kargs {
+    const float *logits;         /* n */
+    const unsigned char *usable; /* n flags */
+    int n;
+    float *val;                  /* n: workspace, the biased and penalised logits */
+    unsigned long long *key;     /* n: workspace, 0 = not a candidate */
+    double *prob;                /* n: workspace */
+    const int32_t *list;         /* n_bias (token, bias bits) then n_pen (token, count) */
+    int n_bias;
+    int bias_serial;             /* the bias list names a token twice: one thread, in order */
+    int n_pen;
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+    float rep;
+    float presence;
+    float freq;
+    double uniform;
+    int32_t *out;                /* [token, outcome] */
+} cuda_sample_kargs;
+
+/* Runs the sampler kernel: one block of `threads` (a power of two, 256..1024) threads. */
+cudaError_t cuda_sample_launch(cudaStream_t s, int threads, const cuda_sample_kargs *k);
+
 /* The backend's sample op (backend.h): the whole sampler on the device, only the token id and
  * outcome come back (synchronises). */
 nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);

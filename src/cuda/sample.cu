@@ -2,7 +2,7 @@
  * sample.cu - the sampler on the device (the backend's optional `sample` op): logits stay in
  * device memory and only the chosen token id (and an outcome code) comes back to the host.
  *
- * One block of SMP_THREADS threads runs the whole pipeline of smp_sample (sampler.c) in its
+ * One block of CUDA_SAMPLE_THREADS threads runs the whole pipeline of smp_sample (sampler.c) in its
  * order: mask unusable rows and non-finite logits (NaN), logit bias (in list order), the
  * repetition / frequency / presence penalties (a host list of the distinct tokens of the
  * window with their counts), then greedy or top-k -> softmax(v / T) -> top-p -> min-p -> the
@@ -17,51 +17,23 @@
  * CPU's double sums except where a draw or the top-p target falls within ~1e-16 (relative) of
  * a cumulative boundary. Probabilities are exp((v - vmax) / T) in double as on the CPU.
  *
- * Define SMP_KERNELS_ONLY to take just the kernel (the host emulation of the kernels).
+ * The host emulation of the kernels (emu/cuda_host.h, NVEMU) compiles the kernel and its
+ * launcher; the exec's workspace and the op below them need the real runtime.
  */
-#ifndef SMP_KERNELS_ONLY
 #include "cuda/cuda_internal.h"
-#endif
 
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define SMP_THREADS 1024          /* threads of the one block (a power of two >= 256) */
 #define SMP_FX_BITS 35
 #define SMP_FX_MASK ((1ull << SMP_FX_BITS) - 1)
 #define SMP_FX_ONE 34359738368.0 /* 2^35 */
 
-/* Outcome codes (out[1]); the host turns them into smp_sample's errors. */
-#define SMP_OUT_OK 0
-#define SMP_OUT_NONFINITE 1
-#define SMP_OUT_BANNED 2
 
 typedef unsigned long long smp_u64;
-
-/* The kernel's arguments (by value). Device pointers except where noted. */
-typedef struct smp_kargs {
-    const float *logits;         /* n */
-    const unsigned char *usable; /* n flags */
-    int n;
-    float *val;                  /* n: workspace, the biased and penalised logits */
-    smp_u64 *key;                /* n: workspace, 0 = not a candidate */
-    double *prob;                /* n: workspace */
-    const int32_t *list;         /* n_bias (token, bias bits) then n_pen (token, count) */
-    int n_bias;
-    int bias_serial;             /* the bias list names a token twice: one thread, in order */
-    int n_pen;
-    float temperature;
-    int top_k;
-    float top_p;
-    float min_p;
-    float rep;
-    float presence;
-    float freq;
-    double uniform;
-    int32_t *out;                /* [token, outcome] */
-} smp_kargs;
+typedef cuda_sample_kargs smp_kargs;
 
 /* A probability mass: h * 2^-35 + l * 2^-70 (normalised: l < 2^35). */
 typedef struct smp_fx {
@@ -285,7 +257,7 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
             atomicAdd(&sh->hc[d], 1u);
             atomicMax(&sh->hmax[d], k);
         }
-        __syncthreads();
+        __syncthreads(); /* the histogram is complete */
         if (tid == 0) {
             smp_fx pre = sh->pre;
             int pick = -1;
@@ -333,13 +305,13 @@ static __device__ void smp_finish(const smp_kargs *a, int32_t token, int outcome
     }
 }
 
-#ifndef __launch_bounds__
-#define __launch_bounds__(n)
+#ifndef NV_LAUNCH
+#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
 #endif
 
-static __global__ void __launch_bounds__(SMP_THREADS) smp_kernel(smp_kargs a)
+static __global__ void __launch_bounds__(CUDA_SAMPLE_THREADS) smp_kernel(smp_kargs a)
 {
-    __shared__ smp_u64 red[SMP_THREADS];
+    __shared__ smp_u64 red[CUDA_SAMPLE_THREADS];
     __shared__ smp_search sh;
     int tid = (int)threadIdx.x;
     int nt = (int)blockDim.x;
@@ -355,7 +327,7 @@ static __global__ void __launch_bounds__(SMP_THREADS) smp_kernel(smp_kargs a)
         n_fin += ok ? 1u : 0u;
     }
     if (smp_reduce(red, n_fin, SMP_SUM) == 0) {
-        smp_finish(&a, -1, SMP_OUT_NONFINITE);
+        smp_finish(&a, -1, NV_SAMPLE_NONFINITE);
         return;
     }
     /* 2. logit bias, in list order (one thread when a token is named twice) */
@@ -406,13 +378,13 @@ static __global__ void __launch_bounds__(SMP_THREADS) smp_kernel(smp_kargs a)
     }
     m = smp_reduce(red, m, SMP_SUM);
     if (m == 0) {
-        smp_finish(&a, -1, SMP_OUT_BANNED);
+        smp_finish(&a, -1, NV_SAMPLE_BANNED);
         return;
     }
     top = smp_reduce(red, top, SMP_MAX);
     if (a.temperature <= 0.0f) {
         /* greedy: the largest key is the largest value at the lowest index */
-        smp_finish(&a, smp_key_id(top), SMP_OUT_OK);
+        smp_finish(&a, smp_key_id(top), NV_SAMPLE_OK);
         return;
     }
     smp_u64 spread = 0;
@@ -500,14 +472,19 @@ static __global__ void __launch_bounds__(SMP_THREADS) smp_kernel(smp_kargs a)
     smp_fx t = smp_to_fx(a.uniform * smp_fx_double(total));
     smp_u64 r = smp_find(&a, &sh, keep, true, t, top, spread);
     /* rounding left the draw past the total: the last kept token, as on the CPU */
-    smp_finish(&a, smp_key_id(r != 0 ? r : last), SMP_OUT_OK);
+    smp_finish(&a, smp_key_id(r != 0 ? r : last), NV_SAMPLE_OK);
 }
 
-#ifndef SMP_KERNELS_ONLY
+cudaError_t cuda_sample_launch(cudaStream_t s, int threads, const cuda_sample_kargs *k)
+{
+    if (threads < 256 || threads > CUDA_SAMPLE_THREADS || (threads & (threads - 1)) != 0) {
+        return cudaErrorInvalidValue;
+    }
+    NV_LAUNCH(smp_kernel, 1, threads, 0, s)(*k);
+    return cudaGetLastError();
+}
 
-static_assert(SMP_OUT_OK == NV_SAMPLE_OK && SMP_OUT_NONFINITE == NV_SAMPLE_NONFINITE &&
-                  SMP_OUT_BANNED == NV_SAMPLE_BANNED,
-              "outcome codes");
+#ifndef NVEMU
 
 /* Per exec: the workspace, sized for one vocabulary at the first call. */
 struct cuda_sampler {
@@ -614,7 +591,7 @@ nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, in
                                                  cudaMemcpyHostToDevice, st),
                              "sampler upload"));
     }
-    smp_kargs k;
+    cuda_sample_kargs k;
     memset(&k, 0, sizeof k);
     k.logits = a->logits;
     k.usable = s->usable;
@@ -635,8 +612,7 @@ nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, in
     k.freq = a->frequency_penalty;
     k.uniform = a->uniform;
     k.out = s->out;
-    smp_kernel<<<1, SMP_THREADS, 0, st>>>(k);
-    NVLM_TRY(cuda_status(eh, cudaGetLastError(), "sample"));
+    NVLM_TRY(cuda_status(eh, cuda_sample_launch(st, CUDA_SAMPLE_THREADS, &k), "sample"));
     NVLM_TRY(cuda_status(eh, cudaMemcpyAsync(s->host, s->out, 2 * sizeof(int32_t),
                                              cudaMemcpyDeviceToHost, st),
                          "sample"));
@@ -646,4 +622,4 @@ nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, in
     return NVLM_OK;
 }
 
-#endif /* SMP_KERNELS_ONLY */
+#endif /* NVEMU */
