@@ -62,15 +62,24 @@ static nvlm_status sampler_ready(nv_exec *ex, const nv_sample_args *a, size_t ne
         ce->sampler = s;
         s->n = a->n;
         size_t n = (size_t)a->n;
-        NVLM_TRY(cuda_status(eh, cudaMalloc((void **)&s->usable, n), "sampler workspace"));
-        NVLM_TRY(cuda_status(eh, cudaMalloc((void **)&s->val, n * sizeof(float)),
-                             "sampler workspace"));
-        NVLM_TRY(cuda_status(eh, cudaMalloc((void **)&s->key, n * sizeof(smp_u64)),
-                             "sampler workspace"));
-        NVLM_TRY(cuda_status(eh, cudaMalloc((void **)&s->prob, n * sizeof(double)),
-                             "sampler workspace"));
-        NVLM_TRY(cuda_status(eh, cudaMalloc((void **)&s->out, 2 * sizeof(int32_t)),
-                             "sampler workspace"));
+        cudaError_t e = cudaMalloc((void **)&s->usable, n);
+        if (e == cudaSuccess) {
+            e = cudaMalloc((void **)&s->val, n * sizeof(float));
+        }
+        if (e == cudaSuccess) {
+            e = cudaMalloc((void **)&s->key, n * sizeof(smp_u64));
+        }
+        if (e == cudaSuccess) {
+            e = cudaMalloc((void **)&s->prob, n * sizeof(double));
+        }
+        if (e == cudaSuccess) {
+            e = cudaMalloc((void **)&s->out, 2 * sizeof(int32_t));
+        }
+        if (e != cudaSuccess) {
+            nvlm_status st = cuda_status(eh, e, "sampler workspace");
+            cuda_sample_free(ex->be->ctx, ce);
+            return st;
+        }
     }
     if (s->usable_src != a->usable) {
         NVLM_TRY(cuda_status(eh, cudaMemcpyAsync(s->usable, a->usable, (size_t)a->n,
