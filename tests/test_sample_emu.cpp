@@ -270,6 +270,21 @@ static void test_ties(nvlm_context *ctx, emu_dev *d, int n)
         }
         CHECK(bad == 0, "N %d, %s: equal to the CPU", n, flat[i].name);
     }
+    /* exact cumulative boundaries: 2048 equal logits, top-p 0.5 keeps exactly the first 1024
+     * (the running mass reaches the target exactly: ">=" and ">" differ) */
+    {
+        std::vector<float> e(2048, 1.0f);
+        smp_work w2;
+        CHECK_OK(smp_work_init(NULL, &w2, 2048));
+        const pset half = {"top-p at an exact boundary", 1.0f, 0, 0.5f, 0.0f, 1.0f, 0.0f, 0.0f,
+                           64, 0};
+        int bad = 0;
+        for (int s = 0; s < 3; s++) {
+            bad += compare(ctx, d, &half, e, &w2, 0, 11u + (unsigned)s, 6, false);
+        }
+        CHECK(bad == 0, "%s: equal to the CPU", half.name);
+        smp_work_free(NULL, &w2);
+    }
     /* -0 and +0 are equal values: the lower index wins whatever the sign */
     for (int i = 0; i < n; i++) {
         l[(size_t)i] = -1.0f - (float)(i % 5);

@@ -194,21 +194,33 @@ static __device__ smp_fx smp_reduce_fx(smp_u64 *red, smp_fx v)
 /* Shared state of one radix search. */
 typedef struct smp_search {
     smp_u64 hh[256];     /* mass per digit, units of 2^-35 */
-    smp_u64 hl[256];     /* mass per digit, units of 2^-70 (or counts) */
-    smp_u64 hmax[256];   /* largest key per digit */
-    unsigned int hc[256];
+    smp_u64 hl[256];     /* mass per digit, units of 2^-70 */
+    unsigned int hc[256]; /* keys per digit */
     smp_u64 prefix;
     smp_u64 mask;
     smp_u64 res;
-    smp_fx pre;          /* mass of the keys above the current prefix's range */
+    smp_fx pre;          /* mass (or count) of the keys above the current prefix's range */
     int shift;
-    int done;
+    int done;            /* 0 searching, 1 found (prefix/mask name one key), 2 not found */
 } smp_search;
+
+/* Adds one thread's run of keys of digit d to the shared histogram. */
+static __device__ __forceinline__ void smp_flush(smp_search *sh, int d, bool mass, smp_u64 h,
+                                                 smp_u64 l, unsigned int c)
+{
+    if (mass) {
+        atomicAdd(&sh->hh[d], h);
+        atomicAdd(&sh->hl[d], l);
+    }
+    atomicAdd(&sh->hc[d], c);
+}
 
 /* Among the candidates with key >= lo, in key-descending order: the key of the first one whose
  * running total (of its probability mass when `mass`, else of 1 per key) including itself
  * exceeds `target`; 0 when the total never does. top: the largest key; spread: the OR of
- * (key ^ top) over all candidates (bits above its highest set bit are common to all). */
+ * (key ^ top) over all candidates (bits above its highest set bit are common to all). Each
+ * pass histograms the next 8 bits of the keys under the prefix found so far (integer sums: the
+ * same whatever the order of the atomics); a thread adds a run of keys of one digit at once. */
 static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 lo, bool mass,
                                    smp_fx target, smp_u64 top, smp_u64 spread)
 {
@@ -234,28 +246,40 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
         for (int d = tid; d < 256; d += nt) {
             sh->hh[d] = 0;
             sh->hl[d] = 0;
-            sh->hmax[d] = 0;
             sh->hc[d] = 0;
         }
         __syncthreads();
         smp_u64 mask = sh->mask;
         smp_u64 prefix = sh->prefix;
         int shift = sh->shift;
+        int cur = -1;
+        smp_u64 rh = 0;
+        smp_u64 rl = 0;
+        unsigned int rc = 0;
         for (int i = tid; i < a->n; i += nt) {
             smp_u64 k = a->key[i];
             if (k < lo || (k & mask) != prefix) {
                 continue;
             }
             int d = (int)((k >> shift) & 255u);
+            if (d != cur) {
+                if (cur >= 0) {
+                    smp_flush(sh, cur, mass, rh, rl, rc);
+                }
+                cur = d;
+                rh = 0;
+                rl = 0;
+                rc = 0;
+            }
             if (mass) {
                 smp_fx w = smp_to_fx(a->prob[i]);
-                atomicAdd(&sh->hh[d], w.h);
-                atomicAdd(&sh->hl[d], w.l);
-            } else {
-                atomicAdd(&sh->hl[d], 1ull);
+                rh += w.h;
+                rl += w.l;
             }
-            atomicAdd(&sh->hc[d], 1u);
-            atomicMax(&sh->hmax[d], k);
+            rc++;
+        }
+        if (cur >= 0) {
+            smp_flush(sh, cur, mass, rh, rl, rc);
         }
         __syncthreads(); /* the histogram is complete */
         if (tid == 0) {
@@ -265,7 +289,8 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
                 if (sh->hc[d] == 0) {
                     continue;
                 }
-                smp_fx c = smp_fx_add(pre, sh->hh[d], sh->hl[d]);
+                smp_fx c = mass ? smp_fx_add(pre, sh->hh[d], sh->hl[d])
+                                : smp_fx_add(pre, 0, sh->hc[d]);
                 if (smp_fx_gt(c, target)) {
                     pick = d;
                     break;
@@ -273,14 +298,12 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
                 pre = c;
             }
             if (pick < 0) {
-                sh->res = 0;
-                sh->done = 1;
+                sh->done = 2;
             } else {
                 sh->pre = pre;
                 sh->prefix = prefix | ((smp_u64)pick << shift);
                 sh->mask = mask | (255ull << shift);
                 if (sh->hc[pick] == 1 || shift == 0) {
-                    sh->res = sh->hmax[pick];
                     sh->done = 1;
                 } else {
                     sh->shift = shift > 8 ? shift - 8 : 0;
@@ -288,9 +311,21 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
             }
         }
         __syncthreads();
-        if (sh->done) {
+        if (sh->done != 0) {
             break;
         }
+    }
+    if (sh->done == 1) {
+        /* one key matches the prefix: find it */
+        smp_u64 mask = sh->mask;
+        smp_u64 prefix = sh->prefix;
+        for (int i = tid; i < a->n; i += nt) {
+            smp_u64 k = a->key[i];
+            if (k >= lo && (k & mask) == prefix) {
+                sh->res = k;
+            }
+        }
+        __syncthreads();
     }
     smp_u64 r = sh->res;
     __syncthreads();
