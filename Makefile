@@ -75,6 +75,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_BIN += $(BUILD)/tests/test_cuda_emu
+TEST_BIN += $(BUILD)/tests/test_sample_emu
 TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 
 ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
@@ -171,6 +172,8 @@ $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpt
 # the test's small shapes only.
 CUDA_EMU_SRC := src/cuda/act.cu src/cuda/attention.cu src/cuda/norm.cu src/cuda/rope.cu \
                 src/cuda/rows.cu
+# the sampler kernel: tests/test_sample_emu.cpp compares it with the CPU sampler
+CUDA_EMU_SRC += src/cuda/sample.cu
 EMU_BUILD := $(BUILD)/emu
 CUDA_EMU_OBJ := $(CUDA_EMU_SRC:%.cu=$(EMU_BUILD)/%.o) $(EMU_BUILD)/src/cuda/emu/cuda_host.o
 EMU_CXXFLAGS := -std=c++17 $(OPT) $(WARN) -pthread -ffp-contract=off $(SANFLAGS) \
@@ -194,6 +197,13 @@ $(BUILD)/tests/test_cuda_emu: tests/test_cuda_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTI
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
 	    $(LIBS) $(LDFLAGS)
+
+SAMPLE_EMU_OBJ := $(EMU_BUILD)/src/cuda/sample.o $(EMU_BUILD)/src/cuda/emu/cuda_host.o
+$(BUILD)/tests/test_sample_emu: tests/test_sample_emu.cpp $(SAMPLE_EMU_OBJ) $(TEST_UTIL_OBJ) \
+                                $(INTLIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(SAMPLE_EMU_OBJ) $(TEST_UTIL_OBJ) \
+	    $(INTLIB) $(LIBS) $(LDFLAGS)
 
 test: $(TEST_BIN) $(CLI) $(SHLIB)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)

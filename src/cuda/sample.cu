@@ -340,10 +340,6 @@ static __device__ void smp_finish(const smp_kargs *a, int32_t token, int outcome
     }
 }
 
-#ifndef NV_LAUNCH
-#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
-#endif
-
 static __global__ void __launch_bounds__(CUDA_SAMPLE_THREADS) smp_kernel(smp_kargs a)
 {
     __shared__ smp_u64 red[CUDA_SAMPLE_THREADS];
