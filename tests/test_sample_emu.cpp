@@ -4,8 +4,11 @@
  * give the same tokens, the same RNG stream and the same errors as smp_sample for the same
  * logits, at the real vocabulary (N = 152,064 with 399 padding rows) and at small N: greedy,
  * each filter alone and combined, penalties, logit bias (banned, forced, named twice), padding
- * rows, non-finite logits, ties, all non-finite, everything banned, several seeds. A removed
- * barrier of the radix search must make the comparison fail. Sanitizer builds use small N.
+ * rows, non-finite logits, ties, all non-finite, everything banned, several seeds; the small
+ * cases under each schedule order of the emulation, and with each barrier of sample.cu turned
+ * off in turn (some case must then differ). A session over the CPU backend with the emulated
+ * op generates the host session's tokens without downloading the logits. Sanitizer builds
+ * (NVLM_EMU_SMALL) use small N only.
  */
 #include <math.h>
 #include <stdio.h>
@@ -131,7 +134,8 @@ typedef struct pset {
     float presence;
     float freq;
     int last_n;
-    int bias; /* 0 none, 1 ban + boosts, 2 a token named twice, 3 two forced (+inf) tokens */
+    int bias; /* 0 none, 1 ban + boosts, 2 a token named twice, 3 two forced (+inf) tokens,
+                 4 boosts of the penalised tokens of the history */
 } pset;
 
 static const pset g_psets[] = {
@@ -150,6 +154,7 @@ static const pset g_psets[] = {
     {"bias named twice", 1.0f, 0, 0.8f, 0.0f, 1.1f, 0.0f, 0.1f, 8, 2},
     {"forced tokens", 1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64, 3},
     {"forced greedy", 0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64, 3},
+    {"bias and penalties on one token", 2.0f, 0, 1.0f, 0.0f, 1.5f, 0.3f, 0.2f, 64, 4},
 };
 
 static void make_bias(int kind, int n, int pad, std::vector<nvlm_logit_bias> &b)
@@ -166,6 +171,9 @@ static void make_bias(int kind, int n, int pad, std::vector<nvlm_logit_bias> &b)
         b.push_back({9 % u, -1.0f});
         b.push_back({5 % u, 1.0e-7f}); /* added after the first: order matters */
         b.push_back({5 % u, 6.0f});
+    } else if (kind == 4) {
+        b.push_back({n / 2, 2.0f});
+        b.push_back({n / 3, 6.0f});
     } else if (kind == 3) {
         b.push_back({u - 2, INFINITY});
         b.push_back({3, INFINITY});
@@ -349,44 +357,94 @@ static void test_errors(nvlm_context *ctx, emu_dev *d, int n)
     smp_work_free(NULL, &w);
 }
 
-/* The line of src/cuda/sample.cu that holds `marker`, 0 if none. */
-static int source_line(const char *marker)
+/* Whether line `line` of `file` says "nvemu: redundant". */
+static bool marked_redundant(const char *file, int line)
 {
-    size_t size = 0;
-    char *src = tu_read_file("src/cuda/sample.cu", &size);
-    if (src == NULL) {
-        return 0;
+    FILE *f = fopen(file, "r");
+    if (f == NULL) {
+        return false;
     }
-    int line = 1;
-    int found = 0;
-    for (char *p = src; *p != '\0' && found == 0; p++) {
-        if (strncmp(p, marker, strlen(marker)) == 0) {
-            found = line;
+    char buf[512];
+    bool found = false;
+    for (int n = 1; fgets(buf, sizeof buf, f) != NULL; n++) {
+        if (n == line) {
+            found = strstr(buf, "nvemu: redundant") != NULL;
+            break;
         }
-        line += *p == '\n';
     }
-    free(src);
+    fclose(f);
     return found;
 }
 
-/* Mutations: a barrier of the radix search removed must change some token. */
-static void test_mutation(nvlm_context *ctx, emu_dev *d, int n)
+static void collect_site(const nvemu::site *s, void *arg)
 {
-    int line = source_line("__syncthreads(); /* the histogram is complete */");
-    CHECK(line > 0, "found the histogram barrier in src/cuda/sample.cu");
+    std::vector<const nvemu::site *> *v = (std::vector<const nvemu::site *> *)arg;
+    size_t len = strlen(s->file);
+    if (len >= 9 && strcmp(s->file + len - 9, "sample.cu") == 0) {
+        v->push_back(s);
+    }
+}
+
+/* Small cases that together need every barrier: mismatches (or errors) over them. */
+static int mutation_cases(nvlm_context *ctx, emu_dev *d, const std::vector<float> &l, smp_work *w,
+                          int pad)
+{
+    static const int sets[] = {0, 4, 6, 7, 8, 9, 11, 12, 13, 15};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0] && bad == 0; i++) {
+        for (int s = 0; s < 3 && bad == 0; s++) {
+            bad += compare(ctx, d, &g_psets[sets[i]], l, w, pad, 40u + (unsigned)s, 3, true);
+        }
+    }
+    return bad;
+}
+
+/* Mutations: each barrier of sample.cu turned off in turn must make some case differ from the
+ * CPU under one of the emulation's three schedule orders (unless the source marks it
+ * redundant); with every barrier on, the cases agree under each order. */
+static void test_mutation(nvlm_context *ctx, emu_dev *d, int n, int pad)
+{
     std::vector<float> l;
     std::vector<uint8_t> usable;
-    make_logits(l, usable, n, 0);
+    make_logits(l, usable, n, pad);
     smp_work w;
     CHECK_OK(smp_work_init(NULL, &w, n));
-    nvemu_mutate("cuda/sample.cu", line, false);
-    int bad = 0;
-    for (int s = 0; s < 4 && bad == 0; s++) {
-        bad += compare(ctx, d, &g_psets[8], l, &w, 0, 40u + (unsigned)s, 3, true);
-        bad += compare(ctx, d, &g_psets[4], l, &w, 0, 50u + (unsigned)s, 3, true);
+    memcpy(w.usable, usable.data(), (size_t)n);
+    static const int orders[] = {NVEMU_SCHED_IN_ORDER, NVEMU_SCHED_WARP_FIRST,
+                                 NVEMU_SCHED_REVERSE};
+    for (int o : orders) {
+        nvemu_schedule(o);
+        CHECK(mutation_cases(ctx, d, l, &w, pad) == 0, "schedule order %d: equal to the CPU", o);
+    }
+    nvemu_schedule(NVEMU_SCHED_IN_ORDER);
+    std::vector<const nvemu::site *> sites;
+    nvemu_sites(collect_site, &sites);
+    CHECK(sites.size() >= 8, "the sampler's barriers were reached (%zu)", sites.size());
+    int caught = 0;
+    for (const nvemu::site *s : sites) {
+        CHECK(nvemu_mutate("cuda/sample.cu", s->line, false) >= 1, "site sample.cu:%d off",
+              s->line);
+        int bad = 0;
+        for (int o : orders) {
+            if (bad == 0) {
+                nvemu_schedule(o);
+                bad = mutation_cases(ctx, d, l, &w, pad);
+            }
+        }
+        nvemu_schedule(NVEMU_SCHED_IN_ORDER);
+        nvemu_mutate("cuda/sample.cu", s->line, true);
+        if (bad == 0 && marked_redundant(s->file, s->line)) {
+            printf("# __syncthreads sample.cu:%d removed: no case fails (marked redundant)\n",
+                   s->line);
+            continue;
+        }
+        CHECK(bad > 0, "__syncthreads sample.cu:%d removed: the tokens differ from the CPU's",
+              s->line);
+        caught += bad > 0;
     }
     nvemu_mutate_clear();
-    CHECK(bad > 0, "without the histogram barrier the device tokens differ from the CPU's");
+    CHECK(caught >= 8, "%d removed barriers detected", caught);
+    CHECK(mutation_cases(ctx, d, l, &w, pad) == 0, "equal again with every barrier on");
     smp_work_free(NULL, &w);
 }
 
@@ -528,7 +586,7 @@ int main(void)
     run_sets(ctx, &d, 300, 0, 3, 6);
     test_ties(ctx, &d, 2000);
     test_errors(ctx, &d, 513);
-    test_mutation(ctx, &d, 2000);
+    test_mutation(ctx, &d, 700, 20);
     tu_section("session sampling through the device op (CPU backend + emulated kernel)");
     test_session();
 

@@ -328,7 +328,8 @@ static __device__ smp_u64 smp_find(const smp_kargs *a, smp_search *sh, smp_u64 l
         __syncthreads();
     }
     smp_u64 r = sh->res;
-    __syncthreads();
+    /* sh is free for the next search; callers also reduce in between, so: */
+    __syncthreads(); /* nvemu: redundant */
     return r;
 }
 
