@@ -2,8 +2,8 @@
  * sample.cu - the sampler on the device (the backend's optional `sample` op): logits stay in
  * device memory and only the chosen token id (and an outcome code) comes back to the host.
  *
- * One block of CUDA_SAMPLE_THREADS threads runs the whole pipeline of smp_sample (sampler.c) in its
- * order: mask unusable rows and non-finite logits (NaN), logit bias (in list order), the
+ * One block of CUDA_SAMPLE_THREADS threads runs the whole pipeline of smp_sample (sampler.c)
+ * in its order: mask unusable rows and non-finite logits (NaN), logit bias (in list order), the
  * repetition / frequency / presence penalties (a host list of the distinct tokens of the
  * window with their counts), then greedy or top-k -> softmax(v / T) -> top-p -> min-p -> the
  * draw with the host's uniform number. Every candidate gets a unique 64-bit key, the float's
@@ -30,7 +30,6 @@
 #define SMP_FX_BITS 35
 #define SMP_FX_MASK ((1ull << SMP_FX_BITS) - 1)
 #define SMP_FX_ONE 34359738368.0 /* 2^35 */
-
 
 typedef unsigned long long smp_u64;
 typedef cuda_sample_kargs smp_kargs;
