@@ -26,6 +26,35 @@ typedef struct nv_bweight {
 typedef struct nv_backend nv_backend;
 typedef struct nv_exec nv_exec;
 
+/* What the optional `sample` op gets (sampler.c's smp_sample_device fills it in): the CPU
+ * sampler's inputs with the logits in device memory, the RNG's draw made by the host. */
+typedef struct nv_sample_args {
+    const float *logits;        /* device: n f32 logits */
+    int n;
+    const uint8_t *usable;      /* host: n flags (0: a row the tokenizer lacks); the same
+                                   array for the exec's life (the op may upload it once) */
+    float temperature;          /* the nvlm_sampler_params fields, checked by smp_check */
+    int32_t top_k;
+    float top_p;
+    float min_p;
+    float repetition_penalty;
+    float presence_penalty;
+    float frequency_penalty;
+    /* host: n_bias (token, bias as float bits) pairs in the params' order, then n_pen
+     * (token, count) pairs: each distinct token of the penalty window once (n_pen 0 when the
+     * penalties are off). bias_unique: no token appears twice among the bias pairs. */
+    const int32_t *list;
+    size_t n_bias;
+    bool bias_unique;
+    size_t n_pen;
+    double uniform;             /* the draw in [0, 1) (used when temperature > 0) */
+} nv_sample_args;
+
+/* Outcomes of the `sample` op. */
+#define NV_SAMPLE_OK 0
+#define NV_SAMPLE_NONFINITE 1   /* no usable row holds a finite logit */
+#define NV_SAMPLE_BANNED 2      /* bias / penalties left no candidate */
+
 typedef struct nv_backend_ops {
     const char *name;
 
@@ -155,6 +184,11 @@ typedef struct nv_backend_ops {
      * are unspecified (the CPU rotates it in place; CUDA leaves it). */
     nvlm_status (*rope_store)(nv_exec *ex, void *dst, nv_dtype type, int64_t row0, float *src,
                               int lds, int rows, int n_heads, int head_dim, double theta);
+    /* Optional (NULL: the session downloads the logits and runs smp_sample on the host): picks
+     * a token from device logits exactly as smp_sample's order and arithmetic do (its sums may
+     * be added in another order) and writes it to *token and an NV_SAMPLE_* code to *outcome;
+     * only those cross to the host. Synchronises. */
+    nvlm_status (*sample)(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);
 } nv_backend_ops;
 
 struct nv_backend {

@@ -395,7 +395,11 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
         size_t first = (size_t)(n - n_logits) * D;
         NVLM_TRY(op->rmsnorm(ex, x, D, h + first, D, &w->norm, n_logits, D, D, w->eps));
         NVLM_TRY(op->matmul(ex, lg, x, &w->lm_head, NULL, n_logits));
-        NVLM_TRY(op->download(ex, logits, lg, s.logits * sizeof(float)));
+        if (trace != NULL && trace->logits_dev != NULL) {
+            NVLM_TRY(op->copy(ex, trace->logits_dev, lg, s.logits * sizeof(float)));
+        } else {
+            NVLM_TRY(op->download(ex, logits, lg, s.logits * sizeof(float)));
+        }
     }
     NVLM_TRY(op->sync(ex));
     kv->n = pos0 + n;

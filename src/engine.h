@@ -140,11 +140,13 @@ typedef struct dec_kv {
 } dec_kv;
 
 /* Optional host captures of the decoder's intermediate rows (tests). Each pointer may be NULL:
- * embeds (n, D), layers (n_layers, n, D), final_norm (n, D). */
+ * embeds (n, D), layers (n_layers, n, D), final_norm (n, D). logits_dev: device memory that
+ * receives the logits instead of the host buffer (the session's device sampling). */
 typedef struct dec_trace {
     float *embeds;
     float *layers;
     float *final_norm;
+    float *logits_dev;
 } dec_trace;
 
 nvlm_status dec_init(nv_engine *e, const nvlm_model *m);
@@ -200,6 +202,9 @@ typedef struct smp_work {
     int32_t *count;   /* n_vocab, all zero between calls */
     uint8_t *usable;  /* n_vocab: 0 for rows that are never chosen (ids the tokenizer lacks,
                          such as the checkpoint's padding rows); all 1 after smp_work_init */
+    int32_t *list;    /* smp_sample_device's bias and penalty pairs (allocated at its first
+                         call; 2 * n_vocab + 2 * list_bias elements) */
+    size_t list_bias; /* bias pairs list has room for */
 } smp_work;
 
 nvlm_status smp_work_init(nvlm_context *ctx, smp_work *w, int n_vocab);
@@ -215,5 +220,14 @@ nvlm_status smp_check(const nvlm_sampler_params *p, const smp_work *w, void *err
 nvlm_status smp_sample(const nvlm_sampler_params *p, const float *logits, smp_work *w,
                        const int32_t *hist, size_t n_hist, smp_rng *rng, int32_t *token,
                        void *err_handle);
+/* The same through the backend's `sample` op (ex->be->ops->sample must exist): logits_dev is
+ * device memory; the host prepares the bias and penalty lists and draws the uniform number
+ * from rng as smp_sample would (one draw when temperature > 0; none on failure: the RNG is
+ * left as it was). Same tokens as smp_sample for the same logits and RNG state except where
+ * the draw falls within rounding (~1e-16 relative) of a cumulative-probability boundary; the
+ * same errors with the same text. */
+nvlm_status smp_sample_device(nv_exec *ex, const nvlm_sampler_params *p, const float *logits_dev,
+                              smp_work *w, const int32_t *hist, size_t n_hist, smp_rng *rng,
+                              int32_t *token, void *err_handle);
 
 #endif /* NVLM_ENGINE_H */

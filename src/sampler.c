@@ -74,6 +74,7 @@ void smp_work_free(nvlm_context *ctx, smp_work *w)
     nv_free(ctx, w->cand);
     nv_free(ctx, w->count);
     nv_free(ctx, w->usable);
+    nv_free(ctx, w->list);
     memset(w, 0, sizeof *w);
 }
 
@@ -280,4 +281,108 @@ nvlm_status smp_sample(const nvlm_sampler_params *p, const float *logits, smp_wo
     }
     *token = c[keep - 1].i;
     return NVLM_OK;
+}
+
+/* The penalty window of hist as (token, count) pairs, each distinct token once in order of
+ * first appearance, into out; returns the number of pairs (count stays all-zero). */
+static size_t penalty_pairs(const nvlm_sampler_params *p, smp_work *w, const int32_t *hist,
+                            size_t n_hist, int32_t *out)
+{
+    if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
+        p->frequency_penalty == 0.0f) {
+        return 0;
+    }
+    size_t n = n_hist;
+    if (p->penalty_last_n >= 0 && (size_t)p->penalty_last_n < n) {
+        n = (size_t)p->penalty_last_n;
+    }
+    const int32_t *win = hist + (n_hist - n);
+    for (size_t i = 0; i < n; i++) {
+        if (win[i] >= 0 && win[i] < w->n_vocab) {
+            w->count[win[i]]++;
+        }
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t t = win[i];
+        if (t < 0 || t >= w->n_vocab || w->count[t] == 0) {
+            continue;
+        }
+        out[2 * m] = t;
+        out[2 * m + 1] = w->count[t];
+        m++;
+        w->count[t] = 0;
+    }
+    return m;
+}
+
+nvlm_status smp_sample_device(nv_exec *ex, const nvlm_sampler_params *p, const float *logits_dev,
+                              smp_work *w, const int32_t *hist, size_t n_hist, smp_rng *rng,
+                              int32_t *token, void *err_handle)
+{
+    nvlm_context *ctx = ex->be->ctx;
+    if (w->list == NULL || p->n_logit_bias > w->list_bias) {
+        size_t nb = NV_MAX(p->n_logit_bias, w->list_bias);
+        size_t elems;
+        if (!nv_add_size((size_t)w->n_vocab, nb, &elems) ||
+            !nv_mul_size(elems, 2, &elems)) {
+            return nv_error(err_handle, NVLM_ERR_LIMIT, "logit bias list too long");
+        }
+        int32_t *l = nv_alloc_array(ctx, elems, sizeof(int32_t));
+        if (l == NULL) {
+            return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the sampler");
+        }
+        nv_free(ctx, w->list);
+        w->list = l;
+        w->list_bias = nb;
+    }
+    /* bias pairs in order; a token named twice makes the device add them one by one */
+    bool unique = true;
+    for (size_t i = 0; i < p->n_logit_bias; i++) {
+        int32_t t = p->logit_bias[i].token;
+        uint32_t bits;
+        memcpy(&bits, &p->logit_bias[i].bias, sizeof bits);
+        w->list[2 * i] = t;
+        w->list[2 * i + 1] = (int32_t)bits;
+        unique = unique && w->count[t] == 0;
+        w->count[t] = 1;
+    }
+    for (size_t i = 0; i < p->n_logit_bias; i++) {
+        w->count[p->logit_bias[i].token] = 0;
+    }
+    nv_sample_args a;
+    memset(&a, 0, sizeof a);
+    a.logits = logits_dev;
+    a.n = w->n_vocab;
+    a.usable = w->usable;
+    a.temperature = p->temperature;
+    a.top_k = p->top_k;
+    a.top_p = p->top_p;
+    a.min_p = p->min_p;
+    a.repetition_penalty = p->repetition_penalty;
+    a.presence_penalty = p->presence_penalty;
+    a.frequency_penalty = p->frequency_penalty;
+    a.list = w->list;
+    a.n_bias = p->n_logit_bias;
+    a.bias_unique = unique;
+    a.n_pen = penalty_pairs(p, w, hist, n_hist, w->list + 2 * p->n_logit_bias);
+    smp_rng saved = *rng;
+    if (p->temperature > 0.0f) {
+        a.uniform = smp_uniform(rng);
+    }
+    int outcome = NV_SAMPLE_OK;
+    nvlm_status st = ex->be->ops->sample(ex, &a, token, &outcome);
+    if (st == NVLM_OK && outcome == NV_SAMPLE_NONFINITE) {
+        st = nv_error(err_handle, NVLM_ERR_BACKEND, "all logits are non-finite");
+    } else if (st == NVLM_OK && outcome != NV_SAMPLE_OK) {
+        st = nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT,
+                      p->n_logit_bias > 0 ? "the logit bias bans every token"
+                                          : "the penalties ban every token");
+    } else if (st == NVLM_OK && (*token < 0 || *token >= w->n_vocab)) {
+        st = nv_error(err_handle, NVLM_ERR_INTERNAL, "sampler returned token %d", (int)*token);
+    }
+    if (st != NVLM_OK) {
+        *rng = saved;
+    }
+    return st;
 }

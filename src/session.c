@@ -34,6 +34,8 @@ struct nvlm_session {
     size_t cap_tokens;
     float *logits;              /* vocab */
     bool has_logits;
+    float *logits_dev;          /* vocab, device: when the backend samples on the device */
+    bool logits_stale;          /* logits_dev is newer than logits (downloaded when asked) */
     bool reply_open;            /* the last generated reply did not end in <|im_end|> */
     bool prompt_open;           /* the tokens end with the generation prompt (assistant header) */
     smp_rng rng;
@@ -106,6 +108,9 @@ static void destroy(nvlm_session *s)
     if (s->ex != NULL) {
         nv_arena_release(&s->arena);
         dec_kv_free(s->ex, &s->kv);
+        if (s->logits_dev != NULL) {
+            s->ex->be->ops->free(s->ex, s->logits_dev);
+        }
         s->ex->be->ops->exec_free(s->ex);
     }
     nvlm_stream_decoder_free(s->sd);
@@ -224,6 +229,12 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
     if (st == NVLM_OK) {
         st = smp_work_init(ctx, &s->work, eng->dec.vocab);
     }
+    if (st == NVLM_OK && eng->be->ops->sample != NULL) {
+        /* the logits stay on the device; only the sampled token comes back */
+        void *p = NULL;
+        st = eng->be->ops->alloc(s->ex, (size_t)eng->dec.vocab * sizeof(float), &p);
+        s->logits_dev = p;
+    }
     if (st == NVLM_OK && model->tok != NULL) {
         /* Rows the tokenizer has no token for (the checkpoint's padding rows past its ids) are
          * never chosen: they would have no text and their embeddings are untrained. */
@@ -263,6 +274,7 @@ static nvlm_status session_reset(nvlm_session *s)
     s->kv.n = 0;
     s->n_tokens = 0;
     s->has_logits = false;
+    s->logits_stale = false;
     s->reply_open = false;
     s->prompt_open = false;
     smp_seed(&s->rng, s->seed);
@@ -451,8 +463,10 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
         }
         bool last = done + m == n;
         nv_arena_rewind(&s->arena, mark);
+        dec_trace to_dev = {.logits_dev = s->logits_dev};
         st = dec_forward(s->ex, &s->arena, &e->dec, &s->kv, ids + done, m, img, img_pos,
-                         img_row, n_img, last ? 1 : 0, last ? s->logits : NULL, NULL);
+                         img_row, n_img, last ? 1 : 0, last ? s->logits : NULL,
+                         last && s->logits_dev != NULL ? &to_dev : NULL);
         done += m;
     }
     nv_free(s->h.ctx, img_pos);
@@ -464,6 +478,7 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
     memcpy(s->tokens + s->n_tokens, ids, n * sizeof(int32_t));
     s->n_tokens += n;
     s->has_logits = true;
+    s->logits_stale = s->logits_dev != NULL;
     return NVLM_OK;
 }
 
@@ -620,6 +635,16 @@ const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab)
     if (!is_session(s) || !s->has_logits) {
         return NULL;
     }
+    if (s->logits_stale) {
+        /* sampling on the device left them there: copied only when asked for */
+        const nv_backend_ops *op = s->ex->be->ops;
+        if (op->download(s->ex, s->logits, s->logits_dev,
+                         (size_t)s->eng->dec.vocab * sizeof(float)) != NVLM_OK ||
+            op->sync(s->ex) != NVLM_OK) {
+            return NULL;
+        }
+        s->logits_stale = false;
+    }
     if (n_vocab != NULL) {
         *n_vocab = (size_t)s->eng->dec.vocab;
     }
@@ -676,6 +701,16 @@ static nvlm_status sampler_params(nvlm_session *s, const nvlm_sampler_params *pa
     return smp_check(p, &s->work, s);
 }
 
+/* The next token from the current logits: on the device when the backend samples there. */
+static nvlm_status sample_next(nvlm_session *s, const nvlm_sampler_params *p, int32_t *token)
+{
+    if (s->logits_dev != NULL) {
+        return smp_sample_device(s->ex, p, s->logits_dev, &s->work, s->tokens, s->n_tokens,
+                                 &s->rng, token, s);
+    }
+    return smp_sample(p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, token, s);
+}
+
 static nvlm_status session_sample(nvlm_session *s, const nvlm_sampler_params *params,
                                   int32_t *token)
 {
@@ -689,7 +724,7 @@ static nvlm_status session_sample(nvlm_session *s, const nvlm_sampler_params *pa
     }
     nvlm_sampler_params p;
     NVLM_TRY(sampler_params(s, params, &p));
-    return smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, token, s);
+    return sample_next(s, &p, token);
 }
 
 /* Appends `len` bytes to the buffer *buf (capacity *cap, used *used), NUL-terminated. */
@@ -840,7 +875,7 @@ static nvlm_status session_generate(nvlm_session *s, const nvlm_sampler_params *
             break;
         }
         int32_t tok = -1;
-        st = smp_sample(&p, s->logits, &s->work, s->tokens, s->n_tokens, &s->rng, &tok, s);
+        st = sample_next(s, &p, &tok);
         if (st != NVLM_OK) {
             break;
         }

@@ -5,7 +5,8 @@
  * against the CPU op on the same random inputs, by relative L2 (<= 1e-5 for f32 outputs,
  * <= 8e-3 for bf16-stored ones; outputs poisoned with NaN first), then the tiny model end to
  * end on the goldens (ViT, projector, teacher-forced logits within 2e-2; argmax where the golden
- * top-1/top-2 margin exceeds 0.1). Tensor parallelism on the device: two CUDA ranks on device 0
+ * top-1/top-2 margin exceeds 0.1), and the device sampler against smp_sample (same tokens).
+ * Tensor parallelism on the device: two CUDA ranks on device 0
  * (collectives staged through the local communicator) against the CPU, and the NCCL
  * communicator at one rank (NCCL refuses two ranks on one GPU). FP8 weights: the FP8 matmul
  * (decode GEMV, prefill in both precisions) against the CPU's FP8 kernel (CPU against CPU
@@ -948,9 +949,100 @@ static void run_fused(side *ref, side *tst)
     op_weight_group(ref, tst, 19, 64);
 }
 
+/* The backend's sample op (when it has one) against smp_sample on the same logits: the real
+ * vocabulary (152,064 rows, the last 399 padding), ties at the top, non-finite logits; greedy,
+ * each filter, combined, penalties, bias; several seeds; the same tokens and RNG states, and
+ * the "all logits are non-finite" error. */
+static void op_sample(side *tst)
+{
+    if (tst->be->ops->sample == NULL) {
+        return;
+    }
+    tu_section("ops: sample (device sampler = smp_sample)");
+    const int n = 152064;
+    const int pad = 399;
+    float *l = rand_vec((size_t)n, 6.0f);
+    l[n / 3] = 11.0f;
+    l[n / 2] = 11.0f;
+    l[7] = NAN;
+    l[8] = INFINITY;
+    smp_work w;
+    CHECK_OK(smp_work_init(NULL, &w, n));
+    for (int i = n - pad; i < n; i++) {
+        w.usable[i] = 0;
+        l[i] = 40.0f;
+    }
+    float *dl = dev_put(tst, l, (size_t)n * sizeof(float));
+    nvlm_logit_bias bias[3] = {{n / 3, -INFINITY}, {100, 9.0f}, {101, 2.5f}};
+    static const float cfg[][8] = {
+        /* temperature, top_k, top_p, min_p, rep, presence, freq, bias */
+        {0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0},  {1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0},
+        {0.8f, 40, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0}, {1.5f, 0, 0.9f, 0.0f, 1.0f, 0.0f, 0.0f, 0},
+        {2.0f, 0, 1.0f, 0.05f, 1.0f, 0.0f, 0.0f, 0}, {1.2f, 50, 0.95f, 0.02f, 1.0f, 0.0f, 0.0f, 0},
+        {1.0f, 0, 1.0f, 0.0f, 1.3f, 0.4f, 0.2f, 0},  {0.9f, 20, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 1},
+    };
+    void *eh = tst->ex->err_handle;
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0] && dl != NULL; c++) {
+        nvlm_sampler_params p;
+        nvlm_sampler_default_params(&p);
+        p.max_new_tokens = 16;
+        p.temperature = cfg[c][0];
+        p.top_k = (int32_t)cfg[c][1];
+        p.top_p = cfg[c][2];
+        p.min_p = cfg[c][3];
+        p.repetition_penalty = cfg[c][4];
+        p.presence_penalty = cfg[c][5];
+        p.frequency_penalty = cfg[c][6];
+        p.logit_bias = cfg[c][7] != 0.0f ? bias : NULL;
+        p.n_logit_bias = cfg[c][7] != 0.0f ? 3 : 0;
+        int bad = 0;
+        for (uint64_t seed = 1; seed <= 3; seed++) {
+            int32_t hist[64];
+            size_t nh = 0;
+            for (int i = 0; i < 20; i++) {
+                hist[nh++] = (i % 2) ? n / 2 : 100 + i;
+            }
+            smp_rng r1;
+            smp_rng r2;
+            smp_seed(&r1, seed);
+            smp_seed(&r2, seed);
+            for (int t = 0; t < 6 && bad == 0; t++) {
+                int32_t a = -1;
+                int32_t b = -2;
+                nvlm_status s1 = smp_sample(&p, l, &w, hist, nh, &r1, &a, eh);
+                nvlm_status s2 = smp_sample_device(tst->ex, &p, dl, &w, hist, nh, &r2, &b, eh);
+                bad += s1 != NVLM_OK || s2 != NVLM_OK || a != b ||
+                       memcmp(&r1, &r2, sizeof r1) != 0;
+                hist[nh++] = a;
+            }
+        }
+        CHECK(bad == 0, "sampler config %zu: the device tokens and RNG equal the CPU's", c);
+    }
+    for (int i = 0; i < n; i++) {
+        l[i] = (i % 2) ? NAN : -INFINITY;
+    }
+    float *dn = dev_put(tst, l, (size_t)n * sizeof(float));
+    if (dn != NULL) {
+        nvlm_sampler_params p;
+        nvlm_sampler_default_params(&p);
+        smp_rng r;
+        smp_seed(&r, 1);
+        int32_t tok = 0;
+        CHECK_EQ_INT(smp_sample_device(tst->ex, &p, dn, &w, NULL, 0, &r, &tok, eh),
+                     NVLM_ERR_BACKEND, "all logits non-finite on the device");
+        dev_free(tst, dn);
+    }
+    if (dl != NULL) {
+        dev_free(tst, dl);
+    }
+    smp_work_free(NULL, &w);
+    free(l);
+}
+
 static void run_ops(side *ref, side *tst)
 {
     run_fused(ref, tst);
+    op_sample(tst);
     tu_section("ops: matmul");
     op_matmul(ref, tst, 1, 96, 80, false);
     op_matmul(ref, tst, 37, 96, 80, true);

@@ -39,18 +39,6 @@ extern "C" {
 #include <string>
 #include <vector>
 
-/* The emulated kernels' grid-size helper (the Makefile renames cuda_blocks to this in the
- * emulated build; device.cu is not emulated): capped at 512 blocks, far below the device's
- * cap, so the kernels' grid-stride loops run several rounds. */
-unsigned cuda_blocks(size_t n, unsigned threads)
-{
-    size_t b = (n + threads - 1) / threads;
-    if (b < 1) {
-        b = 1;
-    }
-    return b > 512u ? 512u : (unsigned)b;
-}
-
 /* ---- helpers ------------------------------------------------------------------------------ */
 
 struct emu_ctx {

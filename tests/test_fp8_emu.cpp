@@ -35,18 +35,6 @@ extern "C" {
 
 #include <vector>
 
-/* The emulated kernels' grid-size helper (the Makefile renames cuda_blocks in the emulated
- * build; device.cu is not emulated): capped at 512 blocks as in test_cuda_emu, so grid-stride
- * loops run several rounds. */
-unsigned cuda_blocks(size_t n, unsigned threads)
-{
-    size_t b = (n + threads - 1) / threads;
-    if (b < 1) {
-        b = 1;
-    }
-    return b > 512u ? 512u : (unsigned)b;
-}
-
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
 static float frand(void)

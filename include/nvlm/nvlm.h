@@ -774,7 +774,10 @@ NVLM_API nvlm_status nvlm_session_feed(nvlm_session *s, const int32_t *ids, size
                                        nvlm_image *const *images, size_t n_images);
 
 /* Logits (float32, *n_vocab entries: every embedding row of the model) of the last fed
- * position; borrowed, valid until the next call on the session. NULL before anything was fed.
+ * position; borrowed, valid until the next call on the session. NULL before anything was fed
+ * (or when copying them from the device failed: the reason is the session's last error). On a
+ * backend that samples on the device (CUDA) they stay there until this is called, which copies
+ * them once per fed position; sampling never needs them on the host.
  * Rows past the tokenizer's ids (the checkpoint's padding rows, e.g. 152,064 rows for 151,665
  * ids in NVLM-D-72B) are included but never sampled nor chosen greedily. May be called inside
  * the token callback. */
@@ -823,7 +826,10 @@ static inline void nvlm_sampler_default_params(nvlm_sampler_params *p)
     nvlm_sampler_params_init(p, sizeof *p);
 }
 
-/* Picks the next token from the current logits with the session's RNG (does not feed it).
+/* Picks the next token from the current logits with the session's RNG (does not feed it). On
+ * the CUDA backend the whole sampler runs on the device with the CPU sampler's order, RNG
+ * stream and errors: the same token for the same logits and seed (sums of probabilities are
+ * added in another order, which can matter only for a draw within ~1e-16 of a boundary).
  * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (no logits yet, bad params, the logit bias bans
  * every token), NVLM_ERR_BACKEND ("all logits are non-finite"), NVLM_ERR_BUSY (another call on
  * the session runs). */

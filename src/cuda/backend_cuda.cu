@@ -155,6 +155,7 @@ static void cuda_exec_free(nv_exec *ex)
         }
         cuda_gemm_free(ctx, ce->gemm);
         cuda_fp8_free(ctx, ce->fp8);
+        cuda_sample_free(ctx, ce);
         if (ce->xbf != NULL) {
             cudaFree(ce->xbf);
         }
@@ -590,6 +591,7 @@ static nv_backend_ops make_ops(void)
     o.add_rmsnorm = cuda_add_rmsnorm_op;
     o.silu_mul_cat = cuda_silu_mul_cat_op;
     o.rope_store = cuda_rope_store_op;
+    o.sample = cuda_sample;
     return o;
 }
 

@@ -28,6 +28,7 @@ extern "C" {
 
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
 typedef struct cuda_fp8 cuda_fp8;   /* FP8 matmul scratch and cuBLASLt state (fp8.cu) */
+typedef struct cuda_sampler cuda_sampler; /* the sampler's workspace of one exec (sample.cu) */
 
 /* Per model: the device and the weight slab. */
 typedef struct cuda_backend {
@@ -61,6 +62,7 @@ typedef struct cuda_exec {
     double rope_theta;
     float *rope_dev;
     float rope_host[256];       /* CUDA_ROPE_MAX_HALF */
+    cuda_sampler *sampler;      /* sample.cu: created at the first sample */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -221,6 +223,41 @@ cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
                             const float *src, int lds, size_t n, int cols);
 cudaError_t cuda_im2col(cudaStream_t s, float *out, const float *pix, int batch, int channels,
                         int height, int width, int patch);
+
+/* ---- sample.cu ---- */
+
+#define CUDA_SAMPLE_THREADS 1024   /* the one block's threads (launches may use fewer) */
+
+/* The kernel's arguments (by value). Device pointers except where noted. */
+typedef struct cuda_sample_kargs {
+    const float *logits;         /* n */
+    const unsigned char *usable; /* n flags */
+    int n;
+    float *val;                  /* n: workspace, the biased and penalised logits */
+    unsigned long long *key;     /* n: workspace, 0 = not a candidate */
+    double *prob;                /* n: workspace */
+    const int32_t *list;         /* n_bias (token, bias bits) then n_pen (token, count) */
+    int n_bias;
+    int bias_serial;             /* the bias list names a token twice: one thread, in order */
+    int n_pen;
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+    float rep;
+    float presence;
+    float freq;
+    double uniform;
+    int32_t *out;                /* [token, outcome] */
+} cuda_sample_kargs;
+
+/* Runs the sampler kernel: one block of `threads` (a power of two, 256..1024) threads. */
+cudaError_t cuda_sample_launch(cudaStream_t s, int threads, const cuda_sample_kargs *k);
+
+/* The backend's sample op (backend.h): the whole sampler on the device, only the token id and
+ * outcome come back (synchronises). */
+nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);
+void cuda_sample_free(nvlm_context *ctx, cuda_exec *ce);
 
 /* Element loads shared by the kernels: f32, bf16 or f16 storage read as f32. */
 __device__ __forceinline__ float cuda_load(const void *p, nv_dtype t, size_t i)

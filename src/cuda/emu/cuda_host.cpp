@@ -772,3 +772,15 @@ void nvemu_stats(unsigned long long *switches, unsigned long long *blocks)
     *switches = nvemu::n_switches;
     *blocks = nvemu::n_blocks;
 }
+
+/* The kernels' grid-size helper (device.cu's cuda_blocks, which is not emulated; the
+ * Makefile renames it in the emulated build): capped at 512 blocks, so that grid-stride loops
+ * run several rounds under the emulation. */
+unsigned cuda_blocks(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) {
+        b = 1;
+    }
+    return b > 512u ? 512u : (unsigned)b;
+}
