@@ -48,6 +48,17 @@ nvlm_status nv_cuda_device_info(nv_exec *ex, char *name, size_t name_len, size_t
 nvlm_status nv_cuda_time(nv_exec *ex, nvlm_status (*fn)(nv_exec *ex, void *arg), void *arg,
                          double *ms);
 
+/* new: graph */
+/* What the decode steps of an exec did so far (tests, benchmarks). */
+typedef struct nv_cuda_step_stats {
+    int64_t eager;          /* steps run op by op (a key's warm-up, keys without a graph) */
+    int64_t captures;       /* graphs captured and instantiated */
+    int64_t replays;        /* steps launched as a graph */
+    int64_t redos;          /* steps handed back to be rerun without a step */
+    int64_t capture_failures;
+} nv_cuda_step_stats;
+void nv_cuda_step_stats_get(nv_exec *ex, nv_cuda_step_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

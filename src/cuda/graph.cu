@@ -47,6 +47,7 @@ struct cuda_graphs {
     pending_dl dl[GRAPH_MAX_DL];
     int n_dl;
     size_t out_used;
+    nv_cuda_step_stats stats;
 };
 
 static uint64_t U(const void *p)
@@ -622,6 +623,7 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
     if (g->mode == NV_STEP_EAGER) {
         if (ok) {
             nv_graph_ran_eager(slot);
+            g->stats.eager++;
         }
         return NVLM_OK;
     }
@@ -647,10 +649,13 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
             }
             cudaGetLastError();
             nv_graph_capture_failed(slot);
+            g->stats.capture_failures++;
+            g->stats.redos++;
             *redo = true;
             return NVLM_OK;
         }
         nv_graph_captured(slot, (void *)exec, g->n_ops, g->sig, ce->gen);
+        g->stats.captures++;
     } else {
         if (!ok) {
             return NVLM_OK; /* nothing was launched; the pipeline's error stands */
@@ -659,10 +664,12 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
         uint64_t sig = g->broken ? ~slot->sig : g->sig;
         if (!nv_graph_replay_check(slot, g->n_ops, sig, &drop)) {
             graph_destroy(drop);
+            g->stats.redos++;
             *redo = true;
             return NVLM_OK;
         }
         exec = (cudaGraphExec_t)slot->graph;
+        g->stats.replays++;
     }
     NVLM_TRY(cuda_status(ex->err_handle, cudaGraphLaunch(exec, ce->stream), "graph launch"));
     if (g->n_dl > 0) {
@@ -672,6 +679,16 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
         }
     }
     return NVLM_OK;
+}
+
+extern "C" void nv_cuda_step_stats_get(nv_exec *ex, nv_cuda_step_stats *out)
+{
+    cuda_graphs *g = cuda_ex(ex)->graphs;
+    if (g != NULL) {
+        *out = g->stats;
+    } else {
+        memset(out, 0, sizeof *out);
+    }
 }
 
 nv_backend_ops cuda_graph_ops(const nv_backend_ops *base)
