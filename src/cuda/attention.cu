@@ -76,6 +76,30 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         chunk = cuda_attn_live_chunk(n_live, a.n_split);
     }
 
+    /* Keys this block covers: the causal extent of its last row, then this split's share. */
+    int t_last = min(t0 + ATTN_ROWS, npairs) - 1;
+    long long ext = n_live;
+    if (cpos0 >= 0) {
+        ext = min(n_live, cpos0 + t_last / a.group + 1);
+    }
+    int k_begin = split * chunk;
+    int k_end = (int)min(ext, (long long)k_begin + chunk);
+    const size_t rtot = (size_t)gridDim.y / a.n_kv_heads * a.n_heads * a.n_q;
+    if (a.n_split > 1 && k_begin >= k_end) {
+        /* A split past the keys this block's rows see (a step's grid covers the reserved
+         * context): only the empty partial, which the merge skips. Block-uniform. */
+        for (int j = 0; j < ATTN_WARP_ROWS; j++) {
+            int t = t0 + warp * ATTN_WARP_ROWS + j;
+            if (t < npairs && lane == 0) {
+                size_t r = ((size_t)b * a.n_heads + kvh * a.group + t % a.group) * a.n_q +
+                           t / a.group;
+                a.part[((size_t)split * rtot + r) * 2] = -INFINITY;
+                a.part[((size_t)split * rtot + r) * 2 + 1] = 0.0f;
+            }
+        }
+        return;
+    }
+
     for (int i = tid; i < ATTN_ROWS * hd; i += ATTN_THREADS) {
         int t = t0 + i / hd;
         int d = i % hd;
@@ -88,14 +112,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         qs[i] = v;
     }
 
-    /* Keys this block covers: the causal extent of its last row, then this split's share. */
-    int t_last = min(t0 + ATTN_ROWS, npairs) - 1;
-    long long ext = n_live;
-    if (cpos0 >= 0) {
-        ext = min(n_live, cpos0 + t_last / a.group + 1);
-    }
-    int k_begin = split * chunk;
-    int k_end = (int)min(ext, (long long)k_begin + chunk);
 
     float m[ATTN_WARP_ROWS], l[ATTN_WARP_ROWS], acc[ATTN_WARP_ROWS][ATTN_DPL];
     int lim[ATTN_WARP_ROWS];
@@ -179,7 +195,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         __syncthreads();
     }
 
-    const size_t rtot = (size_t)gridDim.y / a.n_kv_heads * a.n_heads * a.n_q;
     for (int j = 0; j < ATTN_WARP_ROWS; j++) {
         int t = t0 + warp * ATTN_WARP_ROWS + j;
         if (t >= npairs) {
