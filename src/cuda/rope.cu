@@ -53,7 +53,7 @@ cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, i
     }
     unsigned threads = 256;
     NV_LAUNCH(rope_kernel, cuda_blocks((size_t)rows * half, threads), threads, 0, s)(
-        x, ld, rows, n_heads, head_dim, (long long)pos0, fr, NULL, 1);
+        x, ld, rows, n_heads, head_dim, (long long)pos0, fr, (const long long *)NULL, 1);
     return cudaGetLastError();
 }
 

@@ -105,7 +105,7 @@ cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
     }
     size_t total = n * (size_t)cols;
     NV_LAUNCH(store_rows_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
-        dst, type == NV_BF16, (long long)row0, src, lds, n, cols, NULL);
+        dst, type == NV_BF16, (long long)row0, src, lds, n, cols, (const long long *)NULL);
     return cudaGetLastError();
 }
 
