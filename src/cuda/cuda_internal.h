@@ -53,8 +53,8 @@ typedef struct cuda_exec {
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
     /* new: graph */
-    uint64_t gen;               /* bumped whenever a scratch buffer is replaced (graphs hold
-                                   the old addresses) */
+    uint64_t gen;               /* bumped whenever a scratch buffer is replaced or a buffer
+                                   freed (captured graphs may hold the old addresses) */
     cuda_graphs *graphs;        /* decode-step graphs (graph.cu), NULL until the first step */
 } cuda_exec;
 

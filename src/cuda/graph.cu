@@ -405,6 +405,10 @@ static void w_free(nv_exec *ex, void *ptr)
     if (g != NULL && g->mode != NV_STEP_EAGER) {
         breaks(g, "free inside a captured decode step");
     }
+    /* A graph may point into the buffer: graphs captured before are stale (the arena grows
+     * by free + alloc between turns; the next step captures again instead of first finding
+     * a signature that differs). */
+    cuda_ex(ex)->gen++;
     eager(ex)->free(ex, ptr);
 }
 
