@@ -1,21 +1,27 @@
 /*
  * test_cuda_emu.cpp - the CUDA backend's custom kernels (the .cu files of src/cuda/, the same
- * source nvcc compiles) run on the CPU through the host emulation (src/cuda/emu/cuda_host.h) and compared
- * with the CPU backend's ops through the backend seam, at the model's real shapes: decode
- * attention over 4,224 past keys with 64/8 heads in 33 key splits (split + merge, causal mask),
- * a chunk of 16 new tokens over that past, the ViT's 1,025 tokens with 25 of 32 padded heads,
- * norms (the padded-head QK-norm with stat_cols < cols, the two-part RMSNorm), RoPE, the KV
- * append to bf16 and f32, activations, row gather/scatter, im2col, bf16 conversion.
+ * source nvcc compiles) run on the CPU through the host emulation (src/cuda/emu/cuda_host.h)
+ * and compared with the CPU backend's ops through the backend seam, at the model's real
+ * shapes: decode attention over 4,224 past keys with 64/8 heads in 33 key splits (split +
+ * merge, causal mask), a chunk of 16 new tokens over that past, a tensor-parallel prefill
+ * whose rows see no key of a split, the ViT's 1,025 tokens with 25 of 32 padded heads, batched
+ * decode; norms (the padded-head QK-norm with stat_cols < cols, the two-part RMSNorm,
+ * LayerNorm), RoPE, the KV append to bf16 and f32, activations, row gather/scatter (embedding,
+ * pixel shuffle), im2col, bf16 conversion.
  *
- * Every case runs in the registry CASES below; a case fills an emu_res with its error and
- * tolerance (add one: write a function like case_gelu and a line in CASES). Outputs are
- * poisoned with NaN first, so an element the kernel never writes fails.
+ * Every case is a line of the registry CASES below; a case fills an emu_res with its error,
+ * tolerance and launch status (add one: write a function like case_gelu and a line in CASES).
+ * Outputs are poisoned with NaN first, so an element the kernel never writes fails. The cases
+ * run again (small shapes) with other thread and block orders: a race-free kernel gives the
+ * same result.
  *
  * The mutation check turns off, one at a time, each barrier and shuffle site the cases
- * executed (nvemu_mutate) and requires some case to fail under one of the three schedule
- * orders: every __syncthreads and __shfl_*_sync in the kernels is needed by some comparison.
+ * executed (nvemu_mutate) and requires some case to fail under one of the three orders: every
+ * __syncthreads and __shfl_*_sync in the kernels is needed by some comparison, except those
+ * whose source line says "nvemu: redundant".
  *
- * --small (and the sanitizer build, NVLM_EMU_SMALL) runs reduced shapes only.
+ * --small (and the sanitizer builds, NVLM_EMU_SMALL) runs reduced shapes only;
+ * NVLM_EMU_FULL=1 emulates all 25 ViT heads (about 40 s more).
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/attn_plan.h"
@@ -209,6 +215,15 @@ static void run_attention(emu_ctx *c, emu_res *r, const attn_shape &s, const cha
         vb = to_bf16_host(v);
         kp = kb.data();
         vp = vb.data();
+    } else if (s.kvt == NV_F16) {
+        kb.resize(nkv);
+        vb.resize(nkv);
+        for (size_t i = 0; i < nkv; i++) {
+            kb[i] = nv_f32_to_f16(k[i]);
+            vb[i] = nv_f32_to_f16(v[i]);
+        }
+        kp = kb.data();
+        vp = vb.data();
     }
     size_t nout = (size_t)s.batch * s.n_q * HQ;
     std::vector<float> want = nan_vec(nout);
@@ -262,7 +277,7 @@ static void run_attention(emu_ctx *c, emu_res *r, const attn_shape &s, const cha
     }
     set_res(r, e, TOL_ATTN, "%s: %d seq x %d q x %d keys, %d/%d heads (ld %d), hd %d, %s KV, "
             "causal %lld, %d split%s%s", name, s.batch, s.n_q, s.n_kv, s.n_heads, s.n_kv_heads,
-            s.ld_heads, s.hd, s.kvt == NV_BF16 ? "bf16" : "f32", (long long)s.cpos0, splits,
+            s.ld_heads, s.hd, nv_dtype_name(s.kvt), (long long)s.cpos0, splits,
             splits == 1 ? "" : "s", s.sample ? " (kv heads first/middle/last emulated)" : "");
 }
 
@@ -277,8 +292,8 @@ static void case_attn_decode(emu_ctx *c, emu_res *r)
     run_attention(c, r, s, "attention decode");
 }
 
-/* A prefill chunk of 16 tokens after 4,208 cached ones (causal within the chunk, split keys:
- * some splits hold no key a row may see). */
+/* A prefill chunk of 16 tokens after 4,208 cached ones (causal within the chunk, 5 splits of
+ * 864 keys). */
 static void case_attn_chunk(emu_ctx *c, emu_res *r)
 {
     attn_shape s = {1, 16, 4224, 64, 8, 128, 64, NV_F32, 4208, 5, false};
@@ -286,6 +301,18 @@ static void case_attn_chunk(emu_ctx *c, emu_res *r)
         s = {1, 5, 290, 8, 2, 64, 8, NV_F32, 285, 0, false};
     }
     run_attention(c, r, s, "attention chunk");
+}
+
+/* One tensor-parallel rank's share of a 72B prefill (8 q heads / 1 kv head), 512 tokens from
+ * position 0: 256 blocks leave SMs idle, so the keys split in two, and the rows before
+ * position 256 see no key of the second split (an empty partial, m = -inf, in the merge). */
+static void case_attn_tp_prefill(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {1, 512, 512, 8, 1, 128, 8, NV_BF16, 0, 2, false};
+    if (c->small) {
+        s = {1, 256, 256, 8, 1, 64, 8, NV_BF16, 0, 2, false};
+    }
+    run_attention(c, r, s, "attention tp prefill");
 }
 
 /* The ViT: 1,025 tokens, full attention, 25 real heads of the 32 padded ones. The full grid
@@ -364,6 +391,17 @@ static void case_attn_step(emu_ctx *c, emu_res *r)
     set_res(r, e, TOL_ATTN, "attention step: %d of %d reserved keys live (device position "
             "%lld), %d/%d heads, bf16 KV, %d splits (%d busy)", (int)(p0 + 1), rows,
             (long long)p0, n_heads, n_kv_heads, splits, busy);
+}
+
+/* Decode of two sequences at once (batch 2, f16 KV): 4 key splits per sequence, the merge
+ * indexing partials by sequence. */
+static void case_attn_batch_decode(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {2, 1, 600, 8, 2, 128, 8, NV_F16, 599, 4, false};
+    if (c->small) {
+        s = {2, 1, 260, 4, 2, 64, 4, NV_F16, 259, 2, false};
+    }
+    run_attention(c, r, s, "attention batch decode");
 }
 
 /* ---- norms -------------------------------------------------------------------------------- */
@@ -598,6 +636,40 @@ static void case_rows_copy(emu_ctx *c, emu_res *r)
             "rows_copy bf16 gather %d of %d rows x %d, scattered", n, vocab, cols);
 }
 
+/* The projector's pixel shuffle (v2, factor 2) as projector.c runs it: a gather of f32 ViT
+ * rows, output token (R, C) taking as its q-th block of D channels (q = dy * 2 + dx) the row of
+ * patch (2R + dy, 2C + dx); 2 tiles of 32 x 32 patches x 3,200. Exact. */
+static void case_pixel_shuffle(emu_ctx *c, emu_res *r)
+{
+    int tiles = 2;
+    int g = c->small ? 8 : 32;
+    int D = c->small ? 40 : 3200;
+    int f = 2;
+    int np = g * g;
+    std::vector<float> vit = rnd((size_t)tiles * np * D, 1.0f);
+    std::vector<int32_t> idx;
+    for (int t = 0; t < tiles; t++) {
+        for (int R = 0; R < g / f; R++) {
+            for (int C = 0; C < g / f; C++) {
+                for (int dy = 0; dy < f; dy++) {
+                    for (int dx = 0; dx < f; dx++) {
+                        idx.push_back(t * np + (f * R + dy) * g + f * C + dx);
+                    }
+                }
+            }
+        }
+    }
+    size_t n = idx.size();
+    std::vector<float> want = nan_vec(n * D);
+    std::vector<float> got = nan_vec(n * D);
+    cpu_ok(c, c->be->ops->rows_copy(c->ex, want.data(), NULL, vit.data(), NV_F32, idx.data(), n,
+                                    D));
+    r->launch = cuda_rows_copy(NULL, got.data(), NULL, vit.data(), NV_F32, idx.data(), n, D);
+    set_res(r, max_abs(got.data(), want.data(), n * D), 0.0,
+            "pixel shuffle %d tiles of %d x %d patches x %d -> %zu x %d", tiles, g, g, D,
+            n / (size_t)(f * f), D * f * f);
+}
+
 static void case_im2col(emu_ctx *c, emu_res *r)
 {
     int batch = c->small ? 2 : 1;
@@ -724,9 +796,11 @@ struct emu_case {
 static const emu_case CASES[] = {
     {"attn_decode", case_attn_decode},
     {"attn_chunk", case_attn_chunk},
+    {"attn_tp_prefill", case_attn_tp_prefill},
     {"attn_vit", case_attn_vit},
     {"attn_batch", case_attn_batch},
     {"attn_step", case_attn_step},
+    {"attn_batch_decode", case_attn_batch_decode},
     {"rmsnorm", case_rmsnorm},
     {"qk_norm", case_qk_norm},
     {"rms_parts", case_rms_parts},
@@ -737,6 +811,7 @@ static const emu_case CASES[] = {
     {"store_bf16", case_store_bf16},
     {"store_f32", case_store_f32},
     {"rows_copy", case_rows_copy},
+    {"pixel_shuffle", case_pixel_shuffle},
     {"im2col", case_im2col},
     {"to_bf16", case_to_bf16},
     {"gelu", case_gelu},
@@ -910,6 +985,32 @@ static __global__ void shuffle_kernel(int *out)
     out[threadIdx.x * 5 + 4] = (int)bal;
 }
 
+/* Atomics across blocks, votes and __syncwarp. */
+static __global__ void atomic_vote_kernel(int *cnt, float *sum, int *mx, int *votes)
+{
+    int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    atomicAdd(cnt, 1);
+    atomicAdd(sum, 0.5f);
+    atomicMax(mx, t);
+    __syncwarp();
+    int any = __any_sync(0xffffffffu, t == 37);
+    int all = __all_sync(0xffffffffu, t >= 0);
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(votes, any + 2 * all);
+    }
+}
+
+/* Writes one float past the dynamic shared memory it was launched with. (The Makefile
+ * generates the storage line for the kernel files; in this file it is written out.) */
+NVEMU_DYN_SHARED(overrun_smem, float)
+static __global__ void smem_overrun_kernel(int n)
+{
+    extern __shared__ float overrun_smem[];
+    if (threadIdx.x == 0) {
+        overrun_smem[n] = 1.0f;
+    }
+}
+
 static void emulator_checks(void)
 {
     tu_section("emulator");
@@ -932,6 +1033,13 @@ static void emulator_checks(void)
              (unsigned)out[t * 5 + 4] == want_bal;
     }
     CHECK(ok, "xor / down / up (width 16) / idx shuffles and ballot give CUDA's lanes");
+    int cnt = 0, mx = -1, votes = 0;
+    float sum = 0.0f;
+    NV_LAUNCH(atomic_vote_kernel, 3, 64, 0, (cudaStream_t)NULL)(&cnt, &sum, &mx, &votes);
+    CHECK(cudaGetLastError() == cudaSuccess && cnt == 192 && sum == 96.0f && mx == 191 &&
+              votes == 6 * 2 + 1,
+          "atomics over 3 blocks and warp votes (count %d, sum %g, max %d, votes %d)", cnt,
+          (double)sum, mx, votes);
     NV_LAUNCH(deadlock_kernel, 1, 64, 0, (cudaStream_t)NULL)(out.data());
     cudaError_t e = cudaGetLastError();
     CHECK(e == cudaErrorLaunchFailure && strstr(nvemu_message(), "deadlock") != NULL,
@@ -941,6 +1049,14 @@ static void emulator_checks(void)
     NV_LAUNCH(shuffle_kernel, 1, 32, 64 * 1024, (cudaStream_t)NULL)(out.data());
     CHECK(cudaGetLastError() == cudaErrorInvalidValue,
           "64 KiB of dynamic shared memory refused without cudaFuncSetAttribute");
+#ifndef NVLM_EMU_SMALL /* the sanitizer build reports the write itself */
+    NV_LAUNCH(smem_overrun_kernel, 2, 32, 64 * sizeof(float), (cudaStream_t)NULL)(64);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure && strstr(nvemu_message(), "past") != NULL,
+          "a write past the dynamic shared memory fails the launch (%s)", nvemu_message());
+#endif
+    NV_LAUNCH(smem_overrun_kernel, 2, 32, 64 * sizeof(float), (cudaStream_t)NULL)(63);
+    CHECK(cudaGetLastError() == cudaSuccess, "the last float of the dynamic shared memory is in");
     CHECK(__bfloat16_as_ushort(__float2bfloat16_rn(1.00390625f)) == 0x3f80 &&
               __bfloat16_as_ushort(__float2bfloat16_rn(1.01171875f)) == 0x3f82 &&
               __half_as_ushort(__float2half_rn(65520.0f)) == 0x7c00 &&
@@ -987,6 +1103,26 @@ int main(int argc, char **argv)
               r.launch != cudaSuccess ? ", launch: " : "",
               r.launch != cudaSuccess ? nvemu_message() : "", secs);
     }
+
+    /* A kernel without races gives the same result whatever order its threads take turns in
+     * (and its blocks run in): every case again, small shapes, under the two other orders. */
+    tu_section("the same cases under other thread and block orders (small shapes)");
+    bool was_small = c.small;
+    c.small = true;
+    static const int other[] = {NVEMU_SCHED_WARP_FIRST, NVEMU_SCHED_REVERSE};
+    for (int o : other) {
+        nvemu_schedule(o);
+        for (int i = 0; i < N_CASES; i++) {
+            emu_res r;
+            bool ok = run_case(&c, CASES[i], &r);
+            CHECK(ok, "%s, %s: err %.3g (tol %.0e)%s%s", r.what.c_str(),
+                  o == NVEMU_SCHED_WARP_FIRST ? "one warp ahead" : "reverse order", r.err, r.tol,
+                  r.launch != cudaSuccess ? ", launch: " : "",
+                  r.launch != cudaSuccess ? nvemu_message() : "");
+        }
+    }
+    nvemu_schedule(NVEMU_SCHED_IN_ORDER);
+    c.small = was_small;
 
     mutation_check(&c);
 

@@ -30,6 +30,7 @@ extern "C" void __sanitizer_start_switch_fiber(void **fake_stack_save, const voi
 extern "C" void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
                                                 size_t *size_old);
 extern "C" void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+extern "C" void __asan_poison_memory_region(void const volatile *addr, size_t size);
 #define NVEMU_STACK (512 * 1024)
 #else
 #define NVEMU_STACK (128 * 1024)
@@ -316,8 +317,13 @@ void init_fiber(block_rt *b, int i, const dim3 &bd)
         f->stack = m + page;
     }
 #ifdef NVEMU_ASAN
+    /* A finished fiber never returns from its last frames (entry, exit, scheduler): their
+     * redzones stay poisoned near the top of the stack; an abandoned one (a failed launch)
+     * may leave any depth poisoned. */
     if (b->dirty) {
         __asan_unpoison_memory_region(f->stack, NVEMU_STACK);
+    } else {
+        __asan_unpoison_memory_region(f->stack + NVEMU_STACK - 32768, 32768);
     }
 #endif
 #if defined(__x86_64__)
@@ -360,6 +366,61 @@ int max_dyn_for(const void *fn)
         }
     }
     return NVEMU_DEFAULT_DYN_SMEM;
+}
+
+/* Dynamic shared memory around a block: the launch's bytes filled with 0xff (NaN floats),
+ * the next NVEMU_DYN_GUARD bytes with a pattern checked after the block (a write past the end
+ * fails the launch); under AddressSanitizer everything past the launch's bytes is poisoned
+ * (a read or write there is reported where it happens). */
+#define NVEMU_DYN_GUARD 1024
+void dyn_prepare(const launch_cfg &c)
+{
+    for (dyn_reg *r = c.dyn != NULL ? c.dyn->head : NULL; r != NULL; r = r->next) {
+        unsigned char *p = (unsigned char *)r->addr();
+        size_t n = c.shmem < r->bytes ? c.shmem : r->bytes;
+        size_t g = r->bytes - n < NVEMU_DYN_GUARD ? r->bytes - n : NVEMU_DYN_GUARD;
+#ifdef NVEMU_ASAN
+        __asan_unpoison_memory_region(p, r->bytes);
+#endif
+        memset(p, 0xff, n);
+        for (size_t i = 0; i < g; i++) {
+            p[n + i] = (unsigned char)(0xa5 ^ i);
+        }
+#ifdef NVEMU_ASAN
+        __asan_poison_memory_region(p + n, r->bytes - n);
+#endif
+    }
+}
+
+bool dyn_check(const launch_cfg &c)
+{
+    bool ok = true;
+    for (dyn_reg *r = c.dyn != NULL ? c.dyn->head : NULL; r != NULL; r = r->next) {
+        unsigned char *p = (unsigned char *)r->addr();
+        size_t n = c.shmem < r->bytes ? c.shmem : r->bytes;
+        size_t g = r->bytes - n < NVEMU_DYN_GUARD ? r->bytes - n : NVEMU_DYN_GUARD;
+#ifdef NVEMU_ASAN
+        __asan_unpoison_memory_region(p + n, g);
+#endif
+        for (size_t i = 0; i < g; i++) {
+            ok = ok && p[n + i] == (unsigned char)(0xa5 ^ i);
+        }
+#ifdef NVEMU_ASAN
+        __asan_poison_memory_region(p + n, g);
+#endif
+    }
+    return ok;
+}
+
+void dyn_release(const launch_cfg &c)
+{
+#ifdef NVEMU_ASAN
+    for (dyn_reg *r = c.dyn != NULL ? c.dyn->head : NULL; r != NULL; r = r->next) {
+        __asan_unpoison_memory_region(r->addr(), r->bytes);
+    }
+#else
+    (void)c;
+#endif
 }
 
 void set_error(cudaError_t e, const char *msg)
@@ -510,18 +571,18 @@ void run_grid(const launch_cfg &c, void (*body)(void *), void *arg)
     b->arg = arg;
     cur_block.block_dim = c.block;
     cur_block.grid_dim = c.grid;
-    for (unsigned bz = 0; bz < c.grid.z; bz++) {
-        for (unsigned by = 0; by < c.grid.y; by++) {
-            for (unsigned bx = 0; bx < c.grid.x; bx++) {
+    bool rev = policy == NVEMU_SCHED_REVERSE;
+    for (unsigned iz = 0; iz < c.grid.z; iz++) {
+        for (unsigned iy = 0; iy < c.grid.y; iy++) {
+            for (unsigned ix = 0; ix < c.grid.x; ix++) {
+                unsigned bx = rev ? c.grid.x - 1 - ix : ix;
+                unsigned by = rev ? c.grid.y - 1 - iy : iy;
+                unsigned bz = rev ? c.grid.z - 1 - iz : iz;
                 cur_block.block_idx = uint3{bx, by, bz};
                 if (block_keep != NULL && !block_keep(cur_block.block_idx, c.grid, block_arg)) {
                     continue;
                 }
-                if (c.shmem > 0 && c.dyn != NULL) {
-                    for (dyn_reg *r = c.dyn->head; r != NULL; r = r->next) {
-                        memset(r->addr(), 0xff, c.shmem < r->bytes ? c.shmem : r->bytes);
-                    }
-                }
+                dyn_prepare(c);
                 b->n = n;
                 b->live = n;
                 b->gen = 0;
@@ -544,7 +605,13 @@ void run_grid(const launch_cfg &c, void (*body)(void *), void *arg)
                 b->dirty = false;
                 n_blocks++;
                 switch_to(NULL, &b->f[0], false);
+                if (!b->failed && !dyn_check(c)) {
+                    snprintf(b->msg, sizeof b->msg, "wrote past the %zu bytes of dynamic shared "
+                             "memory of the launch", c.shmem);
+                    b->failed = true;
+                }
                 if (b->failed) {
+                    dyn_release(c);
                     snprintf(msg, sizeof msg, "%s:%d: block (%u, %u, %u): %s", c.file, c.line, bx,
                              by, bz, b->msg);
                     set_error(cudaErrorLaunchFailure, msg);
@@ -554,6 +621,7 @@ void run_grid(const launch_cfg &c, void (*body)(void *), void *arg)
             }
         }
     }
+    dyn_release(c);
     b->body = NULL;
 }
 

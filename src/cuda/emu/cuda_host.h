@@ -13,16 +13,20 @@
  *       calling OS thread, all threads of a block share it);
  *   extern __shared__ T name[] (dynamic shared memory)
  *       a per-file array of 227 KiB that NVEMU_DYN_SHARED(name, T) defines; the Makefile
- *       generates that line from the file's `extern __shared__` declarations. Poisoned with
+ *       generates that line from the file's `extern __shared__` declarations. Filled with
  *       0xff bytes (NaN floats) before every block, so reading what no thread wrote shows up;
+ *       a write into the 1 KiB past the launch's size fails the launch (under AddressSanitizer
+ *       any access past it is reported);
  *   __syncthreads __syncwarp __shfl_sync __shfl_xor_sync __shfl_up_sync __shfl_down_sync
  *   __ballot_sync __any_sync __all_sync __activemask
  *       real barriers: every thread of a block is a fiber (its own stack) and runs until it
  *       reaches a barrier or a warp collective, then the next runnable thread runs. Warps are 32
  *       consecutive threads; a shuffle exchanges the values the lanes of the mask handed in at
- *       that point. Misuse is a launch failure with a message (nvemu_message()): a barrier
- *       that not every live thread reaches (deadlock), lanes of one warp meeting at different
- *       collectives or with different masks, a shuffle reading a lane outside its mask;
+ *       that point. Threads that have returned do not hold a barrier up (as on sm_70+).
+ *       Misuse is a launch failure with a message (nvemu_message()): a barrier that not every
+ *       live thread reaches (deadlock), threads at different __syncthreads, lanes of one warp
+ *       meeting at different collectives or with different masks, a shuffle reading a lane
+ *       outside its mask, a lane returning while its warp waits for it;
  *   atomicAdd/Sub/Max/Min/Exch/CAS/And/Or/Xor, __threadfence*: host atomics;
  *   math: the C library's functions (expf, erff, sqrtf, ...), __expf __logf __fdividef rsqrtf
  *       __saturatef __int_as_float etc. as their exact host counterparts, min/max overloads;
@@ -30,7 +34,8 @@
  *       conversions (NaN -> canonical quiet NaN), as the device's __float2bfloat16_rn does;
  *   cuda_runtime.h: dim3, the vector types, cudaError_t, cudaStream_t, cudaGetLastError,
  *       cudaFuncSetAttribute(MaxDynamicSharedMemorySize) (a launch asking for more than 48 KiB
- *       of dynamic shared memory without it fails, as on the device).
+ *       of dynamic shared memory without it fails, as on the device); cudaMalloc/Free(Async),
+ *       cudaMemcpy/Memset(Async), cudaMemcpyToSymbol on host memory, at once.
  *
  * Launches: write NV_LAUNCH(kernel, grid, block, shmem, stream)(args...) instead of
  * kernel<<<grid, block, shmem, stream>>>(args...) (cuda_internal.h defines it as exactly that
@@ -38,10 +43,16 @@
  * cudaGetLastError() returns the launch's status. A kernel name with template arguments holding
  * a comma: take a pointer first (auto k = kern<A, B>; NV_LAUNCH(k, ...)).
  *
- * Mutation hooks (tests): every barrier and warp collective is a "site" (file, line).
- * nvemu_mutate(file_suffix, line) turns the sites on that line off: a barrier there does
- * nothing, a shuffle/vote returns the calling lane's own value. nvemu_sites() lists every site
- * executed so far, with its hit count.
+ * Test hooks: every barrier and warp collective is a "site" (file, line).
+ * nvemu_mutate(file_suffix, line, false) turns the sites on that line off: a barrier there
+ * does nothing, a shuffle/vote returns the calling lane's own value (a source line holding
+ * "nvemu: redundant" documents a barrier no result can depend on). nvemu_sites() lists every
+ * site executed so far with its hit count; nvemu_schedule() picks the order in which threads
+ * take turns (a missing barrier may show under one order only); nvemu_block_filter() runs a
+ * sample of the blocks of a big grid.
+ *
+ * Sanitizers: the fiber switches are annotated for AddressSanitizer (the stacks are mmap'ed,
+ * with a guard page); ThreadSanitizer is not supported.
  *
  * Usage: compile a kernel file with
  *   g++ -std=c++17 -include src/cuda/emu/cuda_host.h -include <dyn.h> -Isrc/cuda/emu/include
@@ -66,6 +77,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmath>
@@ -373,7 +385,7 @@ static constexpr int warpSize = 32;
 /* ---- synchronisation and warp collectives -------------------------------------------------- */
 
 #define __syncthreads() ::nvemu::barrier(NVEMU_SITE(::nvemu::SITE_BARRIER))
-#define __syncwarp(...) ::nvemu::syncwarp(NVEMU_SITE(::nvemu::SITE_SYNCWARP), ##__VA_ARGS__)
+#define __syncwarp(...) ::nvemu::syncwarp_at{NVEMU_SITE(::nvemu::SITE_SYNCWARP)}(__VA_ARGS__)
 #define __shfl_sync(...) ::nvemu::shfl_idx_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
 #define __shfl_xor_sync(...) ::nvemu::shfl_xor_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
 #define __shfl_up_sync(...) ::nvemu::shfl_up_(NVEMU_SITE(::nvemu::SITE_SHUFFLE), __VA_ARGS__)
@@ -385,10 +397,13 @@ static constexpr int warpSize = 32;
 #define __activemask() ::nvemu::activemask()
 
 namespace nvemu {
-static inline void syncwarp(site &s)
-{
-    syncwarp(s, 0xffffffffu);
-}
+struct syncwarp_at {
+    site &s;
+    void operator()(unsigned mask = 0xffffffffu) const
+    {
+        syncwarp(s, mask);
+    }
+};
 template <class T> static inline T shfl_idx_(site &s, unsigned m, T v, int l, int w = 32)
 {
     return shfl(s, SHFL_IDX, m, v, l, w);
@@ -412,7 +427,8 @@ template <class T> static inline T shfl_down_(site &s, unsigned m, T v, unsigned
 template <class T> static inline T atomicAdd(T *p, T v)
 {
     if constexpr (std::is_floating_point<T>::value) {
-        T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+        T old;
+        __atomic_load(p, &old, __ATOMIC_RELAXED);
         T nv = old + v;
         while (!__atomic_compare_exchange(p, &old, &nv, false, __ATOMIC_SEQ_CST,
                                           __ATOMIC_SEQ_CST)) {
@@ -440,7 +456,8 @@ template <class T> static inline T atomicCAS(T *p, T cmp, T v)
 }
 template <class T> static inline T atomicMax(T *p, T v)
 {
-    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    T old;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
     while (old < v && !__atomic_compare_exchange(p, &old, &v, false, __ATOMIC_SEQ_CST,
                                                  __ATOMIC_SEQ_CST)) {
     }
@@ -448,7 +465,8 @@ template <class T> static inline T atomicMax(T *p, T v)
 }
 template <class T> static inline T atomicMin(T *p, T v)
 {
-    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    T old;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
     while (v < old && !__atomic_compare_exchange(p, &old, &v, false, __ATOMIC_SEQ_CST,
                                                  __ATOMIC_SEQ_CST)) {
     }
@@ -540,9 +558,49 @@ static inline float __fadd_rn(float a, float b)
 {
     return a + b;
 }
+static inline float __fsub_rn(float a, float b)
+{
+    return a - b;
+}
+static inline float __fdiv_rn(float a, float b)
+{
+    return a / b;
+}
 static inline float __fmaf_rn(float a, float b, float c)
 {
     return fmaf(a, b, c);
+}
+static inline int __float2int_rn(float x)
+{
+    return (int)nearbyintf(x);
+}
+static inline int __float2int_rz(float x)
+{
+    return (int)x;
+}
+static inline unsigned __float2uint_rn(float x)
+{
+    return (unsigned)nearbyintf(x);
+}
+static inline float __int2float_rn(int i)
+{
+    return (float)i;
+}
+static inline float __uint2float_rn(unsigned i)
+{
+    return (float)i;
+}
+static inline double __longlong_as_double(long long i)
+{
+    double d;
+    memcpy(&d, &i, 8);
+    return d;
+}
+static inline long long __double_as_longlong(double d)
+{
+    long long i;
+    memcpy(&i, &d, 8);
+    return i;
 }
 static inline int __float_as_int(float x)
 {
@@ -763,6 +821,80 @@ static inline cudaError_t cudaStreamSynchronize(cudaStream_t)
     return cudaSuccess;
 }
 
+/* Device memory is host memory here; copies and fills run at once (streams are ignored). */
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4
+};
+static inline cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    return *p != NULL || bytes == 0 ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+template <class T> static inline cudaError_t cudaMalloc(T **p, size_t bytes)
+{
+    return cudaMalloc((void **)p, bytes);
+}
+static inline cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t)
+{
+    return cudaMalloc(p, bytes);
+}
+template <class T> static inline cudaError_t cudaMallocAsync(T **p, size_t bytes, cudaStream_t)
+{
+    return cudaMalloc((void **)p, bytes);
+}
+static inline cudaError_t cudaFreeAsync(void *p, cudaStream_t)
+{
+    return cudaFree(p);
+}
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind)
+{
+    if (n > 0) {
+        memmove(d, s, n);
+    }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k,
+                                          cudaStream_t = NULL)
+{
+    return cudaMemcpy(d, s, n, k);
+}
+static inline cudaError_t cudaMemset(void *d, int v, size_t n)
+{
+    if (n > 0) {
+        memset(d, v, n);
+    }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t = NULL)
+{
+    return cudaMemset(d, v, n);
+}
+/* __constant__ / __device__ variables are ordinary globals. */
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbol(T &sym, const void *src, size_t n, size_t off = 0,
+                                             cudaMemcpyKind = cudaMemcpyHostToDevice)
+{
+    memcpy((char *)&sym + off, src, n);
+    return cudaSuccess;
+}
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbolAsync(T &sym, const void *src, size_t n,
+                                                  size_t off = 0,
+                                                  cudaMemcpyKind = cudaMemcpyHostToDevice,
+                                                  cudaStream_t = NULL)
+{
+    return cudaMemcpyToSymbol(sym, src, n, off);
+}
+
 /* ---- test hooks ---------------------------------------------------------------------------- */
 
 /* The message of the last launch failure ("" when none). */
@@ -776,7 +908,8 @@ void nvemu_mutate_clear(void);
 void nvemu_sites(void (*fn)(const ::nvemu::site *s, void *arg), void *arg);
 /* The order in which runnable threads of a block take turns (a correct kernel gives the same
  * result under each; a missing barrier often shows under one of them only):
- * in thread order (the default), a warp's lanes first (one warp runs ahead), reverse order. */
+ * in thread order (the default), a warp's lanes first (one warp runs ahead), reverse order
+ * (threads and blocks: the last block of the grid runs first). */
 enum { NVEMU_SCHED_IN_ORDER = 0, NVEMU_SCHED_WARP_FIRST = 1, NVEMU_SCHED_REVERSE = 2 };
 void nvemu_schedule(int policy);
 /* Runs only the blocks for which keep(blockIdx, gridDim, arg) is true (NULL: all), for a
