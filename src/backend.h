@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "model.h"
+#include "step.h"
 #include "tensor.h"
 
 /* A weight owned by the backend. `t` describes it in backend memory (shape as in the
@@ -189,6 +190,27 @@ typedef struct nv_backend_ops {
      * be added in another order) and writes it to *token and an NV_SAMPLE_* code to *outcome;
      * only those cross to the host. Synchronises. */
     nvlm_status (*sample)(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);
+    /* ---- decode steps (optional: NULL = every op runs as it comes; CPU, tensor-parallel) ----
+     * The pipeline brackets one decode pass (one new token per sequence, step.h) with
+     * step_begin / step_end so that a backend may capture its ops once per step key and replay
+     * them per token (the CUDA backend: a CUDA graph). Inside a step the ops get the same
+     * arguments as outside; the per-token ones (rows_copy's src_idx = the step's token ids,
+     * rope's pos0, store_rows' row0 = pos0, attention's causal_pos0 = pos0 and n_kv = pos0 +
+     * n_tokens) must equal the step's values: the backend reads them from a device copy of the
+     * step block instead, so the captured work is valid for every token. download's host
+     * copy may be deferred to step_end (its data is there when step_end returns) and sync
+     * waits there too; alloc, free and upload are not for steps. An op that cannot be
+     * captured, or a replay whose ops differ from the capture (a buffer moved), makes
+     * step_end ask for the pass again with *redo = true: the pipeline then reruns it without
+     * a step (KV rows are rewritten with the same values). */
+    /* Starts a step (s borrowed for the call). Errors: NVLM_ERR_INTERNAL for a step that does
+     * not fit its key, NVLM_ERR_UNSUPPORTED for a key the backend cannot run (the pipeline
+     * then runs the pass without a step), NVLM_ERR_BACKEND. */
+    nvlm_status (*step_begin)(nv_exec *ex, const nv_step *s);
+    /* Ends the step begun last: ok is false when the pipeline's pass failed (nothing is
+     * launched then). On return with NVLM_OK and *redo false the step's work is enqueued and
+     * its downloads are in host memory. */
+    nvlm_status (*step_end)(nv_exec *ex, bool ok, bool *redo);
 } nv_backend_ops;
 
 struct nv_backend {
@@ -201,6 +223,10 @@ struct nv_backend {
      * ranks carry their own copy. */
     nvlm_precision precision;
     bool device_memory;      /* activations live in device memory (not host-addressable) */
+    /* The KV cache is allocated once for the session's whole context (n_ctx) when the session
+     * is created, never grown by reallocation and copy: captured decode steps hold the
+     * buffers' addresses (CUDA; the tensor-parallel backend copies it from its ranks). */
+    bool kv_reserve_all;
     void *impl;              /* backend-private */
 };
 

@@ -161,6 +161,13 @@ nvlm_status dec_kv_init(nv_exec *ex, const dec_weights *w, dec_kv *kv, nv_dtype 
         dec_kv_free(ex, kv);
         return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "out of memory");
     }
+    if (ex->be->kv_reserve_all) {
+        nvlm_status st = dec_kv_reserve(ex, kv, n_ctx);
+        if (st != NVLM_OK) {
+            dec_kv_free(ex, kv);
+        }
+        return st;
+    }
     return NVLM_OK;
 }
 
@@ -190,7 +197,7 @@ nvlm_status dec_kv_reserve(nv_exec *ex, dec_kv *kv, int64_t rows)
         return NVLM_OK;
     }
     int64_t cap = NV_MAX(rows, NV_MAX((int64_t)256, kv->cap * 2));
-    cap = NV_MIN(cap, kv->n_ctx);
+    cap = ex->be->kv_reserve_all ? kv->n_ctx : NV_MIN(cap, kv->n_ctx);
     size_t row_bytes = (size_t)kv->kv_dim * nv_dtype_size(kv->type);
     size_t bytes;
     if (!nv_mul_size((size_t)cap, row_bytes, &bytes)) {

@@ -153,7 +153,8 @@ nvlm_status dec_init(nv_engine *e, const nvlm_model *m);
 void dec_free(nv_engine *e);
 nvlm_status dec_kv_init(nv_exec *ex, const dec_weights *w, dec_kv *kv, nv_dtype type,
                         int64_t n_ctx);
-/* Ensures room for `rows` rows (grows by doubling up to n_ctx, keeping the contents). */
+/* Ensures room for `rows` rows (grows by doubling up to n_ctx, keeping the contents). A
+ * backend with kv_reserve_all gets n_ctx rows at once (dec_kv_init reserves them already). */
 nvlm_status dec_kv_reserve(nv_exec *ex, dec_kv *kv, int64_t rows);
 void dec_kv_free(nv_exec *ex, dec_kv *kv);
 /* Largest batch one dec_forward call takes (longer inputs go through in chunks). */
@@ -168,6 +169,15 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
                         const int32_t *ids, int n, const float *img, const int32_t *img_pos,
                         const int32_t *img_row, int n_img, int n_logits, float *logits,
                         dec_trace *trace);
+
+/* dec_forward as a decode step (dec_step.c): a pass of one token without images, trace or more
+ * than one logits row, on a backend with step ops, runs between step_begin and step_end (a
+ * CUDA graph replayed per token) and again without a step when the backend asks; anything
+ * else is a plain dec_forward. Same arguments, results and errors as dec_forward. */
+nvlm_status dec_decode(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv *kv,
+                       const int32_t *ids, int n, const float *img, const int32_t *img_pos,
+                       const int32_t *img_row, int n_img, int n_logits, float *logits,
+                       dec_trace *trace);
 
 /* ---- session (session.c) ---------------------------------------------------------------- */
 

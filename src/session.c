@@ -464,9 +464,9 @@ static nvlm_status feed(nvlm_session *s, const int32_t *ids, size_t n, nvlm_imag
         bool last = done + m == n;
         nv_arena_rewind(&s->arena, mark);
         dec_trace to_dev = {.logits_dev = s->logits_dev};
-        st = dec_forward(s->ex, &s->arena, &e->dec, &s->kv, ids + done, m, img, img_pos,
-                         img_row, n_img, last ? 1 : 0, last ? s->logits : NULL,
-                         last && s->logits_dev != NULL ? &to_dev : NULL);
+        st = dec_decode(s->ex, &s->arena, &e->dec, &s->kv, ids + done, m, img, img_pos,
+                        img_row, n_img, last ? 1 : 0, last ? s->logits : NULL,
+                        last && s->logits_dev != NULL ? &to_dev : NULL);
         done += m;
     }
     nv_free(s->h.ctx, img_pos);

@@ -24,6 +24,7 @@
  * NVLM_EMU_FULL=1 emulates all 25 ViT heads (about 40 s more).
  */
 #include "cuda/cuda_internal.h"
+#include "cuda/attn_plan.h"
 
 extern "C" {
 #include "testutil.h"
@@ -36,6 +37,7 @@ extern "C" {
 #include <string.h>
 #include <time.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -328,6 +330,57 @@ static void case_attn_batch(emu_ctx *c, emu_res *r)
     run_attention(c, r, s, "attention batch");
 }
 
+/* A decode step's attention (graph.cu): the grid and partials are planned once for the
+ * session's reserved KV rows, the live key count and causal offset come from the device step
+ * block, each split takes an equal share of the live keys and the splits past them leave
+ * with an empty partial. The rows past the live keys hold NaN: a kernel that read one would
+ * fail the comparison. Real: 8,192 reserved rows (32 splits), 700 live keys (22 busy splits,
+ * 10 empty); small: 600 rows (4 splits), 150 live (3 busy). */
+static void case_attn_step(emu_ctx *c, emu_res *r)
+{
+    int n_heads = c->small ? 8 : 64;
+    int n_kv_heads = c->small ? 2 : 8;
+    int hd = 128;
+    int rows = c->small ? 600 : 8192;
+    int64_t p0 = c->small ? 149 : 699;
+    int HQ = n_heads * hd;
+    int ldkv = n_kv_heads * hd;
+    std::vector<float> q = rnd((size_t)HQ, 1.0f);
+    std::vector<float> k = nan_vec((size_t)rows * ldkv);
+    std::vector<float> v = nan_vec((size_t)rows * ldkv);
+    std::vector<float> kl = rnd((size_t)(p0 + 1) * ldkv, 1.0f);
+    std::vector<float> vl = rnd((size_t)(p0 + 1) * ldkv, 1.0f);
+    std::copy(kl.begin(), kl.end(), k.begin());
+    std::copy(vl.begin(), vl.end(), v.begin());
+    std::vector<uint16_t> kb = to_bf16_host(k);
+    std::vector<uint16_t> vb = to_bf16_host(v);
+    std::vector<float> want = nan_vec((size_t)HQ);
+    std::vector<float> got = nan_vec((size_t)HQ);
+    float scale = 1.0f / sqrtf((float)hd);
+    if (!cpu_ok(c, c->be->ops->attention(c->ex, want.data(), HQ, q.data(), HQ, kb.data(),
+                                         vb.data(), ldkv, NV_BF16, 1, 1, (int)(p0 + 1), n_heads,
+                                         n_kv_heads, hd, scale, p0, NV_TP_LLM_HEADS))) {
+        set_res(r, INFINITY, TOL_ATTN, "attention step: cpu op failed");
+        return;
+    }
+    size_t part_n = cuda_attention_part_floats(&c->cb, 1, 1, rows, n_heads, n_kv_heads, hd, 0);
+    int splits = part_n == 0 ? 1 : (int)(part_n / ((size_t)n_heads * (size_t)(hd + 2)));
+    std::vector<float> part = nan_vec(part_n > 0 ? part_n : 1);
+    std::vector<int64_t> dpos(1, p0);
+    r->launch = cuda_attention_step(NULL, &c->cb, part_n > 0 ? part.data() : NULL, got.data(),
+                                    HQ, q.data(), HQ, kb.data(), vb.data(), ldkv, NV_BF16, 1, 1,
+                                    rows, n_heads, n_kv_heads, hd, scale, dpos.data());
+    double e = rel_l2(got.data(), want.data(), (size_t)HQ);
+    int busy = (int)((p0 + 1 + cuda_attn_live_chunk(p0 + 1, splits) - 1) /
+                     cuda_attn_live_chunk(p0 + 1, splits));
+    if (splits != (c->small ? 4 : 32) || busy >= splits) {
+        e = INFINITY; /* the case must cover empty splits */
+    }
+    set_res(r, e, TOL_ATTN, "attention step: %d of %d reserved keys live (device position "
+            "%lld), %d/%d heads, bf16 KV, %d splits (%d busy)", (int)(p0 + 1), rows,
+            (long long)p0, n_heads, n_kv_heads, splits, busy);
+}
+
 /* Decode of two sequences at once (batch 2, f16 KV): 4 key splits per sequence, the merge
  * indexing partials by sequence. */
 static void case_attn_batch_decode(emu_ctx *c, emu_res *r)
@@ -463,6 +516,55 @@ static void case_rope(emu_ctx *c, emu_res *r)
     r->launch = cuda_rope(NULL, got.data(), ld, rows, heads, hd, pos0, inv_freq);
     set_res(r, max_abs(got.data(), want.data(), x.size()), 0.0, "rope %d rows x %d heads x %d, "
             "pos %lld", rows, heads, hd, (long long)pos0);
+}
+
+/* RoPE of a step: the positions come from the device block (two sequences of 3 tokens at
+ * different positions) and equal the CPU op run per sequence at its host position: exact. */
+static void case_rope_step(emu_ctx *c, emu_res *r)
+{
+    int per_seq = 3;
+    int heads = c->small ? 4 : 64;
+    int hd = 128;
+    int ld = heads * hd;
+    double theta = 1000000.0;
+    std::vector<int64_t> dpos = {4208, 17};
+    std::vector<float> x = rnd((size_t)2 * per_seq * ld, 1.0f);
+    std::vector<float> want = x;
+    std::vector<float> got = x;
+    float inv_freq[CUDA_ROPE_MAX_HALF];
+    cuda_rope_inv_freq(theta, hd, inv_freq);
+    for (int sq = 0; sq < 2; sq++) {
+        cpu_ok(c, c->be->ops->rope(c->ex, want.data() + (size_t)sq * per_seq * ld, ld, per_seq,
+                                   heads, hd, dpos[sq], theta));
+    }
+    r->launch = cuda_rope_step(NULL, got.data(), ld, 2 * per_seq, heads, hd, dpos.data(),
+                               per_seq, inv_freq);
+    set_res(r, max_abs(got.data(), want.data(), x.size()), 0.0,
+            "rope step: 2 sequences x %d rows x %d heads, device positions 4208 and 17",
+            per_seq, heads);
+}
+
+/* The KV append of a step at the row the device block holds: the CPU op's bytes exactly, the
+ * rows around untouched. */
+static void case_store_step(emu_ctx *c, emu_res *r)
+{
+    int cols = c->small ? 256 : 1024;
+    int lds = 3 * cols;
+    std::vector<int64_t> drow(1, c->small ? 7 : 4208);
+    int64_t cap = drow[0] + 4;
+    std::vector<float> src = rnd((size_t)lds, 4.0f);
+    std::vector<unsigned char> want((size_t)cap * cols * 2, 0x5a);
+    std::vector<unsigned char> got = want;
+    cpu_ok(c, c->be->ops->store_rows(c->ex, want.data(), NV_BF16, drow[0], src.data(), lds, 1,
+                                     cols));
+    r->launch = cuda_store_rows_step(NULL, got.data(), NV_BF16, drow.data(), src.data(), lds, 1,
+                                     cols);
+    size_t diff = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        diff += want[i] != got[i];
+    }
+    set_res(r, (double)diff, 0.0, "store_rows step: bf16 row of %d at device row %lld (bytes "
+            "differing)", cols, (long long)drow[0]);
 }
 
 /* The KV append: rows of k (ld = the q/k/v row) into the cache at row0; bf16 rounding is round
@@ -897,12 +999,15 @@ static const emu_case CASES[] = {
     {"attn_tp_prefill", case_attn_tp_prefill},
     {"attn_vit", case_attn_vit},
     {"attn_batch", case_attn_batch},
+    {"attn_step", case_attn_step},
     {"attn_batch_decode", case_attn_batch_decode},
     {"rmsnorm", case_rmsnorm},
     {"qk_norm", case_qk_norm},
     {"rms_parts", case_rms_parts},
     {"layernorm", case_layernorm},
     {"rope", case_rope},
+    {"rope_step", case_rope_step},
+    {"store_step", case_store_step},
     {"store_bf16", case_store_bf16},
     {"store_f32", case_store_f32},
     {"rows_copy", case_rows_copy},

@@ -255,7 +255,8 @@ static void handshake(void)
               "table version");
         CHECK(p->probe_reason != NULL && p->backend_create != NULL && p->mem_info != NULL &&
                   p->tp_comm_nccl_create != NULL && p->exec_stream != NULL &&
-                  p->backend_device != NULL && p->time != NULL,
+                  p->backend_device != NULL && p->time != NULL && p->weight_slab != NULL &&
+                  p->upload_end != NULL && p->step_stats != NULL,
               "every entry filled");
         CHECK(!p->probe_reason(-1, why, sizeof why), "device -1 is not usable");
     }

@@ -709,7 +709,10 @@ typedef enum nvlm_kv_type {
 
 typedef struct nvlm_session_params {
     uint32_t struct_size;
-    int32_t n_ctx;              /* context window in tokens; 0 = max_position_embeddings */
+    int32_t n_ctx;              /* context window in tokens; 0 = max_position_embeddings. On
+                                   the CUDA backend the KV cache for all n_ctx tokens is
+                                   allocated when the session is created (on the CPU it
+                                   grows with the conversation) */
     nvlm_kv_type kv_type;
     uint64_t seed;              /* sampling RNG seed; default 0x5eed */
     const char *system_message; /* NULL = template default; used by nvlm_session_add_turn */

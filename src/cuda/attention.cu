@@ -8,16 +8,13 @@
  * (m, l, acc) in a second kernel. f32 math on CUDA cores; K/V stored f32, bf16 or f16.
  */
 #include "cuda/cuda_internal.h"
+#include "cuda/attn_plan.h" /* ATTN_ROWS, ATTN_BK, the split plan */
 
 #include <math.h>
 
-#define ATTN_ROWS 16      /* rows per block: 4 warps x 4 rows */
 #define ATTN_WARP_ROWS 4
 #define ATTN_THREADS 128
-#define ATTN_BK 32        /* keys per tile: one per lane */
 #define ATTN_DPL (CUDA_ATTN_MAX_HD / 32) /* output dims per lane */
-#define ATTN_MIN_CHUNK 128
-#define ATTN_MAX_SPLIT 64
 
 typedef struct attn_args {
     float *out;
@@ -30,6 +27,10 @@ typedef struct attn_args {
     int n_q, n_kv, n_heads, n_kv_heads, hd, group, n_split, chunk;
     float scale;
     long long cpos0;
+    /* A decode step: per sequence its first position (device step block); the key count
+     * pos0 + n_q and causal offset pos0 are read here, n_kv is the grid's (the reserved
+     * rows) and chunk is recomputed for the live keys. NULL: host values. */
+    const long long *dpos;
 } attn_args;
 
 static __device__ __forceinline__ float warp_max(float v)
@@ -63,6 +64,41 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
     const int b = blockIdx.y / a.n_kv_heads;
     const int kvh = blockIdx.y % a.n_kv_heads;
     const int split = blockIdx.z;
+    long long cpos0 = a.cpos0;
+    long long n_live = a.n_kv;
+    int chunk = a.chunk;
+    if (a.dpos != NULL) {
+        cpos0 = a.dpos[b];
+        if (cpos0 < 0) {
+            return; /* a padding slot of the batch bucket: the whole block leaves */
+        }
+        n_live = min(cpos0 + a.n_q, (long long)a.n_kv);
+        chunk = cuda_attn_live_chunk(n_live, a.n_split);
+    }
+
+    /* Keys this block covers: the causal extent of its last row, then this split's share. */
+    int t_last = min(t0 + ATTN_ROWS, npairs) - 1;
+    long long ext = n_live;
+    if (cpos0 >= 0) {
+        ext = min(n_live, cpos0 + t_last / a.group + 1);
+    }
+    int k_begin = split * chunk;
+    int k_end = (int)min(ext, (long long)k_begin + chunk);
+    const size_t rtot = (size_t)gridDim.y / a.n_kv_heads * a.n_heads * a.n_q;
+    if (a.n_split > 1 && k_begin >= k_end) {
+        /* A split past the keys this block's rows see (a step's grid covers the reserved
+         * context): only the empty partial, which the merge skips. Block-uniform. */
+        for (int j = 0; j < ATTN_WARP_ROWS; j++) {
+            int t = t0 + warp * ATTN_WARP_ROWS + j;
+            if (t < npairs && lane == 0) {
+                size_t r = ((size_t)b * a.n_heads + kvh * a.group + t % a.group) * a.n_q +
+                           t / a.group;
+                a.part[((size_t)split * rtot + r) * 2] = -INFINITY;
+                a.part[((size_t)split * rtot + r) * 2 + 1] = 0.0f;
+            }
+        }
+        return;
+    }
 
     for (int i = tid; i < ATTN_ROWS * hd; i += ATTN_THREADS) {
         int t = t0 + i / hd;
@@ -76,14 +112,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         qs[i] = v;
     }
 
-    /* Keys this block covers: the causal extent of its last row, then this split's share. */
-    int t_last = min(t0 + ATTN_ROWS, npairs) - 1;
-    long long ext = a.n_kv;
-    if (a.cpos0 >= 0) {
-        ext = min((long long)a.n_kv, a.cpos0 + t_last / a.group + 1);
-    }
-    int k_begin = split * a.chunk;
-    int k_end = (int)min(ext, (long long)k_begin + a.chunk);
 
     float m[ATTN_WARP_ROWS], l[ATTN_WARP_ROWS], acc[ATTN_WARP_ROWS][ATTN_DPL];
     int lim[ATTN_WARP_ROWS];
@@ -93,7 +121,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         l[j] = 0.0f;
         lim[j] = 0;
         if (t < npairs) {
-            long long lj = a.cpos0 >= 0 ? a.cpos0 + t / a.group + 1 : (long long)a.n_kv;
+            long long lj = cpos0 >= 0 ? cpos0 + t / a.group + 1 : n_live;
             lim[j] = (int)min(lj, (long long)k_end);
         }
         for (int c = 0; c < ATTN_DPL; c++) {
@@ -167,7 +195,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
         __syncthreads();
     }
 
-    const size_t rtot = (size_t)gridDim.y / a.n_kv_heads * a.n_heads * a.n_q;
     for (int j = 0; j < ATTN_WARP_ROWS; j++) {
         int t = t0 + warp * ATTN_WARP_ROWS + j;
         if (t >= npairs) {
@@ -214,6 +241,9 @@ static __global__ void attn_combine_kernel(attn_args a, int batch)
     int pos = (int)(r % (size_t)a.n_q);
     int h = (int)((r / (size_t)a.n_q) % (size_t)a.n_heads);
     size_t b = r / ((size_t)a.n_q * a.n_heads);
+    if (a.dpos != NULL && a.dpos[b] < 0) {
+        return; /* a padding slot of the batch bucket */
+    }
     float mx = -INFINITY;
     for (int s = 0; s < a.n_split; s++) {
         mx = fmaxf(mx, a.part[((size_t)s * rtot + r) * 2]);
@@ -240,23 +270,10 @@ static __global__ void attn_combine_kernel(attn_args a, int batch)
     }
 }
 
-/* Splits and chunk length: split the keys only when the unsplit grid leaves SMs idle. */
 static void plan(const cuda_backend *cb, int batch, int n_q, int n_kv, int n_heads,
                  int n_kv_heads, int *n_split, int *chunk)
 {
-    long long npairs = (long long)n_q * (n_heads / n_kv_heads);
-    long long base = (npairs + ATTN_ROWS - 1) / ATTN_ROWS * batch * n_kv_heads;
-    long long want = 2LL * (cb->sm_count > 0 ? cb->sm_count : 1);
-    int ns = 1;
-    if (base < want && n_kv >= 2 * ATTN_MIN_CHUNK) {
-        long long s = (want + base - 1) / base;
-        s = s < n_kv / ATTN_MIN_CHUNK ? s : n_kv / ATTN_MIN_CHUNK;
-        ns = (int)(s < ATTN_MAX_SPLIT ? s : ATTN_MAX_SPLIT);
-    }
-    int c = (n_kv + ns - 1) / ns;
-    c = (c + ATTN_BK - 1) / ATTN_BK * ATTN_BK;
-    *chunk = c;
-    *n_split = (n_kv + c - 1) / c;
+    cuda_attn_plan(cb->sm_count, batch, n_q, n_kv, n_heads, n_kv_heads, n_split, chunk);
 }
 
 size_t cuda_attention_part_floats(const cuda_backend *cb, int batch, int n_q, int n_kv,
@@ -265,16 +282,16 @@ size_t cuda_attention_part_floats(const cuda_backend *cb, int batch, int n_q, in
     (void)cpos0;
     int ns, chunk;
     plan(cb, batch, n_q, n_kv, n_heads, n_kv_heads, &ns, &chunk);
-    if (ns <= 1) {
-        return 0;
-    }
-    return (size_t)ns * batch * n_heads * n_q * (size_t)(head_dim + 2);
+    return cuda_attn_part_floats_of(ns, batch, n_q, n_heads, head_dim);
 }
 
-cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, float *out,
-                           int ldo, const float *q, int ldq, const void *k, const void *v,
-                           int ldkv, nv_dtype kv_type, int batch, int n_q, int n_kv, int n_heads,
-                           int n_kv_heads, int head_dim, float scale, int64_t cpos0)
+/* Both launchers: dpos NULL (host key count n_kv and causal offset cpos0) or a step's device
+ * positions (n_kv: the rows the grid is planned for). */
+static cudaError_t launch(cudaStream_t s, const cuda_backend *cb, float *part, float *out,
+                          int ldo, const float *q, int ldq, const void *k, const void *v,
+                          int ldkv, nv_dtype kv_type, int batch, int n_q, int n_kv, int n_heads,
+                          int n_kv_heads, int head_dim, float scale, int64_t cpos0,
+                          const int64_t *dpos)
 {
     if (head_dim <= 0 || head_dim > CUDA_ATTN_MAX_HD || (long long)batch * n_kv_heads > 65535) {
         return cudaErrorInvalidValue;
@@ -297,6 +314,7 @@ cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, 
     a.group = n_heads / n_kv_heads;
     a.scale = scale;
     a.cpos0 = (long long)cpos0;
+    a.dpos = (const long long *)dpos;
     plan(cb, batch, n_q, n_kv, n_heads, n_kv_heads, &a.n_split, &a.chunk);
     if (a.n_split > 1 && part == NULL) {
         return cudaErrorInvalidValue;
@@ -319,4 +337,26 @@ cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, 
     NV_LAUNCH(attn_combine_kernel, (unsigned)((rows + warps - 1) / warps), warps * 32, 0, s)(a,
                                                                                            batch);
     return cudaGetLastError();
+}
+
+cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, float *out,
+                           int ldo, const float *q, int ldq, const void *k, const void *v,
+                           int ldkv, nv_dtype kv_type, int batch, int n_q, int n_kv, int n_heads,
+                           int n_kv_heads, int head_dim, float scale, int64_t cpos0)
+{
+    return launch(s, cb, part, out, ldo, q, ldq, k, v, ldkv, kv_type, batch, n_q, n_kv, n_heads,
+                  n_kv_heads, head_dim, scale, cpos0, NULL);
+}
+
+cudaError_t cuda_attention_step(cudaStream_t s, const cuda_backend *cb, float *part, float *out,
+                                int ldo, const float *q, int ldq, const void *k, const void *v,
+                                int ldkv, nv_dtype kv_type, int batch, int n_q, int kv_rows,
+                                int n_heads, int n_kv_heads, int head_dim, float scale,
+                                const int64_t *dpos)
+{
+    if (dpos == NULL) {
+        return cudaErrorInvalidValue;
+    }
+    return launch(s, cb, part, out, ldo, q, ldq, k, v, ldkv, kv_type, batch, n_q, kv_rows,
+                  n_heads, n_kv_heads, head_dim, scale, 0, dpos);
 }

@@ -153,6 +153,7 @@ static void cuda_exec_free(nv_exec *ex)
         if (ce->stream != NULL) {
             cudaStreamSynchronize(ce->stream);
         }
+        cuda_graphs_free(ctx, ce);
         cuda_gemm_free(ctx, ce->gemm);
         cuda_fp8_free(ctx, ce->fp8);
         cuda_sample_free(ctx, ce);
@@ -597,6 +598,8 @@ static nv_backend_ops make_ops(void)
 
 /* Built once at static initialisation (a const table; C++ has no designated initialisers). */
 static const nv_backend_ops cuda_ops = make_ops();
+/* What the backend exposes: cuda_ops wrapped for captured decode steps (graph.cu). */
+static const nv_backend_ops cuda_step_ops = cuda_graph_ops(&cuda_ops);
 
 extern "C" void *nv_cuda_exec_stream(nv_exec *ex)
 {
@@ -634,9 +637,11 @@ extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_
     cb->debug_sync = cuda_fault_sync_requested(getenv("NVLM_CUDA_SYNC"));
     cb->sm_count = p.multiProcessorCount;
     snprintf(cb->name, sizeof cb->name, "%s", p.name);
-    be->ops = &cuda_ops;
+    cb->eager = &cuda_ops;
+    be->ops = &cuda_step_ops;
     be->ctx = ctx;
     be->kv_default = NV_BF16;
+    be->kv_reserve_all = true;
     be->device_memory = true;
     be->impl = cb;
     cuda_fault_backend_created(device);

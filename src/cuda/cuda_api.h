@@ -66,6 +66,16 @@ nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *err_handle);
 /* Frees the pinned staging of the weight upload once every weight is on the device (the slab
  * stays). (upload.cu) */
 void nv_cuda_upload_end(nv_backend *be);
+/* new: graph */
+/* What the decode steps of an exec did so far (tests, benchmarks). */
+typedef struct nv_cuda_step_stats {
+    int64_t eager;          /* steps run op by op (a key's warm-up, keys without a graph) */
+    int64_t captures;       /* graphs captured and instantiated */
+    int64_t replays;        /* steps launched as a graph */
+    int64_t redos;          /* steps handed back to be rerun without a step */
+    int64_t capture_failures;
+} nv_cuda_step_stats;
+void nv_cuda_step_stats_get(nv_exec *ex, nv_cuda_step_stats *out);
 
 #ifdef __cplusplus
 }

@@ -29,9 +29,11 @@ extern "C" {
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
 typedef struct cuda_fp8 cuda_fp8;   /* FP8 matmul scratch and cuBLASLt state (fp8.cu) */
 typedef struct cuda_sampler cuda_sampler; /* the sampler's workspace of one exec (sample.cu) */
+typedef struct cuda_graphs cuda_graphs; /* new: graph - decode-step graphs of one exec */
 
 /* Per model: the device and the weight slab. */
 typedef struct cuda_backend {
+    const nv_backend_ops *eager; /* new: graph - the ops graph.cu's step wrappers forward to */
     int device;
     int sm_count;
     char name[256];
@@ -63,6 +65,10 @@ typedef struct cuda_exec {
     float *rope_dev;
     float rope_host[256];       /* CUDA_ROPE_MAX_HALF */
     cuda_sampler *sampler;      /* sample.cu: created at the first sample */
+    /* new: graph */
+    uint64_t gen;               /* bumped whenever a scratch buffer is replaced or a buffer
+                                   freed (captured graphs may hold the old addresses) */
+    cuda_graphs *graphs;        /* decode-step graphs (graph.cu), NULL until the first step */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -107,6 +113,13 @@ nvlm_status cuda_weight_upload_group(nv_backend *be, const nv_tensor *srcs, int 
 bool cuda_slab_owns(const cuda_backend *cb, const void *p);
 /* Frees the upload lanes and the slab (backend destroy). */
 void cuda_upload_free(nv_backend *be);
+/* ---- graph.cu (new: graph) ---- */
+
+/* The backend's op table: base's ops wrapped for decode steps (outside a step each forwards
+ * to base, which must be the backend's cuda_backend.eager) plus step_begin / step_end. */
+nv_backend_ops cuda_graph_ops(const nv_backend_ops *base);
+/* Destroys an exec's graphs, pinned step buffers and device step block (stream synchronised). */
+void cuda_graphs_free(nvlm_context *ctx, cuda_exec *ce);
 
 /* ---- gemm_lt.cu ---- */
 
@@ -158,6 +171,13 @@ cudaError_t cuda_layernorm(cudaStream_t s, float *y, const float *x, const float
 #define CUDA_ROPE_MAX_HALF 256
 cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, int head_dim,
                       int64_t pos0, const float *inv_freq);
+/* new: graph */
+/* The same with positions from a decode step's device block: row r is at dpos[r / per_seq] +
+ * r % per_seq. */
+cudaError_t cuda_rope_step(cudaStream_t s, float *x, int ld, int rows, int n_heads,
+                           int head_dim, const int64_t *dpos, int per_seq, const float *inv_freq);
+/* inv_freq[i] = 1 / theta^(2i / head_dim) in f32 as the CPU op computes it (head_dim / 2). */
+void cuda_rope_inv_freq(double theta, int head_dim, float *inv_freq);
 
 /* ---- attention.cu ---- */
 
@@ -169,6 +189,15 @@ cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, 
                            int ldo, const float *q, int ldq, const void *k, const void *v,
                            int ldkv, nv_dtype kv_type, int batch, int n_q, int n_kv, int n_heads,
                            int n_kv_heads, int head_dim, float scale, int64_t cpos0);
+/* new: graph */
+/* A decode step's attention: the grid and partials are planned for kv_rows keys (size part
+ * with cuda_attention_part_floats(..., kv_rows, ...)); sequence b sees keys
+ * 0 .. dpos[b] + n_q - 1 (device step block), query i keys <= dpos[b] + i. */
+cudaError_t cuda_attention_step(cudaStream_t s, const cuda_backend *cb, float *part, float *out,
+                                int ldo, const float *q, int ldq, const void *k, const void *v,
+                                int ldkv, nv_dtype kv_type, int batch, int n_q, int kv_rows,
+                                int n_heads, int n_kv_heads, int head_dim, float scale,
+                                const int64_t *dpos);
 
 /* ---- act.cu ---- */
 
@@ -221,6 +250,10 @@ cudaError_t cuda_rows_copy(cudaStream_t s, float *dst, const int32_t *dst_idx, c
                            nv_dtype src_type, const int32_t *src_idx, size_t n, int cols);
 cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t row0,
                             const float *src, int lds, size_t n, int cols);
+/* new: graph */
+/* The KV append at the row a decode step's device block holds (*drow). */
+cudaError_t cuda_store_rows_step(cudaStream_t s, void *dst, nv_dtype type, const int64_t *drow,
+                                 const float *src, int lds, size_t n, int cols);
 cudaError_t cuda_im2col(cudaStream_t s, float *out, const float *pix, int batch, int channels,
                         int height, int width, int patch);
 

@@ -155,6 +155,7 @@ nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size
     }
     cuda_exec *ce = cuda_ex(ex);
     NVLM_TRY(cuda_status(ex->err_handle, cudaStreamSynchronize(ce->stream), what));
+    ce->gen++; /* captured graphs point into the old buffer */
     if (*buf != NULL) {
         cudaFree(*buf);
         *buf = NULL;

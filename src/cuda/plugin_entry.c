@@ -107,6 +107,7 @@ static const nv_cuda_plugin g_plugin = {
     .gemm_probe = nv_cuda_gemm_probe,
     .device_info = nv_cuda_device_info,
     .time = cuda_timed,
+    .step_stats = nv_cuda_step_stats_get,
 };
 
 __attribute__((visibility("default"))) const nv_cuda_plugin *

@@ -30,9 +30,13 @@ static __global__ void rows_copy_kernel(float *dst, const int32_t *di, const voi
     }
 }
 
+/* drow: a decode step's device append row (NULL: row0). */
 static __global__ void store_rows_kernel(void *dst, int bf16, long long row0, const float *src,
-                                         int lds, size_t n, int cols)
+                                         int lds, size_t n, int cols, const long long *drow)
 {
+    if (drow != NULL) {
+        row0 = *drow;
+    }
     size_t total = n * (size_t)cols;
     for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
          t += (size_t)gridDim.x * blockDim.x) {
@@ -101,7 +105,22 @@ cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
     }
     size_t total = n * (size_t)cols;
     NV_LAUNCH(store_rows_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
-        dst, type == NV_BF16, (long long)row0, src, lds, n, cols);
+        dst, type == NV_BF16, (long long)row0, src, lds, n, cols, (const long long *)NULL);
+    return cudaGetLastError();
+}
+
+cudaError_t cuda_store_rows_step(cudaStream_t s, void *dst, nv_dtype type, const int64_t *drow,
+                                 const float *src, int lds, size_t n, int cols)
+{
+    if (n == 0 || cols <= 0) {
+        return cudaSuccess;
+    }
+    if ((type != NV_F32 && type != NV_BF16) || drow == NULL) {
+        return cudaErrorInvalidValue;
+    }
+    size_t total = n * (size_t)cols;
+    NV_LAUNCH(store_rows_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
+        dst, type == NV_BF16, 0, src, lds, n, cols, (const long long *)drow);
     return cudaGetLastError();
 }
 

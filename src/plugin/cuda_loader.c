@@ -318,3 +318,12 @@ nvlm_status nv_cuda_time(nv_exec *ex, nvlm_status (*fn)(nv_exec *ex, void *arg),
 {
     NV_CUDA_HELPER(ex, time(ex, fn, arg, ms));
 }
+
+void nv_cuda_step_stats_get(nv_exec *ex, nv_cuda_step_stats *out)
+{
+    const nv_cuda_plugin *p = plugin_of(ex->be);
+    memset(out, 0, sizeof *out);
+    if (p != NULL) {
+        p->step_stats(ex, out);
+    }
+}

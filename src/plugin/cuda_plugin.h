@@ -21,6 +21,7 @@ extern "C" {
 #endif
 
 struct tp_comm;
+struct nv_cuda_step_stats;
 
 /* Bumped whenever nv_cuda_host, nv_cuda_plugin or a struct they reach changes layout. */
 #define NV_CUDA_PLUGIN_ABI 1u
@@ -79,6 +80,7 @@ typedef struct nv_cuda_plugin {
     nvlm_status (*device_info)(nv_exec *ex, char *name, size_t name_len, size_t *mem_bytes,
                                int *sm_count);
     nvlm_status (*time)(nv_exec *ex, nv_cuda_timed_fn fn, void *arg, double *ms);
+    void (*step_stats)(nv_exec *ex, struct nv_cuda_step_stats *out);
 } nv_cuda_plugin;
 
 typedef const nv_cuda_plugin *(*nv_cuda_plugin_entry_fn)(const nv_cuda_host *host, char *why,

@@ -1397,6 +1397,7 @@ nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_bac
     be->ops = &tp_ops;
     be->ctx = ctx;
     be->kv_default = ranks[0]->kv_default;
+    be->kv_reserve_all = ranks[0]->kv_reserve_all;
     be->precision = ranks[0]->precision;
     be->device_memory = ranks[0]->device_memory;
     be->impl = tb;
