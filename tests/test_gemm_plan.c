@@ -125,7 +125,7 @@ static gp_res m_check(void *self, void *plan, const gp_cand *c, size_t *ws, int 
     return GP_OK;
 }
 
-static gp_res m_run(void *self, void *plan, const gp_cand *c, const void *call, int *lib)
+static gp_res m_run(void *self, void *plan, const gp_cand *c, void *call, int *lib)
 {
     mock *m = self;
     (void)call;

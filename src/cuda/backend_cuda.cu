@@ -7,6 +7,7 @@
  * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
  */
 #include "cuda/cuda_internal.h"
+#include "cuda/gemm_plan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -113,6 +114,17 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     }
     nv_dtype dt = big_dims > 1 ? NV_BF16 : NV_F32;
     int64_t n = nv_tensor_nelem(src);
+    /* Convolution kernels are stored with rows padded to an aligned K (gp_weight_ld; matmul
+     * pads its input to match); `t` keeps the checkpoint shape. */
+    int64_t rows = src->ndim > 0 && src->shape[0] > 0 ? src->shape[0] : 1;
+    int64_t cols = n > 0 ? n / rows : 0;
+    int64_t ld = dt == NV_BF16 ? gp_weight_ld(src->ndim, cols) : cols;
+    if (ld != cols) {
+        if (ld > INT64_MAX / rows) {
+            return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
+        }
+        n = rows * ld;
+    }
     size_t bytes;
     if (n < 0 || n == INT64_MAX || !nv_mul_size((size_t)n, nv_dtype_size(dt), &bytes)) {
         return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
@@ -125,7 +137,21 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
         return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
                         "out of device memory for a weight (%zu bytes)", bytes);
     }
-    nvlm_status st = upload_convert(be, p, dt, src->data, src->dtype, (size_t)n, err_handle);
+    const void *from = src->data;
+    void *padded = NULL;
+    if (ld != cols) {
+        size_t es = nv_dtype_size(src->dtype);
+        padded = nv_alloc_array(be->ctx, (size_t)n, es);
+        if (padded == NULL) {
+            cudaFree(p);
+            return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
+                            "out of memory padding a weight's rows");
+        }
+        gp_pad_rows(padded, src->data, (size_t)rows, (size_t)cols, (size_t)ld, es);
+        from = padded;
+    }
+    nvlm_status st = upload_convert(be, p, dt, from, src->dtype, (size_t)n, err_handle);
+    nv_free(be->ctx, padded);
     if (st != NVLM_OK) {
         cudaFree(p);
         return st;
@@ -339,7 +365,7 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     const nv_tensor *t = &w->t;
     int64_t N = t->shape[0];
     int64_t K = nv_tensor_nelem(t) / (N > 0 ? N : 1);
-    if (N > INT32_MAX || K > INT32_MAX || t->dtype != NV_BF16) {
+    if (N > INT32_MAX || K > INT32_MAX - GP_K_ALIGN || t->dtype != NV_BF16) {
         return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
                         "matmul: weight (%lld, %lld) %s not supported", (long long)N,
                         (long long)K, nv_dtype_name(t->dtype));
@@ -349,12 +375,18 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     }
     NVLM_TRY(cuda_enter(ex));
     cuda_exec *ce = cuda_ex(ex);
-    size_t n = (size_t)M * (size_t)K;
+    int64_t ld = gp_weight_ld(t->ndim, K); /* the weight's stored row length (weight_load) */
+    size_t n = (size_t)M * (size_t)ld;
     NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
                           "matmul input"));
-    NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    if (ld == K) {
+        NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    } else {
+        NVLM_TRY(launched(ex, cuda_to_bf16_pad(ce->stream, ce->xbf, (int)ld, x, (size_t)M,
+                                               (int)K), "matmul input"));
+    }
     return cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
-                          bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)K);
+                          bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)ld);
 }
 
 static nvlm_status need_f32(nv_exec *ex, const nv_bweight *w, const char *op)

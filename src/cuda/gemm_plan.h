@@ -82,7 +82,7 @@ typedef struct gp_driver {
     /* Whether c can run the plan at its current M; *ws: the workspace it needs. */
     gp_res (*check)(void *self, void *plan, const gp_cand *c, size_t *ws, int *lib);
     /* Enqueues y = x . w^T (+ bias) with c (the bias added after when c has no epilogue). */
-    gp_res (*run)(void *self, void *plan, const gp_cand *c, const void *call, int *lib);
+    gp_res (*run)(void *self, void *plan, const gp_cand *c, void *call, int *lib);
     const char *(*lib_name)(int lib);
 } gp_driver;
 
@@ -293,7 +293,7 @@ static inline nvlm_status gp_build(const gp_driver *d, void *eh, const gp_key *k
  * next is tried. When every candidate found for another M fails, the heuristic is asked again
  * at this M once. */
 static inline nvlm_status gp_run_entry(const gp_driver *d, void *eh, gp_entry *e, int M,
-                                       const void *call)
+                                       void *call)
 {
     char shape[96];
     int lib = 0;
@@ -359,7 +359,7 @@ static inline nvlm_status gp_run_entry(const gp_driver *d, void *eh, gp_entry *e
 /* y (M, n) = x (M, k) . w (n, k)^T (+ bias) through the cache: finds or builds the plan of
  * M's bucket and runs it. A failed build leaves the cache as it was. `call` goes to d->run. */
 static inline nvlm_status gp_gemm(gp_cache *c, const gp_driver *d, void *eh, const gp_key *k0,
-                                  int M, const void *call)
+                                  int M, void *call)
 {
     gp_key k = *k0;
     k.m_bucket = gp_bucket(M);
