@@ -32,6 +32,7 @@ typedef struct mock {
     size_t check_ws[64];        /* id -> workspace it needs */
     int create_fail;            /* plan_create fails */
     int heur_fail;              /* heuristic fails */
+    int set_m_fail;             /* plan_set_m fails after changing the plan (half set) */
     int per_m_ids;              /* heuristic at M returns ids M*10+1.. (distinct per M) */
     /* record */
     int n_create, n_destroy, n_set_m, n_heur, n_check, n_run;
@@ -84,6 +85,10 @@ static gp_res m_set_m(void *self, void *plan, int M, int *lib)
     (void)lib;
     m->n_set_m++;
     ((mplan *)plan)->m = M;
+    if (m->set_m_fail) {
+        *lib = LIB_INVALID_VALUE;
+        return GP_FAIL;
+    }
     return GP_OK;
 }
 
@@ -279,6 +284,22 @@ static void test_fallback(void)
     CHECK_EQ_INT(m.last_id, 13, "3rd algorithm at M 120");
     CHECK_EQ_INT(m.last_m, 120, "layouts set to the real M");
     CHECK_EQ_INT(m.n_heur, 1, "no new heuristic while a candidate passes");
+
+    tu_section("gemm plan: layouts that failed to change are set again at the next call");
+    m.set_m_fail = 1;
+    CHECK_EQ_INT(gp_gemm(c, &d, g_ctx, &kc, 110, NULL), NVLM_ERR_BACKEND, "set_m failure");
+    CHECK(strstr(nvlm_last_error(g_ctx), "layouts for bf16 GEMM M 110 N 96 K 592") != NULL,
+          "message: %s", nvlm_last_error(g_ctx));
+    m.set_m_fail = 0;
+    CHECK_OK(gp_gemm(c, &d, g_ctx, &kc, 120, NULL));
+    CHECK_EQ_INT(m.last_m, 120, "the GEMM ran with layouts for its own M");
+
+    tu_section("gemm plan: operand types are part of the key");
+    gp_key kt = kc;
+    kt.type = 1;
+    int created = m.n_create;
+    CHECK_OK(gp_gemm(c, &d, g_ctx, &kt, 120, NULL));
+    CHECK_EQ_INT(m.n_create, created + 1, "another plan for other operand types");
     gp_clear(c, &d);
     CHECK_EQ_INT(m.live, 0, "gp_clear destroys every plan");
     free(c);

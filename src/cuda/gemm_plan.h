@@ -28,8 +28,10 @@ extern "C" {
 #define GP_K_ALIGN 8        /* bf16 elements: rows of convolution weights padded to 16 bytes */
 
 /* What identifies a plan. M enters only as its bucket (gp_bucket); the alignments are those
- * of w (A), x (B) and y (D) in bytes (1..256), promised to the heuristic. */
+ * of w (A), x (B) and y (D) in bytes (1..256), promised to the heuristic. `type`: the operand
+ * types, the driver's to define (0: bf16 x bf16 -> f32, the only one gemm_lt.cu has today). */
 typedef struct gp_key {
+    int32_t type;
     int32_t m_bucket, n, k;
     int32_t bias;           /* a bias was passed */
     int32_t align_a, align_b, align_d;
@@ -129,9 +131,10 @@ static inline void gp_pad_rows(void *dst, const void *src, size_t rows, size_t c
 
 static inline unsigned gp_hash(const gp_key *k)
 {
-    const int32_t v[7] = {k->m_bucket, k->n, k->k, k->bias, k->align_a, k->align_b, k->align_d};
+    const int32_t v[8] = {k->type,    k->m_bucket, k->n,       k->k,
+                          k->bias,    k->align_a,  k->align_b, k->align_d};
     uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         h = (h ^ (uint32_t)v[i]) * 1099511628211ull;
     }
     return (unsigned)((h ^ (h >> 29)) % GP_SLOTS);
@@ -139,8 +142,9 @@ static inline unsigned gp_hash(const gp_key *k)
 
 static inline int gp_key_eq(const gp_key *a, const gp_key *b)
 {
-    return a->m_bucket == b->m_bucket && a->n == b->n && a->k == b->k && a->bias == b->bias &&
-           a->align_a == b->align_a && a->align_b == b->align_b && a->align_d == b->align_d;
+    return a->type == b->type && a->m_bucket == b->m_bucket && a->n == b->n && a->k == b->k &&
+           a->bias == b->bias && a->align_a == b->align_a && a->align_b == b->align_b &&
+           a->align_d == b->align_d;
 }
 
 /* The live entry of key k, or NULL. */
@@ -219,8 +223,13 @@ static inline gp_entry *gp_insert(gp_cache *c, const gp_driver *d, const gp_entr
 
 static inline void gp_shape(char *buf, size_t n, const gp_key *k, int M)
 {
-    snprintf(buf, n, "bf16 GEMM M %d N %d K %d%s", M, (int)k->n, (int)k->k,
-             k->bias ? " +bias" : "");
+    if (k->type == 0) {
+        snprintf(buf, n, "bf16 GEMM M %d N %d K %d%s", M, (int)k->n, (int)k->k,
+                 k->bias ? " +bias" : "");
+    } else {
+        snprintf(buf, n, "GEMM (operand types %d) M %d N %d K %d%s", (int)k->type, M,
+                 (int)k->n, (int)k->k, k->bias ? " +bias" : "");
+    }
 }
 
 /* Asks the driver for the candidates of e's plan at its current M: the bias epilogue's first
@@ -300,6 +309,7 @@ static inline nvlm_status gp_run_entry(const gp_driver *d, void *eh, gp_entry *e
     if (e->m_cur != M) {
         gp_res r = d->plan_set_m(d->self, e->plan, M, &lib);
         if (r != GP_OK) {
+            e->m_cur = -1; /* the layouts may be half set: set them again next time */
             gp_shape(shape, sizeof shape, &e->key, M);
             return nv_error(eh, NVLM_ERR_BACKEND, "cuBLASLt layouts for %s: %s", shape,
                             d->lib_name(lib));
