@@ -64,7 +64,7 @@ CFLAGS += -std=c11 $(OPT) $(WARN) -fPIC -fvisibility=hidden -pthread -ffp-contra
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -pthread $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
 
-LIB_SRC := $(wildcard src/*.c src/cpu/*.c src/tp/*.c)
+LIB_SRC := $(wildcard src/*.c src/cpu/*.c src/tp/*.c src/plugin/*.c)
 CUDA_SRC := $(wildcard src/cuda/*.cu)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -76,18 +76,27 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 
+# The CUDA backend is a plugin, $(LIBOUT)/libnvlm-cuda.so.0, that the core dlopens when a
+# context asks for CUDA: its objects (the .cu files, its entry point and the pure tensor helpers
+# it shares with the core) and the CUDA libraries are linked into it alone. The core only learns
+# that the build has one (NVLM_WITH_CUDA) and links libdl.
 ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
-CPPFLAGS += -DNVLM_WITH_CUDA=1 -I$(CUDA_HOME)/include
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
+PLUGIN_OBJ := $(CUDA_OBJ) $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/cuda/*.c)) \
+              $(BUILD)/src/tensor.o
+CPPFLAGS += -DNVLM_WITH_CUDA=1
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+PLUGIN := $(LIBOUT)/libnvlm-cuda.so.$(VERSION)
 else
 CUDA_OBJ :=
+PLUGIN_OBJ :=
 CUDA_LIBS :=
+PLUGIN :=
 endif
 
-LIBS := $(PKGS_LIBS) $(CUDA_LIBS)
+LIBS := $(PKGS_LIBS) -ldl
 
 SONAME := libnvlm.so.$(VERSION_MAJOR)
 SHLIB := $(LIBOUT)/libnvlm.so.$(VERSION)
@@ -101,8 +110,8 @@ OBJCOPY ?= objcopy
 
 .SECONDARY:
 .PHONY: all lib test check bench fuzz fuzz-all fuzz-image bench-image fuzz-tokenizer bench-tokenizer demo install uninstall clean help deps
-all: $(SHLIB) $(STLIB) $(CLI)
-lib: $(SHLIB) $(STLIB)
+all: $(SHLIB) $(STLIB) $(CLI) $(PLUGIN)
+lib: $(SHLIB) $(STLIB) $(PLUGIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -114,20 +123,28 @@ $(BUILD)/%.o: %.cu
 
 # -z nodelete: dlclose never unmaps the library, so handles still live at dlclose (the CPU
 # pool's worker threads run library code) cannot fault, and a later dlopen finds it loaded.
-$(SHLIB): $(LIB_OBJ) $(CUDA_OBJ) src/nvlm.map
+$(SHLIB): $(LIB_OBJ) src/nvlm.map
 	@mkdir -p $(LIBOUT)
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=src/nvlm.map -Wl,--no-undefined \
-	    -Wl,-z,nodelete $(LDFLAGS) -o $@ $(LIB_OBJ) $(CUDA_OBJ) $(LIBS)
+	    -Wl,-z,nodelete $(LDFLAGS) -o $@ $(LIB_OBJ) $(LIBS)
 	ln -sf libnvlm.so.$(VERSION) $(LIBOUT)/$(SONAME)
 	ln -sf $(SONAME) $(LIBOUT)/libnvlm.so
 
-# The static library is one object: every library object (CUDA ones included) pre-linked with
+# The CUDA plugin exports its entry point only (src/cuda/plugin.map).
+$(PLUGIN): $(PLUGIN_OBJ) src/cuda/plugin.map
+	@mkdir -p $(LIBOUT)
+	$(CXX) -shared -Wl,-soname,libnvlm-cuda.so.$(VERSION_MAJOR) \
+	    -Wl,--version-script=src/cuda/plugin.map -Wl,--no-undefined -Wl,-z,nodelete \
+	    $(LDFLAGS) -o $@ $(PLUGIN_OBJ) $(CUDA_LIBS) -lm -lpthread
+	ln -sf libnvlm-cuda.so.$(VERSION) $(LIBOUT)/libnvlm-cuda.so.$(VERSION_MAJOR)
+
+# The static library is one object: every library object pre-linked with
 # `ld -r` (through the compiler driver: the toolchain's own linker), then every defined global
 # not named nvlm_* made local (hidden ones by --localize-hidden, any other by
 # --keep-global-symbol). Hidden visibility does not hide anything inside an archive: without
 # this an application's own img_resize or tok_encode would replace ours (or clash with it) at
 # link time. Undefined references stay global.
-$(PRELINK): $(LIB_OBJ) $(CUDA_OBJ)
+$(PRELINK): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -r -nostdlib -o $@.tmp $^
 	$(OBJCOPY) --localize-hidden --wildcard --keep-global-symbol='nvlm_*' $@.tmp $@
@@ -138,7 +155,7 @@ $(STLIB): $(PRELINK)
 	rm -f $@
 	ar rcs $@ $<
 
-$(INTLIB): $(LIB_OBJ) $(CUDA_OBJ)
+$(INTLIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@
 	ar rcs $@ $^
@@ -148,10 +165,13 @@ $(CLI): $(CLI_OBJ) $(STLIB)
 	@mkdir -p $(BINOUT)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(STLIB) $(LIBS)
 
-# Test binaries link the internal archive so they can reach internal functions as well.
+# Test binaries link the internal archive so they can reach internal functions as well; their
+# run path names this tree's lib/, where the loader finds the CUDA plugin.
+PLUGIN_RPATH := -Wl,-rpath,$(abspath $(LIBOUT))
 $(BUILD)/tests/%: tests/%.c $(TEST_UTIL_OBJ) $(INTLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(INTLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -o $@ $< $(TEST_UTIL_OBJ) $(INTLIB) $(LIBS) \
+	    $(LDFLAGS) $(PLUGIN_RPATH)
 
 # The dlopen test links only libdl and loads the shared library of the same build tree at run time.
 $(BUILD)/tests/test_dlopen: tests/test_dlopen.c $(TEST_UTIL_OBJ) $(SHLIB)
@@ -159,10 +179,18 @@ $(BUILD)/tests/test_dlopen: tests/test_dlopen.c $(TEST_UTIL_OBJ) $(SHLIB)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -DNVLM_TEST_SHLIB='"$(LIBOUT)/$(SONAME)"' -MMD -MP \
 	    -o $@ $< $(TEST_UTIL_OBJ) -ldl $(LDFLAGS)
 
+# The plugin test also checks the built libraries and the CLI, and links the plugin's
+# lost-context registry (plain C) to test it without a GPU.
+$(BUILD)/tests/test_plugin: tests/test_plugin.c $(TEST_UTIL_OBJ) $(INTLIB) \
+                            $(BUILD)/src/cuda/fault.o $(SHLIB) $(STLIB) $(CLI) $(PLUGIN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -DNVLM_TEST_LIBDIR='"$(LIBOUT)"' -MMD -MP -o $@ $< \
+	    $(TEST_UTIL_OBJ) $(BUILD)/src/cuda/fault.o $(INTLIB) $(LIBS) $(LDFLAGS) $(PLUGIN_RPATH)
+
 # test_json fails cJSON parses on demand to check the out-of-memory status.
 $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpts
 
-test: $(TEST_BIN) $(CLI) $(SHLIB)
+test: $(TEST_BIN) $(CLI) $(SHLIB) $(PLUGIN)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)
 
 check: test
@@ -243,9 +271,9 @@ bench-image: $(BUILD)/bench/bench_image
 # CUDA backend speed at NVLM-D-72B layer shapes with in-run ceilings (bench/bench_cuda.c);
 # prints a SKIP line without a device. BENCH_CUDA_ARGS=--quick for a short run.
 .PHONY: bench-cuda
-$(BUILD)/bench/bench_cuda: bench/bench_cuda.c $(INTLIB)
+$(BUILD)/bench/bench_cuda: bench/bench_cuda.c $(INTLIB) $(PLUGIN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(INTLIB) $(LIBS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(INTLIB) $(LIBS) $(LDFLAGS) $(PLUGIN_RPATH)
 
 bench-cuda: $(BUILD)/bench/bench_cuda
 	$(BUILD)/bench/bench_cuda $(BENCH_CUDA_ARGS)
@@ -277,7 +305,7 @@ deps:
 PC_SED = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
              -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
              -e 's|@LIBS_PRIVATE@|$(LIBS)|g'
-install: $(SHLIB) $(STLIB) $(CLI)
+install: $(SHLIB) $(STLIB) $(CLI) $(PLUGIN)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/nvlm $(DESTDIR)$(LIBDIR)/pkgconfig \
 	    $(DESTDIR)$(BINDIR)
 	install -m 644 include/nvlm/nvlm.h $(DESTDIR)$(INCLUDEDIR)/nvlm/
@@ -285,17 +313,20 @@ install: $(SHLIB) $(STLIB) $(CLI)
 	ln -sf libnvlm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libnvlm.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
+	$(if $(PLUGIN),install -m 755 $(PLUGIN) $(DESTDIR)$(LIBDIR)/)
+	$(if $(PLUGIN),ln -sf libnvlm-cuda.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libnvlm-cuda.so.$(VERSION_MAJOR))
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/
 	$(PC_SED) pkgconfig/nvlm.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc
 	$(PC_SED) pkgconfig/nvlm-static.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm-static.pc
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libnvlm.* $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc \
+	rm -f $(DESTDIR)$(LIBDIR)/libnvlm.* $(DESTDIR)$(LIBDIR)/libnvlm-cuda.* \
+	    $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm.pc \
 	    $(DESTDIR)$(LIBDIR)/pkgconfig/nvlm-static.pc $(DESTDIR)$(BINDIR)/nvlm
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/nvlm
 
 clean:
-	rm -rf build bin lib/libnvlm.*
+	rm -rf build bin lib/libnvlm.* lib/libnvlm-cuda.*
 
 help:
 	@sed -n '1,10p' Makefile

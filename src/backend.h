@@ -39,6 +39,13 @@ typedef struct nv_backend_ops {
                                nv_bweight *out, void *err_handle);
     void (*weight_free)(nv_backend *be, nv_bweight *w);
     void (*destroy)(nv_backend *be);
+    /* Optional (NULL: nothing to do), on the calling thread around each public call that runs
+     * ops: a session's calls, a model's load and free. thread_enter returns what thread_leave
+     * puts back: CUDA saves the application's current device and restores it, so the library
+     * never changes it for the host application. destroy and exec_free restore
+     * it by themselves. */
+    int (*thread_enter)(nv_backend *be);
+    void (*thread_leave)(nv_backend *be, int saved);
 
     /* ---- per-session stream ---- */
     /* n_threads: CPU worker threads; err_handle: where op failures are reported. */

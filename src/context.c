@@ -3,6 +3,7 @@
  * plus the pieces every module shares (status names, per-handle error text, file reading).
  */
 #include "internal.h"
+#include "plugin/cuda_plugin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -375,8 +376,57 @@ void nvlm_context_params_init(nvlm_context_params *p, size_t size)
     p->struct_size = (uint32_t)size;
 }
 
-/* Implemented by the backend registry (src/backend.c): whether a CUDA device is usable. */
-bool nv_cuda_available(int device);
+/* Whether CUDA can serve every one of the devices: the plugin opens and each device probes
+ * usable. NULL with the reason in why otherwise. `auto` first asks the driver whether any
+ * device exists, so that a machine without one never loads the plugin and the CUDA runtime. */
+static const nv_cuda_plugin *cuda_for(nvlm_backend backend, const int32_t *devs, int32_t n,
+                                      char *why, size_t why_len)
+{
+    if (backend == NVLM_BACKEND_CPU) {
+        snprintf(why, why_len, "the CPU backend was asked for");
+        return NULL;
+    }
+    if (backend == NVLM_BACKEND_AUTO && !nv_cuda_driver_has_device(why, why_len)) {
+        return NULL;
+    }
+    const nv_cuda_plugin *cuda = nv_cuda_plugin_open(why, why_len);
+    for (int32_t r = 0; r < n && cuda != NULL; r++) {
+        if (!cuda->probe_reason(devs[r], why, why_len)) {
+            cuda = NULL;
+        }
+    }
+    return cuda;
+}
+
+nvlm_status nvlm_backend_probe(nvlm_backend backend, int32_t device, char *reason,
+                               size_t reason_len)
+{
+    char tmp[512];
+    if (reason == NULL || reason_len == 0) {
+        reason = tmp;
+        reason_len = sizeof tmp;
+    }
+    reason[0] = '\0';
+    if (backend < NVLM_BACKEND_AUTO || backend > NVLM_BACKEND_CUDA || device < 0) {
+        snprintf(reason, reason_len, "invalid backend or device");
+        return NVLM_ERR_INVALID_ARGUMENT;
+    }
+    if (backend == NVLM_BACKEND_CPU) {
+        snprintf(reason, reason_len, "CPU");
+        return NVLM_OK;
+    }
+    const nv_cuda_plugin *cuda = cuda_for(backend, &device, 1, reason, reason_len);
+    if (cuda != NULL) {
+        return NVLM_OK;
+    }
+    if (backend == NVLM_BACKEND_AUTO) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", reason);
+        snprintf(reason, reason_len, "CPU (CUDA: %s)", why);
+        return NVLM_OK;
+    }
+    return NVLM_ERR_NO_DEVICE;
+}
 
 nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context **out)
 {
@@ -415,16 +465,25 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
             return NVLM_ERR_INVALID_ARGUMENT;
         }
     }
-    bool cuda_ok = p.backend != NVLM_BACKEND_CPU;
-    for (int32_t r = 0; r < tp && cuda_ok; r++) {
-        cuda_ok = nv_cuda_available(devs[r]);
-    }
+    char why[512];
+    const nv_cuda_plugin *cuda = cuda_for(p.backend, devs, tp, why, sizeof why);
     nvlm_backend backend = p.backend;
-    if (backend == NVLM_BACKEND_CUDA && !cuda_ok) {
+    if (backend == NVLM_BACKEND_CUDA && cuda == NULL) {
+        /* no handle to carry the text: the log gets it, and nvlm_backend_probe tells it too */
+        if (p.log_fn != NULL && p.log_level >= NVLM_LOG_ERROR) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "CUDA backend unavailable: %s", why);
+            p.log_fn(p.log_user, NVLM_LOG_ERROR, msg);
+        }
         return NVLM_ERR_NO_DEVICE;
     }
     if (backend == NVLM_BACKEND_AUTO) {
-        backend = cuda_ok ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU;
+        backend = cuda != NULL ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU;
+        if (cuda == NULL && p.log_fn != NULL && p.log_level >= NVLM_LOG_INFO) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "backend auto: CPU (CUDA: %s)", why);
+            p.log_fn(p.log_user, NVLM_LOG_INFO, msg);
+        }
     }
     nvlm_context *ctx;
     if (hooks) {
@@ -446,6 +505,7 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : (int32_t)(cores > 0 ? cores : 1);
     ctx->backend = backend;
+    ctx->cuda = cuda;
     ctx->device = devs[0];
     ctx->tp_size = tp;
     ctx->log_fn = p.log_fn;

@@ -163,9 +163,14 @@ void nv_engine_free(nvlm_model *m)
     }
     nv_engine *e = m->engine;
     if (e->be != NULL) {
+        const nv_backend_ops *ops = e->be->ops;
+        int saved = ops->thread_enter != NULL ? ops->thread_enter(e->be) : 0;
         dec_free(e);
         proj_free(e);
         vit_free(e);
+        if (ops->thread_leave != NULL) {
+            ops->thread_leave(e->be, saved);
+        }
         e->be->ops->destroy(e->be);
     }
     for (size_t i = 0; i < e->n_fp8_bufs; i++) {
@@ -300,6 +305,8 @@ nvlm_status nv_engine_init(nvlm_model *m)
     if (m->tok != NULL) {
         e->image_token_id = nvlm_tokenizer_token_id(m->tok, "<|vision_pad|>");
     }
+    const nv_backend_ops *ops = e->be->ops;
+    int saved = ops->thread_enter != NULL ? ops->thread_enter(e->be) : 0;
     st = layout_build(e, m);
     if (st == NVLM_OK) {
         st = vit_init(e, m);
@@ -309,6 +316,9 @@ nvlm_status nv_engine_init(nvlm_model *m)
     }
     if (st == NVLM_OK) {
         st = dec_init(e, m);
+    }
+    if (ops->thread_leave != NULL) {
+        ops->thread_leave(e->be, saved);
     }
     if (st != NVLM_OK) {
         nv_engine_free(m);

@@ -51,6 +51,9 @@ struct nvlm_context {
     nvlm_realloc_fn realloc_fn;
     nvlm_free_fn free_fn;
     void *alloc_user;
+    /* The CUDA plugin's table (plugin/cuda_plugin.h) when backend is NVLM_BACKEND_CUDA, opened
+     * at creation and fixed from then on; NULL otherwise. */
+    const struct nv_cuda_plugin *cuda;
 };
 
 /* Initialise a handle header (magic, ctx, empty error). */

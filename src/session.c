@@ -47,6 +47,7 @@ struct nvlm_session {
     int32_t im_start;
     atomic_int busy;            /* 1 while a public call that changes the session runs */
     atomic_int free_pending;    /* nvlm_session_free came while busy: the running call frees */
+    int thread_saved;           /* the backend's thread_enter value of the running call */
 };
 
 static bool is_session(const nvlm_session *s)
@@ -75,9 +76,27 @@ void nvlm_session_params_init(nvlm_session_params *p, size_t size)
 /* The busy flag: every public call that changes the session holds it, so a second thread, or
  * the session's own token callback, gets NVLM_ERR_BUSY instead of corrupting the session. The
  * refused call touches nothing but the flag: the error text belongs to the call in progress. */
+static int thread_enter(nv_backend *be)
+{
+    return be != NULL && be->ops->thread_enter != NULL ? be->ops->thread_enter(be) : 0;
+}
+
 static bool enter(nvlm_session *s)
 {
-    return atomic_exchange(&s->busy, 1) == 0;
+    if (atomic_exchange(&s->busy, 1) != 0) {
+        return false;
+    }
+    s->thread_saved = thread_enter(s->ex != NULL ? s->ex->be : NULL);
+    return true;
+}
+
+/* Gives the calling thread back to the application as the call found it (the backend's
+ * thread_leave: CUDA's current device), at return and around the token callback. */
+static void thread_leave(nv_backend *be, int saved)
+{
+    if (be != NULL && be->ops->thread_leave != NULL) {
+        be->ops->thread_leave(be, saved);
+    }
 }
 
 static void destroy(nvlm_session *s)
@@ -104,10 +123,13 @@ static void destroy(nvlm_session *s)
  * attempt to take the flag, so exactly one of the two sides destroys the session. */
 static nvlm_status leave(nvlm_session *s, nvlm_status st)
 {
+    nv_backend *be = s->ex != NULL ? s->ex->be : NULL;
+    int saved = s->thread_saved;
     atomic_store(&s->busy, 0);
     if (atomic_load(&s->free_pending) && enter(s)) {
         destroy(s);
     }
+    thread_leave(be, saved);
     return st;
 }
 
@@ -118,7 +140,10 @@ void nvlm_session_free(nvlm_session *s)
     }
     atomic_store(&s->free_pending, 1);
     if (enter(s)) {
+        nv_backend *be = s->ex != NULL ? s->ex->be : NULL;
+        int saved = s->thread_saved;
         destroy(s);
+        thread_leave(be, saved);
     }
 }
 
@@ -831,7 +856,13 @@ static nvlm_status session_generate(nvlm_session *s, const nvlm_sampler_params *
         if (st != NVLM_OK) {
             break;
         }
-        int cancel = on_token != NULL ? on_token(user, tok, s->piece, len) : 0;
+        int cancel = 0;
+        if (on_token != NULL) {
+            nv_backend *be = s->ex->be;
+            thread_leave(be, s->thread_saved);
+            cancel = on_token(user, tok, s->piece, len);
+            s->thread_saved = thread_enter(be);
+        }
         if (atomic_load(&s->free_pending)) {
             /* nvlm_session_free came meanwhile: stop; leave() frees the session */
             r.finish_reason = NVLM_FINISH_CANCELLED;

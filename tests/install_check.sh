@@ -4,7 +4,7 @@
 # fixture, and checks that the shared library exports nothing but nvlm_* symbols and the NVLM_0
 # version node, that libnvlm.a defines no global symbol but nvlm_* (tests/static_consumer.c,
 # which defines functions named like the library's internals, links it and runs right), and that
-# the CLI is installed.
+# the CLI and the CUDA plugin (CUDA builds) are installed.
 # Usage: sh tests/install_check.sh   (from the repository root; prints "install check: OK")
 set -eu
 CC=${CC:-cc}
@@ -35,6 +35,23 @@ fi
 readelf -d "$prefix/lib/libnvlm.so" | grep FLAGS_1 | grep -q NODELETE
 # make install installs the CLI.
 "$prefix/bin/nvlm" info "$root/tests/data/tiny-nvlm-d" | grep -q '^llm .*hidden 128'
+# The CUDA plugin (CUDA builds): installed beside libnvlm, found by the installed CLI (its
+# prefix/bin/../lib), which then reports the CUDA runtime's own reason on a machine without a
+# device instead of a missing plugin; the core library needs no CUDA library.
+if [ -e lib/libnvlm-cuda.so.0 ]; then
+    [ -x "$prefix/lib/libnvlm-cuda.so.0" ]
+    if readelf -d "$prefix/lib/libnvlm.so" | grep NEEDED | grep -qi 'cuda\|cublas'; then
+        echo "libnvlm.so needs a CUDA library" >&2
+        exit 1
+    fi
+    if out=$("$prefix/bin/nvlm" generate "$root/tests/data/tiny-nvlm-d" -p hi -n 1 \
+             --backend cuda 2>&1); then
+        : # a machine with a device: the plugin was found and ran
+    elif echo "$out" | grep -q 'not found'; then
+        echo "installed CLI does not find the installed plugin: $out" >&2
+        exit 1
+    fi
+fi
 [ "$(pkg-config --modversion nvlm)" = "$(sed -n 's/^#define NVLM_VERSION_STRING "\(.*\)"/\1/p' include/nvlm/nvlm.h)" ]
 
 # Build outside the repository so no repo header can be picked up by accident.

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-bool nv_cuda_available(int device); /* backend_registry.c */
+#include "plugin/cuda_plugin.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 8e-3

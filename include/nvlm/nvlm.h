@@ -147,8 +147,14 @@ typedef void *(*nvlm_alloc_fn)(void *user, size_t size);
 typedef void *(*nvlm_realloc_fn)(void *user, void *ptr, size_t size);
 typedef void (*nvlm_free_fn)(void *user, void *ptr);
 
+/* The CUDA backend is a plugin, libnvlm-cuda.so.0, installed beside libnvlm (LIBDIR). The
+ * library opens it only when a context asks for CUDA, or when `auto` finds a CUDA driver with a
+ * device: libnvlm itself links no CUDA library, so a CPU-only process never loads the CUDA
+ * runtime. It is looked for beside libnvlm.so (or beside the executable that linked libnvlm.a,
+ * and in ../lib from there), then through the dynamic loader's search path. It must come from
+ * the same build as the library (a plugin of another version is refused). See docs/cuda.md. */
 typedef enum nvlm_backend {
-    NVLM_BACKEND_AUTO = 0, /* CUDA when built in and a device exists, else CPU */
+    NVLM_BACKEND_AUTO = 0, /* CUDA when the plugin loads and a device exists, else CPU */
     NVLM_BACKEND_CPU = 1,
     NVLM_BACKEND_CUDA = 2
 } nvlm_backend;
@@ -195,8 +201,21 @@ static inline void nvlm_context_default_params(nvlm_context_params *p)
  * caller frees with nvlm_context_free after every model, image and tokenizer made from it
  * (handles left live at dlclose stay valid: the library is never unmapped).
  * Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (out NULL, struct_size too small, bad field),
- * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_NO_DEVICE (backend CUDA requested but unavailable). */
+ * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_NO_DEVICE (backend CUDA requested but unavailable: the
+ * reason goes to log_fn at NVLM_LOG_ERROR, and nvlm_backend_probe tells it). `auto` resolves to
+ * CPU when CUDA is unavailable (the reason goes to log_fn at NVLM_LOG_INFO). */
 NVLM_API nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context **out);
+/* Whether `backend` can run on CUDA device `device` (ignored for the CPU), and why: reason
+ * (reason_len bytes, always terminated; may be NULL) gets the device's description, or the
+ * real cause when it cannot: "libnvlm-cuda.so.0 not found (looked in ...)", the loader's
+ * message for a plugin that cannot load (a missing CUDA library), "cudaGetDeviceCount: CUDA
+ * driver version is insufficient for CUDA runtime version", "device 3 requested, 2 present",
+ * a device older than sm_80, or a plugin of another version. For NVLM_BACKEND_AUTO it says
+ * which backend a context would get ("CPU (CUDA: <reason>)"). Returns NVLM_OK when it can,
+ * NVLM_ERR_NO_DEVICE when it cannot, NVLM_ERR_INVALID_ARGUMENT for a bad backend or device.
+ * Loads the plugin (and so the CUDA runtime) for NVLM_BACKEND_CUDA. Thread-safe. */
+NVLM_API nvlm_status nvlm_backend_probe(nvlm_backend backend, int32_t device, char *reason,
+                                        size_t reason_len);
 NVLM_API void nvlm_context_free(nvlm_context *ctx);
 /* The backend the context resolved to (never NVLM_BACKEND_AUTO). */
 NVLM_API nvlm_backend nvlm_context_backend(const nvlm_context *ctx);

@@ -19,6 +19,9 @@ int cmd_quantize(int argc, char **argv);
 
 /* Prints "nvlm: <what>: <status text>: <last error>" to stderr and returns 1. */
 int cli_fail(const char *what, nvlm_status st, const void *handle);
+/* nvlm_context_create with cp, or on failure prints "nvlm: <what>: <status text>" with the
+ * backend's reason (nvlm_backend_probe) to stderr and returns the status. */
+nvlm_status cli_context(const char *what, const nvlm_context_params *cp, nvlm_context **out);
 /* Parses a device list "0,1,2,3" into out (at most cap); the count, or -1 when malformed. */
 int cli_parse_devices(const char *text, int32_t *out, int cap);
 /* Parses --precision's value ("exact" or "fast"); 0 on success, else prints a usage line for

@@ -143,9 +143,8 @@ int cmd_chat(int argc, char **argv)
     nvlm_image *pending[MAX_PENDING];
     size_t n_pending = 0;
     int rc = 1;
-    nvlm_status st = nvlm_context_create(&cp, &ctx);
+    nvlm_status st = cli_context("chat", &cp, &ctx);
     if (st != NVLM_OK) {
-        fprintf(stderr, "nvlm: chat: %s\n", nvlm_status_str(st));
         return 1;
     }
     nvlm_model_params mp;

@@ -560,9 +560,13 @@ int cmd_generate(int argc, char **argv)
     cp.tp_size = (int32_t)tp;
     cp.n_devices = n_devices;
     cp.devices = n_devices > 0 ? devices : NULL;
-    nvlm_status st = c != NULL ? nvlm_context_create(&cp, &ctx) : NVLM_ERR_OUT_OF_MEMORY;
-    if (st != NVLM_OK) {
+    nvlm_status st = NVLM_ERR_OUT_OF_MEMORY;
+    if (c == NULL) {
         fprintf(stderr, "nvlm: generate: %s\n", nvlm_status_str(st));
+        goto done;
+    }
+    st = cli_context("generate", &cp, &ctx);
+    if (st != NVLM_OK) {
         goto done;
     }
     nvlm_model_params mp;

@@ -32,6 +32,32 @@ int cli_fail(const char *what, nvlm_status st, const void *handle)
     return 1;
 }
 
+nvlm_status cli_context(const char *what, const nvlm_context_params *cp, nvlm_context **out)
+{
+    nvlm_status st = nvlm_context_create(cp, out);
+    if (st == NVLM_OK) {
+        return st;
+    }
+    char why[512] = "";
+    if (st == NVLM_ERR_NO_DEVICE && cp != NULL) {
+        int32_t dev = cp->n_devices > 0 && cp->devices != NULL ? cp->devices[0] : cp->device;
+        for (int32_t r = 0; r < (cp->n_devices > 0 ? cp->n_devices : 1); r++) {
+            if (cp->n_devices > 0 && cp->devices != NULL) {
+                dev = cp->devices[r];
+            }
+            if (nvlm_backend_probe(cp->backend, dev, why, sizeof why) != NVLM_OK) {
+                break;
+            }
+        }
+    }
+    if (why[0] != '\0') {
+        fprintf(stderr, "nvlm: %s: %s: %s\n", what, nvlm_status_str(st), why);
+    } else {
+        fprintf(stderr, "nvlm: %s: %s\n", what, nvlm_status_str(st));
+    }
+    return st;
+}
+
 int cli_parse_precision(const char *cmd, const char *text, nvlm_precision *out)
 {
     if (text != NULL && strcmp(text, "exact") == 0) {

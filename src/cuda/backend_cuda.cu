@@ -7,10 +7,12 @@
  * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
  */
 #include "cuda/cuda_internal.h"
+#include "cuda/fault.h"
 #include "cuda/gemm_plan.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define STAGE_BYTES ((size_t)32 << 20)   /* per pinned half */
@@ -28,7 +30,25 @@ static cuda_backend *cb_of(nv_backend *be)
 /* Runs a launcher's result through cuda_status with the op's name. */
 static nvlm_status launched(nv_exec *ex, cudaError_t e, const char *op)
 {
-    return cuda_status(ex->err_handle, e, op);
+    NVLM_TRY(cuda_status(ex->err_handle, e, op));
+    return cuda_synced(ex, op);
+}
+
+/* The public calls around their ops: the application's current device comes back as it was. */
+static int cuda_thread_enter(nv_backend *be)
+{
+    (void)be;
+    int cur = -1;
+    return cudaGetDevice(&cur) == cudaSuccess ? cur : -1;
+}
+
+static void cuda_thread_leave(nv_backend *be, int saved)
+{
+    (void)be;
+    int cur = -1;
+    if (saved >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != saved) {
+        cudaSetDevice(saved);
+    }
 }
 
 /* ---- weights ---------------------------------------------------------------------------- */
@@ -129,6 +149,7 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     if (n < 0 || n == INT64_MAX || !nv_mul_size((size_t)n, nv_dtype_size(dt), &bytes)) {
         return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
     }
+    NVLM_TRY(cuda_alive(cb->device, err_handle));
     NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
@@ -167,8 +188,10 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
 static void cuda_weight_free(nv_backend *be, nv_bweight *w)
 {
     if (w->owned && w->t.data != NULL) {
+        int prev = cuda_thread_enter(be);
         cudaSetDevice(cb_of(be)->device);
         cudaFree(w->t.data);
+        cuda_thread_leave(be, prev);
     }
     memset(w, 0, sizeof *w);
 }
@@ -180,6 +203,8 @@ static void cuda_destroy(nv_backend *be)
     }
     cuda_backend *cb = cb_of(be);
     if (cb != NULL) {
+        int prev = -1;
+        cudaGetDevice(&prev);
         cudaSetDevice(cb->device);
         for (int i = 0; i < 2; i++) {
             if (cb->stage_ev[i] != NULL) {
@@ -191,6 +216,15 @@ static void cuda_destroy(nv_backend *be)
         }
         if (cb->upload != NULL) {
             cudaStreamDestroy(cb->upload);
+        }
+        /* the last backend on a device whose context was lost resets it, so that the next
+         * model loads on a fresh one */
+        if (cuda_fault_backend_destroyed(cb->device)) {
+            cudaDeviceReset();
+        }
+        cudaGetLastError();
+        if (prev >= 0 && prev != cb->device) {
+            cudaSetDevice(prev);
         }
         nv_free(be->ctx, cb);
     }
@@ -207,6 +241,7 @@ static void cuda_exec_free(nv_exec *ex)
     nvlm_context *ctx = ctx_of(ex);
     cuda_exec *ce = cuda_ex(ex);
     if (ce != NULL) {
+        int prev = cuda_thread_enter(ex->be);
         cudaSetDevice(ce->cb->device);
         if (ce->stream != NULL) {
             cudaStreamSynchronize(ce->stream);
@@ -225,6 +260,7 @@ static void cuda_exec_free(nv_exec *ex)
             cudaStreamDestroy(ce->stream);
         }
         cudaGetLastError();
+        cuda_thread_leave(ex->be, prev);
         nv_free(ctx, ce);
     }
     nv_free(ctx, ex);
@@ -246,12 +282,17 @@ static nvlm_status cuda_exec_create(nv_backend *be, int n_threads, void *err_han
     ex->err_handle = err_handle;
     ex->impl = ce;
     ce->cb = cb_of(be);
-    nvlm_status st = cuda_status(err_handle, cudaSetDevice(ce->cb->device), "select device");
+    int prev = cuda_thread_enter(be);
+    nvlm_status st = cuda_alive(ce->cb->device, err_handle);
+    if (st == NVLM_OK) {
+        st = cuda_status(err_handle, cudaSetDevice(ce->cb->device), "select device");
+    }
     if (st == NVLM_OK) {
         st = cuda_status(err_handle, cudaStreamCreateWithFlags(&ce->stream,
                                                                cudaStreamNonBlocking),
                          "create stream");
     }
+    cuda_thread_leave(be, prev);
     if (st != NVLM_OK) {
         cuda_exec_free(ex);
         return st;
@@ -385,8 +426,10 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
         NVLM_TRY(launched(ex, cuda_to_bf16_pad(ce->stream, ce->xbf, (int)ld, x, (size_t)M,
                                                (int)K), "matmul input"));
     }
-    return cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
-                          bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N, (int)ld);
+    NVLM_TRY(cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
+                            bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N,
+                            (int)ld));
+    return cuda_synced(ex, "matmul");
 }
 
 static nvlm_status need_f32(nv_exec *ex, const nv_bweight *w, const char *op)
@@ -624,6 +667,8 @@ static nv_backend_ops make_ops(void)
     o.rows_copy = cuda_rows_copy_op;
     o.store_rows = cuda_store_rows_op;
     o.im2col = cuda_im2col_op;
+    o.thread_enter = cuda_thread_enter;
+    o.thread_leave = cuda_thread_leave;
     return o;
 }
 
@@ -663,6 +708,7 @@ extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_
         return nv_error(ctx, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the CUDA backend");
     }
     cb->device = device;
+    cb->debug_sync = cuda_fault_sync_requested(getenv("NVLM_CUDA_SYNC"));
     cb->sm_count = p.multiProcessorCount;
     snprintf(cb->name, sizeof cb->name, "%s", p.name);
     be->ops = &cuda_ops;
@@ -670,6 +716,7 @@ extern "C" nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_
     be->kv_default = NV_BF16;
     be->device_memory = true;
     be->impl = cb;
+    cuda_fault_backend_created(device);
     *out = be;
     return NVLM_OK;
 }

@@ -1,7 +1,10 @@
 /*
  * cuda_api.h - the CUDA backend as seen from C: device probe, backend constructor and the few
- * device helpers the benchmark uses. Implemented in the .cu files of src/cuda/ (C linkage, hidden). Only
- * include it when NVLM_WITH_CUDA is defined; the build defines it when nvcc is present.
+ * device helpers the benchmark uses. Inside the CUDA plugin (libnvlm-cuda.so) the .cu files of
+ * src/cuda/ implement them (C linkage, hidden) and plugin_entry.c puts them in the plugin's
+ * table; in the core, plugin/cuda_loader.c implements the same functions by calling through
+ * that table, so the engine, tests and benchmarks call them alike. Only include it when
+ * NVLM_WITH_CUDA is defined; the build defines it when nvcc is present.
  */
 #ifndef NVLM_CUDA_API_H
 #define NVLM_CUDA_API_H
@@ -22,6 +25,11 @@ bool nv_cuda_probe_reason(int device, char *buf, size_t n);
  * (vectors). *out is owned by the caller (ops->destroy). Errors: NVLM_ERR_NO_DEVICE,
  * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY; the text goes on ctx. (backend_cuda.cu) */
 nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out);
+
+/* Free and total bytes of `device` (cudaMemGetInfo). Plugin side only: the core asks through
+ * nv_cuda_device_memory (plugin/cuda_plugin.h). (device.cu) */
+nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes,
+                             void *err_handle);
 
 /* The CUDA stream (a cudaStream_t) of an exec of the CUDA backend, and the device of the
  * backend: what the NCCL communicator of tensor-parallel ranks enqueues on. */

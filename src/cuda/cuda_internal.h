@@ -29,6 +29,7 @@ typedef struct cuda_backend {
     void *stage[2];             /* pinned halves, double-buffered host -> device */
     cudaEvent_t stage_ev[2];
     size_t stage_bytes;         /* bytes per half */
+    bool debug_sync;            /* NVLM_CUDA_SYNC: synchronise after every op */
 } cuda_backend;
 
 /* Per session: one stream; scratch grows on demand (first prefill), then is reused, so the
@@ -55,8 +56,17 @@ static inline cuda_exec *cuda_ex(nv_exec *ex)
 /* NVLM_OK for cudaSuccess; else NVLM_ERR_BACKEND with "CUDA <what>: <name> (<text>)" on
  * err_handle. Clears a non-sticky error so the next call starts clean. */
 nvlm_status cuda_status(void *err_handle, cudaError_t e, const char *what);
-/* Makes the exec's device current on the calling thread (sessions may change threads). */
+/* NVLM_OK when `device`'s context is usable from this thread: not lost to a sticky error
+ * (fault.h), and no CUDA error of someone else's pending on the thread (left there, not
+ * taken). Else NVLM_ERR_BACKEND saying which. */
+nvlm_status cuda_alive(int device, void *err_handle);
+/* cuda_alive, then makes the exec's device current on the calling thread (sessions may change
+ * threads; the public calls restore the application's device through the backend's
+ * thread_enter/thread_leave). */
 nvlm_status cuda_enter(nv_exec *ex);
+/* With NVLM_CUDA_SYNC set: synchronises the exec's stream after op `op`, so that an
+ * asynchronous failure is reported by the op that caused it. NVLM_OK otherwise. */
+nvlm_status cuda_synced(nv_exec *ex, const char *op);
 /* Ensures *buf holds at least `need` elements of `elem` bytes (synchronises the stream before
  * replacing it: an in-flight kernel may still read the old one). */
 nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size_t elem,

@@ -4,6 +4,7 @@
  * GPU, or a GPU this fat binary has no code for) probes false and never crashes.
  */
 #include "cuda/cuda_internal.h"
+#include "cuda/fault.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -67,6 +68,27 @@ extern "C" bool nv_cuda_probe_reason(int device, char *buf, size_t n)
     return true;
 }
 
+extern "C" nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes,
+                                        void *err_handle)
+{
+    int prev = -1;
+    cudaError_t e = cudaGetDevice(&prev);
+    if (e == cudaSuccess && prev != device) {
+        e = cudaSetDevice(device);
+    }
+    size_t f = 0;
+    size_t t = 0;
+    if (e == cudaSuccess) {
+        e = cudaMemGetInfo(&f, &t);
+    }
+    if (prev >= 0 && prev != device) {
+        cudaSetDevice(prev);
+    }
+    *free_bytes = f;
+    *total_bytes = t;
+    return cuda_status(err_handle, e, "memory info");
+}
+
 extern "C" bool nv_cuda_probe(int device)
 {
     return nv_cuda_probe_reason(device, NULL, 0);
@@ -77,20 +99,66 @@ nvlm_status cuda_status(void *err_handle, cudaError_t e, const char *what)
     if (e == cudaSuccess) {
         return NVLM_OK;
     }
+    if (cuda_fault_is_sticky((int)e)) {
+        int dev = -1;
+        cudaGetDevice(&dev);
+        cuda_fault_mark_dead(dev);
+        return nv_error(err_handle, NVLM_ERR_BACKEND,
+                        "CUDA %s: %s (%s): device %d context lost; free and reload the model",
+                        what, cudaGetErrorName(e), cudaGetErrorString(e), dev);
+    }
     cudaGetLastError();
     return nv_error(err_handle, NVLM_ERR_BACKEND, "CUDA %s: %s (%s)", what, cudaGetErrorName(e),
                     cudaGetErrorString(e));
 }
 
+nvlm_status cuda_alive(int device, void *err_handle)
+{
+    if (cuda_fault_is_dead(device)) {
+        return nv_error(err_handle, NVLM_ERR_BACKEND,
+                        "device %d context lost after an earlier CUDA error; free and reload the "
+                        "model", device);
+    }
+    /* An error pending on this thread is not ours (every error of ours is taken when it is
+     * met): leave it to the application rather than take it or blame an op for it. */
+    cudaError_t pending = cudaPeekAtLastError();
+    if (pending != cudaSuccess) {
+        if (cuda_fault_is_sticky((int)pending)) {
+            cuda_fault_mark_dead(device);
+        }
+        return nv_error(err_handle, NVLM_ERR_BACKEND,
+                        "a CUDA error is pending on this thread (%s: %s), left by the "
+                        "application or another library; nvlm does not clear it",
+                        cudaGetErrorName(pending), cudaGetErrorString(pending));
+    }
+    return NVLM_OK;
+}
+
 nvlm_status cuda_enter(nv_exec *ex)
 {
     int want = cuda_ex(ex)->cb->device;
+    NVLM_TRY(cuda_alive(want, ex->err_handle));
     int cur = -1;
     cudaError_t e = cudaGetDevice(&cur);
     if (e == cudaSuccess && cur != want) {
         e = cudaSetDevice(want);
     }
     return cuda_status(ex->err_handle, e, "select device");
+}
+
+nvlm_status cuda_synced(nv_exec *ex, const char *op)
+{
+    cuda_exec *ce = cuda_ex(ex);
+    if (!ce->cb->debug_sync) {
+        return NVLM_OK;
+    }
+    cudaError_t e = cudaStreamSynchronize(ce->stream);
+    if (e == cudaSuccess) {
+        e = cudaGetLastError();
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s (NVLM_CUDA_SYNC: failed in this op)", op);
+    return cuda_status(ex->err_handle, e, what);
 }
 
 nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size_t elem,

@@ -1229,11 +1229,29 @@ void nv_tp_inject_failure(nv_exec *ex, int rank, int64_t op_count)
 
 /* ---- table ------------------------------------------------------------------------------ */
 
+/* The calling thread runs rank 0 (and loads every rank's weights): its state is the ranks'
+ * kind's, saved and restored by any rank's ops. */
+static int tp_thread_enter(nv_backend *be)
+{
+    nv_backend *r0 = tb_of(be)->rank[0];
+    return r0->ops->thread_enter != NULL ? r0->ops->thread_enter(r0) : 0;
+}
+
+static void tp_thread_leave(nv_backend *be, int saved)
+{
+    nv_backend *r0 = tb_of(be)->rank[0];
+    if (r0->ops->thread_leave != NULL) {
+        r0->ops->thread_leave(r0, saved);
+    }
+}
+
 static const nv_backend_ops tp_ops = {
     .name = "tp",
     .weight_load = tp_weight_load,
     .weight_free = tp_weight_free,
     .destroy = tp_destroy,
+    .thread_enter = tp_thread_enter,
+    .thread_leave = tp_thread_leave,
     .exec_create = tp_exec_create,
     .exec_free = tp_exec_free,
     .alloc = tp_alloc,
