@@ -74,6 +74,7 @@ BENCH_SRC := $(wildcard bench/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_BIN += $(BUILD)/tests/test_cuda_emu
 TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend is a plugin, $(LIBOUT)/libnvlm-cuda.so.0, that the core dlopens when a
@@ -189,6 +190,38 @@ $(BUILD)/tests/test_plugin: tests/test_plugin.c $(TEST_UTIL_OBJ) $(INTLIB) \
 
 # test_json fails cJSON parses on demand to check the out-of-memory status.
 $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpts
+
+# Host emulation of the CUDA kernels (src/cuda/emu/cuda_host.h): the kernel files listed in
+# CUDA_EMU_SRC compile with the host C++ compiler and run on the CPU against the CPU backend in
+# tests/test_cuda_emu.cpp, on every machine (no CUDA toolkit needed). A new kernel file goes
+# into CUDA_EMU_SRC. The storage behind each `extern __shared__ T name[];` is declared by a
+# generated header (NVEMU_DYN_SHARED(name, T), one line per declaration). Sanitizer builds run
+# the test's small shapes only.
+CUDA_EMU_SRC := src/cuda/act.cu src/cuda/attention.cu src/cuda/norm.cu src/cuda/rope.cu \
+                src/cuda/rows.cu src/cuda/gemm_pad.cu
+EMU_BUILD := $(BUILD)/emu
+CUDA_EMU_OBJ := $(CUDA_EMU_SRC:%.cu=$(EMU_BUILD)/%.o) $(EMU_BUILD)/src/cuda/emu/cuda_host.o
+EMU_CXXFLAGS := -std=c++17 $(OPT) $(WARN) -pthread -ffp-contract=off $(SANFLAGS) \
+                -include src/cuda/emu/cuda_host.h -Isrc/cuda/emu/include -Iinclude -Isrc \
+                -I/usr/include/cjson -D_GNU_SOURCE $(if $(filter 0,$(SANITIZE)),,-DNVLM_EMU_SMALL) \
+                -Dcuda_blocks=cuda_emu_blocks
+
+$(EMU_BUILD)/%.dyn.h: %.cu
+	@mkdir -p $(dir $@)
+	sed -n 's/^[[:space:]]*extern[[:space:]]\{1,\}__shared__[[:space:]]\{1,\}\(.*[^[:alnum:]_]\)\([[:alpha:]_][[:alnum:]_]*\)[[:space:]]*\[[[:space:]]*\][[:space:]]*;.*/NVEMU_DYN_SHARED(\2, \1)/p' $< | sort -u > $@
+
+$(EMU_BUILD)/%.o: %.cu $(EMU_BUILD)/%.dyn.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -include $(EMU_BUILD)/$*.dyn.h -MMD -MP -x c++ -c $< -o $@
+
+$(EMU_BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/test_cuda_emu: tests/test_cuda_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
+	    $(LIBS) $(LDFLAGS)
 
 test: $(TEST_BIN) $(CLI) $(SHLIB) $(PLUGIN)
 	@NVLM_CLI=$(CLI) sh tests/run_tests.sh $(TEST_BIN)

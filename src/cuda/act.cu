@@ -55,7 +55,7 @@ cudaError_t cuda_gelu(cudaStream_t s, float *y, const float *x, size_t n)
     if (n == 0) {
         return cudaSuccess;
     }
-    gelu_kernel<<<cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s>>>(y, x, n);
+    NV_LAUNCH(gelu_kernel, cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s)(y, x, n);
     return cudaGetLastError();
 }
 
@@ -64,7 +64,7 @@ cudaError_t cuda_silu_mul(cudaStream_t s, float *y, const float *g, const float 
     if (n == 0) {
         return cudaSuccess;
     }
-    silu_mul_kernel<<<cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s>>>(y, g, u, n);
+    NV_LAUNCH(silu_mul_kernel, cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s)(y, g, u, n);
     return cudaGetLastError();
 }
 
@@ -75,7 +75,8 @@ cudaError_t cuda_add_scaled(cudaStream_t s, float *y, const float *x, const floa
         return cudaSuccess;
     }
     size_t n = (size_t)rows * (size_t)cols;
-    add_scaled_kernel<<<cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s>>>(y, x, sc, n, cols);
+    NV_LAUNCH(add_scaled_kernel, cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s)(y, x, sc, n,
+                                                                                 cols);
     return cudaGetLastError();
 }
 
@@ -89,7 +90,7 @@ cudaError_t cuda_add_rows(cudaStream_t s, float *y, const void *b, nv_dtype bt, 
         return cudaErrorInvalidValue;
     }
     size_t n = (size_t)rows * (size_t)cols;
-    add_rows_kernel<<<cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s>>>(y, b, bt, b_rows, n,
-                                                                        cols);
+    NV_LAUNCH(add_rows_kernel, cuda_blocks(n, ACT_THREADS), ACT_THREADS, 0, s)(y, b, bt, b_rows,
+                                                                               n, cols);
     return cudaGetLastError();
 }

@@ -100,7 +100,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
             acc[j][c] = 0.0f;
         }
     }
-    __syncthreads();
+    __syncthreads(); /* nvemu: redundant (the tile barrier below also orders qs) */
 
     const size_t kv_base = (size_t)b * a.n_kv * (size_t)a.ldkv + (size_t)kvh * hd;
     for (int kb = k_begin; kb < k_end; kb += ATTN_BK) {
@@ -309,13 +309,14 @@ cudaError_t cuda_attention(cudaStream_t s, const cuda_backend *cb, float *part, 
     dim3 grid((unsigned)gx, (unsigned)(batch * n_kv_heads), (unsigned)a.n_split);
     size_t smem = sizeof(float) * ((size_t)ATTN_ROWS * head_dim + (size_t)ATTN_BK *
                                    (head_dim + 1) + (size_t)ATTN_BK * head_dim);
-    attn_kernel<<<grid, ATTN_THREADS, smem, s>>>(a);
+    NV_LAUNCH(attn_kernel, grid, ATTN_THREADS, smem, s)(a);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || a.n_split == 1) {
         return e;
     }
     size_t rows = (size_t)batch * n_heads * n_q;
     unsigned warps = 8;
-    attn_combine_kernel<<<(unsigned)((rows + warps - 1) / warps), warps * 32, 0, s>>>(a, batch);
+    NV_LAUNCH(attn_combine_kernel, (unsigned)((rows + warps - 1) / warps), warps * 32, 0, s)(a,
+                                                                                           batch);
     return cudaGetLastError();
 }

@@ -12,6 +12,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+/* Every kernel launch is written NV_LAUNCH(kernel, grid, block, shmem, stream)(args...): the
+ * <<<>>> launch under nvcc; the host emulation of the kernels (emu/cuda_host.h) defines it as a
+ * call that runs the grid on the CPU. */
+#ifndef NV_LAUNCH
+#define NV_LAUNCH(k, grid, block, shmem, stream) k<<<(grid), (block), (shmem), (stream)>>>
+#endif
+
 /* The library's C headers carry no extern "C" of their own. */
 extern "C" {
 #include "backend.h"

@@ -32,6 +32,7 @@ cudaError_t cuda_to_bf16_pad(cudaStream_t s, __nv_bfloat16 *y, int ld, const flo
         return cudaErrorInvalidValue;
     }
     size_t n = rows * (size_t)ld;
-    to_bf16_pad_kernel<<<cuda_blocks(n, PAD_THREADS), PAD_THREADS, 0, s>>>(y, ld, x, rows, cols);
+    NV_LAUNCH(to_bf16_pad_kernel, cuda_blocks(n, PAD_THREADS), PAD_THREADS, 0, s)(y, ld, x, rows,
+                                                                                 cols);
     return cudaGetLastError();
 }

@@ -107,7 +107,8 @@ cudaError_t cuda_rmsnorm(cudaStream_t s, float *y, int ldy, const float *x, int 
     if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
-    rmsnorm_kernel<<<rows, NORM_THREADS, 0, s>>>(y, ldy, x, ldx, w, cols, stat_cols, eps);
+    NV_LAUNCH(rmsnorm_kernel, rows, NORM_THREADS, 0, s)(y, ldy, x, ldx, w, cols, stat_cols,
+                                                        eps);
     return cudaGetLastError();
 }
 
@@ -117,7 +118,7 @@ cudaError_t cuda_rows_sumsq(cudaStream_t s, float *out, const float *x, int ld, 
     if (rows <= 0) {
         return cudaSuccess;
     }
-    sumsq_kernel<<<rows, NORM_THREADS, 0, s>>>(out, x, ld, cols);
+    NV_LAUNCH(sumsq_kernel, rows, NORM_THREADS, 0, s)(out, x, ld, cols);
     return cudaGetLastError();
 }
 
@@ -128,7 +129,8 @@ cudaError_t cuda_rmsnorm_scale(cudaStream_t s, float *y, int ldy, const float *x
     if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
-    rmsnorm_scale_kernel<<<rows, NORM_THREADS, 0, s>>>(y, ldy, x, ldx, w, cols, sumsq, n, eps);
+    NV_LAUNCH(rmsnorm_scale_kernel, rows, NORM_THREADS, 0, s)(y, ldy, x, ldx, w, cols, sumsq, n,
+                                                              eps);
     return cudaGetLastError();
 }
 
@@ -138,6 +140,6 @@ cudaError_t cuda_layernorm(cudaStream_t s, float *y, const float *x, const float
     if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
     }
-    layernorm_kernel<<<rows, NORM_THREADS, 0, s>>>(y, x, w, b, cols, eps);
+    NV_LAUNCH(layernorm_kernel, rows, NORM_THREADS, 0, s)(y, x, w, b, cols, eps);
     return cudaGetLastError();
 }

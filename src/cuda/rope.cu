@@ -46,7 +46,7 @@ cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, i
         fr.f[i] = i < half ? inv_freq[i] : 0.0f;
     }
     unsigned threads = 256;
-    rope_kernel<<<cuda_blocks((size_t)rows * half, threads), threads, 0, s>>>(
+    NV_LAUNCH(rope_kernel, cuda_blocks((size_t)rows * half, threads), threads, 0, s)(
         x, ld, rows, n_heads, head_dim, (long long)pos0, fr);
     return cudaGetLastError();
 }

@@ -74,7 +74,7 @@ cudaError_t cuda_to_bf16(cudaStream_t s, __nv_bfloat16 *y, const float *x, size_
     if (n == 0) {
         return cudaSuccess;
     }
-    to_bf16_kernel<<<cuda_blocks(n, ROWS_THREADS), ROWS_THREADS, 0, s>>>(y, x, n);
+    NV_LAUNCH(to_bf16_kernel, cuda_blocks(n, ROWS_THREADS), ROWS_THREADS, 0, s)(y, x, n);
     return cudaGetLastError();
 }
 
@@ -85,7 +85,7 @@ cudaError_t cuda_rows_copy(cudaStream_t s, float *dst, const int32_t *dst_idx, c
         return cudaSuccess;
     }
     size_t total = n * (size_t)cols;
-    rows_copy_kernel<<<cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s>>>(
+    NV_LAUNCH(rows_copy_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
         dst, dst_idx, src, src_type, src_idx, n, cols);
     return cudaGetLastError();
 }
@@ -100,7 +100,7 @@ cudaError_t cuda_store_rows(cudaStream_t s, void *dst, nv_dtype type, int64_t ro
         return cudaErrorInvalidValue;
     }
     size_t total = n * (size_t)cols;
-    store_rows_kernel<<<cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s>>>(
+    NV_LAUNCH(store_rows_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
         dst, type == NV_BF16, (long long)row0, src, lds, n, cols);
     return cudaGetLastError();
 }
@@ -117,7 +117,7 @@ cudaError_t cuda_im2col(cudaStream_t s, float *out, const float *pix, int batch,
     if (total == 0) {
         return cudaSuccess;
     }
-    im2col_kernel<<<cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s>>>(
+    NV_LAUNCH(im2col_kernel, cuda_blocks(total, ROWS_THREADS), ROWS_THREADS, 0, s)(
         out, pix, channels, height, width, patch, gh, gw, total);
     return cudaGetLastError();
 }

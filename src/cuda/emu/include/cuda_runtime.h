@@ -1,0 +1,2 @@
+/* cuda_runtime.h for the host emulation of the CUDA kernels: everything is in cuda_host.h. */
+#include "../cuda_host.h"
