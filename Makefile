@@ -74,7 +74,8 @@ BENCH_SRC := $(wildcard bench/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-TEST_BIN += $(BUILD)/tests/test_cuda_emu
+TEST_CXX_SRC := $(wildcard tests/test_*.cpp)
+TEST_BIN += $(TEST_CXX_SRC:tests/%.cpp=$(BUILD)/tests/%)
 TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend is a plugin, $(LIBOUT)/libnvlm-cuda.so.0, that the core dlopens when a
@@ -84,7 +85,7 @@ TEST_UTIL_OBJ := $(TEST_UTIL_SRC:%.c=$(BUILD)/%.o)
 ifeq ($(CUDA)$(if $(CUDA_SRC),1,0),11)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 PLUGIN_OBJ := $(CUDA_OBJ) $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/cuda/*.c)) \
-              $(BUILD)/src/tensor.o
+              $(BUILD)/src/tensor.o $(BUILD)/src/upload_host.o
 CPPFLAGS += -DNVLM_WITH_CUDA=1
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Isrc \
@@ -193,12 +194,13 @@ $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpt
 
 # Host emulation of the CUDA kernels (src/cuda/emu/cuda_host.h): the kernel files listed in
 # CUDA_EMU_SRC compile with the host C++ compiler and run on the CPU against the CPU backend in
-# tests/test_cuda_emu.cpp, on every machine (no CUDA toolkit needed). A new kernel file goes
-# into CUDA_EMU_SRC. The storage behind each `extern __shared__ T name[];` is declared by a
-# generated header (NVEMU_DYN_SHARED(name, T), one line per declaration). Sanitizer builds run
-# the test's small shapes only.
+# the C++ tests (tests/test_*.cpp: each links every emulated kernel file and the internal
+# archive), on every machine (no CUDA toolkit needed). A new kernel file goes into
+# CUDA_EMU_SRC. The storage behind each `extern __shared__ T name[];` is declared by a
+# generated header (NVEMU_DYN_SHARED(name, T), one line per declaration). Sanitizer builds
+# define NVLM_EMU_SMALL: the tests run small shapes.
 CUDA_EMU_SRC := src/cuda/act.cu src/cuda/attention.cu src/cuda/norm.cu src/cuda/rope.cu \
-                src/cuda/rows.cu src/cuda/gemm_pad.cu
+                src/cuda/rows.cu src/cuda/fp8.cu src/cuda/gemm_pad.cu
 EMU_BUILD := $(BUILD)/emu
 CUDA_EMU_OBJ := $(CUDA_EMU_SRC:%.cu=$(EMU_BUILD)/%.o) $(EMU_BUILD)/src/cuda/emu/cuda_host.o
 EMU_CXXFLAGS := -std=c++17 $(OPT) $(WARN) -pthread -ffp-contract=off $(SANFLAGS) \
@@ -218,7 +220,7 @@ $(EMU_BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/tests/test_cuda_emu: tests/test_cuda_emu.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
+$(BUILD)/tests/%: tests/%.cpp $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -Itests -MMD -MP -o $@ $< $(CUDA_EMU_OBJ) $(TEST_UTIL_OBJ) $(INTLIB) \
 	    $(LIBS) $(LDFLAGS)

@@ -5,7 +5,10 @@
  * 32 padded heads of 128, MLP 12800), run through the same backend ops the pipeline calls.
  * Per layer: decode at batch 1 over a 2048-token bf16 cache, prefill of 2048 tokens, ViT over
  * 7 tiles (7 x 1025 tokens); next to the in-run ceilings: a read-only bandwidth probe and a
- * plain cuBLASLt bf16 GEMM. Not a test: prints a table, exits 0 (also when there is no device).
+ * plain cuBLASLt bf16 GEMM. Then the decoder layers again with the seven projections in FP8
+ * (random codes): decode through the FP8 GEMV (bytes/s vs the probe, speed-up over bf16) and
+ * prefill with precision EXACT and FAST. Not a test: prints a table, exits 0 (also when there is
+ * no device).
  *
  *   bench_cuda [--layers N] [--ctx N] [--prefill N] [--tiles N] [--reps N] [--quick]
  */
@@ -166,6 +169,43 @@ static nvlm_status best_ms(nv_exec *ex, nvlm_status (*fn)(nv_exec *, void *), ru
     return NVLM_OK;
 }
 
+/* An FP8 E4M3 weight (rows, cols) through weight_load: random codes of magnitude below 1
+ * (exponent fields 0..6, no NaN), every row scale 0.02. */
+static nvlm_status rw_fp8(nv_exec *ex, nv_bweight *w, int64_t rows, int64_t cols)
+{
+    size_t n = (size_t)rows * (size_t)cols;
+    uint8_t *q = malloc(n);
+    float *sc = malloc((size_t)rows * sizeof(float));
+    if (q == NULL || sc == NULL) {
+        free(q);
+        free(sc);
+        return NVLM_ERR_OUT_OF_MEMORY;
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ull ^ g_seed++;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        q[i] = (uint8_t)((x & 0x80) | ((x >> 8) % 0x38));
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        sc[r] = 0.02f;
+    }
+    nv_tensor t;
+    memset(&t, 0, sizeof t);
+    t.dtype = NV_F8_E4M3;
+    t.ndim = 2;
+    t.shape[0] = rows;
+    t.shape[1] = cols;
+    t.data = q;
+    t.device = -1;
+    t.scale = sc;
+    nvlm_status st = ex->be->ops->weight_load(ex->be, &t, NULL, w, ex->err_handle);
+    free(q);
+    free(sc);
+    return st;
+}
+
 static void free_w(nv_exec *ex, nv_bweight *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -294,6 +334,47 @@ static int bench(const opts *o, nv_exec *ex)
         printf("%-34s %10.3f  %.1f TFLOP/s = %.0f%% of GEMM ceiling\n", "llm prefill 2048",
                pre_ms, pre_flop / (pre_ms * 1e-3) / 1e12,
                100.0 * pre_flop / (pre_ms * 1e-3) / 1e12 / gemm_tf);
+    }
+    /* The same layers with the seven projections in FP8 (one byte per weight + a row scale):
+     * decode through the FP8 GEMV, prefill in both precisions. */
+    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+        llm_layer *L = &r.L[l];
+        nv_bweight *pw[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        const int64_t pr[7] = {HQ, KV, KV, o->D, o->I, o->I, o->D};
+        const int64_t pc[7] = {o->D, o->D, o->D, HQ, o->D, o->D, o->I};
+        for (int i = 0; i < 7 && st == NVLM_OK; i++) {
+            free_w(ex, pw[i], 1);
+            memset(pw[i], 0, sizeof *pw[i]);
+            st = rw_fp8(ex, pw[i], pr[i], pc[i]);
+        }
+    }
+    double f8_dec_ms = 0.0;
+    double f8_pre_ms[2] = {0.0, 0.0};
+    if (st == NVLM_OK) {
+        r.n = 1;
+        r.pos0 = o->ctx;
+        st = best_ms(ex, llm_all, &r, 1, &f8_dec_ms);
+    }
+    for (int fast = 0; fast < 2 && st == NVLM_OK; fast++) {
+        ex->be->precision = fast ? NVLM_PRECISION_FAST : NVLM_PRECISION_EXACT;
+        r.n = o->prefill;
+        r.pos0 = 0;
+        st = best_ms(ex, llm_all, &r, 1, &f8_pre_ms[fast]);
+    }
+    ex->be->precision = NVLM_PRECISION_EXACT;
+    if (st == NVLM_OK) {
+        double f8bytes = p + 4.0 * (2.0 * HQ + 2.0 * KV + o->D * 2.0 + o->I * 2.0);
+        printf("%-34s %10.3f  %.2f TB/s weights = %.0f%% of read probe; %.2fx bf16\n",
+               "llm decode b1 FP8", f8_dec_ms, f8bytes / (f8_dec_ms * 1e-3) / 1e12,
+               100.0 * f8bytes / (f8_dec_ms * 1e-3) / 1e12 / read_tbs, dec_ms / f8_dec_ms);
+        for (int fast = 0; fast < 2; fast++) {
+            printf("%-34s %10.3f  %.1f TFLOP/s; %.2fx bf16\n",
+                   fast ? "llm prefill 2048 FP8 (fast)" : "llm prefill 2048 FP8 (exact)",
+                   f8_pre_ms[fast], pre_flop / (f8_pre_ms[fast] * 1e-3) / 1e12,
+                   pre_ms / f8_pre_ms[fast]);
+        }
+    } else {
+        fprintf(stderr, "FP8 decoder bench failed: %s\n", nvlm_last_error(ex->be->ctx));
     }
     for (int l = 0; l < o->layers; l++) {
         free_w(ex, (nv_bweight *)&r.L[l], sizeof(llm_layer) / sizeof(nv_bweight));

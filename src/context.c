@@ -506,6 +506,7 @@ nvlm_status nvlm_context_create(const nvlm_context_params *params, nvlm_context 
     ctx->n_threads = p.n_threads > 0 ? p.n_threads : (int32_t)(cores > 0 ? cores : 1);
     ctx->backend = backend;
     ctx->cuda = cuda;
+    ctx->backend_auto = p.backend == NVLM_BACKEND_AUTO;
     ctx->device = devs[0];
     ctx->tp_size = tp;
     ctx->log_fn = p.log_fn;

@@ -6,6 +6,7 @@
 #include "engine.h"
 
 #include "fp8.h"
+#include "memory_plan.h"
 #include "tp/comm.h"
 
 #ifdef NVLM_WITH_CUDA
@@ -146,7 +147,14 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_
     } else if (m->quantize_fp8 && fp8_is_projection(name)) {
         NVLM_TRY(fp8_make(e, m, name, &w->t, &src));
     }
-    return e->be->ops->weight_load(e->be, &src, lt != NULL ? &lt->tp : NULL, out, eh);
+    NVLM_TRY(e->be->ops->weight_load(e->be, &src, lt != NULL ? &lt->tp : NULL, out, eh));
+    if (e->progress == NULL) {
+        return NVLM_OK;
+    }
+    /* the tensor as the checkpoint stores it: progress moves by bytes laid out (uploaded, for
+     * a device backend) */
+    return nv_progress_add(e->progress, (uint64_t)nv_tensor_nelem(&w->t) *
+                                            nv_dtype_size(w->t.dtype), eh);
 }
 
 void eng_unload(nv_engine *e, nv_bweight *w)
@@ -182,21 +190,32 @@ void nv_engine_free(nvlm_model *m)
     m->engine = NULL;
 }
 
-/* One backend of the context's kind: the CPU, or the CUDA device of rank r. */
-static nvlm_status one_backend(nvlm_model *m, int r, nv_backend **out)
+/* One backend of the context's kind: the CPU, or the CUDA device of rank r with its weight
+ * slab of `slab` bytes reserved. */
+static nvlm_status one_backend(nvlm_model *m, int r, uint64_t slab, nv_backend **out)
 {
     nvlm_context *ctx = m->h.ctx;
 #ifdef NVLM_WITH_CUDA
     if (ctx->backend == NVLM_BACKEND_CUDA) {
         /* Its GEMMs are bf16 x bf16 whatever the precision (docs/cuda.md). */
         nvlm_status st = nv_backend_cuda_create(ctx, ctx->devices[r], out);
-        if (st == NVLM_OK) {
-            (*out)->precision = m->precision;
+        if (st != NVLM_OK) {
+            return nv_error_copy(m, ctx, st);
         }
-        return st == NVLM_OK ? st : nv_error_copy(m, ctx, st);
+        (*out)->precision = m->precision;
+        st = nv_cuda_weight_slab(*out, (size_t)slab, m);
+        if (st != NVLM_OK) {
+            (*out)->ops->destroy(*out);
+            *out = NULL;
+            return st;
+        }
+        nv_engine *e = m->engine;
+        e->upload_ranks[e->n_upload_ranks++] = *out;
+        return NVLM_OK;
     }
 #endif
     (void)r;
+    (void)slab;
     nvlm_status st = nv_backend_cpu_create(ctx, out);
     if (st != NVLM_OK) {
         return nv_error(m, st, "cannot create the CPU backend");
@@ -241,13 +260,14 @@ static nvlm_status model_comm(nvlm_model *m, struct tp_comm **out)
 #endif
 }
 
-/* The backend, or ctx->tp_size rank backends under the tensor-parallel backend. */
-static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
+/* The backend, or ctx->tp_size rank backends under the tensor-parallel backend; slab: each
+ * rank's weight bytes (memory_plan.h). */
+static nvlm_status make_backend(nvlm_model *m, const uint64_t *slab, nv_backend **out)
 {
     nvlm_context *ctx = m->h.ctx;
     int size = ctx->tp_size;
     if (size <= 1) {
-        return one_backend(m, 0, out);
+        return one_backend(m, 0, slab[0], out);
     }
     nv_backend **ranks = nv_calloc(ctx, (size_t)size, sizeof *ranks);
     if (ranks == NULL) {
@@ -255,7 +275,7 @@ static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
     }
     nvlm_status st = NVLM_OK;
     for (int r = 0; r < size && st == NVLM_OK; r++) {
-        st = one_backend(m, r, &ranks[r]);
+        st = one_backend(m, r, slab[r], &ranks[r]);
     }
     if (st != NVLM_OK) {
         for (int r = 0; r < size; r++) {
@@ -263,6 +283,7 @@ static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
                 ranks[r]->ops->destroy(ranks[r]);
             }
         }
+        m->engine->n_upload_ranks = 0;
         nv_free(ctx, ranks);
         return st;
     }
@@ -278,6 +299,33 @@ static nvlm_status make_backend(nvlm_model *m, nv_backend **out)
     st = nv_backend_tp_create(ctx, &m->cfg, ranks, size, shared, m, out);
     nv_free(ctx, ranks);
     return st;
+}
+
+/* Bytes of the checkpoint tensors eng_load lays out: every tensor of the layout, the tied
+ * lm_head as a second pass over the embeddings (the total of the load progress). */
+typedef struct load_walk {
+    const nvlm_model *m;
+    uint64_t bytes;
+} load_walk;
+
+static nvlm_status load_add(void *u, const nv_layout_tensor *t)
+{
+    load_walk *lw = u;
+    const nv_weight *w = nv_model_weight(lw->m, t->name);
+    if (w == NULL && t->optional) {
+        w = nv_model_weight(lw->m, "language_model.model.embed_tokens.weight");
+    }
+    if (w != NULL) {
+        lw->bytes += (uint64_t)nv_tensor_nelem(&w->t) * nv_dtype_size(w->t.dtype);
+    }
+    return NVLM_OK;
+}
+
+static uint64_t load_bytes(const nvlm_model *m)
+{
+    load_walk lw = {m, 0};
+    nv_layout_tensors(&m->cfg, load_add, &lw);
+    return lw.bytes;
 }
 
 nvlm_status nv_engine_init(nvlm_model *m)
@@ -296,10 +344,30 @@ nvlm_status nv_engine_init(nvlm_model *m)
         return nv_error(m, NVLM_ERR_OUT_OF_MEMORY, "out of memory for the engine");
     }
     m->engine = e;
-    nvlm_status st = make_backend(m, &e->be);
+    /* Before anything goes to a device: does the model fit (memory_plan.h)? Then each rank's
+     * weight slab, sized by the same estimator. */
+    uint64_t slab[NV_TP_MAX_RANKS];
+    memset(slab, 0, sizeof slab);
+    nv_mem_plan plan;
+    bool lm_head = !m->cfg.llm.tie_word_embeddings ||
+                   nv_model_weight(m, "language_model.lm_head.weight") != NULL;
+    nvlm_status st = nv_mem_fit_model(m);
+    if (st == NVLM_OK && ctx->backend == NVLM_BACKEND_CUDA) {
+        st = nv_mem_estimate(&m->cfg, ctx->tp_size, m->weight_type == NVLM_WEIGHTS_FP8,
+                             NV_BF16, 0, lm_head, slab, &plan, m);
+    }
+    if (st == NVLM_OK) {
+        st = make_backend(m, slab, &e->be);
+    }
     if (st != NVLM_OK) {
         nv_engine_free(m);
         return st;
+    }
+    nv_progress prog = {m->progress, m->progress_user, NV_LOAD_WEIGHTS_F0, 1.0f, 0, 0,
+                        NV_LOAD_WEIGHTS_F0};
+    if (m->progress != NULL) {
+        prog.total = load_bytes(m);
+        e->progress = &prog;
     }
     e->image_token_id = -1;
     if (m->tok != NULL) {
@@ -317,6 +385,13 @@ nvlm_status nv_engine_init(nvlm_model *m)
     if (st == NVLM_OK) {
         st = dec_init(e, m);
     }
+    e->progress = NULL;
+#ifdef NVLM_WITH_CUDA
+    for (int r = 0; r < e->n_upload_ranks; r++) {
+        nv_cuda_upload_end(e->upload_ranks[r]);
+    }
+#endif
+    e->n_upload_ranks = 0;
     if (ops->thread_leave != NULL) {
         ops->thread_leave(e->be, saved);
     }

@@ -71,6 +71,12 @@ struct nv_engine {
      * owned here and freed after the backend; weights of the backend point into them. */
     void **fp8_bufs;
     size_t n_fp8_bufs, cap_fp8_bufs;
+    /* Load: progress by bytes of the checkpoint tensors laid out (memory_plan.h's nv_progress,
+     * its own struct here to keep this header light), and the CUDA backends whose weight
+     * upload state is released once every weight is on the device (borrowed). */
+    struct nv_progress *progress;
+    nv_backend *upload_ranks[NV_TP_MAX_RANKS];
+    int n_upload_ranks;
 };
 
 typedef struct nv_engine nv_engine;

@@ -36,6 +36,10 @@ typedef struct nv_handle {
     char err[NV_ERR_MAX];      /* last error text, "" after success */
 } nv_handle;
 
+/* A device memory probe (memory_plan.h): free and total bytes of CUDA device `device`. */
+typedef nvlm_status (*nv_mem_probe_fn)(void *user, int device, size_t *free_bytes,
+                                       size_t *total_bytes, void *err_handle);
+
 struct nvlm_context {
     nv_handle h;
     pthread_mutex_t err_lock;  /* guards h.err: context calls are thread-safe */
@@ -54,6 +58,9 @@ struct nvlm_context {
     /* The CUDA plugin's table (plugin/cuda_plugin.h) when backend is NVLM_BACKEND_CUDA, opened
      * at creation and fixed from then on; NULL otherwise. */
     const struct nv_cuda_plugin *cuda;
+    bool backend_auto;         /* backend came from NVLM_BACKEND_AUTO (the fit check says so) */
+    nv_mem_probe_fn mem_probe; /* tests: stands in for the devices' free memory (NULL: CUDA) */
+    void *mem_probe_user;
 };
 
 /* Initialise a handle header (magic, ctx, empty error). */

@@ -88,6 +88,9 @@ struct nvlm_model {
     nvlm_tokenizer *tok;             /* NULL when the directory has no tokenizer */
     struct nv_engine *engine;        /* NULL until the engine prepared the weights */
     nvlm_precision precision;        /* nvlm_model_params.precision; read by nv_engine_init */
+    nvlm_progress_fn progress;       /* nvlm_model_params.progress during nvlm_model_load (the
+                                        engine reports the weight upload), NULL afterwards */
+    void *progress_user;
     /* A model built in memory (benchmarks, tests; see synthetic.c) has no checkpoint: its
      * weights are this array (names and data owned by the model, freed with nv_free by
      * nvlm_model_free: each mem_weights[i].name, then mem_block, then mem_weights). */

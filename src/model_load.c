@@ -5,12 +5,13 @@
  * the shards, every expected NVLM-D tensor (spec §2, shapes from the config) checked by name,
  * shape and dtype, then the tokenizer and, for NVLM_LOAD_FULL, the engine.
  */
+#include "engine.h"
 #include "fp8.h"
 #include "json.h"
+#include "memory_plan.h"
 #include "model.h"
 #include "safetensors.h"
 #include "tokenizer.h"
-#include "tp/plan.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -551,7 +552,7 @@ static nvlm_status ckpt_open(nvlm_model *m, const nvlm_model_params *p, const ch
         ck->n_shards = i + 1;
         total += nv_st_count(ck->shards[i]);
         header_used += nv_st_header_bytes(ck->shards[i]);
-        NVLM_TRY(progress(p, ctx, 0.1f + 0.7f * (float)(i + 1) / (float)n_files));
+        NVLM_TRY(progress(p, ctx, 0.1f + 0.2f * (float)(i + 1) / (float)n_files));
     }
     ck->table = nv_alloc_array(ctx, total, sizeof *ck->table);
     if (ck->table == NULL) {
@@ -905,10 +906,15 @@ nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir, const nvlm_model
         st = load_tokenizer(m);
     }
     if (st == NVLM_OK) {
-        st = progress(&p, ctx, 0.85f);
+        st = progress(&p, ctx, NV_LOAD_WEIGHTS_F0);
     }
     if (st == NVLM_OK && p.mode == NVLM_LOAD_FULL) {
+        /* the engine reports NV_LOAD_WEIGHTS_F0 .. 1 by bytes of weights laid out (uploaded) */
+        m->progress = p.progress;
+        m->progress_user = p.progress_user;
         st = nv_engine_init(m);
+        m->progress = NULL;
+        m->progress_user = NULL;
         if (st != NVLM_OK && m->h.err[0] != '\0') {
             nv_error_copy(ctx, m, st);
         } else if (st != NVLM_OK && nvlm_last_error(ctx)[0] == '\0') {
@@ -1002,12 +1008,20 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     nv_layout_tensors(c, proj_add, &pc);
     bool fp8 = m->weight_type == NVLM_WEIGHTS_FP8;
     i.cpu_bytes = m->weight_bytes;
-    i.cuda_bytes = m->n_params * 2;
     if (fp8) {
         uint64_t q = pc.elems + 4 * pc.rows;
         i.cpu_bytes = m->has_fp8 ? m->weight_bytes + 4 * pc.rows
                                  : m->weight_bytes - NV_MIN(m->weight_bytes, 2 * pc.elems) + q;
-        i.cuda_bytes = (m->n_params - pc.elems) * 2 + q;
+    }
+    /* The device figures: the estimator the CUDA fit check uses (memory_plan.h). */
+    bool lm_head = !c->llm.tie_word_embeddings ||
+                   nv_model_weight(m, "language_model.lm_head.weight") != NULL;
+    nv_mem_plan one;
+    nv_mem_plan tp;
+    nv_mem_plan pass;
+    int64_t n_pass = NV_MIN((int64_t)DEC_MAX_BATCH, (int64_t)c->llm.max_position_embeddings);
+    if (nv_mem_estimate(c, 1, fp8, NV_BF16, 0, lm_head, NULL, &one, NULL) == NVLM_OK) {
+        i.cuda_bytes = one.weights;
     }
     i.weight_type = fp8 ? NVLM_WEIGHTS_FP8 : NVLM_WEIGHTS_BF16;
     uint64_t kv = 2 * (uint64_t)c->llm.num_layers * (uint64_t)c->llm.num_kv_heads *
@@ -1016,10 +1030,19 @@ nvlm_status nvlm_model_get_info(const nvlm_model *m, nvlm_model_info *info)
     i.kv_bytes_per_token_bf16 = kv * 2;
     i.weights_loaded = m->mode == NVLM_LOAD_FULL ? 1 : 0;
     i.tp_size = m->h.ctx->tp_size;
-    i.per_rank_weight_bytes = i.tp_size == 1 ? i.cuda_bytes : 0;
-    tp_plan plan;
-    if (i.tp_size > 1 && tp_plan_init(&plan, c, i.tp_size, NULL) == NVLM_OK) {
-        tp_plan_max_rank_bytes(&plan, c, 2, fp8, &i.per_rank_weight_bytes);
+    if (nv_mem_estimate(c, i.tp_size, fp8, NV_BF16, 0, lm_head, NULL, &tp, NULL) == NVLM_OK &&
+        nv_mem_estimate(c, i.tp_size, fp8, NV_BF16, n_pass, lm_head, NULL, &pass, NULL) ==
+            NVLM_OK) {
+        i.per_rank_weight_bytes = tp.weights;
+        i.cuda_workspace_bytes = tp.workspace;
+        i.cuda_activation_bytes = tp.activations;
+        i.cuda_kv_bytes_per_token = tp.kv_per_token;
+        i.cuda_kv_bytes_default_ctx = tp.kv;
+        i.cuda_headroom_bytes = tp.headroom;
+        i.cuda_load_bytes = pass.total;
+        i.cuda_default_ctx_bytes = tp.total;
+        i.cuda_default_n_ctx = (int32_t)tp.n_ctx;
+        i.cuda_load_n_ctx = (int32_t)pass.n_ctx;
     }
     uint32_t size = info->struct_size;
     memcpy(info, &i, NV_MIN((size_t)size, sizeof i));

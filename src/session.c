@@ -7,6 +7,7 @@
  */
 #include "engine.h"
 #include "image.h"
+#include "memory_plan.h"
 #include "tokenizer.h"
 
 #include <stdatomic.h>
@@ -177,6 +178,12 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
                         "bad session params (n_ctx %d: 0..%lld; kv_type %d)", p.n_ctx,
                         (long long)max_pos, (int)p.kv_type);
     }
+    /* A device backend: the session's KV cache for its whole context, its workspace and
+     * activations must fit the devices now (memory_plan.h), not fail when the context fills. */
+    nv_dtype kv_fit = p.kv_type == NVLM_KV_BF16 ? NV_BF16
+                      : p.kv_type == NVLM_KV_F32 ? NV_F32
+                                                 : eng->be->kv_default;
+    NVLM_TRY(nv_mem_fit_session(model, p.n_ctx > 0 ? p.n_ctx : max_pos, kv_fit, model));
     nvlm_context *ctx = model->h.ctx;
     nvlm_session *s = nv_calloc(ctx, 1, sizeof *s);
     if (s == NULL) {

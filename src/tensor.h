@@ -37,9 +37,10 @@ typedef struct nv_tensor {
     int64_t shape[NV_MAX_DIMS];
     void *data;       /* host pointer, or device pointer when device >= 0 is a GPU */
     int device;       /* -1 = host memory */
-    /* NV_F8_E4M3 matrices (N, K): N per-output-row f32 scales in host memory (the value of
-     * element (n, k) is scale[n] * e4m3(data[n][k]); borrowed from whoever owns the codes).
-     * NULL for every other tensor. */
+    /* NV_F8_E4M3 matrices (N, K): N per-output-row f32 scales (the value of element (n, k) is
+     * scale[n] * e4m3(data[n][k])), in the same memory as data: host memory borrowed from
+     * whoever owns the codes for a checkpoint tensor; in a CUDA backend's weight, device
+     * memory in the weight's own allocation. NULL for every other tensor. */
     const float *scale;
 } nv_tensor;
 

@@ -7,9 +7,12 @@
  * end on the goldens (ViT, projector, teacher-forced logits within 2e-2; argmax where the golden
  * top-1/top-2 margin exceeds 0.1). Tensor parallelism on the device: two CUDA ranks on device 0
  * (collectives staged through the local communicator) against the CPU, and the NCCL
- * communicator at one rank (NCCL refuses two ranks on one GPU).
+ * communicator at one rank (NCCL refuses two ranks on one GPU). FP8 weights: the FP8 matmul
+ * (decode GEMV, prefill in both precisions) against the CPU's FP8 kernel (CPU against CPU
+ * here), and the model quantized at load on one device and on two ranks against the CPU.
  */
 #include "eng_golden.h"
+#include "fp8.h"
 
 #ifdef NVLM_WITH_CUDA
 #include "cuda/cuda_api.h"
@@ -213,6 +216,84 @@ static void op_matmul(side *ref, side *tst, int M, int N, int K, bool bias, int 
     tst->be->ops->weight_free(tst->be, &bt);
     free(x);
     free(xr);
+    free(hw.data);
+    free(hb.data);
+}
+
+/* An FP8 weight (fp8.h's rule) from random bf16 values, with M rows of x: the FP8 decode GEMV
+ * (M <= 8) and the prefill path (precision EXACT: the weight widened to bf16 codes, the bf16
+ * GEMM, the scale epilogue) against the CPU's FP8 kernel. The GEMV reads f32 x for one row
+ * (within f32 reassociation of the CPU), bf16 x above, like the prefill: exact within f32
+ * reassociation against the CPU fed the same bf16-rounded x, within the bf16 bound against
+ * the f32 x. The row scales span 2^-6 .. 2^6, so a dropped or misplaced scale fails. */
+static void op_matmul_fp8(side *ref, side *tst, int M, int N, int K, bool bias, double loose)
+{
+    char what[112];
+    hweight hw = hw_make(N, K, NV_BF16, 0.1f);
+    for (int n = 0; n < N; n++) {
+        float f = ldexpf(1.0f, n % 13 - 6);
+        uint16_t *r = (uint16_t *)hw.data + (size_t)n * K;
+        for (int k = 0; k < K; k++) {
+            r[k] = nv_f32_to_bf16(nv_bf16_to_f32(r[k]) * f);
+        }
+    }
+    uint8_t *q = malloc((size_t)N * K);
+    float *sc = malloc((size_t)N * sizeof(float));
+    CHECK(fp8_quantize(q, sc, hw.data, NV_BF16, N, K), "quantize");
+    nv_tensor ft = hw.t;
+    ft.dtype = NV_F8_E4M3;
+    ft.data = q;
+    ft.scale = sc;
+    hweight hb = hw_make(1, N, NV_F32, 0.5f);
+    float *x = rand_vec((size_t)M * K, 1.0f);
+    float *xr = malloc((size_t)M * K * sizeof(float));
+    for (size_t i = 0; i < (size_t)M * K; i++) {
+        xr[i] = nv_bf16_to_f32(nv_f32_to_bf16(x[i]));
+    }
+    nv_bweight wr, wt, br, bt;
+    CHECK_OK(ref->be->ops->weight_load(ref->be, &ft, NULL, &wr, ref->ex->err_handle));
+    CHECK_OK(tst->be->ops->weight_load(tst->be, &ft, NULL, &wt, tst->ex->err_handle));
+    wload(ref, &hb, &br);
+    wload(tst, &hb, &bt);
+    float *rx = dev_put(ref, x, (size_t)M * K * 4);
+    float *rxr = dev_put(ref, xr, (size_t)M * K * 4);
+    float *tx = dev_put(tst, x, (size_t)M * K * 4);
+    float *ry = dev_alloc(ref, (size_t)M * N * 4);
+    float *ryr = dev_alloc(ref, (size_t)M * N * 4);
+    float *ty = dev_alloc(tst, (size_t)M * N * 4);
+    poison(tst, ty, (size_t)M * N * 4);
+    CHECK_OK(ref->be->ops->matmul(ref->ex, ry, rx, &wr, bias ? &br : NULL, M));
+    CHECK_OK(ref->be->ops->matmul(ref->ex, ryr, rxr, &wr, bias ? &br : NULL, M));
+    CHECK_OK(tst->be->ops->matmul(tst->ex, ty, tx, &wt, bias ? &bt : NULL, M));
+    float *a = dev_get(ref, ry, (size_t)M * N);
+    float *ar = dev_get(ref, ryr, (size_t)M * N);
+    float *b = dev_get(tst, ty, (size_t)M * N);
+    bool bf16_x = tst->bf16_act && M > 1;
+    if (loose == TOL_BF16) {
+        snprintf(what, sizeof what, "%s fp8 matmul %dx%dx%d%s vs cpu fp8(%s x)", tst->name, M,
+                 N, K, bias ? " +bias" : "", bf16_x ? "bf16" : "f32");
+        check_rel(what, b, bf16_x ? ar : a, (size_t)M * N, TOL_F32);
+    }
+    snprintf(what, sizeof what, "%s fp8 matmul %dx%dx%d%s vs cpu fp8(f32 x)", tst->name, M, N,
+             K, bias ? " +bias" : "");
+    check_rel(what, b, a, (size_t)M * N, loose);
+    free(a);
+    free(ar);
+    free(b);
+    dev_free(ref, rx);
+    dev_free(ref, rxr);
+    dev_free(tst, tx);
+    dev_free(ref, ry);
+    dev_free(ref, ryr);
+    dev_free(tst, ty);
+    ref->be->ops->weight_free(ref->be, &wr);
+    ref->be->ops->weight_free(ref->be, &br);
+    tst->be->ops->weight_free(tst->be, &wt);
+    tst->be->ops->weight_free(tst->be, &bt);
+    free(x);
+    free(xr);
+    free(q);
+    free(sc);
     free(hw.data);
     free(hb.data);
 }
@@ -600,6 +681,13 @@ static void run_ops(side *ref, side *tst)
     op_matmul(ref, tst, 130, 200, 256, true, 0);
     op_matmul(ref, tst, 50, 64, 3 * 14 * 14, true, 14); /* K 588: padded rows on CUDA */
     op_matmul(ref, tst, 3, 40, 3 * 3 * 3, false, 3);    /* K 27 */
+    tu_section("ops: FP8 matmul");
+    op_matmul_fp8(ref, tst, 1, 96, 80, false, TOL_BF16);   /* GEMV, f32 x, 16-byte loads */
+    op_matmul_fp8(ref, tst, 1, 33, 72, true, TOL_BF16);    /* GEMV, K % 16 != 0 */
+    op_matmul_fp8(ref, tst, 3, 130, 256, true, TOL_BF16);  /* GEMV, bf16 x, rows past N */
+    op_matmul_fp8(ref, tst, 8, 64, 4096, false, TOL_BF16); /* GEMV, the largest M */
+    op_matmul_fp8(ref, tst, 37, 96, 80, true, TOL_BF16);   /* prefill */
+    op_matmul_fp8(ref, tst, 130, 200, 256, true, TOL_BF16);
     tu_section("ops: norms");
     op_rmsnorm(ref, tst, 5, 96, 96, 96);
     op_rmsnorm(ref, tst, 9, 64, 48, 192); /* QK-norm: padded heads, statistic over 48 */
@@ -904,6 +992,68 @@ static void tp_cuda(void)
     free(lg[1]);
 }
 
+/* FP8 weights (quantized at load) end to end: the image turn's logits on the CPU, on one CUDA
+ * device and on two CUDA ranks sharing device 0 (scales split with their rows). */
+static void fp8_cuda(void)
+{
+    tu_section("cuda FP8 weights: the CPU vs one device vs 2 ranks on device 0");
+    float *lg[3] = {NULL, NULL, NULL};
+    size_t V = 0;
+    static const char *names[3] = {"cpu fp8", "cuda fp8", "cuda fp8 tp 2"};
+    for (int k = 0; k < 3; k++) {
+        nvlm_context_params cp;
+        nvlm_context_default_params(&cp);
+        cp.backend = k == 0 ? NVLM_BACKEND_CPU : NVLM_BACKEND_CUDA;
+        cp.n_threads = 2;
+        const int32_t devs[2] = {0, 0};
+        if (k == 2) {
+            cp.tp_size = 2;
+            cp.n_devices = 2;
+            cp.devices = devs;
+        }
+        nvlm_model_params mp;
+        nvlm_model_default_params(&mp);
+        mp.weight_type = NVLM_WEIGHTS_FP8;
+        nvlm_context *ctx = NULL;
+        nvlm_model *m = NULL;
+        nvlm_image *img = NULL;
+        nvlm_session *s = NULL;
+        CHECK_OK(nvlm_context_create(&cp, &ctx));
+        if (ctx != NULL) {
+            CHECK_OK(nvlm_model_load(ctx, EG_MODEL_DIR, &mp, &m));
+            CHECK_OK(nvlm_image_load_file(ctx, "tests/data/images/chelsea_square_160.png", NULL,
+                                          &img));
+        }
+        if (m != NULL && img != NULL) {
+            CHECK_OK(nvlm_session_create(m, NULL, &s));
+        }
+        if (s != NULL &&
+            nvlm_session_add_turn(s, NVLM_ROLE_USER, "<image>\nWhat is this?", &img, 1) ==
+                NVLM_OK) {
+            const float *l = nvlm_session_logits(s, &V);
+            lg[k] = malloc(V * sizeof(float));
+            memcpy(lg[k], l, V * sizeof(float));
+        }
+        CHECK(lg[k] != NULL, "%s: image turn -> %s", names[k],
+              s != NULL ? nvlm_last_error(s) : nvlm_last_error(ctx));
+        nvlm_session_free(s);
+        nvlm_image_free(img);
+        nvlm_model_free(m);
+        nvlm_context_free(ctx);
+    }
+    for (int k = 1; k < 3; k++) {
+        if (lg[0] != NULL && lg[k] != NULL) {
+            double d = rel_l2(lg[k], lg[0], V);
+            CHECK(d <= TOL_E2E, "%s vs cpu fp8: logits rel-L2 %.3g", names[k], d);
+            CHECK(eg_argmax(lg[k], (int)V) == eg_argmax(lg[0], (int)V), "%s: same argmax",
+                  names[k]);
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        free(lg[k]);
+    }
+}
+
 /* The NCCL communicator with one rank: identity collectives on device buffers, abort, reset. */
 static void tp_nccl_one(void)
 {
@@ -989,6 +1139,14 @@ int main(void)
         }
         if (gpu != NULL && side_open(&tst, gpu, "cuda", ctx)) {
             run_ops(&ref, &tst);
+            /* FP8 prefill with precision FAST: E4M3 x E4M3 with per-token activation scales on
+             * sm_89+ (elsewhere the EXACT path, well inside the bound). The activations'
+             * rounding to E4M3 moves outputs by ~3 % relative L2 for uniform x. */
+            tu_section("ops: FP8 matmul, precision FAST");
+            gpu->precision = NVLM_PRECISION_FAST;
+            op_matmul_fp8(&ref, &tst, 37, 96, 80, true, 6e-2);
+            op_matmul_fp8(&ref, &tst, 130, 200, 256, true, 6e-2);
+            gpu->precision = NVLM_PRECISION_EXACT;
             tst.be->ops->exec_free(tst.ex);
         }
         if (gpu != NULL) {
@@ -1008,6 +1166,7 @@ int main(void)
     if (have) {
         run_e2e();
         tp_cuda();
+        fp8_cuda();
         tp_nccl_one();
     }
 #endif

@@ -1,21 +1,27 @@
 /*
  * test_cuda_emu.cpp - the CUDA backend's custom kernels (the .cu files of src/cuda/, the same
- * source nvcc compiles) run on the CPU through the host emulation (src/cuda/emu/cuda_host.h) and compared
- * with the CPU backend's ops through the backend seam, at the model's real shapes: decode
- * attention over 4,224 past keys with 64/8 heads in 33 key splits (split + merge, causal mask),
- * a chunk of 16 new tokens over that past, the ViT's 1,025 tokens with 25 of 32 padded heads,
- * norms (the padded-head QK-norm with stat_cols < cols, the two-part RMSNorm), RoPE, the KV
- * append to bf16 and f32, activations, row gather/scatter, im2col, bf16 conversion.
+ * source nvcc compiles) run on the CPU through the host emulation (src/cuda/emu/cuda_host.h)
+ * and compared with the CPU backend's ops through the backend seam, at the model's real
+ * shapes: decode attention over 4,224 past keys with 64/8 heads in 33 key splits (split +
+ * merge, causal mask), a chunk of 16 new tokens over that past, a tensor-parallel prefill
+ * whose rows see no key of a split, the ViT's 1,025 tokens with 25 of 32 padded heads, batched
+ * decode; norms (the padded-head QK-norm with stat_cols < cols, the two-part RMSNorm,
+ * LayerNorm), RoPE, the KV append to bf16 and f32, activations, row gather/scatter (embedding,
+ * pixel shuffle), im2col, bf16 conversion.
  *
- * Every case runs in the registry CASES below; a case fills an emu_res with its error and
- * tolerance (add one: write a function like case_gelu and a line in CASES). Outputs are
- * poisoned with NaN first, so an element the kernel never writes fails.
+ * Every case is a line of the registry CASES below; a case fills an emu_res with its error,
+ * tolerance and launch status (add one: write a function like case_gelu and a line in CASES).
+ * Outputs are poisoned with NaN first, so an element the kernel never writes fails. The cases
+ * run again (small shapes) with other thread and block orders: a race-free kernel gives the
+ * same result.
  *
  * The mutation check turns off, one at a time, each barrier and shuffle site the cases
- * executed (nvemu_mutate) and requires some case to fail under one of the three schedule
- * orders: every __syncthreads and __shfl_*_sync in the kernels is needed by some comparison.
+ * executed (nvemu_mutate) and requires some case to fail under one of the three orders: every
+ * __syncthreads and __shfl_*_sync in the kernels is needed by some comparison, except those
+ * whose source line says "nvemu: redundant".
  *
- * --small (and the sanitizer build, NVLM_EMU_SMALL) runs reduced shapes only.
+ * --small (and the sanitizer builds, NVLM_EMU_SMALL) runs reduced shapes only;
+ * NVLM_EMU_FULL=1 emulates all 25 ViT heads (about 40 s more).
  */
 #include "cuda/cuda_internal.h"
 

@@ -6,9 +6,10 @@
  * cache does not grow per M; a bucket's algorithm is checked at a new M and the heuristic asked
  * again when none passes), a failed build leaves the cache byte for byte as it was, LRU
  * eviction bounded by GP_MAX_LIVE with every live entry still found (no probe-chain holes),
- * and the padded row length of convolution weights (K = 588 -> 592).
+ * and the CUDA storage of convolution weights (memory_plan.h: K = 588 -> 592, zero columns).
  */
 #include "cuda/gemm_plan.h"
+#include "memory_plan.h"
 #include "testutil.h"
 
 #include "nvlm/nvlm.h"
@@ -495,16 +496,27 @@ static void test_eviction(void)
 
 static void test_pad(void)
 {
-    tu_section("gemm plan: convolution weight rows padded to GP_K_ALIGN, other matrices not");
-    CHECK_EQ_INT(gp_weight_ld(4, 588), 592, "patch embedding 3 x 14 x 14");
-    CHECK_EQ_INT(gp_weight_ld(4, 592), 592, "aligned K kept");
-    CHECK_EQ_INT(gp_weight_ld(4, 1), 8, "K 1");
-    CHECK_EQ_INT(gp_weight_ld(2, 588), 588, "2-D matrix kept (rows read by gathers)");
-    CHECK_EQ_INT(gp_weight_ld(3, 20), 20, "3-D table kept");
+    tu_section("weight storage: convolution rows padded to NV_MEM_K_ALIGN, other matrices not");
+    CHECK_EQ_INT(nv_mem_weight_ld(4, 588), 592, "patch embedding 3 x 14 x 14");
+    CHECK_EQ_INT(nv_mem_weight_ld(4, 592), 592, "aligned K kept");
+    CHECK_EQ_INT(nv_mem_weight_ld(4, 1), 8, "K 1");
+    CHECK_EQ_INT(nv_mem_weight_ld(2, 588), 588, "2-D matrix kept (rows read by gathers)");
+    CHECK_EQ_INT(nv_mem_weight_ld(3, 20), 20, "3-D table kept");
+    /* the estimator counts the padded rows (the slab piece the upload takes) */
+    const int64_t conv[4] = {3200, 3, 14, 14};
+    const int64_t pos[3] = {1, 1025, 3200};
+    nv_dtype dt;
+    size_t bytes = 0;
+    CHECK(nv_mem_weight_store(4, conv, NV_BF16, &dt, &bytes) && dt == NV_BF16 &&
+              bytes == (size_t)3200 * 592 * 2,
+          "patch embedding stored as 3200 x 592 bf16: %zu bytes", bytes);
+    CHECK(nv_mem_weight_store(3, pos, NV_F32, &dt, &bytes) && dt == NV_BF16 &&
+              bytes == (size_t)1025 * 3200 * 2,
+          "position table dense: %zu bytes", bytes);
     uint16_t src[2 * 3] = {1, 2, 3, 4, 5, 6};
     uint16_t dst[2 * 8];
     memset(dst, 0xff, sizeof dst);
-    gp_pad_rows(dst, src, 2, 3, 8, sizeof(uint16_t));
+    nv_pad_rows(dst, src, 2, 3, 8, sizeof(uint16_t));
     const uint16_t want[16] = {1, 2, 3, 0, 0, 0, 0, 0, 4, 5, 6, 0, 0, 0, 0, 0};
     CHECK(memcmp(dst, want, sizeof want) == 0, "rows copied, padding zeroed");
 }

@@ -688,7 +688,11 @@ static void check_tiny(nvlm_context *ctx)
         CHECK_EQ_INT(i.weight_bytes, 4026304, "weight bytes");
         CHECK_EQ_INT(i.n_params, 4026304 / 2, "params");
         CHECK_EQ_INT(i.cpu_bytes, 4026304, "cpu bytes");
-        CHECK_EQ_INT(i.cuda_bytes, 4026304, "cuda bytes");
+        /* the CUDA storage: bf16 matrices, f32 vectors, 256-byte aligned pieces (the exact
+         * figure: test_memory_plan's oracle) */
+        CHECK(i.cuda_bytes > 4026304 && i.cuda_bytes < 4026304 + 64 * 1024,
+              "cuda bytes %llu: 2 bytes per parameter, vectors f32, alignment",
+              (unsigned long long)i.cuda_bytes);
         CHECK_EQ_INT(i.kv_bytes_per_token_f32, 2 * 3 * 2 * 32 * 4, "kv f32");
         CHECK_EQ_INT(i.kv_bytes_per_token_bf16, 2 * 3 * 2 * 32 * 2, "kv bf16");
         CHECK_EQ_INT(i.weights_loaded, 1, "weights loaded");
@@ -765,7 +769,9 @@ static void check_big(nvlm_context *ctx)
      * §2 table's shapes (tests/oracle is not needed: 6052672640 + 620717056 + 72706203648) */
     CHECK_EQ_INT(i.n_params, 79379593344ull, "72B params");
     CHECK_EQ_INT(i.weight_bytes, 176901927168ull, "72B weight bytes = index total_size");
-    CHECK_EQ_INT(i.cuda_bytes, 2 * 79379593344ull, "72B cuda bytes");
+    CHECK(i.cuda_bytes > 2 * 79379593344ull && i.cuda_bytes < 2 * 79379593344ull + (16 << 20),
+          "72B cuda bytes %llu: 2 per parameter, vectors f32, alignment",
+          (unsigned long long)i.cuda_bytes);
     CHECK_EQ_INT(i.kv_bytes_per_token_f32, 2 * 80 * 8 * 128 * 4, "72B kv f32");
     CHECK_EQ_INT(i.weights_loaded, 0, "config only");
     CHECK_EQ_INT(i.tokenizer_vocab_size, 151665, "72B tokenizer: 151643 BPE + 22 added");
@@ -855,7 +861,7 @@ static void check_alloc_failures(void)
 }
 
 typedef struct prog {
-    float seen[64];
+    float seen[1024];
     int n;
     int cancel_at;
 } prog;
@@ -863,7 +869,7 @@ typedef struct prog {
 static int on_progress(void *user, float f)
 {
     prog *pr = user;
-    if (pr->n < 64) {
+    if (pr->n < 1024) {
         pr->seen[pr->n] = f;
     }
     return pr->n++ == pr->cancel_at;
@@ -879,8 +885,8 @@ static void check_progress(nvlm_context *ctx)
     nvlm_model *m = NULL;
     CHECK_OK(nvlm_model_load(ctx, TINY, &p, &m));
     nvlm_model_free(m);
-    bool mono = pr.n >= 4 && pr.seen[0] == 0.0f && pr.seen[pr.n - 1] == 1.0f;
-    for (int i = 1; i < pr.n && i < 64; i++) {
+    bool mono = pr.n >= 4 && pr.n <= 1024 && pr.seen[0] == 0.0f && pr.seen[pr.n - 1] == 1.0f;
+    for (int i = 1; i < pr.n && i < 1024; i++) {
         mono = mono && pr.seen[i] >= pr.seen[i - 1];
     }
     CHECK(mono, "progress runs 0 -> 1 monotonically (%d calls)", pr.n);

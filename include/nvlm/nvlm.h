@@ -154,7 +154,11 @@ typedef void (*nvlm_free_fn)(void *user, void *ptr);
  * and in ../lib from there), then through the dynamic loader's search path. It must come from
  * the same build as the library (a plugin of another version is refused). See docs/cuda.md. */
 typedef enum nvlm_backend {
-    NVLM_BACKEND_AUTO = 0, /* CUDA when the plugin loads and a device exists, else CPU */
+    NVLM_BACKEND_AUTO = 0, /* CUDA when the plugin loads and a device exists, else CPU. Chosen
+                              when the context is created: a model that then does not fit the
+                              device is refused by nvlm_model_load's fit check (the message
+                              names the CPU backend among the remedies), never moved to the
+                              CPU silently */
     NVLM_BACKEND_CPU = 1,
     NVLM_BACKEND_CUDA = 2
 } nvlm_backend;
@@ -226,7 +230,10 @@ NVLM_API const char *nvlm_backend_name(nvlm_backend backend);
 /* Model: config, weights, tokenizer.  Read-only once loaded; shareable between threads.        */
 /* ============================================================================================ */
 
-/* Load progress, fraction in [0, 1]. Return non-zero to cancel the load (NVLM_ERR_CANCELLED). */
+/* Load progress, fraction in [0, 1], non-decreasing: up to 0.35 for the config, index, shards
+ * and tokenizer, then by bytes of weights laid out (uploaded to the device on CUDA), reported
+ * each time it has moved by 1/512 or more, ending at 1. Return non-zero to cancel the load: it
+ * stops, frees what it made and returns NVLM_ERR_CANCELLED. */
 typedef int (*nvlm_progress_fn)(void *user, float fraction);
 
 typedef enum nvlm_load_mode {
@@ -252,7 +259,11 @@ typedef enum nvlm_precision {
                                   encoder run faster on CPUs with AVX512-BF16 (figures:
                                   docs/performance.md). The CUDA
                                   backend always computes this way: both values run the same
-                                  there. */
+                                  there, except for FP8 weights (nvlm_weight_type) in prefill
+                                  (more than 8 rows): FAST on a GPU of compute capability 8.9+
+                                  also rounds each row of activations to FP8 E4M3 with its own
+                                  scale and multiplies FP8 x FP8 (about 2.5 % relative L2 per
+                                  projection), EXACT widens the weights to bf16. */
 } nvlm_precision;
 
 /* How the LLM's seven projections (q/k/v/o_proj, gate/up/down_proj of every decoder layer) are
@@ -265,8 +276,8 @@ typedef enum nvlm_precision {
 typedef enum nvlm_weight_type {
     NVLM_WEIGHTS_AUTO = 0,     /* as the checkpoint stores them */
     NVLM_WEIGHTS_BF16 = 1,     /* as stored (bf16/f16/f32 checkpoints only) */
-    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU backend
-                                  only for now (CUDA: NVLM_ERR_UNSUPPORTED) */
+    NVLM_WEIGHTS_FP8 = 2       /* quantized to FP8 at load (about half the bytes); CPU and
+                                  CUDA backends (CUDA: see nvlm_precision for its prefill) */
 } nvlm_weight_type;
 
 typedef struct nvlm_model_params {
@@ -309,11 +320,15 @@ static inline void nvlm_model_default_params(nvlm_model_params *p)
  * module stored as FP8; a projection to quantize that holds an infinity or NaN),
  * NVLM_ERR_SHAPE (missing/unexpected/misshaped tensors, named in the message),
  * NVLM_ERR_UNSUPPORTED (also: another quantization method, static activation scales,
- * NVLM_WEIGHTS_BF16 on an FP8 checkpoint, FP8 weights on the CUDA backend), NVLM_ERR_LIMIT
+ * NVLM_WEIGHTS_BF16 on an FP8 checkpoint), NVLM_ERR_LIMIT
  * (also shard headers or an index far larger than the config's tensor layout),
  * NVLM_ERR_NOT_FOUND (missing file or shard),
- * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out), NVLM_ERR_CANCELLED (progress
- * callback), NVLM_ERR_BACKEND. */
+ * NVLM_ERR_OUT_OF_MEMORY (also when parsing JSON runs out; on the CUDA backend also the fit
+ * check, before any weight is uploaded: when a device's free memory is below what its ranks
+ * need, nvlm_model_info.cuda_load_bytes each, the message says "needs X GiB, device N has
+ * Y GiB free" with the parts and the remedies: more tensor-parallel ranks with their
+ * per-device figure, FP8 weights, and for the auto backend the CPU backend; docs/cuda.md),
+ * NVLM_ERR_CANCELLED (progress callback), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_model_load(nvlm_context *ctx, const char *dir,
                                      const nvlm_model_params *params, nvlm_model **out);
 NVLM_API void nvlm_model_free(nvlm_model *model);
@@ -389,22 +404,43 @@ typedef struct nvlm_model_info {
     uint64_t cpu_bytes;                 /* resident bytes the CPU backend needs for weights
                                            (weight_type FP8: the projections as 1-byte codes
                                            plus a 4-byte scale per output row) */
-    uint64_t cuda_bytes;                /* device bytes the CUDA backend needs: all bf16, or
-                                           with weight_type FP8 the projections as codes +
-                                           scales (the CUDA backend cannot run FP8 weights
-                                           yet: this is the planned storage) */
+    uint64_t cuda_bytes;                /* device bytes the CUDA backend's weights take on one
+                                           device: matrices bf16, vectors f32, each weight at a
+                                           256-byte offset of one slab; with weight_type FP8 the
+                                           projections as codes + f32 row scales (the CUDA
+                                           backend cannot run FP8 weights yet: this is the
+                                           planned storage) */
     uint64_t kv_bytes_per_token_f32;    /* KV cache bytes per token, f32 cache */
     uint64_t kv_bytes_per_token_bf16;   /* KV cache bytes per token, bf16 cache */
     int32_t weights_loaded;             /* 1 for NVLM_LOAD_FULL */
     /* tensor parallelism (the context's tp_size) */
     int32_t tp_size;
-    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank with every tensor
-                                           in bf16 (the CUDA backend's storage; FP8 projections
-                                           as codes + scales with weight_type FP8); cuda_bytes
-                                           at tp_size 1; 0 when tp_size exceeds the query heads */
+    uint64_t per_rank_weight_bytes;     /* weight bytes of the largest rank in the CUDA
+                                           backend's storage (as cuda_bytes, for the rank's
+                                           slices); cuda_bytes at tp_size 1; 0 when tp_size
+                                           exceeds the query heads */
     /* Appended (a shorter struct_size leaves it out): */
     nvlm_weight_type weight_type;       /* the model's resolved weight type: NVLM_WEIGHTS_BF16
                                            (as stored) or NVLM_WEIGHTS_FP8 */
+    /* Appended: what the CUDA backend needs on each device, from the estimator its fit check
+     * uses (docs/cuda.md, "Memory"); per rank of tp_size (the largest), 0 when tp_size exceeds
+     * the query heads. A session adds workspace + activations + its KV cache; each device
+     * keeps headroom free. */
+    uint64_t cuda_workspace_bytes;      /* one session: cuBLASLt workspace, the bf16 copy of the
+                                           widest GEMM input, attention scratch */
+    uint64_t cuda_activation_bytes;     /* one session: the activation arena of the largest
+                                           pass (a 2048-token decoder chunk, or one image of
+                                           max_dynamic_patch tiles + thumbnail) */
+    uint64_t cuda_kv_bytes_per_token;   /* bf16 KV cache bytes per token (the rank's kv heads) */
+    uint64_t cuda_kv_bytes_default_ctx; /* bf16 KV cache for cuda_default_n_ctx tokens */
+    uint64_t cuda_headroom_bytes;       /* kept free per device (allocator, cuBLASLt) */
+    uint64_t cuda_load_bytes;           /* what nvlm_model_load requires free on the device:
+                                           weights + one session's workspace and activations +
+                                           the KV cache of cuda_load_n_ctx tokens + headroom */
+    uint64_t cuda_default_ctx_bytes;    /* weights + one session at the default context
+                                           (cuda_default_n_ctx) + headroom */
+    int32_t cuda_default_n_ctx;         /* the default context: max_position_embeddings */
+    int32_t cuda_load_n_ctx;            /* tokens of one full decoder pass (2048 at most) */
 } nvlm_model_info;
 
 /* Fills the first info->struct_size bytes of *info (set struct_size = sizeof *info first).
@@ -693,7 +729,9 @@ static inline void nvlm_session_default_params(nvlm_session_params *p)
 
 /* Creates a session over a fully loaded model (which must outlive it). Failure text goes to the
  * model. Returns NVLM_OK, NVLM_ERR_INVALID_ARGUMENT (config-only model, bad params),
- * NVLM_ERR_OUT_OF_MEMORY, NVLM_ERR_BACKEND. */
+ * NVLM_ERR_OUT_OF_MEMORY (also, on the CUDA backend, when its workspace, activations and KV
+ * cache for the whole n_ctx do not fit a device's free memory now: the message says how many
+ * tokens of context would), NVLM_ERR_BACKEND. */
 NVLM_API nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *params,
                                          nvlm_session **out);
 /* Frees the session and everything it owns; NULL is a no-op. Call it when no other call on the

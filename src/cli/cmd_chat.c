@@ -33,7 +33,7 @@ static void help(FILE *f)
             "  --tp N           shard the model over N tensor-parallel ranks\n"
             "  --devices LIST   the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
             "  --weights TYPE   auto (as stored, the default), bf16, or fp8: the LLM's linear\n"
-            "                   layers quantized to FP8 E4M3 at load (CPU backend)\n"
+            "                   layers quantized to FP8 E4M3 at load\n"
             "  -h, --help       this text\n");
 }
 

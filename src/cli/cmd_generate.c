@@ -55,7 +55,7 @@ static void help(FILE *f)
             "                       query heads)\n"
             "  --devices LIST       the GPU of each rank, e.g. 0,1,2,3 (sets --tp)\n"
             "  --weights TYPE       auto (as stored, the default), bf16, or fp8: the LLM's\n"
-            "                       linear layers quantized to FP8 E4M3 at load (CPU backend)\n"
+            "                       linear layers quantized to FP8 E4M3 at load\n"
             "  --json               print {\"prompt_tokens\":[...],\"tokens\":[...],\n"
             "                       \"text\":\"...\"} (text: special tokens skipped, stripped)\n"
             "  --logits-out FILE    write each step's logits as float32 .npy (steps x vocab)\n"

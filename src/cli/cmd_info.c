@@ -31,10 +31,13 @@ static void help(FILE *f)
             "(and model.safetensors.index.json) is read config-only.\n"
             "\n"
             "  --json          print one JSON object: vision, projector and llm objects with\n"
-            "                  config.json's field names, params, weight_bytes, tile settings\n"
+            "                  config.json's field names, params, weight_bytes, tile settings;\n"
+            "                  memory.cuda: the CUDA estimate per device behind the fit check\n"
+            "                  (weights, workspace, activations, KV cache per token and for\n"
+            "                  the default context, headroom, load_bytes)\n"
             "  --config-only   never map the weights (shard headers are still checked)\n"
             "  --tp N          the weight bytes of the largest of N tensor-parallel ranks\n"
-            "                  (bf16, as the CUDA backend stores them): per_rank_weight_bytes\n"
+            "                  (as the CUDA backend stores them): per_rank_weight_bytes\n"
             "  --precision P   load with exact (default) or fast precision (bf16 GEMM inputs,\n"
             "                  bf16 KV cache by default): the precision line / key\n"
             "  --weights TYPE  auto (as stored), bf16 or fp8: the memory figures for that\n"
@@ -222,6 +225,18 @@ static void print_json(const char *dir, const nvlm_model_info *i, const dtype_st
     cJSON_AddNumberToObject(m, "cuda_bytes", (double)i->cuda_bytes);
     cJSON_AddNumberToObject(m, "kv_bytes_per_token_f32", (double)i->kv_bytes_per_token_f32);
     cJSON_AddNumberToObject(m, "kv_bytes_per_token_bf16", (double)i->kv_bytes_per_token_bf16);
+    /* the CUDA estimate per device (rank) behind the fit check */
+    cJSON *c = cJSON_AddObjectToObject(m, "cuda");
+    cJSON_AddNumberToObject(c, "weights_bytes", (double)i->per_rank_weight_bytes);
+    cJSON_AddNumberToObject(c, "workspace_bytes", (double)i->cuda_workspace_bytes);
+    cJSON_AddNumberToObject(c, "activation_bytes", (double)i->cuda_activation_bytes);
+    cJSON_AddNumberToObject(c, "kv_bytes_per_token", (double)i->cuda_kv_bytes_per_token);
+    cJSON_AddNumberToObject(c, "default_n_ctx", i->cuda_default_n_ctx);
+    cJSON_AddNumberToObject(c, "kv_bytes_default_ctx", (double)i->cuda_kv_bytes_default_ctx);
+    cJSON_AddNumberToObject(c, "headroom_bytes", (double)i->cuda_headroom_bytes);
+    cJSON_AddNumberToObject(c, "load_n_ctx", i->cuda_load_n_ctx);
+    cJSON_AddNumberToObject(c, "load_bytes", (double)i->cuda_load_bytes);
+    cJSON_AddNumberToObject(c, "default_ctx_bytes", (double)i->cuda_default_ctx_bytes);
     cJSON_AddStringToObject(root, "precision", prec == NVLM_PRECISION_FAST ? "fast" : "exact");
     cJSON *d = cJSON_AddObjectToObject(root, "dtypes");
     for (int k = 0; k < n_st; k++) {
@@ -274,16 +289,29 @@ static void print_table(const char *dir, const nvlm_model_info *i, const dtype_s
     printf("memory cpu    %s weights (%s)\n", a,
            fp8 ? "LLM projections FP8 + scales, the rest in place" : "used in place");
     human(a, sizeof a, i->cuda_bytes);
-    printf("memory cuda   %s weights (%s)\n", a, fp8 ? "LLM projections FP8, the rest bf16"
-                                                       : "bf16");
+    printf("memory cuda   %s weights (%s)\n", a,
+           fp8 ? "LLM projections FP8 + scales, matrices bf16, vectors f32"
+               : "matrices bf16, vectors f32");
     if (i->tp_size > 1) {
         human(a, sizeof a, i->per_rank_weight_bytes);
-        printf("per rank      %s weights (bf16) on the largest of %d tensor-parallel ranks\n", a,
+        printf("per rank      %s weights on the largest of %d tensor-parallel ranks\n", a,
                i->tp_size);
     }
     human(a, sizeof a, i->kv_bytes_per_token_f32);
     human(b, sizeof b, i->kv_bytes_per_token_bf16);
     printf("kv cache      %s per token (f32), %s per token (bf16)\n", a, b);
+    human(a, sizeof a, i->cuda_load_bytes);
+    human(b, sizeof b, i->cuda_default_ctx_bytes);
+    printf("cuda device   needs %s free to load (%d-token pass), %s with a session at the "
+           "default context (%d tokens)%s\n", a, i->cuda_load_n_ctx, b, i->cuda_default_n_ctx,
+           i->tp_size > 1 ? ", per rank" : "");
+    char w[32], k[32];
+    human(a, sizeof a, i->cuda_workspace_bytes);
+    human(b, sizeof b, i->cuda_activation_bytes);
+    human(w, sizeof w, i->cuda_kv_bytes_per_token);
+    human(k, sizeof k, i->cuda_kv_bytes_default_ctx);
+    printf("  per session workspace %s, activations %s, KV cache %s per token (bf16), %s for "
+           "the default context\n", a, b, w, k);
     printf("precision     %s\n", prec == NVLM_PRECISION_FAST
                                      ? "fast (bf16 GEMM inputs, f32 sums; KV cache bf16 on the CPU)"
                                      : "exact (f32 GEMMs; KV cache f32 on the CPU)");

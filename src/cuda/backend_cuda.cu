@@ -1,21 +1,23 @@
 /*
  * backend_cuda.cu - the CUDA implementation of backend.h's op table. Per model: the device
- * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints; vectors f32),
- * uploaded once through double-buffered pinned staging. Per session: one non-blocking stream,
- * the cuBLASLt state and scratch that grows at the first prefill, so decode allocates nothing.
+ * and the weights (matrices bf16, round to nearest even from f32/f16 checkpoints, or FP8 E4M3
+ * codes with per-row f32 scales as given (fp8.cu); vectors f32), uploaded once into one slab
+ * by several host threads through pinned staging (upload.cu). Per session: one non-blocking
+ * stream, the cuBLASLt state and scratch that grows at the first prefill, so decode allocates
+ * nothing.
  * Activations are f32 device buffers; every op enqueues on the session's stream and returns;
  * download and sync wait. CUDA errors become NVLM_ERR_BACKEND with text on the err_handle.
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/fault.h"
-#include "cuda/gemm_plan.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define STAGE_BYTES ((size_t)32 << 20)   /* per pinned half */
 
 static nvlm_context *ctx_of(nv_exec *ex)
 {
@@ -53,141 +55,31 @@ static void cuda_thread_leave(nv_backend *be, int saved)
 
 /* ---- weights ---------------------------------------------------------------------------- */
 
-static nvlm_status stage_init(nv_backend *be, void *eh)
-{
-    cuda_backend *cb = cb_of(be);
-    if (cb->stage[0] != NULL) {
-        return NVLM_OK;
-    }
-    NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
-    NVLM_TRY(cuda_status(eh, cudaStreamCreateWithFlags(&cb->upload, cudaStreamNonBlocking),
-                         "create upload stream"));
-    for (int i = 0; i < 2; i++) {
-        NVLM_TRY(cuda_status(eh, cudaHostAlloc(&cb->stage[i], STAGE_BYTES, cudaHostAllocDefault),
-                             "pinned staging"));
-        NVLM_TRY(cuda_status(eh, cudaEventCreateWithFlags(&cb->stage_ev[i],
-                                                          cudaEventDisableTiming),
-                             "staging event"));
-    }
-    cb->stage_bytes = STAGE_BYTES;
-    return NVLM_OK;
-}
-
-/* Copies n elements of src (dtype st) to dst (dtype dt: f32 or bf16) on the device, converting
- * on the host into pinned halves while the previous half is in flight. */
-static nvlm_status upload_convert(nv_backend *be, void *dst, nv_dtype dt, const void *src,
-                                  nv_dtype st, size_t n, void *eh)
-{
-    cuda_backend *cb = cb_of(be);
-    NVLM_TRY(stage_init(be, eh));
-    size_t des = nv_dtype_size(dt);
-    size_t ses = nv_dtype_size(st);
-    size_t per = cb->stage_bytes / des;
-    float tmp[1024];
-    int half = 0;
-    for (size_t off = 0; off < n; off += per, half ^= 1) {
-        size_t cnt = NV_MIN(per, n - off);
-        NVLM_TRY(cuda_status(eh, cudaEventSynchronize(cb->stage_ev[half]), "weight upload"));
-        char *stage = (char *)cb->stage[half];
-        const char *s = (const char *)src + off * ses;
-        if (st == dt) {
-            memcpy(stage, s, cnt * des);
-        } else {
-            for (size_t i = 0; i < cnt; i += NV_ARRAY_LEN(tmp)) {
-                size_t c = NV_MIN(NV_ARRAY_LEN(tmp), cnt - i);
-                nv_to_f32(tmp, s + i * ses, st, c);
-                if (dt == NV_F32) {
-                    memcpy(stage + i * des, tmp, c * sizeof(float));
-                } else {
-                    uint16_t *o = (uint16_t *)(stage + i * des);
-                    for (size_t j = 0; j < c; j++) {
-                        o[j] = nv_f32_to_bf16(tmp[j]);
-                    }
-                }
-            }
-        }
-        NVLM_TRY(cuda_status(eh, cudaMemcpyAsync((char *)dst + off * des, stage, cnt * des,
-                                                 cudaMemcpyHostToDevice, cb->upload),
-                             "weight upload"));
-        NVLM_TRY(cuda_status(eh, cudaEventRecord(cb->stage_ev[half], cb->upload),
-                             "weight upload"));
-    }
-    return cuda_status(eh, cudaStreamSynchronize(cb->upload), "weight upload");
-}
-
 static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const nv_tp_cut *cut,
                                     nv_bweight *out, void *err_handle)
 {
     (void)cut;
     memset(out, 0, sizeof *out);
-    cuda_backend *cb = cb_of(be);
-    if (src->dtype == NV_F8_E4M3) {
-        return nv_error(err_handle, NVLM_ERR_UNSUPPORTED, "FP8 weights need the CPU backend");
+    if (src->dtype == NV_F8_E4M3 &&
+        (src->ndim != 2 || src->scale == NULL || src->shape[0] < 0 || src->shape[1] < 0)) {
+        return nv_error(err_handle, NVLM_ERR_SHAPE, "an FP8 weight must be a 2-D matrix with "
+                        "per-row scales");
     }
-    if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32) {
+    if (src->dtype != NV_BF16 && src->dtype != NV_F16 && src->dtype != NV_F32 &&
+        src->dtype != NV_F8_E4M3) {
         return nv_error(err_handle, NVLM_ERR_SHAPE, "weight dtype %s is not bf16/f16/f32",
                         nv_dtype_name(src->dtype));
     }
-    int big_dims = 0;
-    for (int d = 0; d < src->ndim; d++) {
-        big_dims += src->shape[d] > 1;
-    }
-    nv_dtype dt = big_dims > 1 ? NV_BF16 : NV_F32;
-    int64_t n = nv_tensor_nelem(src);
-    /* Convolution kernels are stored with rows padded to an aligned K (gp_weight_ld; matmul
-     * pads its input to match); `t` keeps the checkpoint shape. */
-    int64_t rows = src->ndim > 0 && src->shape[0] > 0 ? src->shape[0] : 1;
-    int64_t cols = n > 0 ? n / rows : 0;
-    int64_t ld = dt == NV_BF16 ? gp_weight_ld(src->ndim, cols) : cols;
-    if (ld != cols) {
-        if (ld > INT64_MAX / rows) {
-            return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
-        }
-        n = rows * ld;
-    }
-    size_t bytes;
-    if (n < 0 || n == INT64_MAX || !nv_mul_size((size_t)n, nv_dtype_size(dt), &bytes)) {
-        return nv_error(err_handle, NVLM_ERR_LIMIT, "weight too large");
-    }
-    NVLM_TRY(cuda_alive(cb->device, err_handle));
-    NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
-    void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
-                        "out of device memory for a weight (%zu bytes)", bytes);
-    }
-    const void *from = src->data;
-    void *padded = NULL;
-    if (ld != cols) {
-        size_t es = nv_dtype_size(src->dtype);
-        padded = nv_alloc_array(be->ctx, (size_t)n, es);
-        if (padded == NULL) {
-            cudaFree(p);
-            return nv_error(err_handle, NVLM_ERR_OUT_OF_MEMORY,
-                            "out of memory padding a weight's rows");
-        }
-        gp_pad_rows(padded, src->data, (size_t)rows, (size_t)cols, (size_t)ld, es);
-        from = padded;
-    }
-    nvlm_status st = upload_convert(be, p, dt, from, src->dtype, (size_t)n, err_handle);
-    nv_free(be->ctx, padded);
-    if (st != NVLM_OK) {
-        cudaFree(p);
-        return st;
-    }
-    out->t = *src;
-    out->t.dtype = dt;
-    out->t.data = p;
-    out->t.device = cb->device;
-    out->owned = 1;
-    return NVLM_OK;
+    /* one piece of the weight slab, filled by the upload lanes (upload.cu); an FP8 matrix
+     * keeps its codes, then (256-byte aligned) its f32 row scales */
+    NVLM_TRY(cuda_alive(cb_of(be)->device, err_handle));
+    return cuda_weight_upload(be, src, out, err_handle);
 }
 
 static void cuda_weight_free(nv_backend *be, nv_bweight *w)
 {
-    if (w->owned && w->t.data != NULL) {
+    /* slab pieces go with the slab (destroy) */
+    if (w->owned && w->t.data != NULL && !cuda_slab_owns(cb_of(be), w->t.data)) {
         int prev = cuda_thread_enter(be);
         cudaSetDevice(cb_of(be)->device);
         cudaFree(w->t.data);
@@ -205,18 +97,8 @@ static void cuda_destroy(nv_backend *be)
     if (cb != NULL) {
         int prev = -1;
         cudaGetDevice(&prev);
+        cuda_upload_free(be);
         cudaSetDevice(cb->device);
-        for (int i = 0; i < 2; i++) {
-            if (cb->stage_ev[i] != NULL) {
-                cudaEventDestroy(cb->stage_ev[i]);
-            }
-            if (cb->stage[i] != NULL) {
-                cudaFreeHost(cb->stage[i]);
-            }
-        }
-        if (cb->upload != NULL) {
-            cudaStreamDestroy(cb->upload);
-        }
         /* the last backend on a device whose context was lost resets it, so that the next
          * model loads on a fresh one */
         if (cuda_fault_backend_destroyed(cb->device)) {
@@ -247,6 +129,7 @@ static void cuda_exec_free(nv_exec *ex)
             cudaStreamSynchronize(ce->stream);
         }
         cuda_gemm_free(ctx, ce->gemm);
+        cuda_fp8_free(ctx, ce->fp8);
         if (ce->xbf != NULL) {
             cudaFree(ce->xbf);
         }
@@ -406,7 +289,10 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     const nv_tensor *t = &w->t;
     int64_t N = t->shape[0];
     int64_t K = nv_tensor_nelem(t) / (N > 0 ? N : 1);
-    if (N > INT32_MAX || K > INT32_MAX - GP_K_ALIGN || t->dtype != NV_BF16) {
+    if (t->dtype == NV_F8_E4M3) {
+        return cuda_matmul_fp8(ex, y, x, w, bias, M);
+    }
+    if (N > INT32_MAX || K > INT32_MAX - NV_MEM_K_ALIGN || t->dtype != NV_BF16) {
         return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
                         "matmul: weight (%lld, %lld) %s not supported", (long long)N,
                         (long long)K, nv_dtype_name(t->dtype));
@@ -416,7 +302,7 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     }
     NVLM_TRY(cuda_enter(ex));
     cuda_exec *ce = cuda_ex(ex);
-    int64_t ld = gp_weight_ld(t->ndim, K); /* the weight's stored row length (weight_load) */
+    int64_t ld = nv_mem_weight_ld(t->ndim, K); /* the weight's stored row length */
     size_t n = (size_t)M * (size_t)ld;
     NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
                           "matmul input"));

@@ -26,8 +26,9 @@ bool nv_cuda_probe_reason(int device, char *buf, size_t n);
  * NVLM_ERR_BACKEND, NVLM_ERR_OUT_OF_MEMORY; the text goes on ctx. (backend_cuda.cu) */
 nvlm_status nv_backend_cuda_create(nvlm_context *ctx, int device, nv_backend **out);
 
-/* Free and total bytes of `device` (cudaMemGetInfo). Plugin side only: the core asks through
- * nv_cuda_device_memory (plugin/cuda_plugin.h). (device.cu) */
+/* Free and total bytes of `device` (cudaMemGetInfo on it; the calling thread's current device
+ * is restored). Errors: NVLM_ERR_NO_DEVICE, NVLM_ERR_BACKEND; text to err_handle. Plugin side
+ * only: the core asks through nv_cuda_device_memory (plugin/cuda_plugin.h). (upload.cu) */
 nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes,
                              void *err_handle);
 
@@ -55,6 +56,16 @@ nvlm_status nv_cuda_device_info(nv_exec *ex, char *name, size_t name_len, size_t
 /* Events: elapsed milliseconds of fn(arg) enqueued on the exec's stream (synchronised). */
 nvlm_status nv_cuda_time(nv_exec *ex, nvlm_status (*fn)(nv_exec *ex, void *arg), void *arg,
                          double *ms);
+
+/* Reserves the backend's weight slab: one cudaMalloc of `bytes` (the estimator's weight bytes
+ * of this rank, memory_plan.h). Later weight_loads take aligned pieces of it (a weight that
+ * does not fit gets its own allocation); weight_free leaves slab pieces alone and destroy
+ * frees the slab. Call once, before the first weight_load. Errors: NVLM_ERR_OUT_OF_MEMORY,
+ * NVLM_ERR_BACKEND; text to err_handle. (upload.cu) */
+nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *err_handle);
+/* Frees the pinned staging of the weight upload once every weight is on the device (the slab
+ * stays). (upload.cu) */
+void nv_cuda_upload_end(nv_backend *be);
 
 #ifdef __cplusplus
 }

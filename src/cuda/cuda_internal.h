@@ -3,7 +3,8 @@
  * (cuda_backend), the per-session stream and scratch (cuda_exec), the error helper and the
  * host launchers of each op family. Kernels live in their op's file; every launcher enqueues
  * on the given stream and returns the launch status (cudaGetLastError), never synchronises.
- * Activations are f32 (backend.h); weights are bf16 matrices or f32 vectors.
+ * Activations are f32 (backend.h); weights are bf16 matrices, FP8 E4M3 matrices with per-row
+ * f32 scales, or f32 vectors.
  */
 #ifndef NVLM_CUDA_INTERNAL_H
 #define NVLM_CUDA_INTERNAL_H
@@ -26,16 +27,14 @@ extern "C" {
 #include "cuda_api.h"
 
 typedef struct cuda_gemm cuda_gemm; /* cuBLASLt state of one exec (gemm_lt.cu) */
+typedef struct cuda_fp8 cuda_fp8;   /* FP8 matmul scratch and cuBLASLt state (fp8.cu) */
 
-/* Per model: the device and the pinned staging used to upload weights. */
+/* Per model: the device and the weight slab. */
 typedef struct cuda_backend {
     int device;
     int sm_count;
     char name[256];
-    cudaStream_t upload;        /* weight uploads (created at the first weight) */
-    void *stage[2];             /* pinned halves, double-buffered host -> device */
-    cudaEvent_t stage_ev[2];
-    size_t stage_bytes;         /* bytes per half */
+    struct cuda_upload *up;     /* weight slab and upload lanes (upload.cu), NULL until used */
     bool debug_sync;            /* NVLM_CUDA_SYNC: synchronise after every op */
 } cuda_backend;
 
@@ -51,6 +50,7 @@ typedef struct cuda_exec {
     size_t idx_cap;             /* elements */
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
+    cuda_fp8 *fp8;              /* FP8 matmul state, created at the first FP8 prefill */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -81,6 +81,17 @@ nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size
 /* Grid size for n elements with `threads` per block, capped (kernels use grid-stride loops). */
 unsigned cuda_blocks(size_t n, unsigned threads);
 
+/* ---- upload.cu ---- */
+
+/* Lays out one weight on the device (matrices bf16, vectors f32, FP8 codes + f32 row scales;
+ * memory_plan.h's nv_mem_weight_store): a piece of the slab when one is reserved and has room,
+ * else its own allocation; converted and copied by the upload lanes. Text to eh. */
+nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight *out, void *eh);
+/* Whether p lies in the backend's weight slab (weight_free leaves it alone). */
+bool cuda_slab_owns(const cuda_backend *cb, const void *p);
+/* Frees the upload lanes and the slab (backend destroy). */
+void cuda_upload_free(nv_backend *be);
+
 /* ---- gemm_lt.cu ---- */
 
 nvlm_status cuda_gemm_create(nv_exec *ex, cuda_gemm **out);
@@ -96,6 +107,30 @@ nvlm_status cuda_gemm_bf16(nv_exec *ex, float *y, const __nv_bfloat16 *x,
 /* y (rows, ld) bf16 = x (rows, cols) f32 rounded to nearest even, columns cols..ld-1 zero. */
 cudaError_t cuda_to_bf16_pad(cudaStream_t s, __nv_bfloat16 *y, int ld, const float *x,
                              size_t rows, int cols);
+/* ---- fp8.cu: FP8 E4M3 weights (codes N x K, one f32 scale per row, both on the device) ---- */
+
+/* Rows of x up to which an FP8 matmul is the GEMV (above: the prefill GEMM). */
+#define CUDA_FP8_GEMV_MAX_M 8
+/* y = x . W^T: FP8 weight w (t.data codes, t.scale row scales, device memory), f32 x and y. */
+nvlm_status cuda_matmul_fp8(nv_exec *ex, float *y, const float *x, const nv_bweight *w,
+                            const nv_bweight *bias, int M);
+void cuda_fp8_free(nvlm_context *ctx, cuda_fp8 *f);
+/* The kernels (exposed for tests): y[m][n] = scale[n] * sum_k x[m][k] e4m3(q[n][k]) (+ bias)
+ * for M in 1 .. CUDA_FP8_GEMV_MAX_M; f32 or bf16 x. */
+cudaError_t cuda_fp8_gemv_f32(cudaStream_t s, float *y, const float *x, const uint8_t *q,
+                              const float *scale, const float *bias, int M, int N, int K);
+cudaError_t cuda_fp8_gemv_bf16(cudaStream_t s, float *y, const __nv_bfloat16 *x,
+                               const uint8_t *q, const float *scale, const float *bias, int M,
+                               int N, int K);
+/* Per-row dynamic quantization of x (M x K f32) to E4M3 codes q and scales a_scale. */
+cudaError_t cuda_fp8_quant_rows(cudaStream_t s, uint8_t *q, float *a_scale, const float *x,
+                                int M, int K);
+/* y[m][n0 + j] = acc[m][j] * a_scale[m] (NULL: 1) * w_scale[n0 + j] (+ bias[n0 + j]). */
+cudaError_t cuda_fp8_epilogue(cudaStream_t s, float *y, int ldy, int n0, const float *acc,
+                              int nc, const float *a_scale, const float *w_scale,
+                              const float *bias, int M);
+/* out[i] = bf16(e4m3(q[i])), exact. */
+cudaError_t cuda_fp8_to_bf16(cudaStream_t s, __nv_bfloat16 *out, const uint8_t *q, size_t n);
 
 /* ---- norm.cu ---- */
 

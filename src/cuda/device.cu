@@ -68,27 +68,6 @@ extern "C" bool nv_cuda_probe_reason(int device, char *buf, size_t n)
     return true;
 }
 
-extern "C" nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes,
-                                        void *err_handle)
-{
-    int prev = -1;
-    cudaError_t e = cudaGetDevice(&prev);
-    if (e == cudaSuccess && prev != device) {
-        e = cudaSetDevice(device);
-    }
-    size_t f = 0;
-    size_t t = 0;
-    if (e == cudaSuccess) {
-        e = cudaMemGetInfo(&f, &t);
-    }
-    if (prev >= 0 && prev != device) {
-        cudaSetDevice(prev);
-    }
-    *free_bytes = f;
-    *total_bytes = t;
-    return cuda_status(err_handle, e, "memory info");
-}
-
 extern "C" bool nv_cuda_probe(int device)
 {
     return nv_cuda_probe_reason(device, NULL, 0);

@@ -1,9 +1,9 @@
 /*
- * gemm_pad.cu - the GEMM input of a weight stored with padded rows (gemm_plan.h: gp_weight_ld,
- * the ViT patch embedding's K = 3 x 14 x 14 = 588 stored as 592): x (rows, cols) f32 becomes
- * bf16 rows of ld >= cols elements, columns cols..ld-1 zero, in the same single pass that
- * converts an unpadded input. The zero columns meet the weight's zero columns, so the GEMM runs
- * with the aligned K and the same result.
+ * gemm_pad.cu - the GEMM input of a weight stored with padded rows (memory_plan.h:
+ * nv_mem_weight_ld; the ViT patch embedding's K = 3 x 14 x 14 = 588 is stored as 592):
+ * x (rows, cols) f32 becomes bf16 rows of ld >= cols elements, columns cols..ld-1 zero, in the
+ * same single pass that converts an unpadded input. The zero columns meet the weight's zero
+ * columns, so the GEMM runs with the aligned K and the same result.
  */
 #include "cuda/cuda_internal.h"
 

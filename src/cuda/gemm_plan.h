@@ -2,7 +2,7 @@
  * gemm_plan.h - the host-side logic of the CUDA GEMM, apart from any CUDA call: the M buckets
  * of the plan cache, the cache itself (open addressing, LRU eviction without holes in the probe
  * chains, a failed build leaves it untouched), the choice among several heuristic algorithms
- * with fallback when one is rejected, and the padded row length of convolution weights.
+ * with fallback when one is rejected.
  * cuBLASLt is reached only through `gp_driver` (gemm_lt.cu implements it; tests/test_gemm_plan.c
  * implements a scripted one), so this file is plain C11 that also compiles as C++17: gemm_lt.cu
  * (nvcc) and the unit test both include it, and every function is static inline.
@@ -25,7 +25,6 @@ extern "C" {
 #define GP_MAX_CANDS 8      /* algorithms asked of the heuristic per epilogue */
 #define GP_SLOTS 128        /* hash slots of a cache */
 #define GP_MAX_LIVE 64      /* plans a cache holds; the least recently used goes beyond */
-#define GP_K_ALIGN 8        /* bf16 elements: rows of convolution weights padded to 16 bytes */
 
 /* What identifies a plan. M enters only as its bucket (gp_bucket); the alignments are those
  * of w (A), x (B) and y (D) in bytes (1..256), promised to the heuristic. `type`: the operand
@@ -103,30 +102,6 @@ static inline int32_t gp_bucket(int M)
         b <<= 1;
     }
     return b;
-}
-
-/* Row length (elements) of a bf16 weight matrix with K columns as the CUDA backend stores it:
- * convolution kernels (4-D, consumed only as GEMM operands over im2col rows) get K rounded up
- * to GP_K_ALIGN with zero columns; every other matrix keeps K (other ops read them as dense
- * rows: embedding gathers, position tables). */
-static inline int64_t gp_weight_ld(int ndim, int64_t K)
-{
-    if (ndim != 4 || K <= 0 || K % GP_K_ALIGN == 0 || K > INT64_MAX - GP_K_ALIGN) {
-        return K;
-    }
-    return (K + GP_K_ALIGN - 1) / GP_K_ALIGN * GP_K_ALIGN;
-}
-
-/* Copies `rows` rows of `cols` elements of `elem` bytes into rows of `ld` elements, zeroing
- * columns cols..ld-1 (zero bits are 0.0 in bf16, f16 and f32). */
-static inline void gp_pad_rows(void *dst, const void *src, size_t rows, size_t cols, size_t ld,
-                               size_t elem)
-{
-    for (size_t r = 0; r < rows; r++) {
-        char *d = (char *)dst + r * ld * elem;
-        memcpy(d, (const char *)src + r * cols * elem, cols * elem);
-        memset(d + cols * elem, 0, (ld - cols) * elem);
-    }
 }
 
 static inline unsigned gp_hash(const gp_key *k)

@@ -258,6 +258,23 @@ nvlm_status nv_tp_comm_nccl_create(nvlm_context *ctx, int size, const int *devic
     return ctx->cuda->tp_comm_nccl_create(ctx, size, devices, streams, err_handle, out);
 }
 
+nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *err_handle)
+{
+    const nv_cuda_plugin *p = plugin_of(be);
+    if (p == NULL) {
+        return nv_error(err_handle, NVLM_ERR_INVALID_ARGUMENT, "not a CUDA backend");
+    }
+    return p->weight_slab(be, bytes, err_handle);
+}
+
+void nv_cuda_upload_end(nv_backend *be)
+{
+    const nv_cuda_plugin *p = plugin_of(be);
+    if (p != NULL) {
+        p->upload_end(be);
+    }
+}
+
 /* The benchmark helpers: only for execs of a CUDA backend. */
 #define NV_CUDA_HELPER(ex, call)                                                              \
     do {                                                                                      \

@@ -67,6 +67,8 @@ typedef struct nv_cuda_plugin {
     /* Free and total bytes of `device` (cudaMemGetInfo); errors go to err_handle. */
     nvlm_status (*mem_info)(int device, size_t *free_bytes, size_t *total_bytes,
                             void *err_handle);
+    nvlm_status (*weight_slab)(nv_backend *be, size_t bytes, void *err_handle);
+    void (*upload_end)(nv_backend *be);
 
     /* benchmark and test helpers (bench_kernels.cu) */
     nvlm_status (*random_weight)(nv_exec *ex, int ndim, const int64_t *shape, uint64_t seed,
