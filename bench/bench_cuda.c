@@ -11,12 +11,18 @@
  * no device).
  *
  *   bench_cuda [--layers N] [--ctx N] [--prefill N] [--tiles N] [--reps N] [--quick]
+ *              [--breakdown CTX[,CTX...]]
+ *
+ * --breakdown 8192,32768: after the ceilings, only batch-1 decode at each context (up to 4),
+ * per layer: the step, its seven GEMMs alone and the rest, the host's enqueue time, and the
+ * bytes read (weights + K/V) against the read probe.
  */
 #include "backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef NVLM_WITH_CUDA
 #include "cuda/cuda_api.h"
@@ -25,6 +31,7 @@ typedef struct opts {
     int layers, ctx, prefill, tiles, reps;
     int D, H, KVH, hd, I;           /* decoder */
     int vD, vH, vhd, vI, vtok;      /* ViT (padded heads) */
+    int n_bd, bd[4];                /* --breakdown: decode contexts */
 } opts;
 
 typedef struct llm_layer {
@@ -228,6 +235,162 @@ static double layer_params_vit(const opts *o)
     return o->vD * HP * 4 + 2.0 * o->vD * o->vI;
 }
 
+/* The decoder side of a run: o->layers layers of random weights, bf16 KV caches of cap rows
+ * (zeroed: finite keys and values) and activations for nmax tokens. */
+static nvlm_status llm_setup(const opts *o, nv_exec *ex, run *rp, int64_t cap, size_t nmax)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    run r;
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.L = calloc((size_t)o->layers, sizeof *r.L);
+    r.kc = calloc((size_t)o->layers, sizeof *r.kc);
+    r.vc = calloc((size_t)o->layers, sizeof *r.vc);
+    int HQ = o->H * o->hd;
+    int KV = o->KVH * o->hd;
+    nvlm_status st = r.L == NULL || r.kc == NULL || r.vc == NULL ? NVLM_ERR_OUT_OF_MEMORY
+                                                                 : NVLM_OK;
+    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+        llm_layer *L = &r.L[l];
+        st = rw(ex, &L->in_norm, 1, o->D, 1.0f);
+        if (st == NVLM_OK) { st = rw(ex, &L->post_norm, 1, o->D, 1.0f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->q, HQ, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->q_b, 1, HQ, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->k, KV, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->k_b, 1, KV, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->v, KV, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->v_b, 1, KV, 0.1f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->o, o->D, HQ, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->gate, o->I, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->up, o->I, o->D, 0.02f); }
+        if (st == NVLM_OK) { st = rw(ex, &L->down, o->D, o->I, 0.02f); }
+        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.kc[l]); }
+        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.vc[l]); }
+    }
+    if (st == NVLM_OK) {
+        r.h = act(ex, nmax * o->D);
+        r.x = act(ex, nmax * o->D);
+        r.q = act(ex, nmax * HQ);
+        r.k = act(ex, nmax * KV);
+        r.v = act(ex, nmax * KV);
+        r.ctxo = act(ex, nmax * HQ);
+        r.a = act(ex, nmax * o->D);
+        r.g = act(ex, nmax * o->I);
+        r.u = act(ex, nmax * o->I);
+        if (r.h == NULL || r.x == NULL || r.q == NULL || r.k == NULL || r.v == NULL ||
+            r.ctxo == NULL || r.a == NULL || r.g == NULL || r.u == NULL) {
+            st = NVLM_ERR_OUT_OF_MEMORY;
+        }
+    }
+    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
+        st = op->zero(ex, r.kc[l], (size_t)cap * KV * 2);
+        if (st == NVLM_OK) {
+            st = op->zero(ex, r.vc[l], (size_t)cap * KV * 2);
+        }
+    }
+    *rp = r;
+    return st;
+}
+
+static void llm_teardown(nv_exec *ex, run *r)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    for (int l = 0; l < r->o->layers && r->L != NULL; l++) {
+        free_w(ex, (nv_bweight *)&r->L[l], sizeof(llm_layer) / sizeof(nv_bweight));
+        if (r->kc != NULL && r->kc[l] != NULL) { op->free(ex, r->kc[l]); }
+        if (r->vc != NULL && r->vc[l] != NULL) { op->free(ex, r->vc[l]); }
+    }
+    float *acts[9] = {r->h, r->x, r->q, r->k, r->v, r->ctxo, r->a, r->g, r->u};
+    for (int i = 0; i < 9; i++) {
+        if (acts[i] != NULL) {
+            op->free(ex, acts[i]);
+        }
+    }
+    free(r->L);
+    free(r->kc);
+    free(r->vc);
+    memset(r, 0, sizeof *r);
+}
+
+/* The seven GEMMs of one decoder layer (q, k, v, o, gate, up, down) and nothing else. */
+static nvlm_status llm_gemms_all(nv_exec *ex, void *arg)
+{
+    run *r = arg;
+    const nv_backend_ops *op = ex->be->ops;
+    for (int l = 0; l < r->o->layers; l++) {
+        const llm_layer *L = &r->L[l];
+        TRY(op->matmul(ex, r->q, r->x, &L->q, &L->q_b, r->n));
+        TRY(op->matmul(ex, r->k, r->x, &L->k, &L->k_b, r->n));
+        TRY(op->matmul(ex, r->v, r->x, &L->v, &L->v_b, r->n));
+        TRY(op->matmul(ex, r->a, r->ctxo, &L->o, NULL, r->n));
+        TRY(op->matmul(ex, r->g, r->x, &L->gate, NULL, r->n));
+        TRY(op->matmul(ex, r->u, r->x, &L->up, NULL, r->n));
+        TRY(op->matmul(ex, r->a, r->g, &L->down, NULL, r->n));
+    }
+    return NVLM_OK;
+}
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+/* Decode at batch 1 at each context of ctxs[]: per layer the whole step, its GEMMs alone (the
+ * rest is the difference), the host's enqueue time (the op calls returning, before the device
+ * is waited for) and the bytes a layer must read (weights + the K/V rows) against the read
+ * probe. One line per context, "breakdown ctx N: ..." (tools/gpu_check.sh reads them). */
+static int breakdown(const opts *o, nv_exec *ex, double read_tbs, const int *ctxs, int n_ctx)
+{
+    int maxc = 0;
+    for (int i = 0; i < n_ctx; i++) {
+        maxc = ctxs[i] > maxc ? ctxs[i] : maxc;
+    }
+    run r;
+    nvlm_status st = llm_setup(o, ex, &r, (int64_t)maxc + 8, 1);
+    int KV = o->KVH * o->hd;
+    double wbytes = layer_params_llm(o) * 2.0;
+    for (int i = 0; i < n_ctx && st == NVLM_OK; i++) {
+        r.n = 1;
+        r.pos0 = ctxs[i];
+        double layer_ms = 0.0;
+        double gemm_ms = 0.0;
+        st = best_ms(ex, llm_all, &r, 1, &layer_ms);
+        if (st == NVLM_OK) {
+            st = best_ms(ex, llm_gemms_all, &r, 1, &gemm_ms);
+        }
+        double enq_us = 1e30;
+        for (int k = 0; k < o->reps && st == NVLM_OK; k++) {
+            double t0 = now_us();
+            st = llm_all(ex, &r);
+            double t1 = now_us();
+            if (st == NVLM_OK) {
+                st = ex->be->ops->sync(ex);
+            }
+            enq_us = t1 - t0 < enq_us ? t1 - t0 : enq_us;
+        }
+        if (st != NVLM_OK) {
+            break;
+        }
+        enq_us /= o->layers;
+        double kvbytes = 2.0 * (double)(ctxs[i] + 1) * KV * 2.0; /* bf16 K and V rows */
+        double tbs = (wbytes + kvbytes) / (layer_ms * 1e-3) / 1e12;
+        printf("breakdown ctx %d: layer %.3f ms = gemm %.3f + rest %.3f ms; enqueue %.1f us/layer; "
+               "reads %.0f MiB/layer (%.0f weights + %.0f KV) = %.2f TB/s = %.0f%% of the read "
+               "probe (goal 95%%: %.3f ms)\n",
+               ctxs[i], layer_ms, gemm_ms, layer_ms - gemm_ms, enq_us,
+               (wbytes + kvbytes) / (1 << 20), wbytes / (1 << 20), kvbytes / (1 << 20), tbs,
+               100.0 * tbs / read_tbs, (wbytes + kvbytes) / (0.95 * read_tbs * 1e12) * 1e3);
+        fflush(stdout);
+    }
+    if (st != NVLM_OK) {
+        fprintf(stderr, "decode breakdown failed: %s\n", nvlm_last_error(ex->be->ctx));
+    }
+    llm_teardown(ex, &r);
+    return st == NVLM_OK ? 0 : 1;
+}
+
 static int bench(const opts *o, nv_exec *ex)
 {
     const nv_backend_ops *op = ex->be->ops;
@@ -253,61 +416,19 @@ static int bench(const opts *o, nv_exec *ex)
     printf("ceiling: read-only probe %.2f TB/s (%.0f MiB, best of %d)\n", read_tbs,
            (double)probe / (1 << 20), o->reps);
     printf("ceiling: cuBLASLt bf16 GEMM 8192^3 %.1f TFLOP/s\n", gemm_tf);
+    if (o->n_bd > 0) {
+        return breakdown(o, ex, read_tbs, o->bd, o->n_bd);
+    }
 
     /* Decoder layers. */
-    run r;
-    memset(&r, 0, sizeof r);
-    r.o = o;
-    r.L = calloc((size_t)o->layers, sizeof *r.L);
-    r.kc = calloc((size_t)o->layers, sizeof *r.kc);
-    r.vc = calloc((size_t)o->layers, sizeof *r.vc);
-    int HQ = o->H * o->hd;
     int KV = o->KVH * o->hd;
+    int HQ = o->H * o->hd;
+    run r;
     int64_t cap = (int64_t)o->ctx + o->prefill + 8;
-    nvlm_status st = NVLM_OK;
-    for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
-        llm_layer *L = &r.L[l];
-        st = rw(ex, &L->in_norm, 1, o->D, 1.0f);
-        if (st == NVLM_OK) { st = rw(ex, &L->post_norm, 1, o->D, 1.0f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->q, HQ, o->D, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->q_b, 1, HQ, 0.1f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->k, KV, o->D, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->k_b, 1, KV, 0.1f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->v, KV, o->D, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->v_b, 1, KV, 0.1f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->o, o->D, HQ, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->gate, o->I, o->D, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->up, o->I, o->D, 0.02f); }
-        if (st == NVLM_OK) { st = rw(ex, &L->down, o->D, o->I, 0.02f); }
-        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.kc[l]); }
-        if (st == NVLM_OK) { st = op->alloc(ex, (size_t)cap * KV * 2, &r.vc[l]); }
-    }
-    size_t nmax = (size_t)o->prefill;
-    if (st == NVLM_OK) {
-        r.h = act(ex, nmax * o->D);
-        r.x = act(ex, nmax * o->D);
-        r.q = act(ex, nmax * HQ);
-        r.k = act(ex, nmax * KV);
-        r.v = act(ex, nmax * KV);
-        r.ctxo = act(ex, nmax * HQ);
-        r.a = act(ex, nmax * o->D);
-        r.g = act(ex, nmax * o->I);
-        r.u = act(ex, nmax * o->I);
-        if (r.h == NULL || r.x == NULL || r.q == NULL || r.k == NULL || r.v == NULL ||
-            r.ctxo == NULL || r.a == NULL || r.g == NULL || r.u == NULL) {
-            st = NVLM_ERR_OUT_OF_MEMORY;
-        }
-    }
+    nvlm_status st = llm_setup(o, ex, &r, cap, (size_t)o->prefill);
     double pre_ms = 0.0;
     double dec_ms = 0.0;
     if (st == NVLM_OK) {
-        /* Fill the caches: rows 0..ctx hold random (finite) keys and values. */
-        for (int l = 0; l < o->layers && st == NVLM_OK; l++) {
-            st = op->zero(ex, r.kc[l], (size_t)cap * KV * 2);
-            if (st == NVLM_OK) {
-                st = op->zero(ex, r.vc[l], (size_t)cap * KV * 2);
-            }
-        }
         r.n = o->prefill;
         r.pos0 = 0;
         if (st == NVLM_OK) {
@@ -376,20 +497,7 @@ static int bench(const opts *o, nv_exec *ex)
     } else {
         fprintf(stderr, "FP8 decoder bench failed: %s\n", nvlm_last_error(ex->be->ctx));
     }
-    for (int l = 0; l < o->layers; l++) {
-        free_w(ex, (nv_bweight *)&r.L[l], sizeof(llm_layer) / sizeof(nv_bweight));
-        if (r.kc[l] != NULL) { op->free(ex, r.kc[l]); }
-        if (r.vc[l] != NULL) { op->free(ex, r.vc[l]); }
-    }
-    float *acts[9] = {r.h, r.x, r.q, r.k, r.v, r.ctxo, r.a, r.g, r.u};
-    for (int i = 0; i < 9; i++) {
-        if (acts[i] != NULL) {
-            op->free(ex, acts[i]);
-        }
-    }
-    free(r.L);
-    free(r.kc);
-    free(r.vc);
+    llm_teardown(ex, &r);
     if (st != NVLM_OK) {
         return 1;
     }
@@ -478,13 +586,24 @@ int main(int argc, char **argv)
             o.tiles = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(argv[i], "--reps") == 0) {
             o.reps = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--breakdown") == 0) {
+            char *p = argv[++i];
+            o.n_bd = 0;
+            while (*p != '\0' && o.n_bd < 4) {
+                o.bd[o.n_bd++] = (int)strtol(p, &p, 10);
+                p += *p == ',';
+            }
         } else {
             fprintf(stderr, "usage: %s [--layers N] [--ctx N] [--prefill N] [--tiles N] "
-                    "[--reps N] [--quick]\n", argv[0]);
+                    "[--reps N] [--quick] [--breakdown CTX[,CTX...]]\n", argv[0]);
             return 2;
         }
     }
-    if (o.layers < 1 || o.reps < 1 || o.ctx < 1 || o.prefill < 1 || o.tiles < 1) {
+    int bd_bad = 0;
+    for (int i = 0; i < o.n_bd; i++) {
+        bd_bad |= o.bd[i] < 1 || o.bd[i] > 1 << 20;
+    }
+    if (o.layers < 1 || o.reps < 1 || o.ctx < 1 || o.prefill < 1 || o.tiles < 1 || bd_bad) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }

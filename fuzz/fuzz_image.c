@@ -16,7 +16,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    if (nvlm_context_create(NULL, &ctx) != NVLM_OK) {
+    nvlm_context_params cp; /* parsing only: the CPU, never the plugin (auto) */
+    nvlm_context_default_params(&cp);
+    cp.backend = NVLM_BACKEND_CPU;
+    if (nvlm_context_create(&cp, &ctx) != NVLM_OK) {
         abort();
     }
     return 0;

@@ -22,7 +22,10 @@ static void init(void)
     if (g_ctx != NULL) {
         return;
     }
-    if (nvlm_context_create(NULL, &g_ctx) != NVLM_OK ||
+    nvlm_context_params cp; /* parsing only: the CPU, never the plugin (auto) */
+    nvlm_context_default_params(&cp);
+    cp.backend = NVLM_BACKEND_CPU;
+    if (nvlm_context_create(&cp, &g_ctx) != NVLM_OK ||
         nvlm_tokenizer_load(g_ctx, "tests/data/tiny-nvlm-d/tokenizer.json", &g_tiny) != NVLM_OK) {
         abort();
     }

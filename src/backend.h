@@ -131,6 +131,32 @@ typedef struct nv_backend_ops {
      * patch order row-major, features (c, ky, kx): a stride-p convolution becomes a GEMM. */
     nvlm_status (*im2col)(nv_exec *ex, float *out, const float *pix, int batch, int channels,
                           int height, int width, int patch);
+
+    /* ---- optional fused ops (NULL: the pipeline runs the plain sequence given for each) ---- */
+    /* Lays out n checkpoint tensors of one dtype as ONE weight whose rows are theirs in order
+     * (2-D parts of equal width: (sum of rows, K); 1-D parts: their concatenation), so that one
+     * matmul computes what n did: the decoder's q|k|v (with q_b|k_b|v_b as one bias) and
+     * gate|up. *grouped false (and NVLM_OK, nothing loaded): this backend keeps these tensors
+     * apart (their dtype, say); load them one by one. A backend that groups also has
+     * silu_mul_cat. The tensor-parallel backend does not group. */
+    nvlm_status (*weight_load_group)(nv_backend *be, const nv_tensor *srcs, int n,
+                                     nv_bweight *out, bool *grouped, void *err_handle);
+    /* The residual add and the next RMSNorm in one pass: h[r] += s (.) a[r] when a is not NULL
+     * (s may be NULL: plain add), then x = rmsnorm(h) * w over `cols` channels, all rows of
+     * `cols` (= add_scaled then rmsnorm with stat_cols = cols). x is the input of the matmuls
+     * that follow: a backend whose GEMMs read another dtype (CUDA: bf16) also keeps x in that
+     * dtype for matmuls reading x until any other op runs. x must not overlap h or a. */
+    nvlm_status (*add_rmsnorm)(nv_exec *ex, float *h, const float *a, const nv_bweight *s,
+                               float *x, const nv_bweight *w, int rows, int cols, float eps);
+    /* y[r][c] = silu(gu[r][c]) * gu[r][cols + c]: silu_mul on the output of a grouped gate|up
+     * matmul (rows of 2 * cols); y (rows of cols) must not overlap gu. */
+    nvlm_status (*silu_mul_cat)(nv_exec *ex, float *y, const float *gu, int rows, int cols);
+    /* rope then store_rows in one pass, for the KV append: row r of src (stride lds, n_heads
+     * heads of head_dim) rotated at position row0 + r (as rope with pos0 = row0) is stored at
+     * cache row row0 + r (rows of n_heads * head_dim, dtype type). src's contents afterwards
+     * are unspecified (the CPU rotates it in place; CUDA leaves it). */
+    nvlm_status (*rope_store)(nv_exec *ex, void *dst, nv_dtype type, int64_t row0, float *src,
+                              int lds, int rows, int n_heads, int head_dim, double theta);
 } nv_backend_ops;
 
 struct nv_backend {

@@ -13,6 +13,50 @@
 
 #define LLM_PREFIX "language_model."
 
+/* Loads layer l's q|k|v, their biases and gate|up as three grouped weights when the backend
+ * groups them (and has silu_mul_cat for the grouped gate|up output); L->grouped says so. */
+static nvlm_status dec_group(nv_engine *e, const nvlm_model *m, int l, dec_layer *L)
+{
+    static const char *const suffix[8] = {
+        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.q_proj.bias",   "self_attn.k_proj.bias",   "self_attn.v_proj.bias",
+        "mlp.gate_proj.weight",    "mlp.up_proj.weight"};
+    const dec_weights *w = &e->dec;
+    L->grouped = false;
+    if (e->be->ops->weight_load_group == NULL || e->be->ops->silu_mul_cat == NULL) {
+        return NVLM_OK;
+    }
+    int64_t D = w->D;
+    int64_t HQ = (int64_t)w->n_heads * w->head_dim;
+    int64_t KV = (int64_t)w->n_kv_heads * w->head_dim;
+    int64_t I = w->I;
+    const int64_t nelem[8] = {HQ * D, KV * D, KV * D, HQ, KV, KV, I * D, I * D};
+    const int64_t rows[8] = {HQ, KV, KV, HQ, KV, KV, I, I};
+    char buf[8][128];
+    const char *names[8];
+    for (int i = 0; i < 8; i++) {
+        snprintf(buf[i], sizeof buf[i], LLM_PREFIX "model.layers.%d.%s", l, suffix[i]);
+        names[i] = buf[i];
+    }
+    bool g0 = false;
+    bool g1 = false;
+    bool g2 = false;
+    nvlm_status st = eng_load_group(e, m, names, nelem, rows, 3, &L->qkv, &g0);
+    if (st == NVLM_OK && g0) {
+        st = eng_load_group(e, m, names + 3, nelem + 3, rows + 3, 3, &L->qkv_b, &g1);
+    }
+    if (st == NVLM_OK && g1) {
+        st = eng_load_group(e, m, names + 6, nelem + 6, rows + 6, 2, &L->gate_up, &g2);
+    }
+    L->grouped = st == NVLM_OK && g0 && g1 && g2;
+    if (!L->grouped) {
+        eng_unload(e, &L->qkv);
+        eng_unload(e, &L->qkv_b);
+        eng_unload(e, &L->gate_up);
+    }
+    return st;
+}
+
 nvlm_status dec_init(nv_engine *e, const nvlm_model *m)
 {
     const nv_llm_config *c = &m->cfg.llm;
@@ -28,6 +72,7 @@ nvlm_status dec_init(nv_engine *e, const nvlm_model *m)
     w->max_pos = c->max_position_embeddings;
     w->theta = c->rope_theta;
     w->eps = (float)c->rms_norm_eps;
+    w->grouped = false;
     if (w->D <= 0 || w->I <= 0 || w->n_layers <= 0 || w->n_heads <= 0 || w->n_kv_heads <= 0 ||
         w->n_heads % w->n_kv_heads != 0 || w->head_dim <= 0 || w->head_dim % 2 != 0 ||
         w->vocab <= 0 || w->max_pos <= 0 || !(w->theta > 0.0)) {
@@ -58,15 +103,19 @@ nvlm_status dec_init(nv_engine *e, const nvlm_model *m)
     } while (0)
         DEC_LOAD(in_norm, "input_layernorm.weight", D, D);
         DEC_LOAD(post_norm, "post_attention_layernorm.weight", D, D);
-        DEC_LOAD(q, "self_attn.q_proj.weight", HQ * D, HQ);
-        DEC_LOAD(q_b, "self_attn.q_proj.bias", HQ, HQ);
-        DEC_LOAD(k, "self_attn.k_proj.weight", KV * D, KV);
-        DEC_LOAD(k_b, "self_attn.k_proj.bias", KV, KV);
-        DEC_LOAD(v, "self_attn.v_proj.weight", KV * D, KV);
-        DEC_LOAD(v_b, "self_attn.v_proj.bias", KV, KV);
+        NVLM_TRY(dec_group(e, m, l, L));
+        w->grouped = w->grouped || L->grouped;
+        if (!L->grouped) {
+            DEC_LOAD(q, "self_attn.q_proj.weight", HQ * D, HQ);
+            DEC_LOAD(q_b, "self_attn.q_proj.bias", HQ, HQ);
+            DEC_LOAD(k, "self_attn.k_proj.weight", KV * D, KV);
+            DEC_LOAD(k_b, "self_attn.k_proj.bias", KV, KV);
+            DEC_LOAD(v, "self_attn.v_proj.weight", KV * D, KV);
+            DEC_LOAD(v_b, "self_attn.v_proj.bias", KV, KV);
+            DEC_LOAD(gate, "mlp.gate_proj.weight", (int64_t)w->I * D, w->I);
+            DEC_LOAD(up, "mlp.up_proj.weight", (int64_t)w->I * D, w->I);
+        }
         DEC_LOAD(o, "self_attn.o_proj.weight", D * HQ, D);
-        DEC_LOAD(gate, "mlp.gate_proj.weight", (int64_t)w->I * D, w->I);
-        DEC_LOAD(up, "mlp.up_proj.weight", (int64_t)w->I * D, w->I);
         DEC_LOAD(down, "mlp.down_proj.weight", D * w->I, D);
 #undef DEC_LOAD
     }
@@ -83,7 +132,8 @@ void dec_free(nv_engine *e)
         for (int l = 0; l < w->n_layers; l++) {
             dec_layer *L = &w->layers[l];
             nv_bweight *all[] = {&L->in_norm, &L->post_norm, &L->q, &L->q_b, &L->k, &L->k_b,
-                                 &L->v, &L->v_b, &L->o, &L->gate, &L->up, &L->down};
+                                 &L->v, &L->v_b, &L->o, &L->gate, &L->up, &L->down,
+                                 &L->qkv, &L->qkv_b, &L->gate_up};
             for (size_t i = 0; i < NV_ARRAY_LEN(all); i++) {
                 eng_unload(e, all[i]);
             }
@@ -208,8 +258,13 @@ size_t dec_arena_bytes(const dec_weights *w, int n, int n_logits)
     if (!dec_sizes_of(w, n, n_logits, &s)) {
         return SIZE_MAX;
     }
-    /* h, x, a, q, ctx, k, v, g, u, logits */
-    size_t parts[] = {s.h, s.h, s.h, s.q, s.q, s.kv, s.kv, s.mlp, s.mlp, s.logits};
+    /* h, x, a, q, ctx, k, v, g, u, logits; grouped weights: h, x, a, q|k|v, ctx, gate|up, g,
+     * logits (q|k|v and gate|up are one piece each, the next piece is silu_mul_cat's output) */
+    size_t parts[] = {s.h, s.h, s.h, s.q, s.q, s.kv, s.kv, s.mlp, s.mlp, s.logits, 0};
+    if (w->grouped) {
+        size_t ps[] = {s.h, s.h, s.h, s.q + 2 * s.kv, s.q, 2 * s.mlp, s.mlp, s.logits, 0, 0, 0};
+        memcpy(parts, ps, sizeof parts);
+    }
     size_t total = 0;
     for (size_t i = 0; i < NV_ARRAY_LEN(parts); i++) {
         if (!nv_add_size(total, nv_arena_size(parts[i]), &total)) {
@@ -244,18 +299,22 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
     int hd = w->head_dim;
     int HQ = w->n_heads * hd;
     int KV = w->n_kv_heads * hd;
+    int QKV = HQ + 2 * KV;
     float *h = nv_arena_floats(ar, s.h);
     float *x = nv_arena_floats(ar, s.h);
     float *a = nv_arena_floats(ar, s.h);
-    float *q = nv_arena_floats(ar, s.q);
+    /* Plain: q, ctx, k, v, g, u pieces. Grouped: q|k|v rows of QKV (q, k, v are column blocks
+     * of it), ctx, gate|up rows of 2 I, then g from silu_mul_cat. */
+    float *q = nv_arena_floats(ar, w->grouped ? s.q + 2 * s.kv : s.q);
     float *ctx = nv_arena_floats(ar, s.q);
-    float *k = nv_arena_floats(ar, s.kv);
-    float *v = nv_arena_floats(ar, s.kv);
-    float *g = nv_arena_floats(ar, s.mlp);
-    float *u = nv_arena_floats(ar, s.mlp);
+    float *k = w->grouped ? q + HQ : nv_arena_floats(ar, s.kv);
+    float *v = w->grouped ? q + HQ + KV : nv_arena_floats(ar, s.kv);
+    float *gu = nv_arena_floats(ar, w->grouped ? 2 * s.mlp : s.mlp);
+    float *u = w->grouped ? NULL : nv_arena_floats(ar, s.mlp);
+    float *g = w->grouped ? nv_arena_floats(ar, s.mlp) : gu;
     float *lg = nv_arena_floats(ar, s.logits);
     if (h == NULL || x == NULL || a == NULL || q == NULL || ctx == NULL || k == NULL ||
-        v == NULL || g == NULL || u == NULL || lg == NULL) {
+        v == NULL || g == NULL || gu == NULL || (u == NULL && !w->grouped) || lg == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "decoder arena too small");
     }
     NVLM_TRY(op->rows_copy(ex, h, NULL, w->embed.t.data, w->embed.t.dtype, ids, (size_t)n, D));
@@ -266,30 +325,67 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
         NVLM_TRY(op->download(ex, trace->embeds, h, s.h * sizeof(float)));
     }
     float scale = 1.0f / sqrtf((float)hd);
+    /* With add_rmsnorm, a layer's MLP output is added to h by the next layer's first norm
+     * (pend), unless the trace wants h after every layer. */
+    bool fuse = op->add_rmsnorm != NULL;
+    bool defer = fuse && (trace == NULL || trace->layers == NULL);
+    const float *pend = NULL;
     for (int l = 0; l < w->n_layers; l++) {
         const dec_layer *L = &w->layers[l];
-        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->in_norm, n, D, D, w->eps));
-        NVLM_TRY(op->matmul(ex, q, x, &L->q, &L->q_b, n));
-        NVLM_TRY(op->matmul(ex, k, x, &L->k, &L->k_b, n));
-        NVLM_TRY(op->matmul(ex, v, x, &L->v, &L->v_b, n));
-        NVLM_TRY(op->rope(ex, q, HQ, n, w->n_heads, hd, pos0, w->theta));
-        NVLM_TRY(op->rope(ex, k, KV, n, w->n_kv_heads, hd, pos0, w->theta));
-        NVLM_TRY(op->store_rows(ex, kv->k[l], kv->type, pos0, k, KV, (size_t)n, KV));
-        NVLM_TRY(op->store_rows(ex, kv->v[l], kv->type, pos0, v, KV, (size_t)n, KV));
-        NVLM_TRY(op->attention(ex, ctx, HQ, q, HQ, kv->k[l], kv->v[l], KV, kv->type, 1, n,
+        int ldq = L->grouped ? QKV : HQ;
+        int ldkv = L->grouped ? QKV : KV;
+        if (fuse) {
+            NVLM_TRY(op->add_rmsnorm(ex, h, pend, NULL, x, &L->in_norm, n, D, w->eps));
+            pend = NULL;
+        } else {
+            NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->in_norm, n, D, D, w->eps));
+        }
+        if (L->grouped) {
+            NVLM_TRY(op->matmul(ex, q, x, &L->qkv, &L->qkv_b, n));
+        } else {
+            NVLM_TRY(op->matmul(ex, q, x, &L->q, &L->q_b, n));
+            NVLM_TRY(op->matmul(ex, k, x, &L->k, &L->k_b, n));
+            NVLM_TRY(op->matmul(ex, v, x, &L->v, &L->v_b, n));
+        }
+        NVLM_TRY(op->rope(ex, q, ldq, n, w->n_heads, hd, pos0, w->theta));
+        if (op->rope_store != NULL) {
+            NVLM_TRY(op->rope_store(ex, kv->k[l], kv->type, pos0, k, ldkv, n, w->n_kv_heads, hd,
+                                    w->theta));
+        } else {
+            NVLM_TRY(op->rope(ex, k, ldkv, n, w->n_kv_heads, hd, pos0, w->theta));
+            NVLM_TRY(op->store_rows(ex, kv->k[l], kv->type, pos0, k, ldkv, (size_t)n, KV));
+        }
+        NVLM_TRY(op->store_rows(ex, kv->v[l], kv->type, pos0, v, ldkv, (size_t)n, KV));
+        NVLM_TRY(op->attention(ex, ctx, HQ, q, ldq, kv->k[l], kv->v[l], KV, kv->type, 1, n,
                                (int)(pos0 + n), w->n_heads, w->n_kv_heads, hd, scale, pos0,
                                NV_TP_LLM_HEADS));
         NVLM_TRY(op->matmul(ex, a, ctx, &L->o, NULL, n));
-        NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
-        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->post_norm, n, D, D, w->eps));
-        NVLM_TRY(op->matmul(ex, g, x, &L->gate, NULL, n));
-        NVLM_TRY(op->matmul(ex, u, x, &L->up, NULL, n));
-        NVLM_TRY(op->silu_mul(ex, g, g, u, s.mlp));
+        if (fuse) {
+            NVLM_TRY(op->add_rmsnorm(ex, h, a, NULL, x, &L->post_norm, n, D, w->eps));
+        } else {
+            NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
+            NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->post_norm, n, D, D, w->eps));
+        }
+        if (L->grouped) {
+            NVLM_TRY(op->matmul(ex, gu, x, &L->gate_up, NULL, n));
+            NVLM_TRY(op->silu_mul_cat(ex, g, gu, n, w->I));
+        } else {
+            NVLM_TRY(op->matmul(ex, g, x, &L->gate, NULL, n));
+            NVLM_TRY(op->matmul(ex, u, x, &L->up, NULL, n));
+            NVLM_TRY(op->silu_mul(ex, g, g, u, s.mlp));
+        }
         NVLM_TRY(op->matmul(ex, a, g, &L->down, NULL, n));
-        NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
+        if (defer) {
+            pend = a;
+        } else {
+            NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
+        }
         if (trace != NULL && trace->layers != NULL) {
             NVLM_TRY(op->download(ex, trace->layers + (size_t)l * s.h, h, s.h * sizeof(float)));
         }
+    }
+    if (pend != NULL) {
+        NVLM_TRY(op->add_scaled(ex, h, pend, NULL, n, D));
     }
     if (trace != NULL && trace->final_norm != NULL) {
         NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &w->norm, n, D, D, w->eps));

@@ -120,8 +120,9 @@ static nvlm_status fp8_stored(nv_engine *e, const nvlm_model *m, const char *nam
     return NVLM_OK;
 }
 
-nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
-                     int64_t rows, nv_bweight *out)
+/* The checkpoint tensor `name` after eng_load's checks, into *out. */
+static nvlm_status eng_checked(const nvlm_model *m, const char *name, int64_t nelem,
+                               int64_t rows, const nv_weight **out)
 {
     void *eh = (void *)m;
     const nv_weight *w = nv_model_weight(m, name);
@@ -138,6 +139,39 @@ nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_
         return nv_error(eh, NVLM_ERR_SHAPE, "tensor %s: dtype %s, want bf16/f16/f32", name,
                         nv_dtype_name(w->t.dtype));
     }
+    *out = w;
+    return NVLM_OK;
+}
+
+nvlm_status eng_load_group(nv_engine *e, const nvlm_model *m, const char *const *names,
+                           const int64_t *nelem, const int64_t *rows, int n, nv_bweight *out,
+                           bool *grouped)
+{
+    nv_tensor srcs[ENG_GROUP_MAX];
+    *grouped = false;
+    memset(out, 0, sizeof *out);
+    if (e->be->ops->weight_load_group == NULL || n < 1 || n > ENG_GROUP_MAX) {
+        return NVLM_OK;
+    }
+    for (int i = 0; i < n; i++) {
+        const nv_weight *w = NULL;
+        NVLM_TRY(eng_checked(m, names[i], nelem[i], rows[i], &w));
+        /* FP8 weights (stored or quantized at load) keep their own layout. */
+        if (w->t.dtype == NV_F8_E4M3 || (m->quantize_fp8 && fp8_is_projection(names[i])) ||
+            (i > 0 && w->t.dtype != srcs[0].dtype)) {
+            return NVLM_OK;
+        }
+        srcs[i] = w->t;
+    }
+    return e->be->ops->weight_load_group(e->be, srcs, n, out, grouped, (void *)m);
+}
+
+nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
+                     int64_t rows, nv_bweight *out)
+{
+    void *eh = (void *)m;
+    const nv_weight *w = NULL;
+    NVLM_TRY(eng_checked(m, name, nelem, rows, &w));
     nv_layout_tensor key;
     snprintf(key.name, sizeof key.name, "%s", name);
     const nv_layout_tensor *lt = bsearch(&key, e->layout, e->n_layout, sizeof key, cmp_layout);

@@ -47,12 +47,17 @@ typedef struct dec_layer {
     nv_bweight o;                   /* (D, H hd) */
     nv_bweight gate, up;            /* (I, D) */
     nv_bweight down;                /* (D, I) */
+    /* Grouped (backend weight_load_group; then q..v_b, gate and up above are empty): */
+    bool grouped;
+    nv_bweight qkv, qkv_b;          /* (H hd + 2 KV hd, D), (H hd + 2 KV hd) */
+    nv_bweight gate_up;             /* (2 I, D): gate rows then up rows */
 } dec_layer;
 
 typedef struct dec_weights {
     int D, I, n_layers, n_heads, n_kv_heads, head_dim, vocab, max_pos;
     double theta;
     float eps;
+    bool grouped;                   /* some layer has grouped weights (dec_layer.grouped) */
     nv_bweight embed;               /* (vocab, D), gathered in place */
     nv_bweight norm;                /* (D) */
     nv_bweight lm_head;             /* (vocab, D) */
@@ -87,6 +92,14 @@ typedef struct nv_engine nv_engine;
 nvlm_status eng_load(nv_engine *e, const nvlm_model *m, const char *name, int64_t nelem,
                      int64_t rows, nv_bweight *out);
 void eng_unload(nv_engine *e, nv_bweight *w);
+/* Loads checkpoint tensors names[0..n) (each checked as by eng_load) as ONE weight through the
+ * backend's weight_load_group (backend.h), n <= ENG_GROUP_MAX. *grouped false, NVLM_OK and
+ * nothing loaded when the backend has no grouping or keeps these apart (FP8 weights, mixed
+ * dtypes): the caller loads them one by one. */
+#define ENG_GROUP_MAX 4
+nvlm_status eng_load_group(nv_engine *e, const nvlm_model *m, const char *const *names,
+                           const int64_t *nelem, const int64_t *rows, int n, nv_bweight *out,
+                           bool *grouped);
 
 /* ---- vision (vision.c) ------------------------------------------------------------------ */
 

@@ -124,6 +124,8 @@ static bool pass_bytes(const nv_config *c, uint64_t *arena, uint64_t *gemm_in)
     proj_weights p;
     dec_weights d;
     stage_shapes(c, &v, &p, &d);
+    /* the CUDA backend loads q|k|v and gate|up grouped: the larger of the two arenas */
+    d.grouped = true;
     int tiles = NV_MAX(1, c->max_dynamic_patch) + (c->use_thumbnail && c->max_dynamic_patch > 1);
     if (v.D <= 0 || v.n_patches <= 0 || p.in < v.D || p.in % v.D != 0) {
         return false;

@@ -225,24 +225,47 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
     if (w->skip_dummy) {
         VT(op->zero(ex, ctx, s.ctx * sizeof(float)));
     }
+    /* With add_rmsnorm, a layer's ls2-scaled MLP output is added to h by the next layer's first
+     * norm (pend), unless `hidden` wants h after every layer. */
+    bool fuse = op->add_rmsnorm != NULL;
+    bool defer = fuse && hidden == NULL;
+    const float *pend = NULL;
+    const nv_bweight *pend_s = NULL;
     for (int l = 0; l < w->n_layers; l++) {
         const vit_layer *L = &w->layers[l];
-        VT(op->rmsnorm(ex, x, D, h, D, &L->norm1, N, D, D, w->eps));
+        if (fuse) {
+            VT(op->add_rmsnorm(ex, h, pend, pend_s, x, &L->norm1, N, D, w->eps));
+            pend = NULL;
+        } else {
+            VT(op->rmsnorm(ex, x, D, h, D, &L->norm1, N, D, D, w->eps));
+        }
         VT(op->matmul(ex, qkv, x, &L->qkv, NULL, N));
         VT(op->rmsnorm(ex, qkv, 3 * HP, qkv, 3 * HP, &L->q_norm, N, HP, D, w->eps));
         VT(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, D, w->eps));
         VT(op->attention(ex, ctx, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32, T,
                          NP1, NP1, n_heads, n_heads, hd, scale, -1, NV_TP_VIT_HEADS));
         VT(op->matmul(ex, a, ctx, &L->proj, &L->proj_b, N));
-        VT(op->add_scaled(ex, h, a, &L->ls1, N, D));
-        VT(op->rmsnorm(ex, x, D, h, D, &L->norm2, N, D, D, w->eps));
+        if (fuse) {
+            VT(op->add_rmsnorm(ex, h, a, &L->ls1, x, &L->norm2, N, D, w->eps));
+        } else {
+            VT(op->add_scaled(ex, h, a, &L->ls1, N, D));
+            VT(op->rmsnorm(ex, x, D, h, D, &L->norm2, N, D, D, w->eps));
+        }
         VT(op->matmul(ex, mlp, x, &L->fc1, &L->fc1_b, N));
         VT(op->gelu(ex, mlp, mlp, s.mlp));
         VT(op->matmul(ex, a, mlp, &L->fc2, &L->fc2_b, N));
-        VT(op->add_scaled(ex, h, a, &L->ls2, N, D));
+        if (defer) {
+            pend = a;
+            pend_s = &L->ls2;
+        } else {
+            VT(op->add_scaled(ex, h, a, &L->ls2, N, D));
+        }
         if (hidden != NULL && l + 1 < w->n_layers) {
             VT(op->download(ex, hidden + (size_t)(l + 1) * s.h, h, s.h * sizeof(float)));
         }
+    }
+    if (pend != NULL) {
+        VT(op->add_scaled(ex, h, pend, pend_s, N, D));
     }
     VT(op->rows_copy(ex, o, NULL, h, NV_F32, tok_idx, (size_t)T * P, D));
     *out = o;

@@ -108,7 +108,7 @@ static inline nvlm_model *eg_load_model(nvlm_context **ctx_out, int n_threads)
     nvlm_context_params cp;
     nvlm_context_default_params(&cp);
     cp.n_threads = n_threads;
-    cp.backend = NVLM_BACKEND_CPU; /* the goldens' tolerances are the CPU backend's */
+    cp.backend = tu_backend(); /* the CPU unless the test opted in to NVLM_BACKEND */
     nvlm_context *ctx = NULL;
     CHECK_OK(nvlm_context_create(&cp, &ctx));
     nvlm_model *m = NULL;

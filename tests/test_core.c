@@ -6,6 +6,7 @@
 #include "tensor.h"
 #include "testutil.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,48 @@ static void count_free(void *user, void *p)
     free(p);
 }
 
+/* Tests pin their backend (testutil.h): the CPU unless a test opts in to NVLM_BACKEND, which
+ * only the harness reads. The library's sources name NVLM_BACKEND only as the enum's values. */
+static void test_backend_pinning(void)
+{
+    tu_section("tests pin their backend; NVLM_BACKEND is the harness's");
+    const char *saved = getenv("NVLM_BACKEND");
+    char keep[64];
+    snprintf(keep, sizeof keep, "%s", saved != NULL ? saved : "");
+    setenv("NVLM_BACKEND", "cuda", 1);
+    CHECK_EQ_INT(tu_backend(), NVLM_BACKEND_CPU, "without opting in: the CPU, whatever the env");
+    nvlm_context *ctx = NULL;
+    CHECK_OK(tu_context_create(&ctx));
+    CHECK_EQ_INT(ctx != NULL ? (int)nvlm_context_backend(ctx) : -1, NVLM_BACKEND_CPU,
+                 "tu_context_create: a CPU context");
+    nvlm_context_free(ctx);
+    CHECK_EQ_INT(tu_backend_from_env(), NVLM_BACKEND_CUDA, "opted in, NVLM_BACKEND=cuda");
+    CHECK(strcmp(tu_backend_name(), "cuda") == 0, "CLI name cuda");
+    setenv("NVLM_BACKEND", "cpu", 1);
+    CHECK_EQ_INT(tu_backend_from_env(), NVLM_BACKEND_CPU, "NVLM_BACKEND=cpu");
+    unsetenv("NVLM_BACKEND");
+    CHECK_EQ_INT(tu_backend_from_env(), NVLM_BACKEND_CPU, "NVLM_BACKEND unset");
+    CHECK(strcmp(tu_backend_name(), "cpu") == 0, "CLI name cpu");
+    if (saved != NULL) {
+        setenv("NVLM_BACKEND", keep, 1);
+    }
+
+    /* Every mention of NVLM_BACKEND in src/ and include/ is an enum value (NVLM_BACKEND_...). */
+    FILE *p = popen("grep -rnw NVLM_BACKEND src include", "r");
+    CHECK(p != NULL, "popen grep");
+    if (p != NULL) {
+        char line[512];
+        int hits = 0;
+        while (fgets(line, sizeof line, p) != NULL) {
+            printf("  library reads NVLM_BACKEND? %s", line);
+            hits++;
+        }
+        pclose(p);
+        CHECK(hits == 0, "src/ and include/ never name NVLM_BACKEND (%d lines)",
+              hits);
+    }
+}
+
 int main(void)
 {
     tu_section("version");
@@ -50,7 +93,10 @@ int main(void)
     CHECK_EQ_INT(nvlm_context_create(NULL, NULL), NVLM_ERR_INVALID_ARGUMENT, "NULL out");
     CHECK_OK(nvlm_context_create(NULL, &ctx));
     CHECK(ctx != NULL, "context created with NULL params");
-    CHECK_EQ_INT(nvlm_context_backend(ctx), NVLM_BACKEND_CPU, "AUTO resolves to CPU here");
+    /* auto, deliberately: CUDA where the plugin finds a device, else the CPU */
+    const bool have_gpu = nvlm_backend_probe(NVLM_BACKEND_CUDA, 0, NULL, 0) == NVLM_OK;
+    CHECK_EQ_INT(nvlm_context_backend(ctx), have_gpu ? NVLM_BACKEND_CUDA : NVLM_BACKEND_CPU,
+                 "AUTO resolves to CUDA with a device, else to the CPU");
     CHECK(strcmp(nvlm_last_error(ctx), "") == 0, "no error text after success");
     CHECK(strcmp(nvlm_last_error(NULL), "") == 0, "NULL handle");
     uint32_t junk[300] = {0};
@@ -119,5 +165,6 @@ int main(void)
         bad += nv_f32_to_f16(nv_f16_to_f32((uint16_t)h)) != h;
     }
     CHECK(bad == 0, "f16 round trip over all finite positives (%d bad)", bad);
+    test_backend_pinning();
     return tu_done();
 }

@@ -29,6 +29,11 @@
 #define TOL_F32 1e-5
 #define TOL_BF16 8e-3
 #define TOL_E2E 2e-2
+/* The tensor-core flash attention (bf16 Q, K, P, V; f32 accumulation) may take shapes with at
+ * least FLASH_MIN_ROWS (position, head) rows per kv head on CUDA (CUDA_FLASH_MIN_ROWS; it does
+ * when the split-KV plan would not split them): those are held to TOL_FLASH. */
+#define TOL_FLASH 1e-2
+#define FLASH_MIN_ROWS 128
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -456,7 +461,8 @@ static void op_attention(side *ref, side *tst, int batch, int n_q, int n_kv, int
     snprintf(what, sizeof what, "%s attention b%d q%d kv%d h%d/%d hd%d %s causal %lld",
              tst->name, batch, n_q, n_kv, n_heads, n_kv_heads, hd, nv_dtype_name(kvt),
              (long long)cpos0);
-    check_rel(what, out[1], out[0], nq, TOL_F32);
+    bool flash = tst->bf16_act && n_q * (n_heads / n_kv_heads) >= FLASH_MIN_ROWS;
+    check_rel(what, out[1], out[0], nq, flash ? TOL_FLASH : TOL_F32);
     free(out[0]);
     free(out[1]);
     free(q);
@@ -488,7 +494,8 @@ static void op_attention_packed(side *ref, side *tst, int batch, int n, int n_he
     }
     snprintf(what, sizeof what, "%s attention packed qkv b%d n%d h%d hd%d full", tst->name,
              batch, n, n_heads, hd);
-    check_rel(what, out[1], out[0], rows * HP, TOL_F32);
+    bool flash = tst->bf16_act && n >= FLASH_MIN_ROWS;
+    check_rel(what, out[1], out[0], rows * HP, flash ? TOL_FLASH : TOL_F32);
     free(out[0]);
     free(out[1]);
     free(qkv);
@@ -671,8 +678,287 @@ static void op_im2col(side *ref, side *tst, int batch, int ch, int hw, int p)
     free(pix);
 }
 
+/* ---- fused ops (backend.h's optional block) against the plain sequence on `ref` ---------- */
+
+static bool has_op(side *tst, const void *fn, const char *name)
+{
+    if (fn == NULL) {
+        printf("# %s has no %s: the pipeline runs the plain sequence\n", tst->name, name);
+    }
+    return fn != NULL;
+}
+
+/* ref's matmul of x (rounded to bf16 when tst's GEMM reads bf16) by w, downloaded. */
+static float *ref_matmul(side *ref, side *tst, const float *x, int M, int K,
+                         const nv_bweight *w, const nv_bweight *b, int N)
+{
+    size_t n = (size_t)M * K;
+    float *xr = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        xr[i] = tst->bf16_act ? nv_bf16_to_f32(nv_f32_to_bf16(x[i])) : x[i];
+    }
+    float *dx = dev_put(ref, xr, n * 4);
+    float *dy = dev_alloc(ref, (size_t)M * N * 4);
+    CHECK_OK(ref->be->ops->matmul(ref->ex, dy, dx, w, b, M));
+    float *y = dev_get(ref, dy, (size_t)M * N);
+    dev_free(ref, dx);
+    dev_free(ref, dy);
+    free(xr);
+    return y;
+}
+
+/* add_rmsnorm = add_scaled + rmsnorm; then a matmul reading x (CUDA: the bf16 copy the norm
+ * left), and again after x is overwritten (the copy must be dropped). */
+static void op_add_rmsnorm(side *ref, side *tst, int rows, int cols, bool add, bool scaled)
+{
+    if (!has_op(tst, (const void *)tst->be->ops->add_rmsnorm, "add_rmsnorm")) {
+        return;
+    }
+    char what[128];
+    size_t n = (size_t)rows * cols;
+    const int N = 40;
+    float *h = rand_vec(n, 1.0f);
+    float *a = rand_vec(n, 1.0f);
+    float *x2 = rand_vec(n, 1.0f);
+    hweight hw = hw_make(1, cols, NV_F32, 1.0f);
+    hweight hs = hw_make(1, cols, NV_BF16, 0.5f);
+    hweight hm = hw_make(N, cols, NV_BF16, 0.1f);
+    side *s[2] = {ref, tst};
+    float *rh[2], *rx[2], *ry[2], *ry2[2];
+    nv_bweight wm[2];
+    for (int i = 0; i < 2; i++) {
+        nv_bweight ww, ws;
+        wload(s[i], &hw, &ww);
+        wload(s[i], &hs, &ws);
+        wload(s[i], &hm, &wm[i]);
+        float *dh = dev_put(s[i], h, n * 4);
+        float *da = dev_put(s[i], a, n * 4);
+        float *dx = dev_alloc(s[i], n * 4);
+        float *dy = dev_alloc(s[i], (size_t)rows * N * 4);
+        poison(s[i], dx, n * 4);
+        const nv_bweight *sc = scaled ? &ws : NULL;
+        if (i == 0) {
+            if (add) {
+                CHECK_OK(ref->be->ops->add_scaled(ref->ex, dh, da, sc, rows, cols));
+            }
+            CHECK_OK(ref->be->ops->rmsnorm(ref->ex, dx, cols, dh, cols, &ww, rows, cols, cols,
+                                           1e-6f));
+        } else {
+            CHECK_OK(tst->be->ops->add_rmsnorm(tst->ex, dh, add ? da : NULL, sc, dx, &ww, rows,
+                                               cols, 1e-6f));
+        }
+        CHECK_OK(s[i]->be->ops->matmul(s[i]->ex, dy, dx, &wm[i], NULL, rows));
+        rh[i] = dev_get(s[i], dh, n);
+        rx[i] = dev_get(s[i], dx, n);
+        ry[i] = dev_get(s[i], dy, (size_t)rows * N);
+        CHECK_OK(s[i]->be->ops->upload(s[i]->ex, dx, x2, n * 4));
+        CHECK_OK(s[i]->be->ops->matmul(s[i]->ex, dy, dx, &wm[i], NULL, rows));
+        ry2[i] = dev_get(s[i], dy, (size_t)rows * N);
+        dev_free(s[i], dh);
+        dev_free(s[i], da);
+        dev_free(s[i], dx);
+        dev_free(s[i], dy);
+        s[i]->be->ops->weight_free(s[i]->be, &ww);
+        s[i]->be->ops->weight_free(s[i]->be, &ws);
+    }
+    snprintf(what, sizeof what, "%s add_rmsnorm %dx%d%s%s: h", tst->name, rows, cols,
+             add ? " +a" : "", scaled ? " scaled" : "");
+    check_rel(what, rh[1], rh[0], n, TOL_F32);
+    snprintf(what, sizeof what, "%s add_rmsnorm %dx%d%s%s: x", tst->name, rows, cols,
+             add ? " +a" : "", scaled ? " scaled" : "");
+    check_rel(what, rx[1], rx[0], n, TOL_F32);
+    /* The matmul after the norm against ref's matmul of tst's own x. */
+    float *want = ref_matmul(ref, tst, rx[1], rows, cols, &wm[0], NULL, N);
+    snprintf(what, sizeof what, "%s matmul reading add_rmsnorm's x %dx%d", tst->name, rows, cols);
+    check_rel(what, ry[1], want, (size_t)rows * N, TOL_F32);
+    free(want);
+    want = ref_matmul(ref, tst, x2, rows, cols, &wm[0], NULL, N);
+    snprintf(what, sizeof what, "%s matmul after x is overwritten %dx%d", tst->name, rows, cols);
+    check_rel(what, ry2[1], want, (size_t)rows * N, TOL_F32);
+    free(want);
+    for (int i = 0; i < 2; i++) {
+        free(rh[i]);
+        free(rx[i]);
+        free(ry[i]);
+        free(ry2[i]);
+        s[i]->be->ops->weight_free(s[i]->be, &wm[i]);
+    }
+    free(h);
+    free(a);
+    free(x2);
+    free(hw.data);
+    free(hs.data);
+    free(hm.data);
+}
+
+/* silu_mul_cat on gate|up rows = silu_mul on the two halves. */
+static void op_silu_mul_cat(side *ref, side *tst, int rows, int cols)
+{
+    if (!has_op(tst, (const void *)tst->be->ops->silu_mul_cat, "silu_mul_cat")) {
+        return;
+    }
+    size_t n = (size_t)rows * cols;
+    float *gu = rand_vec(2 * n, 6.0f);
+    float *g = malloc(n * sizeof(float));
+    float *u = malloc(n * sizeof(float));
+    for (int r = 0; r < rows; r++) {
+        memcpy(g + (size_t)r * cols, gu + (size_t)r * 2 * cols, (size_t)cols * 4);
+        memcpy(u + (size_t)r * cols, gu + (size_t)r * 2 * cols + cols, (size_t)cols * 4);
+    }
+    float *dg = dev_put(ref, g, n * 4);
+    float *du = dev_put(ref, u, n * 4);
+    float *dy = dev_alloc(ref, n * 4);
+    CHECK_OK(ref->be->ops->silu_mul(ref->ex, dy, dg, du, n));
+    float *want = dev_get(ref, dy, n);
+    float *tgu = dev_put(tst, gu, 2 * n * 4);
+    float *ty = dev_alloc(tst, n * 4);
+    poison(tst, ty, n * 4);
+    CHECK_OK(tst->be->ops->silu_mul_cat(tst->ex, ty, tgu, rows, cols));
+    float *got = dev_get(tst, ty, n);
+    char what[96];
+    snprintf(what, sizeof what, "%s silu_mul_cat %dx%d", tst->name, rows, cols);
+    check_rel(what, got, want, n, TOL_F32);
+    dev_free(ref, dg);
+    dev_free(ref, du);
+    dev_free(ref, dy);
+    dev_free(tst, tgu);
+    dev_free(tst, ty);
+    free(want);
+    free(got);
+    free(gu);
+    free(g);
+    free(u);
+}
+
+/* rope_store = rope of the source rows, then store_rows into the cache at row0. */
+static void op_rope_store(side *ref, side *tst, int rows, int n_heads, int hd, int lds,
+                          int64_t row0, nv_dtype type)
+{
+    if (!has_op(tst, (const void *)tst->be->ops->rope_store, "rope_store")) {
+        return;
+    }
+    int cols = n_heads * hd;
+    size_t cap = (size_t)row0 + rows + 2;
+    size_t es = nv_dtype_size(type);
+    float *src = rand_vec((size_t)rows * lds, 2.0f);
+    side *s[2] = {ref, tst};
+    float *res[2];
+    for (int i = 0; i < 2; i++) {
+        float *ds = dev_put(s[i], src, (size_t)rows * lds * 4);
+        void *cache = dev_alloc(s[i], cap * cols * es);
+        CHECK_OK(s[i]->be->ops->zero(s[i]->ex, cache, cap * cols * es));
+        if (i == 0) {
+            CHECK_OK(ref->be->ops->rope(ref->ex, ds, lds, rows, n_heads, hd, row0, 1e6));
+            CHECK_OK(ref->be->ops->store_rows(ref->ex, cache, type, row0, ds, lds, (size_t)rows,
+                                              cols));
+        } else {
+            CHECK_OK(tst->be->ops->rope_store(tst->ex, cache, type, row0, ds, lds, rows, n_heads,
+                                              hd, 1e6));
+        }
+        void *hbuf = malloc(cap * cols * es);
+        CHECK_OK(s[i]->be->ops->download(s[i]->ex, hbuf, cache, cap * cols * es));
+        res[i] = malloc(cap * cols * sizeof(float));
+        nv_to_f32(res[i], hbuf, type, cap * cols);
+        free(hbuf);
+        dev_free(s[i], ds);
+        dev_free(s[i], cache);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "%s rope_store %d rows %d heads hd %d lds %d row0 %lld %s",
+             tst->name, rows, n_heads, hd, lds, (long long)row0, nv_dtype_name(type));
+    check_rel(what, res[1], res[0], cap * cols, type == NV_F32 ? TOL_F32 : TOL_BF16);
+    bool untouched = true;
+    for (size_t i = 0; i < cap * cols; i++) {
+        size_t r = i / cols;
+        if ((r < (size_t)row0 || r >= (size_t)row0 + rows) && res[1][i] != 0.0f) {
+            untouched = false;
+        }
+    }
+    CHECK(untouched, "%s rope_store writes only cache rows %lld..%lld", tst->name,
+          (long long)row0, (long long)row0 + rows - 1);
+    free(res[0]);
+    free(res[1]);
+    free(src);
+}
+
+/* weight_load_group of q, k, v (+ their biases) then one matmul = three matmuls side by side. */
+static void op_weight_group(side *ref, side *tst, int M, int K)
+{
+    if (!has_op(tst, (const void *)tst->be->ops->weight_load_group, "weight_load_group")) {
+        return;
+    }
+    const int rows[3] = {48, 16, 16};
+    const int NT = 80;
+    hweight hm[3], hb[3];
+    nv_tensor tm[3], tb[3];
+    for (int i = 0; i < 3; i++) {
+        hm[i] = hw_make(rows[i], K, NV_BF16, 0.1f);
+        hb[i] = hw_make(1, rows[i], NV_BF16, 0.5f);
+        tm[i] = hm[i].t;
+        tb[i] = hb[i].t;
+    }
+    nv_bweight gw, gb;
+    bool g1 = false;
+    bool g2 = false;
+    CHECK_OK(tst->be->ops->weight_load_group(tst->be, tm, 3, &gw, &g1, tst->ex->err_handle));
+    CHECK_OK(tst->be->ops->weight_load_group(tst->be, tb, 3, &gb, &g2, tst->ex->err_handle));
+    CHECK(g1 && g2, "%s groups bf16 matrices and vectors", tst->name);
+    if (!g1 || !g2) {
+        return;
+    }
+    CHECK_EQ_INT(gw.t.shape[0], NT, "grouped rows");
+    float *x = rand_vec((size_t)M * K, 1.0f);
+    float *dx = dev_put(tst, x, (size_t)M * K * 4);
+    float *dy = dev_alloc(tst, (size_t)M * NT * 4);
+    poison(tst, dy, (size_t)M * NT * 4);
+    CHECK_OK(tst->be->ops->matmul(tst->ex, dy, dx, &gw, &gb, M));
+    float *got = dev_get(tst, dy, (size_t)M * NT);
+    float *want = malloc((size_t)M * NT * sizeof(float));
+    int at = 0;
+    for (int i = 0; i < 3; i++) {
+        nv_bweight w, b;
+        wload(ref, &hm[i], &w);
+        wload(ref, &hb[i], &b);
+        float *y = ref_matmul(ref, tst, x, M, K, &w, &b, rows[i]);
+        for (int r = 0; r < M; r++) {
+            memcpy(want + (size_t)r * NT + at, y + (size_t)r * rows[i], (size_t)rows[i] * 4);
+        }
+        at += rows[i];
+        free(y);
+        ref->be->ops->weight_free(ref->be, &w);
+        ref->be->ops->weight_free(ref->be, &b);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "%s grouped q|k|v matmul +bias %dx%dx%d", tst->name, M, NT, K);
+    check_rel(what, got, want, (size_t)M * NT, TOL_F32);
+    free(got);
+    free(want);
+    free(x);
+    dev_free(tst, dx);
+    dev_free(tst, dy);
+    tst->be->ops->weight_free(tst->be, &gw);
+    tst->be->ops->weight_free(tst->be, &gb);
+    for (int i = 0; i < 3; i++) {
+        free(hm[i].data);
+        free(hb[i].data);
+    }
+}
+
+static void run_fused(side *ref, side *tst)
+{
+    tu_section("ops: fused");
+    op_add_rmsnorm(ref, tst, 5, 96, true, false);
+    op_add_rmsnorm(ref, tst, 7, 1000, true, true);
+    op_add_rmsnorm(ref, tst, 3, 256, false, false);
+    op_silu_mul_cat(ref, tst, 6, 300);
+    op_rope_store(ref, tst, 9, 4, 32, 160, 5, NV_F32);
+    op_rope_store(ref, tst, 3, 2, 128, 3 * 256, 0, NV_BF16);
+    op_weight_group(ref, tst, 19, 64);
+}
+
 static void run_ops(side *ref, side *tst)
 {
+    run_fused(ref, tst);
     tu_section("ops: matmul");
     op_matmul(ref, tst, 1, 96, 80, false, 0);
     op_matmul(ref, tst, 37, 96, 80, true, 0);
@@ -705,6 +991,14 @@ static void run_ops(side *ref, side *tst)
     op_attention(ref, tst, 1, 1, 700, 8, 2, 128, NV_BF16, 699); /* decode: split-KV */
     op_attention(ref, tst, 1, 3, 600, 4, 4, 64, NV_F32, 597);
     op_attention(ref, tst, 3, 5, 5, 2, 2, 24, NV_F32, -1);
+    /* prefill on CUDA: split-KV (the grid leaves SMs idle), then shapes of the tensor-core
+     * kernel: GQA 8 with and without a cache in front, head_dim 64, the ViT, head_dim 80 */
+    op_attention(ref, tst, 1, 300, 300, 8, 1, 128, NV_BF16, 0);
+    op_attention(ref, tst, 1, 400, 400, 16, 2, 128, NV_BF16, 0);
+    op_attention(ref, tst, 1, 100, 164, 8, 2, 128, NV_BF16, 64);
+    op_attention(ref, tst, 1, 200, 200, 4, 4, 64, NV_F32, 0);
+    op_attention_packed(ref, tst, 2, 257, 8, 128);
+    op_attention_packed(ref, tst, 1, 150, 2, 80);
     tu_section("ops: elementwise");
     op_elementwise(ref, tst);
     op_adds(ref, tst, 6, 50, 1);
@@ -1061,7 +1355,7 @@ static void tp_nccl_one(void)
     nvlm_context *ctx = NULL;
     nv_backend *be = NULL;
     nv_exec *ex = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     if (ctx != NULL) {
         CHECK_OK(nv_backend_cuda_create(ctx, 0, &be));
     }
@@ -1106,7 +1400,9 @@ static void tp_nccl_one(void)
 }
 #endif
 
-int main(void)
+/* `test_cuda --ops`: the op checks only (small shapes), for the compute-sanitizer passes of
+ * tools/gpu_check.sh; without it also the end-to-end goldens and tensor parallelism. */
+int main(int argc, char **argv)
 {
     char why[256];
     bool have = check_probe(why, sizeof why);
@@ -1163,7 +1459,7 @@ int main(void)
     }
     nvlm_context_free(ctx);
 #ifdef NVLM_WITH_CUDA
-    if (have) {
+    if (have && !(argc > 1 && strcmp(argv[1], "--ops") == 0)) {
         run_e2e();
         tp_cuda();
         fp8_cuda();

@@ -708,6 +708,218 @@ static void case_add_rows(emu_ctx *c, emu_res *r)
             b_rows, rows, cols);
 }
 
+/* ---- fused ops and the tensor-core attention (fused.cu, flash_attn.cu) --------------------- */
+
+/* add_rmsnorm against the CPU backend's (add_scaled then rmsnorm): h and x as the norms
+ * (TOL_NORM); the bf16 copy for the next GEMM must be x rounded to nearest even, exactly. */
+static void case_add_rmsnorm(emu_ctx *c, emu_res *r)
+{
+    int rows = c->small ? 3 : 16;
+    int cols = c->small ? 300 : 8192;
+    size_t n = (size_t)rows * cols;
+    std::vector<float> h = rnd(n, 2.0f);
+    std::vector<float> a = rnd(n, 2.0f);
+    std::vector<float> w = rnd((size_t)cols, 1.0f);
+    std::vector<float> s = rnd((size_t)cols, 0.5f);
+    std::vector<float> hw = h;
+    std::vector<float> hg = h;
+    std::vector<float> want = nan_vec(n);
+    std::vector<float> got = nan_vec(n);
+    std::vector<__nv_bfloat16> xbf(n, __float2bfloat16_rn(NAN));
+    nv_bweight wb = bw(w.data(), NV_F32, cols);
+    nv_bweight sb = bw(s.data(), NV_F32, cols);
+    cpu_ok(c, c->be->ops->add_rmsnorm(c->ex, hw.data(), a.data(), &sb, want.data(), &wb, rows,
+                                      cols, 1e-6f));
+    r->launch = cuda_add_rmsnorm(NULL, hg.data(), a.data(), s.data(), got.data(), xbf.data(),
+                                 w.data(), rows, cols, 1e-6f);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad += __bfloat16_as_ushort(xbf[i]) != __bfloat16_as_ushort(__float2bfloat16_rn(got[i]));
+    }
+    double e = NV_MAX(rel_l2(got.data(), want.data(), n), rel_l2(hg.data(), hw.data(), n));
+    set_res(r, bad > 0 ? INFINITY : e, TOL_NORM,
+            "add_rmsnorm %d x %d (layer scale; h, x and x in bf16)", rows, cols);
+}
+
+/* silu_mul_cat over gate|up rows against the CPU backend's: the same formula (TOL_ACT). */
+static void case_silu_mul_cat(emu_ctx *c, emu_res *r)
+{
+    int rows = c->small ? 3 : 16;
+    int cols = c->small ? 259 : 29568;
+    size_t n = (size_t)rows * cols;
+    std::vector<float> gu = rnd(2 * n, 8.0f);
+    std::vector<float> want = nan_vec(n);
+    std::vector<float> got = nan_vec(n);
+    cpu_ok(c, c->be->ops->silu_mul_cat(c->ex, want.data(), gu.data(), rows, cols));
+    r->launch = cuda_silu_mul_cat(NULL, got.data(), gu.data(), rows, cols);
+    set_res(r, rel_l2(got.data(), want.data(), n), TOL_ACT, "silu_mul_cat %d x %d", rows, cols);
+}
+
+/* RoPE fused into the KV append against the CPU's rope + store_rows: K columns of a grouped
+ * q|k|v row (stride (64 + 16) x 128) rotated into a bf16 cache at row 4208: exact, and the
+ * cache rows around stay. */
+static void case_rope_store(emu_ctx *c, emu_res *r)
+{
+    int n = c->small ? 3 : 16;
+    int heads = c->small ? 2 : 8;
+    int hd = 128;
+    int lds = c->small ? 6 * hd : 80 * hd;
+    int64_t row0 = c->small ? 5 : 4208;
+    int64_t cap = row0 + n + 3;
+    int cols = heads * hd;
+    double theta = 1000000.0;
+    std::vector<float> src = rnd((size_t)n * lds, 3.0f);
+    std::vector<float> src_cpu = src;
+    std::vector<unsigned char> want((size_t)cap * cols * 2, 0x5a);
+    std::vector<unsigned char> got = want;
+    float inv_freq[CUDA_ROPE_MAX_HALF];
+    float base = (float)theta;
+    for (int i = 0; i < hd / 2; i++) {
+        float e = (float)(2 * i) / (float)hd;
+        float p = (float)pow((double)base, (double)e);
+        inv_freq[i] = 1.0f / p;
+    }
+    cpu_ok(c, c->be->ops->rope_store(c->ex, want.data(), NV_BF16, row0, src_cpu.data(), lds, n,
+                                     heads, hd, theta));
+    r->launch = cuda_rope_store(NULL, got.data(), NV_BF16, row0, src.data(), lds, n, heads, hd,
+                                inv_freq);
+    size_t diff = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        diff += want[i] != got[i];
+    }
+    set_res(r, (double)diff, 0.0, "rope_store bf16: %d rows x %d heads at row %lld, lds %d "
+            "(bytes differing)", n, heads, (long long)row0, lds);
+}
+
+/* The tensor-core attention, fragment products through fa_mma's reference form (warp
+ * shuffles over the PTX fragment layout), against the CPU backend fed the same bf16 Q, K and
+ * V: what remains is P rounded to bf16 before P V (the kernel) and the order of the sums,
+ * ~1e-3 relative L2 at these shapes; TOL_FLASH is 3x what was measured. A wrong mask, GQA row
+ * or tile bound moves whole keys and fails it. */
+#define TOL_FLASH 5e-3
+
+static void run_flash(emu_ctx *c, emu_res *r, const attn_shape &s, const char *name)
+{
+    int HQ = s.ld_heads * s.hd;
+    int ldq = HQ;
+    int ldkv = s.n_kv_heads * s.hd;
+    if (s.ld_heads > s.n_heads && s.n_heads == s.n_kv_heads) {
+        ldq = 3 * HQ;
+        ldkv = 3 * HQ;
+    }
+    size_t nq = (size_t)s.batch * s.n_q * ldq;
+    size_t nkv = (size_t)s.batch * s.n_kv * ldkv;
+    std::vector<float> q = rnd(nq, 1.5f);
+    std::vector<float> k = rnd(nkv, 1.5f);
+    std::vector<float> v = rnd(nkv, 1.0f);
+    /* bf16 values on both sides: the kernel rounds Q, K, V to bf16 itself */
+    for (size_t i = 0; i < nq; i++) {
+        q[i] = nv_bf16_to_f32(nv_f32_to_bf16(q[i]));
+    }
+    for (size_t i = 0; i < nkv; i++) {
+        k[i] = nv_bf16_to_f32(nv_f32_to_bf16(k[i]));
+        v[i] = nv_bf16_to_f32(nv_f32_to_bf16(v[i]));
+    }
+    std::vector<uint16_t> kb, vb;
+    const void *kp = k.data();
+    const void *vp = v.data();
+    if (s.kvt == NV_BF16) {
+        kb = to_bf16_host(k);
+        vb = to_bf16_host(v);
+        kp = kb.data();
+        vp = vb.data();
+    }
+    size_t nout = (size_t)s.batch * s.n_q * HQ;
+    std::vector<float> want = nan_vec(nout);
+    std::vector<float> got = nan_vec(nout);
+    if (s.ld_heads > s.n_heads) {
+        for (size_t i = 0; i < nout; i++) {
+            if ((int)(i % (size_t)HQ) >= s.n_heads * s.hd) {
+                want[i] = 0.0f;
+                got[i] = 0.0f;
+            }
+        }
+    }
+    float scale = 1.0f / sqrtf((float)s.hd);
+    if (!cpu_ok(c, c->be->ops->attention(c->ex, want.data(), HQ, q.data(), ldq, kp, vp, ldkv,
+                                         s.kvt, s.batch, s.n_q, s.n_kv, s.n_heads, s.n_kv_heads,
+                                         s.hd, scale, s.cpos0, NV_TP_LLM_HEADS))) {
+        set_res(r, INFINITY, TOL_FLASH, "%s: cpu op failed", name);
+        return;
+    }
+    int n_kv_heads = s.n_kv_heads;
+    if (s.sample) {
+        nvemu_block_filter(keep_sampled_head, &n_kv_heads);
+    }
+    r->launch = cuda_flash_attention(NULL, got.data(), HQ, q.data(), ldq, kp, vp, ldkv, s.kvt,
+                                     s.batch, s.n_q, s.n_kv, s.n_heads, s.n_kv_heads, s.hd,
+                                     scale, s.cpos0);
+    nvemu_block_filter(NULL, NULL);
+    if (s.sample) { /* compare the sampled heads (and the padding) only */
+        int group = s.n_heads / s.n_kv_heads;
+        size_t m = 0;
+        for (size_t i = 0; i < nout; i++) {
+            int h = (int)(i % (size_t)HQ) / s.hd;
+            if (h >= s.n_heads || keep_sampled_head(uint3{0, (unsigned)(h / group), 0}, dim3(),
+                                                    &n_kv_heads)) {
+                got[m] = got[i];
+                want[m] = want[i];
+                m++;
+            }
+        }
+        nout = m;
+    }
+    set_res(r, rel_l2(got.data(), want.data(), nout), TOL_FLASH,
+            "%s: %d seq x %d q x %d keys, %d/%d heads (ld %d), hd %d, %s KV, causal %lld%s",
+            name, s.batch, s.n_q, s.n_kv, s.n_heads, s.n_kv_heads, s.ld_heads, s.hd,
+            s.kvt == NV_BF16 ? "bf16" : "f32", (long long)s.cpos0,
+            s.sample ? " (kv heads first/middle/last emulated)" : "");
+}
+
+/* Decoder prefill: 64 q / 8 kv heads (GQA 8: each block's 64 rows are 8 positions x 8 heads),
+ * causal after 100 cached keys, bf16 cache, head_dim 128. */
+static void case_flash_prefill(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {1, 200, 300, 64, 8, 128, 64, NV_BF16, 100, 0, false};
+    if (c->small) {
+        s = {1, 20, 27, 16, 2, 128, 16, NV_BF16, 7, 0, false};
+    }
+    run_flash(c, r, s, "flash prefill");
+}
+
+/* The ViT: 1,025 tokens, full attention, 25 real of 32 padded heads with q/k/v packed in one
+ * row of 3 x 4,096; kv heads 0, 12 and 24 emulated (NVLM_EMU_FULL=1: all 25). */
+static void case_flash_vit(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {1, 1025, 1025, 25, 25, 128, 32, NV_F32, -1, 0, true};
+    if (c->small) {
+        s = {1, 130, 130, 2, 2, 128, 4, NV_F32, -1, 0, false};
+    }
+    if (tu_env_flag("NVLM_EMU_FULL")) {
+        s.sample = false;
+    }
+    run_flash(c, r, s, "flash vit");
+}
+
+/* head_dim 80 (zero-padded to 128) and 64, causal from 0, two sequences, GQA 2 and 1. */
+static void case_flash_pad(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {2, 150, 150, 4, 2, 80, 4, NV_F32, 0, 0, false};
+    if (c->small) {
+        s = {2, 70, 70, 4, 2, 80, 4, NV_F32, 0, 0, false};
+    }
+    run_flash(c, r, s, "flash hd 80");
+}
+
+static void case_flash_hd64(emu_ctx *c, emu_res *r)
+{
+    attn_shape s = {1, 300, 300, 2, 2, 64, 2, NV_BF16, 0, 0, false};
+    if (c->small) {
+        s = {1, 130, 130, 1, 1, 64, 1, NV_BF16, 0, 0, false};
+    }
+    run_flash(c, r, s, "flash hd 64");
+}
+
 /* ---- the registry ------------------------------------------------------------------------- */
 
 typedef void (*emu_case_fn)(emu_ctx *c, emu_res *r);
@@ -739,6 +951,13 @@ static const emu_case CASES[] = {
     {"silu_mul", case_silu_mul},
     {"add_scaled", case_add_scaled},
     {"add_rows", case_add_rows},
+    {"add_rmsnorm", case_add_rmsnorm},
+    {"silu_mul_cat", case_silu_mul_cat},
+    {"rope_store", case_rope_store},
+    {"flash_prefill", case_flash_prefill},
+    {"flash_vit", case_flash_vit},
+    {"flash_pad", case_flash_pad},
+    {"flash_hd64", case_flash_hd64},
 };
 #define N_CASES ((int)(sizeof CASES / sizeof CASES[0]))
 

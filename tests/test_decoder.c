@@ -186,6 +186,78 @@ static void test_context_full(dec_env *d)
     dec_kv_free(d->ex, &kv);
 }
 
+/* ---- grouped weights: a CPU backend that groups (the path of CUDA's weight_load_group) ---- */
+
+/* n tensors of one dtype as one owned weight: matrices keep their dtype, vectors become f32
+ * (as the CPU backend lays out its weights). */
+static nvlm_status grp_load(nv_backend *be, const nv_tensor *srcs, int n, nv_bweight *out,
+                            bool *grouped, void *eh)
+{
+    (void)eh;
+    memset(out, 0, sizeof *out);
+    *grouped = false;
+    int64_t rows = 0;
+    int64_t K = srcs[0].ndim == 2 ? srcs[0].shape[1] : 1;
+    for (int i = 0; i < n; i++) {
+        rows += srcs[i].shape[0];
+    }
+    nv_dtype dt = srcs[0].ndim == 2 ? srcs[0].dtype : NV_F32;
+    size_t es = nv_dtype_size(dt);
+    char *p = nv_alloc_array(be->ctx, (size_t)(rows * K), es);
+    if (p == NULL) {
+        return NVLM_ERR_OUT_OF_MEMORY;
+    }
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        size_t cnt = (size_t)(srcs[i].shape[0] * K);
+        if (dt == srcs[i].dtype) {
+            memcpy(p + at * es, srcs[i].data, cnt * es);
+        } else {
+            nv_to_f32((float *)(p + at * es), srcs[i].data, srcs[i].dtype, cnt);
+        }
+        at += cnt;
+    }
+    out->t = srcs[0];
+    out->t.shape[0] = rows;
+    out->t.dtype = dt;
+    out->t.data = p;
+    out->owned = 1;
+    *grouped = true;
+    return NVLM_OK;
+}
+
+static void test_grouped(dec_env *d, nvlm_model *m)
+{
+    tu_section("decoder: grouped q|k|v and gate|up weights (CPU backend that groups)");
+    nv_engine *e = d->e;
+    const nv_backend_ops *plain = e->be->ops;
+    static nv_backend_ops grp;
+    grp = *plain;
+    grp.weight_load_group = grp_load;
+    CHECK(plain->silu_mul_cat != NULL && plain->add_rmsnorm != NULL && plain->rope_store,
+          "the CPU backend has the fused ops");
+    dec_free(e);
+    e->be->ops = &grp;
+    CHECK_OK(dec_init(e, m));
+    CHECK(e->dec.grouped && e->dec.layers != NULL && e->dec.layers[0].grouped &&
+              e->dec.layers[0].q.t.data == NULL && e->dec.layers[0].qkv.t.data != NULL,
+          "layers carry grouped weights only");
+    if (e->dec.layers != NULL) {
+        const dec_weights *w = &e->dec;
+        CHECK_EQ_INT(w->layers[0].qkv.t.shape[0],
+                     (int64_t)(w->n_heads + 2 * w->n_kv_heads) * w->head_dim, "q|k|v rows");
+        CHECK_EQ_INT(w->layers[0].gate_up.t.shape[0], 2 * (int64_t)w->I, "gate|up rows");
+    }
+    /* The goldens, through q, k, v as column blocks of one output and silu_mul_cat. */
+    run_case(d, "case3_text_only", NV_F32, 2e-4, DEC_MAX_BATCH);
+    run_case(d, "case1_multitile", NV_F32, 2e-4, 100);
+    run_case(d, "case3_text_only", NV_BF16, 1e-1, DEC_MAX_BATCH);
+    dec_free(e);
+    e->be->ops = plain;
+    CHECK_OK(dec_init(e, m));
+    CHECK(!e->dec.grouped, "the plain backend does not group");
+}
+
 int main(void)
 {
     nvlm_context *ctx = NULL;
@@ -205,6 +277,7 @@ int main(void)
             tu_section("decoder: bf16 KV cache (looser logits, same tokens)");
             run_case(&d, "case3_text_only", NV_BF16, 1e-1, DEC_MAX_BATCH);
             test_context_full(&d);
+            test_grouped(&d, m);
             e->be->ops->exec_free(d.ex);
         }
     }

@@ -390,7 +390,7 @@ static child_result load_in_child(const char *dir, nvlm_load_mode mode, int use_
         nvlm_context *cctx = NULL;
         struct rusage before;
         struct rusage after;
-        c.status = (int)nvlm_context_create(NULL, &cctx);
+        c.status = (int)tu_context_create(&cctx);
         getrusage(RUSAGE_SELF, &before);
         if (c.status == 0) {
             c.status = (int)load(cctx, dir, mode, use_mmap);
@@ -782,14 +782,14 @@ static void check_messages(nvlm_context *ctx)
         cli_expect(cli, "tokenize README.md hi", "nvlm: tokenize: README.md: not a JSON object\n");
         snprintf(args, sizeof args, "info %s", dir);
         cli_expect(cli, args, "nvlm: info: config.json: not valid JSON\n");
-        snprintf(args, sizeof args, "generate %s -p hi", tdir);
+        snprintf(args, sizeof args, "generate %s -p hi --backend cpu", tdir);
         cli_expect(cli, args, "nvlm: generate: tokenizer.json: not a JSON object\n");
         path_in(p, sizeof p, tmp_root, "cli_pipe");
         CHECK(mkfifo(p, 0600) == 0, "mkfifo");
         snprintf(args, sizeof args, "tokenize %s hi", p);
         snprintf(want, sizeof want, "nvlm: tokenize: %s is a FIFO, not a regular file\n", p);
         cli_expect(cli, args, want);
-        snprintf(args, sizeof args, "generate %s -p hi -i %s", TINY, p);
+        snprintf(args, sizeof args, "generate %s -p hi -i %s --backend cpu", TINY, p);
         snprintf(want, sizeof want, "nvlm: generate: %s is a FIFO, not a regular file\n", p);
         cli_expect(cli, args, want);
         unlink(p);
@@ -802,7 +802,7 @@ int main(void)
 {
     signal(SIGALRM, on_alarm);
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     CHECK(mkdtemp(tmp_root) != NULL, "mkdtemp");
 
     tu_section("special files");

@@ -480,7 +480,7 @@ static void test_checkpoint(void)
     char out[600];
     snprintf(out, sizeof out, "%s/q", dir);
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     nvlm_status st = nvlm_checkpoint_quantize(ctx, EG_MODEL_DIR, out, NULL, NULL);
     CHECK(st == NVLM_OK, "quantize -> %d: %s", (int)st, nvlm_last_error(ctx));
     CHECK_EQ_INT(nvlm_checkpoint_quantize(ctx, out, out, NULL, NULL), NVLM_ERR_INVALID_ARGUMENT,
@@ -780,8 +780,8 @@ static void test_cli(void)
           "info --json: weight_type fp8, cuda_bytes %.0f < 90 GiB",
           cJSON_IsNumber(cb) ? cb->valuedouble : -1.0);
     cJSON_Delete(j);
-    snprintf(cmd, sizeof cmd, "%s generate " EG_MODEL_DIR " -p x --weights int4 2>/dev/null",
-             cli);
+    snprintf(cmd, sizeof cmd,
+             "%s generate " EG_MODEL_DIR " -p x --backend cpu --weights int4 2>/dev/null", cli);
     CHECK_EQ_INT(run_cmd(cmd, a, sizeof a), 2, "--weights int4 is a usage error");
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "remove the temp dir");
@@ -794,7 +794,7 @@ static void test_params(void)
     nvlm_model_default_params(&mp);
     CHECK_EQ_INT(mp.weight_type, NVLM_WEIGHTS_AUTO, "default weight type");
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     nvlm_model *m = NULL;
     mp.weight_type = (nvlm_weight_type)7;
     CHECK_EQ_INT(nvlm_model_load(ctx, EG_MODEL_DIR, &mp, &m), NVLM_ERR_INVALID_ARGUMENT,

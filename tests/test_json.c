@@ -359,7 +359,7 @@ static void check_oom_status(nvlm_context *ctx)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     tu_section("checker cases");
     check_cases();
     tu_section("checker is stricter than cJSON");

@@ -361,7 +361,7 @@ static void check_bf16(nv_pool **pools, int M, int N, int K, int with_bias)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     printf("# SIMD path: %s\n", cpu_simd_name());
     test_pool(ctx);
 

@@ -832,6 +832,7 @@ static void check_alloc_failures(void)
             cp.free_fn = fa_free;
             cp.alloc_user = &fa;
             cp.n_threads = 1;
+            cp.backend = tu_backend();
             nvlm_context *ctx = NULL;
             if (nvlm_context_create(&cp, &ctx) != NVLM_OK) {
                 continue; /* the failure hit the context itself */
@@ -1021,7 +1022,7 @@ static void check_cli(void)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     CHECK(mkdtemp(tmp_root) != NULL, "mkdtemp");
     CHECK_OK(nv_st_open(ctx, TINY "/" SHARD1, ctx, &tiny_shards[0]));
     CHECK_OK(nv_st_open(ctx, TINY "/" SHARD2, ctx, &tiny_shards[1]));

@@ -228,7 +228,7 @@ static void test_op_fallback(void)
 {
     tu_section("fast matmul op, f16 weights (the rounding fallback)");
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     nv_backend *be = NULL;
     CHECK_OK(ctx != NULL ? nv_backend_cpu_create(ctx, &be) : NVLM_ERR_INTERNAL);
     nv_exec *ex = NULL;
@@ -287,7 +287,7 @@ static void test_params(void)
 {
     tu_section("model params: precision");
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     if (ctx == NULL) {
         return;
     }

@@ -423,7 +423,7 @@ static void options_and_errors(const nvlm_tokenizer *nv)
 int main(void)
 {
     nvlm_context *ctx;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     nvlm_tokenizer *tiny = NULL, *nv = NULL, *qwen = NULL;
     CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/tiny-nvlm-d", &tiny));
     CHECK_OK(nvlm_tokenizer_load(ctx, "tests/data/nvlm-d-72b/tokenizer.json", &nv));

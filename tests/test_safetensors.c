@@ -350,7 +350,7 @@ static void check_prefixes(nvlm_context *ctx)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     char tmp[] = "/tmp/nvlm_st_XXXXXX";
     CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
 

@@ -4,7 +4,8 @@
  * first logits, 16 greedy tokens (max_new_tokens 16, no stop ids), streamed text and the
  * reference's chat_response. Also: feed of raw ids, KV reuse across turns equals a fresh
  * prefill, sampler features (seeded RNG, top-k/p, min-p, bias, penalties, stop ids/strings,
- * cancel), context limits, argument errors, and `nvlm generate --json` (env NVLM_CLI).
+ * cancel), context limits, argument errors, and `nvlm generate --json` (env NVLM_CLI). On the
+ * CPU; opts in to NVLM_BACKEND (testutil.h): NVLM_BACKEND=cuda runs it on CUDA (gpu_check).
  */
 #include "eng_golden.h"
 
@@ -468,8 +469,8 @@ static void test_cli(const cJSON *case1)
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "%s generate " EG_MODEL_DIR " -i tests/data/images/coffee_600x400.jpg "
-             "-p '%s' -n 16 --json --backend cpu",
-             cli, eg_jstr(case1, "question"));
+             "-p '%s' -n 16 --json --backend %s",
+             cli, eg_jstr(case1, "question"), tu_backend_name());
     FILE *pf = popen(cmd, "r");
     CHECK(pf != NULL, "popen %s", cmd);
     if (pf == NULL) {
@@ -512,6 +513,7 @@ static void test_cli(const cJSON *case1)
 
 int main(void)
 {
+    tu_backend_from_env(); /* NVLM_BACKEND=cuda: the public-API goldens on CUDA */
     size_t size = 0;
     char *json = tu_read_file(EG_GOLDEN_DIR "cases.json", &size);
     cJSON *root = json != NULL ? cJSON_Parse(json) : NULL;

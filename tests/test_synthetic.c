@@ -30,7 +30,7 @@ static int range_ok(const nv_weight *w, float lo, float hi, double *mean)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     size_t len = 0;
     char *json = tu_read_file("tests/data/tiny-nvlm-d/config.json", &len);
     CHECK(json != NULL, "tiny config readable");

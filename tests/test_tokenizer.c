@@ -360,6 +360,7 @@ static void alloc_failures(void)
     cp.alloc_fn = fail_alloc;
     cp.realloc_fn = fail_realloc;
     cp.free_fn = fail_free;
+    cp.backend = tu_backend();
     nvlm_context *ctx;
     if (nvlm_context_create(&cp, &ctx) != NVLM_OK) {
         CHECK(false, "context with hooks");
@@ -467,7 +468,7 @@ static void cli_tests(void)
 int main(void)
 {
     nvlm_context *ctx;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
 
     size_t glen;
     char *gtext = tu_read_file("tests/data/tokenizer-golden.json", &glen);

@@ -198,7 +198,7 @@ static void test_abort(nvlm_context *ctx)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     tu_section("collectives");
     for (int size = 1; size <= MAX_RANKS; size++) {
         test_collectives(ctx, size);

@@ -241,7 +241,7 @@ static void test_real(nvlm_context *ctx)
 int main(void)
 {
     nvlm_context *ctx = NULL;
-    CHECK_OK(nvlm_context_create(NULL, &ctx));
+    CHECK_OK(tu_context_create(&ctx));
     test_split();
     test_tiny(ctx);
     test_real(ctx);

@@ -68,3 +68,31 @@ bool tu_env_flag(const char *name)
     const char *v = getenv(name);
     return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
 }
+
+static nvlm_backend tu_backend_choice = NVLM_BACKEND_CPU;
+
+nvlm_backend tu_backend(void)
+{
+    return tu_backend_choice;
+}
+
+const char *tu_backend_name(void)
+{
+    return tu_backend_choice == NVLM_BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+nvlm_backend tu_backend_from_env(void)
+{
+    const char *v = getenv("NVLM_BACKEND");
+    if (v == NULL || v[0] == '\0' || strcmp(v, "cpu") == 0) {
+        tu_backend_choice = NVLM_BACKEND_CPU;
+    } else if (strcmp(v, "cuda") == 0) {
+        tu_backend_choice = NVLM_BACKEND_CUDA;
+    } else {
+        tu_check(false, __FILE__, __LINE__, "NVLM_BACKEND=%s: want cpu or cuda", v);
+        tu_backend_choice = NVLM_BACKEND_CPU;
+    }
+    printf("# backend: %s (NVLM_BACKEND)\n", tu_backend_name());
+    fflush(stdout);
+    return tu_backend_choice;
+}

@@ -807,6 +807,40 @@ static nvlm_status cpu_attention(nv_exec *ex, float *out, int ldo, const float *
     return NVLM_OK;
 }
 
+/* ---- fused ops: the plain sequences, so results match them to the bit --------------------- */
+
+static nvlm_status cpu_add_rmsnorm(nv_exec *ex, float *h, const float *a, const nv_bweight *s,
+                                   float *x, const nv_bweight *w, int rows, int cols, float eps)
+{
+    if (a != NULL) {
+        NVLM_TRY(cpu_add_scaled(ex, h, a, s, rows, cols));
+    }
+    return cpu_rmsnorm(ex, x, cols, h, cols, w, rows, cols, cols, eps);
+}
+
+static void silu_cat_rows(const rows_job *j, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++) {
+        const float *gu = j->x + (size_t)r * 2 * j->cols;
+        j->vm->silu_mul(j->y + (size_t)r * j->cols, gu, gu + j->cols, (size_t)j->cols);
+    }
+}
+
+static nvlm_status cpu_silu_mul_cat(nv_exec *ex, float *y, const float *gu, int rows, int cols)
+{
+    rows_job j = {.fn = silu_cat_rows, .rows = rows, .y = y, .x = gu, .cols = cols};
+    run_rows(ex, &j, (size_t)rows * cols * 8);
+    return NVLM_OK;
+}
+
+static nvlm_status cpu_rope_store(nv_exec *ex, void *dst, nv_dtype type, int64_t row0,
+                                  float *src, int lds, int rows, int n_heads, int head_dim,
+                                  double theta)
+{
+    NVLM_TRY(cpu_rope(ex, src, lds, rows, n_heads, head_dim, row0, theta));
+    return cpu_store_rows(ex, dst, type, row0, src, lds, (size_t)rows, n_heads * head_dim);
+}
+
 /* ---- table ------------------------------------------------------------------------------ */
 
 static const nv_backend_ops cpu_ops = {
@@ -839,6 +873,9 @@ static const nv_backend_ops cpu_ops = {
     .rows_copy = cpu_rows_copy,
     .store_rows = cpu_store_rows,
     .im2col = cpu_im2col,
+    .add_rmsnorm = cpu_add_rmsnorm,
+    .silu_mul_cat = cpu_silu_mul_cat,
+    .rope_store = cpu_rope_store,
 };
 
 nvlm_status nv_backend_cpu_create(nvlm_context *ctx, nv_backend **out)

@@ -76,6 +76,34 @@ static nvlm_status cuda_weight_load(nv_backend *be, const nv_tensor *src, const 
     return cuda_weight_upload(be, src, out, err_handle);
 }
 
+/* n tensors of one dtype as one weight: their rows in order (backend.h weight_load_group). */
+static nvlm_status cuda_weight_load_group(nv_backend *be, const nv_tensor *srcs, int n,
+                                          nv_bweight *out, bool *grouped, void *err_handle)
+{
+    memset(out, 0, sizeof *out);
+    *grouped = false;
+    if (n < 1 || (srcs[0].dtype != NV_BF16 && srcs[0].dtype != NV_F16 &&
+                  srcs[0].dtype != NV_F32)) {
+        return NVLM_OK;
+    }
+    int ndim = srcs[0].ndim;
+    int64_t rows = 0;
+    int64_t K = ndim == 2 ? srcs[0].shape[1] : 1;
+    for (int i = 0; i < n; i++) {
+        if (srcs[i].dtype != srcs[0].dtype || srcs[i].ndim != ndim || ndim < 1 || ndim > 2 ||
+            (ndim == 2 && srcs[i].shape[1] != K) || srcs[i].shape[0] <= 0) {
+            return NVLM_OK;
+        }
+        rows += srcs[i].shape[0];
+    }
+    /* Laid out as weight_load lays out the whole: bf16 matrices, f32 vectors. */
+    nv_dtype dt = ndim == 2 && K > 1 ? NV_BF16 : NV_F32;
+    NVLM_TRY(cuda_alive(cb_of(be)->device, err_handle));
+    NVLM_TRY(cuda_weight_upload_group(be, srcs, n, dt, rows, K, out, err_handle));
+    *grouped = true;
+    return NVLM_OK;
+}
+
 static void cuda_weight_free(nv_backend *be, nv_bweight *w)
 {
     /* slab pieces go with the slab (destroy) */
@@ -138,6 +166,9 @@ static void cuda_exec_free(nv_exec *ex)
         }
         if (ce->part != NULL) {
             cudaFree(ce->part);
+        }
+        if (ce->rope_dev != NULL) {
+            cudaFree(ce->rope_dev);
         }
         if (ce->stream != NULL) {
             cudaStreamDestroy(ce->stream);
@@ -300,15 +331,29 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     if (M <= 0 || N <= 0) {
         return NVLM_OK;
     }
-    NVLM_TRY(cuda_enter(ex));
     cuda_exec *ce = cuda_ex(ex);
     int64_t ld = nv_mem_weight_ld(t->ndim, K); /* the weight's stored row length */
-    size_t n = (size_t)M * (size_t)ld;
-    NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
-                          "matmul input"));
-    if (ld == K) {
+    size_t n = (size_t)M * (size_t)K;
+    /* add_rmsnorm (fused_ops.cu) may have left x in bf16 already (dense rows: ld == K). */
+    bool have = ld == K && ce->xbf_of == x && ce->xbf_n == n;
+    NVLM_TRY(cuda_enter(ex));
+    if (have) {
+        /* Still valid for the next matmul unless this one overwrites x. */
+        const char *y0 = (const char *)y;
+        const char *x0 = (const char *)x;
+        size_t yb = (size_t)M * (size_t)N * sizeof(float);
+        if (y0 + yb <= x0 || x0 + n * sizeof(float) <= y0) {
+            ce->xbf_of = x;
+            ce->xbf_n = n;
+        }
+    } else if (ld == K) {
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
+                              "matmul input"));
         NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
     } else {
+        /* rows padded to the weight's (a convolution kernel, gemm_pad.cu) */
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, (size_t)M * (size_t)ld,
+                              sizeof(__nv_bfloat16), "matmul input"));
         NVLM_TRY(launched(ex, cuda_to_bf16_pad(ce->stream, ce->xbf, (int)ld, x, (size_t)M,
                                                (int)K), "matmul input"));
     }
@@ -374,22 +419,11 @@ static nvlm_status cuda_layernorm_op(nv_exec *ex, float *y, const float *x, cons
 static nvlm_status cuda_rope_op(nv_exec *ex, float *x, int ld, int rows, int n_heads,
                                 int head_dim, int64_t pos0, double theta)
 {
-    float inv_freq[CUDA_ROPE_MAX_HALF];
-    int half = head_dim / 2;
-    if (half > CUDA_ROPE_MAX_HALF || head_dim % 2 != 0 || head_dim <= 0) {
-        return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED, "head_dim %d not supported",
-                        head_dim);
-    }
-    /* Exactly the CPU op's table: base ** (2i / dim) in fp32, then 1 / that. */
-    float base = (float)theta;
-    for (int i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)head_dim;
-        float p = (float)pow((double)base, (double)e);
-        inv_freq[i] = 1.0f / p;
-    }
     NVLM_TRY(cuda_enter(ex));
+    /* The session's table, made once (fused_ops.cu). */
+    NVLM_TRY(cuda_rope_table(ex, head_dim, theta));
     return launched(ex, cuda_rope(cuda_ex(ex)->stream, x, ld, rows, n_heads, head_dim, pos0,
-                                  inv_freq), "rope");
+                                  cuda_ex(ex)->rope_host), "rope");
 }
 
 static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const float *q, int ldq,
@@ -415,6 +449,13 @@ static nvlm_status cuda_attention_op(nv_exec *ex, float *out, int ldo, const flo
     cuda_exec *ce = cuda_ex(ex);
     size_t part = cuda_attention_part_floats(ce->cb, batch, n_q, n_kv, n_heads, n_kv_heads,
                                              head_dim, causal_pos0);
+    /* Prefill and ViT shapes that fill the device unsplit: the tensor-core kernel. */
+    if (part == 0 && cuda_flash_ok(n_q, n_heads, n_kv_heads, head_dim)) {
+        return launched(ex, cuda_flash_attention(ce->stream, out, ldo, q, ldq, k, v, ldkv,
+                                                 kv_type, batch, n_q, n_kv, n_heads, n_kv_heads,
+                                                 head_dim, scale, causal_pos0),
+                        "attention");
+    }
     if (part > 0) {
         NVLM_TRY(cuda_scratch(ex, (void **)&ce->part, &ce->part_cap, part, sizeof(float),
                               "attention"));
@@ -555,6 +596,10 @@ static nv_backend_ops make_ops(void)
     o.im2col = cuda_im2col_op;
     o.thread_enter = cuda_thread_enter;
     o.thread_leave = cuda_thread_leave;
+    o.weight_load_group = cuda_weight_load_group;
+    o.add_rmsnorm = cuda_add_rmsnorm_op;
+    o.silu_mul_cat = cuda_silu_mul_cat_op;
+    o.rope_store = cuda_rope_store_op;
     return o;
 }
 

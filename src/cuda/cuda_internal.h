@@ -51,6 +51,16 @@ typedef struct cuda_exec {
     float *part;                /* split-KV attention partials */
     size_t part_cap;            /* floats */
     cuda_fp8 *fp8;              /* FP8 matmul state, created at the first FP8 prefill */
+    /* fused_ops.cu: add_rmsnorm left bf16(xbf_of[0..xbf_n)) in xbf for the matmuls reading xbf_of
+     * next; cuda_enter clears it (any other op may change xbf_of or xbf). */
+    const float *xbf_of;
+    size_t xbf_n;
+    /* fused_ops.cu: RoPE inverse frequencies for (rope_half * 2, rope_theta), host and device
+     * copies, made at the first rope of the session (rope_half 0: none yet). */
+    int rope_half;
+    double rope_theta;
+    float *rope_dev;
+    float rope_host[256];       /* CUDA_ROPE_MAX_HALF */
 } cuda_exec;
 
 static inline cuda_exec *cuda_ex(nv_exec *ex)
@@ -87,6 +97,10 @@ unsigned cuda_blocks(size_t n, unsigned threads);
  * memory_plan.h's nv_mem_weight_store): a piece of the slab when one is reserved and has room,
  * else its own allocation; converted and copied by the upload lanes. Text to eh. */
 nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight *out, void *eh);
+/* Several checkpoint tensors of `cols` columns as one weight of `rows` rows of dtype dt (bf16
+ * or f32), in order, in one piece of the slab (weight_load_group). */
+nvlm_status cuda_weight_upload_group(nv_backend *be, const nv_tensor *srcs, int n, nv_dtype dt,
+                                     int64_t rows, int64_t cols, nv_bweight *out, void *eh);
 /* Whether p lies in the backend's weight slab (weight_free leaves it alone). */
 bool cuda_slab_owns(const cuda_backend *cb, const void *p);
 /* Frees the upload lanes and the slab (backend destroy). */
@@ -169,6 +183,41 @@ cudaError_t cuda_add_scaled(cudaStream_t s, float *y, const float *x, const floa
                             int rows, int cols);
 cudaError_t cuda_add_rows(cudaStream_t s, float *y, const void *b, nv_dtype bt, int b_rows,
                           int rows, int cols);
+
+/* ---- fused.cu ---- */
+
+cudaError_t cuda_add_rmsnorm(cudaStream_t s, float *h, const float *a, const float *sc,
+                             float *x, __nv_bfloat16 *xbf, const float *w, int rows, int cols,
+                             float eps);
+cudaError_t cuda_silu_mul_cat(cudaStream_t s, float *y, const float *gu, int rows, int cols);
+cudaError_t cuda_rope_store(cudaStream_t s, void *dst, nv_dtype type, int64_t row0,
+                            const float *src, int lds, int rows, int n_heads, int head_dim,
+                            const float *inv_freq);
+
+/* ---- fused_ops.cu ---- */
+
+/* Makes the session's RoPE table current for (head_dim, theta): ce->rope_host and, ordered on
+ * the stream, ce->rope_dev. Computed only when head_dim or theta change. */
+nvlm_status cuda_rope_table(nv_exec *ex, int head_dim, double theta);
+
+/* backend.h's optional fused ops. */
+nvlm_status cuda_add_rmsnorm_op(nv_exec *ex, float *h, const float *a, const nv_bweight *s,
+                                float *x, const nv_bweight *w, int rows, int cols, float eps);
+nvlm_status cuda_silu_mul_cat_op(nv_exec *ex, float *y, const float *gu, int rows, int cols);
+nvlm_status cuda_rope_store_op(nv_exec *ex, void *dst, nv_dtype type, int64_t row0, float *src,
+                               int lds, int rows, int n_heads, int head_dim, double theta);
+
+/* ---- flash_attn.cu ---- */
+
+/* Whether the tensor-core flash kernel can take this attention (at least CUDA_FLASH_MIN_ROWS
+ * (position, head) rows per kv head, head_dim <= 128). The attention op uses it for such
+ * shapes when the split-KV plan of attention.cu does not split (prefill, the ViT). */
+#define CUDA_FLASH_MIN_ROWS 128
+bool cuda_flash_ok(int n_q, int n_heads, int n_kv_heads, int head_dim);
+cudaError_t cuda_flash_attention(cudaStream_t s, float *out, int ldo, const float *q, int ldq,
+                                 const void *k, const void *v, int ldkv, nv_dtype kv_type,
+                                 int batch, int n_q, int n_kv, int n_heads, int n_kv_heads,
+                                 int head_dim, float scale, int64_t cpos0);
 
 /* ---- rows.cu ---- */
 

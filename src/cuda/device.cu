@@ -115,6 +115,8 @@ nvlm_status cuda_alive(int device, void *err_handle)
 
 nvlm_status cuda_enter(nv_exec *ex)
 {
+    /* Any op may write the rows add_rmsnorm converted (fused_ops.cu): forget them. */
+    cuda_ex(ex)->xbf_of = NULL;
     int want = cuda_ex(ex)->cb->device;
     NVLM_TRY(cuda_alive(want, ex->err_handle));
     int cur = -1;

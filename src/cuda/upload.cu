@@ -258,6 +258,44 @@ static nvlm_status upload_parts(cuda_backend *cb, cuda_upload *up, void *dst, nv
     return cuda_status(eh, e, "weight upload");
 }
 
+/* `bytes` of device memory for one weight: the next piece of the slab, or (no slab, or the
+ * estimate missed it) an allocation of its own (*own). */
+static nvlm_status take_piece(nv_backend *be, cuda_upload *up, size_t bytes, char **p, bool *own,
+                              void *eh)
+{
+    size_t off;
+    *own = false;
+    if (up->slab != NULL && nv_slab_take(&up->plan, bytes, &off)) {
+        *p = up->slab + off;
+        return NVLM_OK;
+    }
+    cudaError_t e = cudaMalloc((void **)p, bytes == 0 ? 1 : bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY,
+                        "out of device memory for a weight (%zu bytes)", bytes);
+    }
+    *own = true;
+    if (up->slab != NULL) {
+        nv_log(be->ctx, NVLM_LOG_WARN, "a weight of %zu bytes did not fit the weight slab "
+               "(%zu of %zu bytes used)", bytes, up->plan.used, up->plan.cap);
+    }
+    return NVLM_OK;
+}
+
+/* The upload state, with the device current and the lanes ready. */
+static nvlm_status upload_begin(nv_backend *be, cuda_upload **out, void *eh)
+{
+    cuda_backend *cb = (cuda_backend *)be->impl;
+    nvlm_status st = NVLM_OK;
+    cuda_upload *up = up_of(be, eh, &st);
+    NVLM_TRY(st);
+    NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
+    NVLM_TRY(lanes_init(up, eh));
+    *out = up;
+    return NVLM_OK;
+}
+
 nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight *out, void *eh)
 {
     cuda_backend *cb = (cuda_backend *)be->impl;
@@ -271,32 +309,14 @@ nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight 
     if (dt == NV_F8_E4M3 && src->scale == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "an FP8 weight without scales");
     }
-    nvlm_status st = NVLM_OK;
-    cuda_upload *up = up_of(be, eh, &st);
-    NVLM_TRY(st);
-    NVLM_TRY(cuda_status(eh, cudaSetDevice(cb->device), "select device"));
-    NVLM_TRY(lanes_init(up, eh));
+    cuda_upload *up;
+    NVLM_TRY(upload_begin(be, &up, eh));
     char *p = NULL;
-    size_t off;
     bool own = false;
-    if (up->slab != NULL && nv_slab_take(&up->plan, bytes, &off)) {
-        p = up->slab + off;
-    } else {
-        /* no slab (a backend used without one), or the estimate missed this weight */
-        cudaError_t e = cudaMalloc((void **)&p, bytes == 0 ? 1 : bytes);
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            return nv_error(eh, NVLM_ERR_OUT_OF_MEMORY,
-                            "out of device memory for a weight (%zu bytes)", bytes);
-        }
-        own = true;
-        if (up->slab != NULL) {
-            nv_log(be->ctx, NVLM_LOG_WARN, "a weight of %zu bytes did not fit the weight slab "
-                   "(%zu of %zu bytes used)", bytes, up->plan.used, up->plan.cap);
-        }
-    }
+    NVLM_TRY(take_piece(be, up, bytes, &p, &own, eh));
     /* a convolution kernel goes up with its rows padded (nv_mem_weight_ld), from a padded
      * host copy; `t` keeps the checkpoint shape */
+    nvlm_status st = NVLM_OK;
     const void *from = src->data;
     void *padded = NULL;
     size_t n_store = (size_t)n;
@@ -336,6 +356,45 @@ nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight 
     out->t.dtype = dt;
     out->t.data = p;
     out->t.scale = scale;
+    out->t.device = cb->device;
+    out->owned = 1;
+    return NVLM_OK;
+}
+
+nvlm_status cuda_weight_upload_group(nv_backend *be, const nv_tensor *srcs, int n, nv_dtype dt,
+                                     int64_t rows, int64_t cols, nv_bweight *out, void *eh)
+{
+    cuda_backend *cb = (cuda_backend *)be->impl;
+    size_t es = nv_dtype_size(dt);
+    size_t bytes;
+    if (rows < 0 || cols < 0 || !nv_mul_size((size_t)rows, (size_t)cols, &bytes) ||
+        !nv_mul_size(bytes, es, &bytes)) {
+        return nv_error(eh, NVLM_ERR_LIMIT, "weight too large");
+    }
+    cuda_upload *up;
+    NVLM_TRY(upload_begin(be, &up, eh));
+    char *p = NULL;
+    bool own = false;
+    /* the parts' own pieces would have been rounded up one by one: the whole fits in them */
+    NVLM_TRY(take_piece(be, up, nv_slab_piece(bytes), &p, &own, eh));
+    size_t at = 0;
+    nvlm_status st = NVLM_OK;
+    for (int i = 0; i < n && st == NVLM_OK; i++) {
+        size_t cnt = (size_t)srcs[i].shape[0] * (size_t)cols;
+        st = upload_parts(cb, up, p + at * es, dt, srcs[i].data, srcs[i].dtype, cnt, eh);
+        at += cnt;
+    }
+    if (st != NVLM_OK) {
+        if (own) {
+            cudaFree(p);
+            cudaGetLastError();
+        }
+        return st;
+    }
+    out->t = srcs[0];
+    out->t.shape[0] = rows;
+    out->t.dtype = dt;
+    out->t.data = p;
     out->t.device = cb->device;
     out->owned = 1;
     return NVLM_OK;

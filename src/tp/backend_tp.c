@@ -1062,6 +1062,92 @@ static nvlm_status tp_add_scaled(nv_exec *ex, float *y, const float *x, const nv
     return run_all(ex, run_ew, &a);
 }
 
+typedef struct addnorm_args {
+    float *h;
+    const float *a;
+    const nv_bweight *s;
+    float *x;
+    const nv_bweight *w;
+    int rows, cols;
+    float eps;
+} addnorm_args;
+
+/* Replicated activations and norm weight: each rank's own fused op, or its two plain ones. */
+static nvlm_status run_add_rmsnorm(tp_exec *t, int r, const void *p)
+{
+    const addnorm_args *a = p;
+    const nv_backend_ops *op = rops(t, r);
+    nv_exec *ex = t->rk[r].ex;
+    float *h = at(t, r, a->h);
+    const float *in = at(t, r, a->a);
+    float *x = at(t, r, a->x);
+    if (op->add_rmsnorm != NULL) {
+        return op->add_rmsnorm(ex, h, in, rw(a->s, r), x, rw(a->w, r), a->rows, a->cols, a->eps);
+    }
+    if (in != NULL) {
+        NVLM_TRY(op->add_scaled(ex, h, in, rw(a->s, r), a->rows, a->cols));
+    }
+    return op->rmsnorm(ex, x, a->cols, h, a->cols, rw(a->w, r), a->rows, a->cols, a->cols,
+                       a->eps);
+}
+
+static nvlm_status tp_add_rmsnorm(nv_exec *ex, float *h, const float *a, const nv_bweight *s,
+                                  float *x, const nv_bweight *w, int rows, int cols, float eps)
+{
+    if (!((const tp_weight *)w->impl)->slice[0].whole) {
+        /* a norm spread over the ranks: the plain ops (tp_rmsnorm all-reduces its statistic) */
+        if (a != NULL) {
+            NVLM_TRY(tp_add_scaled(ex, h, a, s, rows, cols));
+        }
+        return tp_rmsnorm(ex, x, cols, h, cols, w, rows, cols, cols, eps);
+    }
+    addnorm_args args = {h, a, s, x, w, rows, cols, eps};
+    return run_all(ex, run_add_rmsnorm, &args);
+}
+
+typedef struct ropestore_args {
+    void *dst;
+    nv_dtype type;
+    int64_t row0;
+    float *src;
+    int lds, rows, n_heads, head_dim;
+    double theta;
+} ropestore_args;
+
+/* Into a KV cache: the rank's kv heads (their columns of src, as EW_STORE takes them). */
+static nvlm_status run_rope_store(tp_exec *t, int r, const void *p)
+{
+    const ropestore_args *a = p;
+    const nv_backend_ops *op = rops(t, r);
+    nv_exec *ex = t->rk[r].ex;
+    const region *g = region_of(t, a->dst);
+    float *x = at(t, r, a->src);
+    int heads = a->n_heads;
+    if (g != NULL && g->kv_heads > 0) {
+        tp_range mine = kv_heads_of(t, r);
+        x += (size_t)mine.begin * a->head_dim;
+        heads = (int)mine.count;
+    }
+    if (heads <= 0 || a->rows <= 0) {
+        return NVLM_OK;
+    }
+    void *dst = at(t, r, a->dst);
+    if (op->rope_store != NULL) {
+        return op->rope_store(ex, dst, a->type, a->row0, x, a->lds, a->rows, heads, a->head_dim,
+                              a->theta);
+    }
+    NVLM_TRY(op->rope(ex, x, a->lds, a->rows, heads, a->head_dim, a->row0, a->theta));
+    return op->store_rows(ex, dst, a->type, a->row0, x, a->lds, (size_t)a->rows,
+                          heads * a->head_dim);
+}
+
+static nvlm_status tp_rope_store(nv_exec *ex, void *dst, nv_dtype type, int64_t row0, float *src,
+                                 int lds, int rows, int n_heads, int head_dim, double theta)
+{
+    ropestore_args a = {dst, type, row0, src, lds, rows, n_heads, head_dim, theta};
+    return run_all(ex, run_rope_store, &a);
+}
+
 static nvlm_status tp_add_rows(nv_exec *ex, float *y, const nv_bweight *b, int b_rows, int rows,
                                int cols)
 {
@@ -1275,6 +1361,8 @@ static const nv_backend_ops tp_ops = {
     .rows_copy = tp_rows_copy,
     .store_rows = tp_store_rows,
     .im2col = tp_im2col,
+    .add_rmsnorm = tp_add_rmsnorm,
+    .rope_store = tp_rope_store,
 };
 
 nvlm_status nv_backend_tp_create(nvlm_context *ctx, const nv_config *cfg, nv_backend **ranks,
