@@ -201,7 +201,7 @@ $(BUILD)/tests/test_json: private LDFLAGS += -Wl,--wrap=cJSON_ParseWithLengthOpt
 # define NVLM_EMU_SMALL: the tests run small shapes.
 CUDA_EMU_SRC := src/cuda/act.cu src/cuda/attention.cu src/cuda/norm.cu src/cuda/rope.cu \
                 src/cuda/rows.cu src/cuda/fp8.cu src/cuda/fused.cu src/cuda/flash_attn.cu \
-                src/cuda/sample.cu
+                src/cuda/sample.cu src/cuda/gemm_pad.cu
 EMU_BUILD := $(BUILD)/emu
 CUDA_EMU_OBJ := $(CUDA_EMU_SRC:%.cu=$(EMU_BUILD)/%.o) $(EMU_BUILD)/src/cuda/emu/cuda_host.o
 EMU_CXXFLAGS := -std=c++17 $(OPT) $(WARN) -pthread -ffp-contract=off $(SANFLAGS) \

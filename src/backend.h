@@ -17,7 +17,9 @@
 /* A weight owned by the backend. `t` describes it in backend memory (shape as in the
  * checkpoint); `owned` is non-zero when the backend allocated a copy (the CPU backend keeps
  * big matrices in place in the mapped checkpoint and converts 1-D vectors to f32). `impl`:
- * backend-private (the tensor-parallel backend's per-rank slices), NULL for the others. */
+ * backend-private (the tensor-parallel backend's per-rank slices), NULL for the others. The
+ * data may hold padded rows only where the backend's own matmul is the sole reader: CUDA
+ * stores 4-D (convolution) kernels with rows padded to a multiple of 8 (docs/cuda.md). */
 typedef struct nv_bweight {
     nv_tensor t;
     int owned;

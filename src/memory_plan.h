@@ -42,10 +42,19 @@ typedef struct nv_mem_plan {
                                     headroom (what must be free on the rank's device) */
 } nv_mem_plan;
 
+/* Row length (elements) the CUDA backend stores a bf16 matrix of K columns with: convolution
+ * kernels (4-D, read only by the CUDA matmul, over im2col rows) get K rounded up to
+ * NV_MEM_K_ALIGN with zero columns, so the GEMM runs with an aligned K (the ViT patch
+ * embedding: 588 -> 592); every other matrix keeps K (other ops read its rows densely). */
+#define NV_MEM_K_ALIGN 8
+int64_t nv_mem_weight_ld(int ndim, int64_t K);
+/* Copies `rows` rows of `cols` elements of `elem` bytes into rows of `ld` elements, zeroing
+ * columns cols..ld-1 (zero bits are 0.0 in bf16, f16 and f32). */
+void nv_pad_rows(void *dst, const void *src, size_t rows, size_t cols, size_t ld, size_t elem);
 /* How the backend stores one weight handed to weight_load: *dtype (bf16 for tensors with two
  * or more dimensions above 1, f32 for vectors; F8_E4M3 stays FP8) and *bytes, its slab piece
- * before alignment (FP8: the codes, padded to NV_SLAB_ALIGN, then one f32 scale per row).
- * False on overflow. */
+ * before alignment (FP8: the codes, padded to NV_SLAB_ALIGN, then one f32 scale per row; bf16
+ * convolution kernels: rows of nv_mem_weight_ld). False on overflow. */
 bool nv_mem_weight_store(int ndim, const int64_t *shape, nv_dtype src_dtype, nv_dtype *dtype,
                          size_t *bytes);
 /* A piece of `bytes` rounded up to NV_SLAB_ALIGN (at least one alignment unit); SIZE_MAX on

@@ -20,6 +20,23 @@ size_t nv_slab_piece(size_t bytes)
     return b & ~(NV_SLAB_ALIGN - 1);
 }
 
+int64_t nv_mem_weight_ld(int ndim, int64_t K)
+{
+    if (ndim != 4 || K <= 0 || K % NV_MEM_K_ALIGN == 0 || K > INT64_MAX - NV_MEM_K_ALIGN) {
+        return K;
+    }
+    return (K + NV_MEM_K_ALIGN - 1) / NV_MEM_K_ALIGN * NV_MEM_K_ALIGN;
+}
+
+void nv_pad_rows(void *dst, const void *src, size_t rows, size_t cols, size_t ld, size_t elem)
+{
+    for (size_t r = 0; r < rows; r++) {
+        char *d = (char *)dst + r * ld * elem;
+        memcpy(d, (const char *)src + r * cols * elem, cols * elem);
+        memset(d + cols * elem, 0, (ld - cols) * elem);
+    }
+}
+
 bool nv_mem_weight_store(int ndim, const int64_t *shape, nv_dtype src_dtype, nv_dtype *dtype,
                          size_t *bytes)
 {
@@ -40,6 +57,13 @@ bool nv_mem_weight_store(int ndim, const int64_t *shape, nv_dtype src_dtype, nv_
                nv_add_size(codes, *bytes, bytes);
     }
     *dtype = big_dims > 1 ? NV_BF16 : NV_F32;
+    if (*dtype == NV_BF16 && ndim > 0 && shape[0] > 0) {
+        size_t rows = (size_t)shape[0];
+        int64_t ld = nv_mem_weight_ld(ndim, (int64_t)(n / rows));
+        if (!nv_mul_size(rows, (size_t)ld, &n)) {
+            return false;
+        }
+    }
     return nv_mul_size(n, nv_dtype_size(*dtype), bytes);
 }
 

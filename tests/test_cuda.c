@@ -163,10 +163,18 @@ static void wload(side *s, const hweight *h, nv_bweight *w)
 
 /* ---- op checks: `ref` is the CPU backend, `test` the backend under test ------------------ */
 
-static void op_matmul(side *ref, side *tst, int M, int N, int K, bool bias)
+/* patch > 0: the weight is a convolution kernel (N, 3, patch, patch), K = 3 * patch^2, as the
+ * ViT patch embedding (the CUDA backend stores its rows padded to an aligned K). */
+static void op_matmul(side *ref, side *tst, int M, int N, int K, bool bias, int patch)
 {
     char what[96];
     hweight hw = hw_make(N, K, NV_BF16, 0.1f);
+    if (patch > 0) {
+        hw.t.ndim = 4;
+        hw.t.shape[1] = 3;
+        hw.t.shape[2] = patch;
+        hw.t.shape[3] = patch;
+    }
     hweight hb = hw_make(1, N, NV_F32, 0.5f);
     float *x = rand_vec((size_t)M * K, 1.0f);
     float *xr = malloc((size_t)M * K * sizeof(float)); /* x rounded to bf16 */
@@ -193,11 +201,11 @@ static void op_matmul(side *ref, side *tst, int M, int N, int K, bool bias)
     float *b = dev_get(tst, ty, (size_t)M * N);
     /* The GPU GEMM reads bf16 activations: exact against the CPU fed the same rounded inputs,
      * within the bf16 bound against the f32 inputs. */
-    snprintf(what, sizeof what, "%s matmul %dx%dx%d%s vs cpu(%s x)", tst->name, M, N, K,
-             bias ? " +bias" : "", tst->bf16_act ? "bf16" : "f32");
+    snprintf(what, sizeof what, "%s matmul %dx%dx%d%s%s vs cpu(%s x)", tst->name, M, N, K,
+             bias ? " +bias" : "", patch > 0 ? " conv" : "", tst->bf16_act ? "bf16" : "f32");
     check_rel(what, b, tst->bf16_act ? ar : a, (size_t)M * N, TOL_F32);
-    snprintf(what, sizeof what, "%s matmul %dx%dx%d%s vs cpu(f32 x)", tst->name, M, N, K,
-             bias ? " +bias" : "");
+    snprintf(what, sizeof what, "%s matmul %dx%dx%d%s%s vs cpu(f32 x)", tst->name, M, N, K,
+             bias ? " +bias" : "", patch > 0 ? " conv" : "");
     check_rel(what, b, a, (size_t)M * N, TOL_BF16);
     free(a);
     free(ar);
@@ -1044,9 +1052,13 @@ static void run_ops(side *ref, side *tst)
     run_fused(ref, tst);
     op_sample(tst);
     tu_section("ops: matmul");
-    op_matmul(ref, tst, 1, 96, 80, false);
-    op_matmul(ref, tst, 37, 96, 80, true);
-    op_matmul(ref, tst, 130, 200, 256, true);
+    op_matmul(ref, tst, 1, 96, 80, false, 0);
+    op_matmul(ref, tst, 37, 96, 80, true, 0);
+    op_matmul(ref, tst, 33, 96, 80, true, 0); /* M bucket 64 again: its plan at another M */
+    op_matmul(ref, tst, 64, 96, 80, true, 0);
+    op_matmul(ref, tst, 130, 200, 256, true, 0);
+    op_matmul(ref, tst, 50, 64, 3 * 14 * 14, true, 14); /* K 588: padded rows on CUDA */
+    op_matmul(ref, tst, 3, 40, 3 * 3 * 3, false, 3);    /* K 27 */
     tu_section("ops: FP8 matmul");
     op_matmul_fp8(ref, tst, 1, 96, 80, false, TOL_BF16);   /* GEMV, f32 x, 16-byte loads */
     op_matmul_fp8(ref, tst, 1, 33, 72, true, TOL_BF16);    /* GEMV, K % 16 != 0 */

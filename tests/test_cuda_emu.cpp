@@ -697,6 +697,31 @@ static void case_to_bf16(emu_ctx *c, emu_res *r)
     set_res(r, (double)diff, 0.0, "to_bf16 %zu values (values differing)", n);
 }
 
+/* f32 -> bf16 into rows padded with zero columns (the GEMM input of the ViT patch embedding,
+ * K 588 stored as 592): every value rounded as the CPU rounds it, every pad element +0. */
+static void case_to_bf16_pad(emu_ctx *c, emu_res *r)
+{
+    int rows = c->small ? 7 : 1025;
+    int cols = 588;
+    int ld = 592;
+    size_t n = (size_t)rows * (size_t)ld;
+    std::vector<float> x = rnd((size_t)rows * (size_t)cols, 3.0f);
+    std::vector<__nv_bfloat16> got(n);
+    for (size_t i = 0; i < n; i++) {
+        got[i] = __ushort_as_bfloat16(0xffff);
+    }
+    r->launch = cuda_to_bf16_pad(NULL, got.data(), ld, x.data(), (size_t)rows, cols);
+    size_t diff = 0;
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < ld; j++) {
+            uint16_t want = j < cols ? nv_f32_to_bf16(x[(size_t)i * cols + j]) : 0;
+            diff += __bfloat16_as_ushort(got[(size_t)i * ld + j]) != want;
+        }
+    }
+    set_res(r, (double)diff, 0.0, "to_bf16_pad %d x %d -> rows of %d (values differing)", rows,
+            cols, ld);
+}
+
 /* ---- activations -------------------------------------------------------------------------- */
 
 /* GELU and SiLU: the kernel calls libm's erff/expf here, the CPU op its vectorised versions
@@ -1014,6 +1039,7 @@ static const emu_case CASES[] = {
     {"pixel_shuffle", case_pixel_shuffle},
     {"im2col", case_im2col},
     {"to_bf16", case_to_bf16},
+    {"to_bf16_pad", case_to_bf16_pad},
     {"gelu", case_gelu},
     {"silu_mul", case_silu_mul},
     {"add_scaled", case_add_scaled},

@@ -96,8 +96,8 @@ static nvlm_model_info info_of(const nvlm_model *m)
 /* ---- the estimator on the real 72B config ----------------------------------------------- */
 
 /* An oracle written out here from the layout's shapes: every tensor's bytes in the CUDA
- * storage (2-D and larger bf16, vectors f32, FP8 projections one byte + a 4-byte row scale),
- * each rounded up to 256. */
+ * storage (2-D and larger bf16, vectors f32, FP8 projections one byte + a 4-byte row scale,
+ * 4-D convolution kernels with rows padded to a multiple of 8), each rounded up to 256. */
 typedef struct oracle {
     bool fp8;
     uint64_t bytes;
@@ -121,6 +121,10 @@ static nvlm_status oracle_add(void *u, const nv_layout_tensor *t)
     uint64_t b;
     if (proj) {
         b = (n + 255) / 256 * 256 + 4 * (uint64_t)t->shape[0];
+    } else if (t->ndim == 4 && big > 1) {
+        /* a convolution kernel (the patch embedding): rows padded to a multiple of 8 */
+        uint64_t k = n / (uint64_t)t->shape[0];
+        b = (uint64_t)t->shape[0] * ((k + 7) / 8 * 8) * 2;
     } else {
         b = n * (big > 1 ? 2 : 4);
         o->vec_elems += big > 1 ? 0 : n;

@@ -40,6 +40,7 @@ static const char *run(const char *cmd, char *buf, size_t cap)
     return buf;
 }
 
+#ifdef NVLM_WITH_CUDA
 /* Whether this process has a file whose path contains `name` mapped. */
 static bool mapped(const char *name)
 {
@@ -48,6 +49,7 @@ static bool mapped(const char *name)
     free(maps);
     return found;
 }
+#endif
 
 static void no_cuda_in_core(void)
 {

@@ -10,6 +10,9 @@
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/fault.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
 #include <math.h>
 #include <stdio.h>
@@ -322,7 +325,7 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
     if (t->dtype == NV_F8_E4M3) {
         return cuda_matmul_fp8(ex, y, x, w, bias, M);
     }
-    if (N > INT32_MAX || K > INT32_MAX || t->dtype != NV_BF16) {
+    if (N > INT32_MAX || K > INT32_MAX - NV_MEM_K_ALIGN || t->dtype != NV_BF16) {
         return nv_error(ex->err_handle, NVLM_ERR_UNSUPPORTED,
                         "matmul: weight (%lld, %lld) %s not supported", (long long)N,
                         (long long)K, nv_dtype_name(t->dtype));
@@ -331,9 +334,10 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
         return NVLM_OK;
     }
     cuda_exec *ce = cuda_ex(ex);
+    int64_t ld = nv_mem_weight_ld(t->ndim, K); /* the weight's stored row length */
     size_t n = (size_t)M * (size_t)K;
-    /* add_rmsnorm (fused_ops.cu) may have left x in bf16 already. */
-    bool have = ce->xbf_of == x && ce->xbf_n == n;
+    /* add_rmsnorm (fused_ops.cu) may have left x in bf16 already (dense rows: ld == K). */
+    bool have = ld == K && ce->xbf_of == x && ce->xbf_n == n;
     NVLM_TRY(cuda_enter(ex));
     if (have) {
         /* Still valid for the next matmul unless this one overwrites x. */
@@ -344,14 +348,20 @@ static nvlm_status cuda_matmul_op(nv_exec *ex, float *y, const float *x, const n
             ce->xbf_of = x;
             ce->xbf_n = n;
         }
-    } else {
+    } else if (ld == K) {
         NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
                               "matmul input"));
         NVLM_TRY(launched(ex, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
+    } else {
+        /* rows padded to the weight's (a convolution kernel, gemm_pad.cu) */
+        NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, (size_t)M * (size_t)ld,
+                              sizeof(__nv_bfloat16), "matmul input"));
+        NVLM_TRY(launched(ex, cuda_to_bf16_pad(ce->stream, ce->xbf, (int)ld, x, (size_t)M,
+                                               (int)K), "matmul input"));
     }
     NVLM_TRY(cuda_gemm_bf16(ex, y, ce->xbf, (const __nv_bfloat16 *)t->data,
                             bias != NULL ? (const float *)bias->t.data : NULL, M, (int)N,
-                            (int)K));
+                            (int)ld));
     return cuda_synced(ex, "matmul");
 }
 

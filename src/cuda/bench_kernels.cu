@@ -5,6 +5,9 @@
  * in-run ceilings, and event timing of a sequence of ops on a session stream.
  */
 #include "cuda/cuda_internal.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
 #include <float.h>
 #include <stdio.h>
@@ -78,6 +81,15 @@ extern "C" nvlm_status nv_cuda_random_weight(nv_exec *ex, int ndim, const int64_
         big += shape[d] > 1;
     }
     int bf16 = big > 1;
+    if (bf16 && shape[0] > 0) {
+        /* the row padding weight_load gives convolution kernels (pad columns random too: they
+         * meet zero activations) */
+        size_t rows = (size_t)shape[0];
+        int64_t ld = nv_mem_weight_ld(ndim, (int64_t)(n / rows));
+        if (!nv_mul_size(rows, (size_t)ld, &n)) {
+            return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "random weight too large");
+        }
+    }
     out->t.dtype = bf16 ? NV_BF16 : NV_F32;
     void *p = NULL;
     NVLM_TRY(ex->be->ops->alloc(ex, n * (bf16 ? 2 : 4), &p));

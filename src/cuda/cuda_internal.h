@@ -125,10 +125,17 @@ void cuda_graphs_free(nvlm_context *ctx, cuda_exec *ce);
 
 nvlm_status cuda_gemm_create(nv_exec *ex, cuda_gemm **out);
 void cuda_gemm_free(nvlm_context *ctx, cuda_gemm *g);
-/* y[M][N] (f32) = x[M][K] (bf16) . w[N][K]^T (bf16) (+ bias[N] f32), fp32 accumulation. */
+/* y[M][N] (f32) = x[M][K] (bf16) . w[N][K]^T (bf16) (+ bias[N] f32), fp32 accumulation.
+ * Plans are cached per bucket of M (gemm_plan.h); a rejected algorithm falls back to the next
+ * the heuristic offered; NVLM_ERR_BACKEND naming the shape when none runs. */
 nvlm_status cuda_gemm_bf16(nv_exec *ex, float *y, const __nv_bfloat16 *x,
                            const __nv_bfloat16 *w, const float *bias, int M, int N, int K);
 
+/* ---- gemm_pad.cu ---- */
+
+/* y (rows, ld) bf16 = x (rows, cols) f32 rounded to nearest even, columns cols..ld-1 zero. */
+cudaError_t cuda_to_bf16_pad(cudaStream_t s, __nv_bfloat16 *y, int ld, const float *x,
+                             size_t rows, int cols);
 /* ---- fp8.cu: FP8 E4M3 weights (codes N x K, one f32 scale per row, both on the device) ---- */
 
 /* Rows of x up to which an FP8 matmul is the GEMV (above: the prefill GEMM). */

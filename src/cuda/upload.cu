@@ -314,7 +314,30 @@ nvlm_status cuda_weight_upload(nv_backend *be, const nv_tensor *src, nv_bweight 
     char *p = NULL;
     bool own = false;
     NVLM_TRY(take_piece(be, up, bytes, &p, &own, eh));
-    nvlm_status st = upload_parts(cb, up, p, dt, src->data, src->dtype, (size_t)n, eh);
+    /* a convolution kernel goes up with its rows padded (nv_mem_weight_ld), from a padded
+     * host copy; `t` keeps the checkpoint shape */
+    nvlm_status st = NVLM_OK;
+    const void *from = src->data;
+    void *padded = NULL;
+    size_t n_store = (size_t)n;
+    int64_t rows = src->ndim > 0 && src->shape[0] > 0 ? src->shape[0] : 1;
+    int64_t cols = n / rows;
+    int64_t ld = dt == NV_BF16 ? nv_mem_weight_ld(src->ndim, cols) : cols;
+    if (ld != cols) {
+        size_t es = nv_dtype_size(src->dtype);
+        n_store = (size_t)rows * (size_t)ld; /* fits: bytes above counted it */
+        padded = nv_alloc_array(be->ctx, n_store, es);
+        if (padded == NULL) {
+            st = nv_error(eh, NVLM_ERR_OUT_OF_MEMORY, "out of memory padding a weight's rows");
+        } else {
+            nv_pad_rows(padded, src->data, (size_t)rows, (size_t)cols, (size_t)ld, es);
+            from = padded;
+        }
+    }
+    if (st == NVLM_OK) {
+        st = upload_parts(cb, up, p, dt, from, src->dtype, n_store, eh);
+    }
+    nv_free(be->ctx, padded);
     float *scale = NULL;
     if (st == NVLM_OK && dt == NV_F8_E4M3) {
         /* one f32 scale per row after the codes (nv_mem_weight_store's layout) */
