@@ -1129,8 +1129,12 @@ static void mutation_check(emu_ctx *c)
             if (a.hits == h0) {
                 continue;
             }
+            /* one site per source line: a device function in a header has a copy of its
+             * sites in every kernel file that includes it, and a mutation turns off all */
             size_t j = 0;
-            while (j < sites.size() && sites[j] != a.s) {
+            while (j < sites.size() && !(sites[j]->line == a.s->line &&
+                                         strcmp(base_name(sites[j]->file),
+                                                base_name(a.s->file)) == 0)) {
                 j++;
             }
             if (j == sites.size()) {

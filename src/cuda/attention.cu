@@ -41,14 +41,6 @@ static __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
-static __device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;
-}
-
 static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
 {
     extern __shared__ float smem[];
@@ -171,7 +163,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(attn_args a)
                 p[j] = sj == -INFINITY ? 0.0f : expf(sj - mn);
                 m[j] = mn;
             }
-            l[j] = l[j] * alpha + warp_sum(p[j]);
+            l[j] = l[j] * alpha + cuda_warp_sum(p[j]);
             for (int c = 0; c < ATTN_DPL; c++) {
                 acc[j][c] *= alpha;
             }

@@ -299,6 +299,33 @@ cudaError_t cuda_sample_launch(cudaStream_t s, int threads, const cuda_sample_ka
 nvlm_status cuda_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome);
 void cuda_sample_free(nvlm_context *ctx, cuda_exec *ce);
 
+/* Sum over a warp (all 32 lanes active); every lane gets the total. */
+static __device__ __forceinline__ float cuda_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+/* Sum over the block (blockDim a multiple of 32, sh at least blockDim / 32 floats of shared
+ * memory); every thread gets the total, and sh may be written again once it returns. */
+static __device__ __forceinline__ float cuda_block_sum(float v, float *sh)
+{
+    v = cuda_warp_sum(v);
+    if ((threadIdx.x & 31) == 0) {
+        sh[threadIdx.x >> 5] = v;
+    }
+    __syncthreads();
+    float t = 0.0f;
+    int nw = (int)(blockDim.x >> 5);
+    for (int i = 0; i < nw; i++) {
+        t += sh[i];
+    }
+    __syncthreads();
+    return t;
+}
+
 /* Element loads shared by the kernels: f32, bf16 or f16 storage read as f32. */
 __device__ __forceinline__ float cuda_load(const void *p, nv_dtype t, size_t i)
 {

@@ -18,31 +18,6 @@
 
 #define FUSED_THREADS 256
 
-static __device__ __forceinline__ float fused_warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;
-}
-
-/* Sum over the block (blockDim a multiple of 32); every thread gets the total. Called once
- * per kernel: sh is not written again after the barrier, so none is needed after the reads. */
-static __device__ float fused_block_sum(float v, float *sh)
-{
-    v = fused_warp_sum(v);
-    if ((threadIdx.x & 31) == 0) {
-        sh[threadIdx.x >> 5] = v;
-    }
-    __syncthreads();
-    float t = 0.0f;
-    int nw = (int)(blockDim.x >> 5);
-    for (int i = 0; i < nw; i++) {
-        t += sh[i];
-    }
-    return t;
-}
-
 /* One block per row: h += sc (.) a (a may be NULL, sc may be NULL), then x = w * (h * inv)
  * in f32 and, when xbf is not NULL, in bf16 (round to nearest even) for the next GEMM. */
 static __global__ void add_rmsnorm_kernel(float *h, const float *a, const float *sc, float *x,
@@ -65,7 +40,7 @@ static __global__ void add_rmsnorm_kernel(float *h, const float *a, const float 
         }
         ss += v * v;
     }
-    ss = fused_block_sum(ss, sh);
+    ss = cuda_block_sum(ss, sh);
     float inv = 1.0f / sqrtf(ss / (float)cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float y = w[c] * (hr[c] * inv);

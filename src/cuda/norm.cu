@@ -9,31 +9,6 @@
 
 #define NORM_THREADS 256
 
-static __device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;
-}
-
-/* Sum over the block (blockDim a multiple of 32); every thread gets the total. */
-static __device__ float block_sum(float v, float *sh)
-{
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) {
-        sh[threadIdx.x >> 5] = v;
-    }
-    __syncthreads();
-    float t = 0.0f;
-    int nw = (int)(blockDim.x >> 5);
-    for (int i = 0; i < nw; i++) {
-        t += sh[i];
-    }
-    __syncthreads();
-    return t;
-}
-
 static __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx, const float *w,
                                       int cols, int stat_cols, float eps)
 {
@@ -44,7 +19,7 @@ static __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx
     for (int c = threadIdx.x; c < stat_cols; c += blockDim.x) {
         ss += xr[c] * xr[c];
     }
-    ss = block_sum(ss, sh);
+    ss = cuda_block_sum(ss, sh);
     float inv = 1.0f / sqrtf(ss / (float)stat_cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         yr[c] = w[c] * (xr[c] * inv);
@@ -60,7 +35,7 @@ static __global__ void sumsq_kernel(float *out, const float *x, int ld, int cols
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         ss += xr[c] * xr[c];
     }
-    ss = block_sum(ss, sh);
+    ss = cuda_block_sum(ss, sh);
     if (threadIdx.x == 0) {
         out[blockIdx.x] = ss;
     }
@@ -89,13 +64,13 @@ static __global__ void layernorm_kernel(float *y, const float *x, const float *w
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         s += xr[c];
     }
-    float mean = block_sum(s, sh) / (float)cols;
+    float mean = cuda_block_sum(s, sh) / (float)cols;
     float v = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float d = xr[c] - mean;
         v += d * d;
     }
-    float inv = 1.0f / sqrtf(block_sum(v, sh) / (float)cols + eps);
+    float inv = 1.0f / sqrtf(cuda_block_sum(v, sh) / (float)cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         yr[c] = (xr[c] - mean) * inv * w[c] + b[c];
     }
