@@ -40,11 +40,14 @@ static __global__ void rope_kernel(float *x, int ld, int rows, int n_heads, int 
     }
 }
 
-cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, int head_dim,
-                      int64_t pos0, const float *inv_freq)
+/* One launch of rope_kernel: positions pos0 + r, or (dpos not NULL) dpos[r / per_seq] +
+ * r % per_seq read on the device. */
+static cudaError_t rope_launch(cudaStream_t s, float *x, int ld, int rows, int n_heads,
+                               int head_dim, int64_t pos0, const int64_t *dpos, int per_seq,
+                               const float *inv_freq)
 {
     int half = head_dim / 2;
-    if (rows <= 0 || half <= 0 || half > CUDA_ROPE_MAX_HALF) {
+    if (rows <= 0 || half <= 0 || half > CUDA_ROPE_MAX_HALF || per_seq <= 0) {
         return rows <= 0 ? cudaSuccess : cudaErrorInvalidValue;
     }
     rope_freq fr;
@@ -53,25 +56,23 @@ cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, i
     }
     unsigned threads = 256;
     NV_LAUNCH(rope_kernel, cuda_blocks((size_t)rows * half, threads), threads, 0, s)(
-        x, ld, rows, n_heads, head_dim, (long long)pos0, fr, (const long long *)NULL, 1);
+        x, ld, rows, n_heads, head_dim, (long long)pos0, fr, (const long long *)dpos, per_seq);
     return cudaGetLastError();
+}
+
+cudaError_t cuda_rope(cudaStream_t s, float *x, int ld, int rows, int n_heads, int head_dim,
+                      int64_t pos0, const float *inv_freq)
+{
+    return rope_launch(s, x, ld, rows, n_heads, head_dim, pos0, NULL, 1, inv_freq);
 }
 
 cudaError_t cuda_rope_step(cudaStream_t s, float *x, int ld, int rows, int n_heads,
                            int head_dim, const int64_t *dpos, int per_seq, const float *inv_freq)
 {
-    int half = head_dim / 2;
-    if (rows <= 0 || half <= 0 || half > CUDA_ROPE_MAX_HALF || dpos == NULL || per_seq <= 0) {
-        return rows <= 0 ? cudaSuccess : cudaErrorInvalidValue;
+    if (dpos == NULL && rows > 0) {
+        return cudaErrorInvalidValue;
     }
-    rope_freq fr;
-    for (int i = 0; i < CUDA_ROPE_MAX_HALF; i++) {
-        fr.f[i] = i < half ? inv_freq[i] : 0.0f;
-    }
-    unsigned threads = 256;
-    NV_LAUNCH(rope_kernel, cuda_blocks((size_t)rows * half, threads), threads, 0, s)(
-        x, ld, rows, n_heads, head_dim, 0, fr, (const long long *)dpos, per_seq);
-    return cudaGetLastError();
+    return rope_launch(s, x, ld, rows, n_heads, head_dim, 0, dpos, per_seq, inv_freq);
 }
 
 void cuda_rope_inv_freq(double theta, int head_dim, float *inv_freq)
