@@ -195,6 +195,10 @@ static nvlm_status fp8_gemm_lt(nv_exec *ex, cuda_fp8 *f, float *y, const float *
             f->lt_broken = 1;
             return NVLM_OK;
         }
+    }
+    if (f->ws == NULL) {
+        /* Apart from the handle: after a failed allocation the next call tries again rather
+         * than hand cublasLtMatmul a NULL workspace of FP8_LT_WS bytes. */
         cudaError_t e = cudaMalloc(&f->ws, FP8_LT_WS);
         if (e != cudaSuccess) {
             cudaGetLastError();
