@@ -221,11 +221,17 @@ static nvlm_status fp8_gemm_lt(nv_exec *ex, cuda_fp8 *f, float *y, const float *
     const float beta = 0.0f;
     cublasStatus_t s = cublasLtMatmul(f->lt, e->desc, &alpha, q, e->a, f->xq, e->b, &beta, y,
                                       e->d, y, e->d, &e->algo, f->ws, FP8_LT_WS, ce->stream);
-    if (s != CUBLAS_STATUS_SUCCESS) {
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE ||
+        s == CUBLAS_STATUS_ARCH_MISMATCH) {
         /* refused at run time (nothing enqueued; the codes in xq are unused): this shape takes
          * the widening path from now on */
         e->failed = 1;
         return NVLM_OK;
+    }
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        /* an execution or allocation failure is the device's, not this shape's: say so */
+        return nv_error(eh, NVLM_ERR_BACKEND, "cuBLASLt FP8 GEMM M %d N %d K %d: %s", M, N, K,
+                        cublasLtGetStatusString(s));
     }
     NVLM_TRY(cuda_status(eh, cuda_fp8_epilogue(ce->stream, y, N, 0, y, N, f->a_scale, w_scale,
                                                bias, M), "FP8 matmul epilogue"));
