@@ -654,7 +654,19 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
         return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "step_end without step_begin");
     }
     g->active = false;
-    NVLM_TRY(cuda_enter(ex));
+    nvlm_status entered = cuda_enter(ex);
+    if (entered != NVLM_OK) {
+        if (g->mode == NV_STEP_CAPTURE) {
+            /* A stream left capturing refuses all later work (and its exec's teardown): the
+             * capture ends whatever else failed; the key stays WARM and captures next time. */
+            cudaGraph_t graph = NULL;
+            cudaStreamEndCapture(ce->stream, &graph);
+            if (graph != NULL) {
+                cudaGraphDestroy(graph);
+            }
+        }
+        return entered;
+    }
     nv_graph_slot *slot = g->slot;
     if (g->mode == NV_STEP_EAGER) {
         if (ok) {
