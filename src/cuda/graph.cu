@@ -607,6 +607,11 @@ static nvlm_status cuda_step_begin(nv_exec *ex, const nv_step *s)
         return NVLM_ERR_UNSUPPORTED; /* batched or paged steps: not yet on this backend */
     }
     cuda_exec *ce = cuda_ex(ex);
+    if (ce->cb->debug_sync) {
+        /* NVLM_CUDA_SYNC synchronises after every op, which a capture cannot hold (and a
+         * replay would not say which kernel failed): the pass runs op by op. */
+        return NVLM_ERR_UNSUPPORTED;
+    }
     NVLM_TRY(out_reserve(ex, g, s->out_bytes));
     void *drop = NULL;
     nv_graph_slot *slot = nv_graph_find(&g->cache, &s->key, &drop);
