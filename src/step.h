@@ -19,6 +19,7 @@
 #define NV_STEP_MAX_TOKENS 64      /* token ids one step carries (sequences x new tokens) */
 #define NV_STEP_GRAPHS 8           /* graphs kept per exec (least recently used replaced) */
 #define NV_STEP_MAX_RECAPTURE 4    /* recaptures of one key before it stays eager */
+#define NV_STEP_STABLE_REPLAYS 16  /* replays of one capture that clear its recapture count */
 
 /* What a captured step depends on besides the buffers' addresses (those are checked op by op
  * through the signature). Two steps with equal keys launch the same kernels with the same
@@ -181,7 +182,8 @@ typedef struct nv_graph_slot {
     uint64_t gen;          /* the exec's buffer generation at capture */
     uint32_t n_ops;        /* ops captured */
     uint64_t sig;          /* their signature */
-    int recaptures;
+    int recaptures;        /* since the key last replayed NV_STEP_STABLE_REPLAYS times */
+    uint32_t replays;      /* launches of the current graph */
     uint64_t last_use;
     void *graph;           /* the backend's instantiated graph; NULL unless READY */
 } nv_graph_slot;
@@ -261,6 +263,7 @@ static inline void nv_graph_captured(nv_graph_slot *s, void *graph, uint32_t n_o
     s->n_ops = n_ops;
     s->sig = sig;
     s->gen = gen;
+    s->replays = 0;
     s->state = NV_GRAPH_READY;
 }
 
@@ -273,12 +276,21 @@ static inline void nv_graph_capture_failed(nv_graph_slot *s)
 
 /* At the end of a replay: whether the step's ops match the capture. When they do not, the
  * graph is handed back in *drop (not launched: the caller reruns the step eagerly) and the
- * key captures again at its next step, or stays eager after NV_STEP_MAX_RECAPTURE. */
+ * key captures again at its next step, or stays eager after NV_STEP_MAX_RECAPTURE. A graph
+ * that replayed NV_STEP_STABLE_REPLAYS times clears the count: buffers that grow between
+ * turns of a long conversation (a new generation each time) never turn a key eager, a key
+ * whose graph keeps going stale within a few tokens does. */
 static inline bool nv_graph_replay_check(nv_graph_slot *s, uint32_t n_ops, uint64_t sig,
                                          void **drop)
 {
     *drop = NULL;
     if (n_ops == s->n_ops && sig == s->sig) {
+        if (s->replays < UINT32_MAX) {
+            s->replays++;
+        }
+        if (s->replays >= NV_STEP_STABLE_REPLAYS) {
+            s->recaptures = 0;
+        }
         return true;
     }
     *drop = s->graph;

@@ -6,8 +6,10 @@
  * store_rows and attention are the step's values (what the CUDA backend reads from its device
  * block instead); that nothing is allocated, freed or uploaded inside a step and the KV
  * cache is reserved once for n_ctx (kv_reserve_all) and never moves; that a step the backend
- * refuses or asks to redo gives the same logits; and that the logits and generated tokens
- * are bit-identical to the plain CPU backend.
+ * refuses or asks to redo gives the same logits; that the logits and generated tokens
+ * are bit-identical to the plain CPU backend; and that nvlm_session_logits copies logits a
+ * device sampler left on the device inside thread_enter / thread_leave, in and outside the
+ * token callback.
  */
 #include "eng_golden.h"
 
@@ -32,7 +34,12 @@ static struct {
     int per_token_ops;     /* per-token ops seen inside steps */
     void *dl_host;         /* the last download inside a step */
     size_t dl_bytes;
+    int depth;             /* thread_enter calls not yet left */
+    int unentered_dl;      /* downloads outside any thread_enter (the app's device unsaved) */
+    int bad_leave;         /* thread_leave given another value than thread_enter returned */
 } M;
+
+#define M_SAVED 7 /* what the mock's thread_enter returns */
 
 static nvlm_status m_alloc(nv_exec *ex, size_t bytes, void **out)
 {
@@ -60,8 +67,36 @@ static nvlm_status m_upload(nv_exec *ex, void *dst, const void *host, size_t byt
     return cpu->upload(ex, dst, host, bytes);
 }
 
+static int m_thread_enter(nv_backend *be)
+{
+    (void)be;
+    M.depth++;
+    return M_SAVED;
+}
+
+static void m_thread_leave(nv_backend *be, int saved)
+{
+    (void)be;
+    M.depth--;
+    M.bad_leave += saved != M_SAVED;
+}
+
+/* Greedy over the usable rows (the session's device sampling; logits are host memory here). */
+static nvlm_status m_sample(nv_exec *ex, const nv_sample_args *a, int32_t *token, int *outcome)
+{
+    (void)ex;
+    int b = -1;
+    for (int i = 0; i < a->n; i++) {
+        b = a->usable[i] && (b < 0 || a->logits[i] > a->logits[b]) ? i : b;
+    }
+    *token = b < 0 ? 0 : b;
+    *outcome = b < 0 ? NV_SAMPLE_NONFINITE : NV_SAMPLE_OK;
+    return NVLM_OK;
+}
+
 static nvlm_status m_download(nv_exec *ex, void *host, const void *src, size_t bytes)
 {
+    M.unentered_dl += M.depth == 0;
     M.step_download += M.in_step;
     if (M.in_step) {
         M.dl_host = host;
@@ -178,6 +213,8 @@ static void mock_init(void)
     mock.rows_copy = m_rows_copy;
     mock.step_begin = m_step_begin;
     mock.step_end = m_step_end;
+    mock.thread_enter = m_thread_enter;
+    mock.thread_leave = m_thread_leave;
 }
 
 static void mock_reset(void)
@@ -368,6 +405,82 @@ static void test_session(nvlm_model *m, nv_engine *e)
     nv_st_close(f);
 }
 
+/* A backend that samples on the device keeps the logits there; nvlm_session_logits copies
+ * them when asked, like every public call inside thread_enter / thread_leave (CUDA: the
+ * application's current device is put back), also from inside the token callback. */
+static int on_token_logits(void *user, int32_t token, const char *text, size_t len)
+{
+    (void)token;
+    (void)text;
+    (void)len;
+    nvlm_session *s = user;
+    int depth = M.depth;
+    size_t V = 0;
+    M.mismatch += nvlm_session_logits(s, &V) == NULL || V == 0;
+    M.mismatch += M.depth != depth;
+    return 0;
+}
+
+static void test_session_logits(nvlm_model *m, nv_engine *e)
+{
+    tu_section("session: device logits copied on demand inside thread_enter / thread_leave");
+    nv_st_file *f = eg_open(m->h.ctx, "case3_text_only");
+    size_t n = 0;
+    int32_t *ids = eg_ids(f, "prompt_ids", &n);
+    nvlm_session_params sp;
+    nvlm_session_default_params(&sp);
+    sp.n_ctx = N_CTX;
+    nvlm_session *s = NULL;
+    float *want = NULL;
+    if (ids != NULL) {
+        CHECK_OK(nvlm_session_create(m, &sp, &s));
+    }
+    if (s != NULL) {
+        CHECK_OK(nvlm_session_feed(s, ids, n, NULL, 0));
+        size_t V = 0;
+        const float *l = nvlm_session_logits(s, &V);
+        want = l != NULL ? malloc(V * sizeof(float)) : NULL;
+        if (want != NULL) {
+            memcpy(want, l, V * sizeof(float));
+        }
+        nvlm_session_free(s);
+        s = NULL;
+    }
+    const nv_backend_ops *saved = e->be->ops;
+    mock.sample = m_sample;
+    e->be->ops = &mock;
+    e->be->kv_reserve_all = true;
+    mock_reset();
+    if (want != NULL) {
+        CHECK_OK(nvlm_session_create(m, &sp, &s));
+    }
+    if (s != NULL) {
+        CHECK_OK(nvlm_session_feed(s, ids, n, NULL, 0));
+        int dl = M.step_download + M.unentered_dl;
+        size_t V = 0;
+        const float *l = nvlm_session_logits(s, &V);
+        CHECK(l != NULL && memcmp(l, want, V * sizeof(float)) == 0,
+              "the device logits, copied when asked");
+        CHECK_EQ_INT(M.unentered_dl, 0, "the copy runs inside thread_enter / thread_leave");
+        CHECK_EQ_INT(M.depth, 0, "every thread_enter left");
+        CHECK_EQ_INT(M.bad_leave, 0, "thread_leave gets what thread_enter returned");
+        CHECK(dl == 0, "feeding downloaded no logits (%d)", dl);
+        nvlm_sampler_params p;
+        nvlm_sampler_default_params(&p);
+        p.max_new_tokens = 3;
+        CHECK_OK(nvlm_session_generate(s, &p, on_token_logits, s, NULL));
+        CHECK_EQ_INT(M.mismatch, 0, "logits inside the callback, device handed back");
+        CHECK_EQ_INT(M.unentered_dl + M.depth + M.bad_leave, 0, "balanced inside the callback");
+        nvlm_session_free(s);
+    }
+    e->be->ops = saved;
+    e->be->kv_reserve_all = false;
+    mock.sample = NULL;
+    free(want);
+    free(ids);
+    nv_st_close(f);
+}
+
 int main(void)
 {
     nvlm_context *ctx = NULL;
@@ -380,6 +493,7 @@ int main(void)
         mock_init();
         test_decoder(m, e);
         test_session(m, e);
+        test_session_logits(m, e);
     }
     nvlm_model_free(m);
     nvlm_context_free(ctx);

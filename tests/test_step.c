@@ -128,6 +128,39 @@ static void test_cache(void)
     CHECK_EQ_INT(s->state, NV_GRAPH_OFF, "a key that keeps diverging stays eager");
     CHECK_EQ_INT(nv_graph_mode(s, 2, &drop), NV_STEP_EAGER, "eager for good");
 
+    tu_section("graph cache: stale between turns vs stale within a few tokens");
+    /* A long conversation: each turn's longer prefill replaces a scratch buffer (a new
+     * generation), then the turn's tokens replay. Many such turns keep the graph. */
+    memset(&c, 0, sizeof c);
+    s = nv_graph_find(&c, &k, &drop);
+    nv_graph_ran_eager(s);
+    uint64_t gen = 1;
+    bool kept = true;
+    for (int turn = 0; turn < 3 * NV_STEP_MAX_RECAPTURE && kept; turn++) {
+        kept = nv_graph_mode(s, gen, &drop) == NV_STEP_CAPTURE;
+        nv_graph_captured(s, &graph_a, 200, 0xabc, gen);
+        for (int t = 0; t < NV_STEP_STABLE_REPLAYS && kept; t++) {
+            kept = nv_graph_mode(s, gen, &drop) == NV_STEP_REPLAY &&
+                   nv_graph_replay_check(s, 200, 0xabc, &drop);
+        }
+        gen++;
+    }
+    CHECK(kept, "a graph replayed between growths is recaptured after every turn");
+    /* A graph that goes stale after a few replays every time stays eager after the limit. */
+    memset(&c, 0, sizeof c);
+    s = nv_graph_find(&c, &k, &drop);
+    nv_graph_ran_eager(s);
+    int captures = 0;
+    for (gen = 1; gen < 100 && nv_graph_mode(s, gen, &drop) == NV_STEP_CAPTURE; gen++) {
+        captures++;
+        nv_graph_captured(s, &graph_a, 200, 0xabc, gen);
+        for (int t = 0; t < NV_STEP_STABLE_REPLAYS - 1; t++) {
+            nv_graph_replay_check(s, 200, 0xabc, &drop);
+        }
+    }
+    CHECK_EQ_INT(captures, NV_STEP_MAX_RECAPTURE + 1, "a key stale within a few tokens");
+    CHECK_EQ_INT(s->state, NV_GRAPH_OFF, "then runs eagerly");
+
     tu_section("graph cache: failed capture, eviction");
     nv_step_key k2;
     nv_step_key_make(&k2, 2, 1, NV_BF16, 4096);

@@ -607,6 +607,11 @@ static nvlm_status cuda_step_begin(nv_exec *ex, const nv_step *s)
         return NVLM_ERR_UNSUPPORTED; /* batched or paged steps: not yet on this backend */
     }
     cuda_exec *ce = cuda_ex(ex);
+    if (ce->cb->debug_sync) {
+        /* NVLM_CUDA_SYNC synchronises after every op, which a capture cannot hold (and a
+         * replay would not say which kernel failed): the pass runs op by op. */
+        return NVLM_ERR_UNSUPPORTED;
+    }
     NVLM_TRY(out_reserve(ex, g, s->out_bytes));
     void *drop = NULL;
     nv_graph_slot *slot = nv_graph_find(&g->cache, &s->key, &drop);
@@ -654,7 +659,19 @@ static nvlm_status cuda_step_end(nv_exec *ex, bool ok, bool *redo)
         return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "step_end without step_begin");
     }
     g->active = false;
-    NVLM_TRY(cuda_enter(ex));
+    nvlm_status entered = cuda_enter(ex);
+    if (entered != NVLM_OK) {
+        if (g->mode == NV_STEP_CAPTURE) {
+            /* A stream left capturing refuses all later work (and its exec's teardown): the
+             * capture ends whatever else failed; the key stays WARM and captures next time. */
+            cudaGraph_t graph = NULL;
+            cudaStreamEndCapture(ce->stream, &graph);
+            if (graph != NULL) {
+                cudaGraphDestroy(graph);
+            }
+        }
+        return entered;
+    }
     nv_graph_slot *slot = g->slot;
     if (g->mode == NV_STEP_EAGER) {
         if (ok) {
