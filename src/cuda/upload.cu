@@ -76,9 +76,15 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
     if (up->slab != NULL || bytes == 0) {
         return NVLM_OK;
     }
+    /* made before the loader's thread_enter: the caller's device comes back here */
+    int prev = -1;
+    cudaGetDevice(&prev);
     NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
+    if (prev >= 0 && prev != cb->device) {
+        cudaSetDevice(prev);
+    }
     if (e != cudaSuccess) {
         cudaGetLastError();
         char g[32];
