@@ -203,6 +203,16 @@ static void cli_reasons(void)
               strstr(out, "libnvlm-cuda.so.0 not found (looked in ") != NULL &&
               strstr(out, "rc=1") != NULL,
           "missing plugin named: %s", out);
+    /* the plugin beside the CLI, run through PATH from another directory (argv[0] is a bare
+     * name): found beside the executable */
+    char cwd[512];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL, "getcwd");
+    snprintf(cmd, sizeof cmd, "cp " NVLM_TEST_LIBDIR "/libnvlm-cuda.so.0 %s/ && cd / && "
+             "PATH=%s:$PATH LD_LIBRARY_PATH= nvlm generate %s/tests/data/tiny-nvlm-d -p hi "
+             "-n 1 --backend cuda 2>&1; echo rc=$?", dir, dir, cwd);
+    run(cmd, out, sizeof out);
+    CHECK(strstr(out, "rc=") != NULL && strstr(out, "not found") == NULL,
+          "run through PATH, the plugin beside it is found: %s", out);
     snprintf(cmd, sizeof cmd, "echo garbage > %s/libnvlm-cuda.so.0 && %s/nvlm generate "
              "tests/data/tiny-nvlm-d -p hi -n 1 --backend cuda 2>&1; echo rc=$?", dir, dir);
     run(cmd, out, sizeof out);

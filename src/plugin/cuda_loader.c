@@ -9,8 +9,10 @@
 #include "tp/comm.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef NVLM_WITH_CUDA
 /* ---- services lent to the plugin ---- */
@@ -33,21 +35,34 @@ static const nv_cuda_host g_host = {
 /* ---- finding the plugin ---- */
 
 /* The directory of the object this function is linked into (libnvlm.so, or the executable
- * that linked libnvlm.a), with a trailing '/'; "" when unknown. */
+ * that linked libnvlm.a), with a trailing '/'; "" when unknown. For the executable the loader
+ * only knows argv[0] (a bare name when it was found through PATH, relative to a working
+ * directory that may have changed since): its path comes from /proc/self/exe instead. */
 static void core_dir(char *buf, size_t n)
 {
     Dl_info info;
+    struct link_map *map = NULL;
     buf[0] = '\0';
-    if (dladdr((void *)core_dir, &info) == 0 || info.dli_fname == NULL) {
+    if (dladdr1((void *)core_dir, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+        info.dli_fname == NULL) {
         return;
     }
-    const char *slash = strrchr(info.dli_fname, '/');
+    const char *file = info.dli_fname;
+    char exe[4096];
+    if (map == NULL || map->l_name == NULL || map->l_name[0] == '\0') {
+        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (len > 0) {
+            exe[len] = '\0';
+            file = exe;
+        }
+    }
+    const char *slash = strrchr(file, '/');
     if (slash == NULL) {
         return;
     }
-    size_t len = (size_t)(slash - info.dli_fname) + 1;
+    size_t len = (size_t)(slash - file) + 1;
     if (len < n) {
-        memcpy(buf, info.dli_fname, len);
+        memcpy(buf, file, len);
         buf[len] = '\0';
     }
 }
