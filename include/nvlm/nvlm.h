@@ -437,7 +437,9 @@ typedef struct nvlm_model_info {
      * the query heads. A session adds workspace + activations + its KV cache; each device
      * keeps headroom free. */
     uint64_t cuda_workspace_bytes;      /* one session: cuBLASLt workspace, the bf16 copy of the
-                                           widest GEMM input, attention scratch */
+                                           widest GEMM input, attention scratch, the device
+                                           logits and sampler, FP8 matmul scratch (FP8
+                                           weights) */
     uint64_t cuda_activation_bytes;     /* one session: the activation arena of the largest
                                            pass (a 2048-token decoder chunk, or one image of
                                            max_dynamic_patch tiles + thumbnail) */

@@ -5,6 +5,9 @@
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/fault.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
 #include <stdio.h>
 #include <string.h>
@@ -149,7 +152,7 @@ nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size
         return NVLM_OK;
     }
     size_t bytes;
-    size_t grow = need + need / 4;
+    size_t grow = NV_MEM_SCRATCH_CAP(need); /* what the memory estimator counts */
     if (!nv_mul_size(grow, elem, &bytes)) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "%s scratch size overflows", what);
     }
