@@ -76,6 +76,9 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
     if (up->slab != NULL || bytes == 0) {
         return NVLM_OK;
     }
+    /* a lost context, or an error pending on this thread, is reported as such rather than as
+     * a failed allocation */
+    NVLM_TRY(cuda_alive(cb->device, err_handle));
     /* made before the loader's thread_enter: the caller's device comes back here */
     int prev = -1;
     cudaGetDevice(&prev);
