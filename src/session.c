@@ -640,11 +640,15 @@ const float *nvlm_session_logits(nvlm_session *s, size_t *n_vocab)
         return NULL;
     }
     if (s->logits_stale) {
-        /* sampling on the device left them there: copied only when asked for */
-        const nv_backend_ops *op = s->ex->be->ops;
-        if (op->download(s->ex, s->logits, s->logits_dev,
-                         (size_t)s->eng->dec.vocab * sizeof(float)) != NVLM_OK ||
-            op->sync(s->ex) != NVLM_OK) {
+        /* sampling on the device left them there: copied only when asked for (also from the
+         * token callback, so without the busy flag; the caller's device comes back) */
+        nv_backend *be = s->ex->be;
+        int saved = thread_enter(be);
+        bool ok = be->ops->download(s->ex, s->logits, s->logits_dev,
+                                    (size_t)s->eng->dec.vocab * sizeof(float)) == NVLM_OK &&
+                  be->ops->sync(s->ex) == NVLM_OK;
+        thread_leave(be, saved);
+        if (!ok) {
             return NULL;
         }
         s->logits_stale = false;
