@@ -103,6 +103,7 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
 
 static void lanes_free(cuda_upload *up)
 {
+    bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
     for (int i = 0; i < up->n_lanes; i++) {
         up_lane *l = &up->lane[i];
         if (l->stream != NULL) {
@@ -122,7 +123,9 @@ static void lanes_free(cuda_upload *up)
         memset(l, 0, sizeof *l);
     }
     up->n_lanes = 0;
-    cudaGetLastError();
+    if (clean) {
+        cudaGetLastError();
+    }
 }
 
 extern "C" void nv_cuda_upload_end(nv_backend *be)
@@ -142,8 +145,7 @@ void cuda_upload_free(nv_backend *be)
     }
     cudaSetDevice(cb->device);
     lanes_free(cb->up);
-    if (cb->up->slab != NULL) {
-        cudaFree(cb->up->slab);
+    if (cb->up->slab != NULL && cudaFree(cb->up->slab) != cudaSuccess) {
         cudaGetLastError();
     }
     nv_free(be->ctx, cb->up);
