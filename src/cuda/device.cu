@@ -102,10 +102,16 @@ nvlm_status cuda_alive(int device, void *err_handle)
                         "model", device);
     }
     /* An error pending on this thread is not ours (every error of ours is taken when it is
-     * met): leave it to the application rather than take it or blame an op for it. */
+     * met, and a sticky one marks its device dead): leave it to the application rather than
+     * take it or blame an op for it. A sticky one marks `device` dead only when the thread
+     * is on it (one context per device and process: the same context); met on another
+     * device, marking this one would reset a healthy context, with the application's own
+     * allocations on it, when its last model is freed. */
     cudaError_t pending = cudaPeekAtLastError();
     if (pending != cudaSuccess) {
-        if (cuda_fault_is_sticky((int)pending)) {
+        int cur = -1;
+        if (cuda_fault_is_sticky((int)pending) && cudaGetDevice(&cur) == cudaSuccess &&
+            cur == device) {
             cuda_fault_mark_dead(device);
         }
         return nv_error(err_handle, NVLM_ERR_BACKEND,
