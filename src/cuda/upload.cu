@@ -49,10 +49,12 @@ extern "C" nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *
                         cudaGetErrorString(e));
     }
     e = cudaMemGetInfo(free_bytes, total_bytes);
+    /* while `device` is current: a sticky error marks it, not the caller's */
+    nvlm_status st = cuda_status(err_handle, e, "memory info");
     if (prev >= 0 && prev != device) {
         cudaSetDevice(prev);
     }
-    return cuda_status(err_handle, e, "memory info");
+    return st;
 }
 
 static cuda_upload *up_of(nv_backend *be, void *eh, nvlm_status *st)
