@@ -47,10 +47,7 @@ static int cuda_thread_enter(nv_backend *be)
 static void cuda_thread_leave(nv_backend *be, int saved)
 {
     (void)be;
-    int cur = -1;
-    if (saved >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != saved) {
-        cudaSetDevice(saved);
-    }
+    cuda_restore_device(saved);
 }
 
 /* ---- weights ---------------------------------------------------------------------------- */
@@ -136,9 +133,7 @@ static void cuda_destroy(nv_backend *be)
         if (clean) {
             cudaGetLastError();
         }
-        if (prev >= 0 && prev != cb->device) {
-            cudaSetDevice(prev);
-        }
+        cuda_restore_device(prev);
         nv_free(be->ctx, cb);
     }
     nv_free(be->ctx, be);

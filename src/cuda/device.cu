@@ -9,6 +9,7 @@ extern "C" {
 #include "memory_plan.h"
 }
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +19,49 @@ __global__ void cuda_probe_kernel(int *p)
 {
     if (p != NULL) {
         *p = 1;
+    }
+}
+
+/* cuDevicePrimaryCtxGetState, from the driver through the runtime (the plugin links no
+ * libcuda); NULL when the driver does not offer it. */
+typedef int (*primary_state_fn)(int device, unsigned int *flags, int *active);
+static primary_state_fn g_primary_state;
+static pthread_once_t g_primary_once = PTHREAD_ONCE_INIT;
+
+static void primary_lookup(void)
+{
+    void *p = NULL;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuDevicePrimaryCtxGetState", &p, 12000,
+                                         cudaEnableDefault, &q) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    if (q == cudaDriverEntryPointSuccess && p != NULL) {
+        memcpy(&g_primary_state, &p, sizeof p);
+    }
+}
+
+/* Whether `device`'s primary context is active in this process (true when unknown). */
+static bool primary_active(int device)
+{
+    pthread_once(&g_primary_once, primary_lookup);
+    if (g_primary_state == NULL) {
+        return true;
+    }
+    unsigned int flags = 0;
+    int active = 1;
+    return g_primary_state(device, &flags, &active) != 0 || active != 0;
+}
+
+void cuda_restore_device(int saved)
+{
+    int cur = -1;
+    if (saved < 0 || (cudaGetDevice(&cur) == cudaSuccess && cur == saved)) {
+        return;
+    }
+    if (primary_active(saved)) {
+        cudaSetDevice(saved);
     }
 }
 
@@ -57,9 +101,7 @@ extern "C" bool nv_cuda_probe_reason(int device, char *buf, size_t n)
     if (e == cudaSuccess) {
         e = cudaFuncGetAttributes(&fa, cuda_probe_kernel);
     }
-    if (prev >= 0 && prev != device) {
-        cudaSetDevice(prev);
-    }
+    cuda_restore_device(prev);
     if (e != cudaSuccess) {
         snprintf(buf, n, "%s (sm_%d%d): no kernel image in this build (%s)", p.name, p.major,
                  p.minor, cudaGetErrorString(e));

@@ -51,9 +51,7 @@ extern "C" nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *
     e = cudaMemGetInfo(free_bytes, total_bytes);
     /* while `device` is current: a sticky error marks it, not the caller's */
     nvlm_status st = cuda_status(err_handle, e, "memory info");
-    if (prev >= 0 && prev != device) {
-        cudaSetDevice(prev);
-    }
+    cuda_restore_device(prev);
     return st;
 }
 
@@ -87,9 +85,7 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
     NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
-    if (prev >= 0 && prev != cb->device) {
-        cudaSetDevice(prev);
-    }
+    cuda_restore_device(prev);
     if (e != cudaSuccess) {
         cudaGetLastError();
         char g[32];
