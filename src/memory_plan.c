@@ -31,6 +31,8 @@ typedef struct weight_walk {
     bool lm_head_stored;
     uint64_t *rank;              /* size entries */
     bool overflow;
+    uint64_t fp8_block;          /* FP8 matmul scratch: the largest widened block (elements) */
+    uint64_t fp8_acc_cols;       /* and the widest per-block output row (0: no blocks) */
 } weight_walk;
 
 static void add_piece(weight_walk *w, int r, int ndim, const int64_t *shape, nv_dtype st)
@@ -46,6 +48,14 @@ static void add_piece(weight_walk *w, int r, int ndim, const int64_t *shape, nv_
         return;
     }
     w->rank[r] += piece;
+    if (dt == NV_F8_E4M3 && ndim == 2) {
+        /* the widening path's scratch for this piece, as fp8_gemm.cu sizes it */
+        int64_t nc = nv_mem_fp8_block_rows(shape[0], shape[1]);
+        w->fp8_block = NV_MAX(w->fp8_block, (uint64_t)nc * (uint64_t)shape[1]);
+        if (nc < shape[0]) {
+            w->fp8_acc_cols = NV_MAX(w->fp8_acc_cols, (uint64_t)nc);
+        }
+    }
 }
 
 static nvlm_status walk_weight(void *u, const nv_layout_tensor *t)
@@ -117,8 +127,10 @@ static uint64_t max3(uint64_t a, uint64_t b, uint64_t c)
 
 /* Activation arena and the bf16 GEMM-input scratch of the largest pass of one session:
  * a DEC_MAX_BATCH decoder chunk, or one image of the most tiles (session.c's feed: its rows
- * below the vision + projector scratch or the decoder chunk, whichever is larger). */
-static bool pass_bytes(const nv_config *c, uint64_t *arena, uint64_t *gemm_in)
+ * below the vision + projector scratch or the decoder chunk, whichever is larger). fp8_in:
+ * the widest FP8 matmul input of the decoder chunk (elements). */
+static bool pass_bytes(const nv_config *c, uint64_t *arena, uint64_t *gemm_in,
+                       uint64_t *fp8_in)
 {
     vit_weights v;
     proj_weights p;
@@ -150,6 +162,7 @@ static bool pass_bytes(const nv_config *c, uint64_t *arena, uint64_t *gemm_in)
     uint64_t dk = max3((uint64_t)d.D, (uint64_t)d.I, hq);
     uint64_t pk = NV_MAX((uint64_t)p.in, (uint64_t)p.hidden);
     *gemm_in = 2 * max3((uint64_t)batch * dk, vit_rows * vk, rows * pk);
+    *fp8_in = (uint64_t)batch * dk;
     return true;
 }
 
@@ -168,11 +181,13 @@ nvlm_status nv_mem_estimate(const nv_config *cfg, int tp_size, bool fp8, nv_dtyp
     uint64_t local[NV_TP_MAX_RANKS];
     uint64_t *rank = rank_weights != NULL ? rank_weights : local;
     memset(rank, 0, (size_t)tp_size * sizeof *rank);
-    weight_walk w = {cfg, tp_size > 1 ? &plan : NULL, tp_size, fp8, lm_head_stored, rank, false};
+    weight_walk w = {cfg, tp_size > 1 ? &plan : NULL, tp_size, fp8, lm_head_stored, rank, false,
+                     0, 0};
     NVLM_TRY(nv_layout_tensors(cfg, walk_weight, &w));
     uint64_t arena = 0;
     uint64_t gemm_in = 0;
-    if (w.overflow || !pass_bytes(cfg, &arena, &gemm_in)) {
+    uint64_t fp8_in = 0;
+    if (w.overflow || !pass_bytes(cfg, &arena, &gemm_in, &fp8_in)) {
         return nv_error(err_handle, NVLM_ERR_LIMIT, "the model's memory needs overflow");
     }
     out->tp_size = tp_size;
@@ -181,7 +196,19 @@ nvlm_status nv_mem_estimate(const nv_config *cfg, int tp_size, bool fp8, nv_dtyp
         out->weights = NV_MAX(out->weights, rank[r]);
         out->weights_all += rank[r];
     }
-    out->workspace = NV_MEM_GEMM_WORKSPACE + NV_MEM_ATTN_SCRATCH + gemm_in;
+    /* the scratch buffers as cuda_scratch grows them; the device sampler and its logits; with
+     * FP8 weights the FP8 matmul's workspace, quantized input and scales, widened weight block
+     * and block output (either path may run) */
+    uint64_t batch = (uint64_t)NV_MIN((int64_t)DEC_MAX_BATCH,
+                                      (int64_t)NV_MAX(1, cfg->llm.max_position_embeddings));
+    out->workspace = NV_MEM_GEMM_WORKSPACE + NV_MEM_ATTN_SCRATCH + NV_MEM_SCRATCH_CAP(gemm_in) +
+                     (uint64_t)NV_MAX(0, cfg->llm.vocab_size) * NV_MEM_SAMPLER_BYTES_PER_ID;
+    if (fp8) {
+        out->workspace += NV_MEM_FP8_WORKSPACE + NV_MEM_SCRATCH_CAP(fp8_in) +
+                          NV_MEM_SCRATCH_CAP(batch) * sizeof(float) +
+                          NV_MEM_SCRATCH_CAP(w.fp8_block) * 2 +
+                          NV_MEM_SCRATCH_CAP(batch * w.fp8_acc_cols) * sizeof(float);
+    }
     out->activations = arena;
     int64_t kv_heads = tp_size > 1 ? tp_plan_max_count(&plan, NV_TP_LLM_KV_HEADS)
                                    : cfg->llm.num_kv_heads;

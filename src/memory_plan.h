@@ -23,6 +23,21 @@
 /* Workspace pieces of one session on one device (the CUDA backend's sizes). */
 #define NV_MEM_GEMM_WORKSPACE ((uint64_t)32 << 20)  /* cuBLASLt workspace */
 #define NV_MEM_ATTN_SCRATCH ((uint64_t)64 << 20)    /* split-KV partials, row indices */
+/* A session's device scratch buffer that must hold n elements is allocated for
+ * NV_MEM_SCRATCH_CAP(n) (cuda_scratch), so that a slightly larger pass reuses it. */
+#define NV_MEM_SCRATCH_CAP(n) ((n) + (n) / 4)
+/* The device sampler of one session, bytes per vocabulary entry: the logits (f32) and the
+ * sampler's workspace (sample_op.cu: flag 1, value 4, key 8, probability 8, two list
+ * entries 8). */
+#define NV_MEM_SAMPLER_BYTES_PER_ID 33u
+/* The FP8 matmul of one session (fp8_gemm.cu): the E4M3 cuBLASLt workspace, and the elements
+ * of the bf16 weight block of the widening path (nv_mem_fp8_block_rows). */
+#define NV_MEM_FP8_WORKSPACE ((uint64_t)8 << 20)
+#define NV_MEM_FP8_DQ_ELEMS ((uint64_t)32 << 20)
+/* Rows of an FP8 weight of N rows and K columns widened to bf16 per block by the FP8 matmul's
+ * widening path: all N when N x K fits NV_MEM_FP8_DQ_ELEMS, else a multiple of 64 (64 at
+ * least). */
+int64_t nv_mem_fp8_block_rows(int64_t N, int64_t K);
 
 typedef struct nv_mem_plan {
     int tp_size;
@@ -30,7 +45,8 @@ typedef struct nv_mem_plan {
     uint64_t weights;            /* weight bytes of the largest rank (all of them at tp 1) */
     uint64_t weights_all;        /* weight bytes summed over the ranks */
     uint64_t workspace;          /* per rank and session: cuBLASLt workspace, the bf16 copy of
-                                    the largest GEMM input, attention scratch */
+                                    the largest GEMM input, attention scratch, the device
+                                    sampler and logits, FP8 matmul scratch (FP8 weights) */
     uint64_t activations;        /* per rank and session: the arena of the largest pass (a
                                     full DEC_MAX_BATCH decoder chunk, or one image of
                                     max_dynamic_patch tiles + thumbnail with its rows) */

@@ -215,6 +215,8 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
         s->system_message = nv_strdup(ctx, p.system_message);
         st = s->system_message == NULL ? NVLM_ERR_OUT_OF_MEMORY : NVLM_OK;
     }
+    /* the device allocations below select the model's device: the caller's comes back */
+    int saved = thread_enter(eng->be);
     if (st == NVLM_OK) {
         st = eng->be->ops->exec_create(eng->be, ctx->n_threads, s, &s->ex);
     }
@@ -258,8 +260,10 @@ nvlm_status nvlm_session_create(nvlm_model *model, const nvlm_session_params *pa
         char msg[NV_ERR_MAX];
         snprintf(msg, sizeof msg, "%s", s->h.err);
         nvlm_session_free(s);
+        thread_leave(eng->be, saved);
         return nv_error(model, st, "cannot create a session%s%s", msg[0] ? ": " : "", msg);
     }
+    thread_leave(eng->be, saved);
     smp_seed(&s->rng, s->seed);
     *out = s;
     return NVLM_OK;

@@ -28,6 +28,12 @@ int64_t nv_mem_weight_ld(int ndim, int64_t K)
     return (K + NV_MEM_K_ALIGN - 1) / NV_MEM_K_ALIGN * NV_MEM_K_ALIGN;
 }
 
+int64_t nv_mem_fp8_block_rows(int64_t N, int64_t K)
+{
+    int64_t per = K > 0 ? (int64_t)(NV_MEM_FP8_DQ_ELEMS / (uint64_t)K) : N;
+    return per >= N ? N : per < 64 ? 64 : per / 64 * 64;
+}
+
 void nv_pad_rows(void *dst, const void *src, size_t rows, size_t cols, size_t ld, size_t elem)
 {
     for (size_t r = 0; r < rows; r++) {

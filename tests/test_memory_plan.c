@@ -177,9 +177,26 @@ static void test_big_estimate(void)
     CHECK(b1.activations >= dec && b1.activations < dec + (uint64_t)(1.5 * GIB),
           "activations %.2f GiB: at least a 2048-token decoder chunk (%.2f GiB)",
           b1.activations / GIB, dec / GIB);
-    /* workspace: cuBLASLt 32 MiB + attention 64 MiB + the widest bf16 GEMM input */
-    CHECK(b1.workspace >= (96ull << 20) + 2ull * 2048 * 29568 && b1.workspace < 2 * GIB,
-          "workspace %.2f GiB", b1.workspace / GIB);
+    /* workspace: cuBLASLt 32 MiB + attention 64 MiB + the widest bf16 GEMM input (the ViT's
+     * fc2 over 6 tiles + thumbnail: 7 x 1025 rows x 12800) grown by a quarter as the session's
+     * scratch is + the device logits and sampler (33 bytes per vocabulary entry) */
+    uint64_t gin = 2ull * 7 * 1025 * 12800;
+    CHECK_EQ_INT(b1.workspace, (96ull << 20) + gin + gin / 4 + 152064ull * 33, "bf16 workspace");
+    /* FP8 weights add the FP8 matmul's 8 MiB workspace, the E4M3 input of the widest
+     * projection (2048 x 29568 bytes) and its 2048 row scales, the bf16 block of a widened
+     * weight (4096 rows x 8192 of q/o/gate/up, 2 bytes) and its f32 output (2048 x 4096),
+     * each grown by a quarter */
+    uint64_t xq = 2048ull * 29568;
+    uint64_t blk = 4096ull * 8192;
+    uint64_t acc = 2048ull * 4096;
+    CHECK_EQ_INT(f1.workspace - b1.workspace,
+                 (8ull << 20) + xq + xq / 4 + 4 * (2048 + 512) + 2 * (blk + blk / 4) +
+                     4 * (acc + acc / 4),
+                 "FP8 matmul scratch");
+    CHECK_EQ_INT(nv_mem_fp8_block_rows(8192, 8192), 4096, "FP8 block: q_proj");
+    CHECK_EQ_INT(nv_mem_fp8_block_rows(8192, 29568), 1088, "FP8 block: down_proj");
+    CHECK_EQ_INT(nv_mem_fp8_block_rows(1024, 8192), 1024, "FP8 block: k_proj whole");
+    CHECK_EQ_INT(nv_mem_fp8_block_rows(100, 1 << 20), 64, "FP8 block: 64 rows at least");
 
     for (int tp = 2; tp <= 4; tp *= 2) {
         nv_mem_plan bt, ft;

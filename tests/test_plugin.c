@@ -18,9 +18,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cuda/cuda_api.h"
 #include "cuda/fault.h"
+#include "internal.h"
 #include "nvlm/nvlm.h"
 #include "plugin/cuda_plugin.h"
+#include "tp/comm.h"
 
 #ifndef NVLM_TEST_LIBDIR
 #define NVLM_TEST_LIBDIR "lib"
@@ -203,6 +206,16 @@ static void cli_reasons(void)
               strstr(out, "libnvlm-cuda.so.0 not found (looked in ") != NULL &&
               strstr(out, "rc=1") != NULL,
           "missing plugin named: %s", out);
+    /* the plugin beside the CLI, run through PATH from another directory (argv[0] is a bare
+     * name): found beside the executable */
+    char cwd[512];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL, "getcwd");
+    snprintf(cmd, sizeof cmd, "cp " NVLM_TEST_LIBDIR "/libnvlm-cuda.so.0 %s/ && cd / && "
+             "PATH=%s:$PATH LD_LIBRARY_PATH= nvlm generate %s/tests/data/tiny-nvlm-d -p hi "
+             "-n 1 --backend cuda 2>&1; echo rc=$?", dir, dir, cwd);
+    run(cmd, out, sizeof out);
+    CHECK(strstr(out, "rc=") != NULL && strstr(out, "not found") == NULL,
+          "run through PATH, the plugin beside it is found: %s", out);
     snprintf(cmd, sizeof cmd, "echo garbage > %s/libnvlm-cuda.so.0 && %s/nvlm generate "
              "tests/data/tiny-nvlm-d -p hi -n 1 --backend cuda 2>&1; echo rc=$?", dir, dir);
     run(cmd, out, sizeof out);
@@ -263,6 +276,56 @@ static void handshake(void)
         CHECK(!p->probe_reason(-1, why, sizeof why), "device -1 is not usable");
     }
 }
+
+static void *fake_stream(nv_exec *ex)
+{
+    (void)ex;
+    return (void *)&g_log;
+}
+
+/* The C entry points reach the plugin for CUDA backends only, also in a context of another
+ * kind (tests and benchmarks make CUDA backends in a CPU context). */
+static void entry_points(void)
+{
+    tu_section("cuda_api.h entry points: CUDA backends only, in any context");
+    nvlm_context_params cp;
+    nvlm_context_default_params(&cp);
+    cp.backend = NVLM_BACKEND_CPU;
+    nvlm_context *ctx = NULL;
+    CHECK_OK(nvlm_context_create(&cp, &ctx));
+    if (ctx == NULL) {
+        return;
+    }
+    nv_cuda_plugin fake;
+    memset(&fake, 0, sizeof fake);
+    fake.exec_stream = fake_stream;
+    nv_backend_ops ops;
+    memset(&ops, 0, sizeof ops);
+    ops.name = "cpu";
+    nv_backend be;
+    memset(&be, 0, sizeof be);
+    be.ops = &ops;
+    be.ctx = ctx;
+    nv_exec ex;
+    memset(&ex, 0, sizeof ex);
+    ex.be = &be;
+    ctx->cuda = &fake;
+    CHECK(nv_cuda_exec_stream(&ex) == NULL, "a backend of another kind never reaches the plugin");
+    ops.name = "cuda";
+    CHECK(nv_cuda_exec_stream(&ex) == (void *)&g_log, "a CUDA backend reaches its plugin");
+    ctx->cuda = NULL;
+    /* a CPU context after the plugin was opened (handshake): NCCL through that plugin */
+    tp_comm *c = NULL;
+    const int dev[1] = {0};
+    nvlm_status st = nv_tp_comm_nccl_create(ctx, 1, dev, NULL, ctx, &c);
+    CHECK(st == NVLM_OK || strstr(nvlm_last_error(ctx), "NCCL needs") == NULL,
+          "NCCL in a CPU context reaches the opened plugin: %s",
+          st == NVLM_OK ? "ok" : nvlm_last_error(ctx));
+    if (c != NULL) {
+        c->ops->destroy(c);
+    }
+    nvlm_context_free(ctx);
+}
 #endif
 
 static void fault_registry(void)
@@ -307,6 +370,7 @@ int main(void)
     explicit_cuda();
     cli_reasons();
     handshake();
+    entry_points();
 #else
     printf("SKIP plugin checks: built without CUDA (make CUDA=0 or no nvcc)\n");
 #endif

@@ -511,6 +511,84 @@ static void test_cli(const cJSON *case1)
     cJSON_Delete(j);
 }
 
+
+/* A backend with a per-thread state like CUDA's current device: the model's backend ops
+ * wrapped so that every allocation "selects device 7" and thread_enter/leave save and restore
+ * the state. Every public call must give the caller's state back, session creation (the
+ * exec, the KV cache and the device logits allocated) and its failure path included. */
+static int g_cur_dev;
+static const nv_backend_ops *g_real_ops;
+static int g_fail_alloc;      /* the alloc call (1-based) that fails; 0 = none */
+static int g_allocs;
+
+static int dev_enter(nv_backend *be)
+{
+    (void)be;
+    return g_cur_dev;
+}
+
+static void dev_leave(nv_backend *be, int saved)
+{
+    (void)be;
+    g_cur_dev = saved;
+}
+
+static nvlm_status dev_alloc(nv_exec *ex, size_t bytes, void **out)
+{
+    g_cur_dev = 7;
+    if (++g_allocs == g_fail_alloc) {
+        *out = NULL;
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "injected");
+    }
+    return g_real_ops->alloc(ex, bytes, out);
+}
+
+static nvlm_status dev_alloc_kv(nv_exec *ex, int64_t rows, int kv_heads, int head_dim,
+                                nv_dtype dtype, void **out)
+{
+    g_cur_dev = 7;
+    if (++g_allocs == g_fail_alloc) {
+        *out = NULL;
+        return nv_error(ex->err_handle, NVLM_ERR_OUT_OF_MEMORY, "injected");
+    }
+    return g_real_ops->alloc_kv(ex, rows, kv_heads, head_dim, dtype, out);
+}
+
+static void test_device_restored(nvlm_model *m)
+{
+    tu_section("session create and free give the caller's device back");
+    nv_backend *be = m->engine->be;
+    g_real_ops = be->ops;
+    nv_backend_ops ops = *be->ops;
+    ops.thread_enter = dev_enter;
+    ops.thread_leave = dev_leave;
+    ops.alloc = dev_alloc;
+    ops.alloc_kv = dev_alloc_kv;
+    be->ops = &ops;
+    bool reserve = be->kv_reserve_all; /* the KV cache allocated at creation, as on CUDA */
+    be->kv_reserve_all = true;
+    nvlm_session_params sp;
+    nvlm_session_default_params(&sp);
+    sp.n_ctx = 64;
+    for (int fail = 0; fail <= 2; fail++) {
+        g_cur_dev = 3;
+        g_allocs = 0;
+        g_fail_alloc = fail;
+        nvlm_session *s = NULL;
+        nvlm_status st = nvlm_session_create(m, &sp, &s);
+        CHECK_EQ_INT(st, fail ? NVLM_ERR_OUT_OF_MEMORY : NVLM_OK,
+                     fail ? "create with a failing allocation" : "create");
+        CHECK(g_allocs >= (fail > 0 ? fail : 2), "the session allocated through the backend (%d)",
+              g_allocs);
+        CHECK_EQ_INT(g_cur_dev, 3, "the caller's device after create");
+        g_cur_dev = 3;
+        nvlm_session_free(s);
+        CHECK_EQ_INT(g_cur_dev, 3, "the caller's device after free");
+    }
+    be->ops = g_real_ops;
+    be->kv_reserve_all = reserve;
+}
+
 int main(void)
 {
     tu_backend_from_env(); /* NVLM_BACKEND=cuda: the public-API goldens on CUDA */
@@ -544,6 +622,7 @@ int main(void)
         test_generation_controls(m);
         test_sampler_unit();
         test_alloc_failures();
+        test_device_restored(m);
         test_cli(cJSON_GetArrayItem(cases, 0));
     }
     nvlm_model_free(m);

@@ -153,16 +153,18 @@ typedef void (*nvlm_free_fn)(void *user, void *ptr);
  * runtime. It is looked for beside libnvlm.so (or beside the executable that linked libnvlm.a,
  * and in ../lib from there), then through the dynamic loader's search path. It must come from
  * the same build as the library (a plugin of another version is refused).
- * CUDA and the host application: every call restores the calling thread's current device as
- * it found it (also around the token callback), and the library never clears a CUDA error it
- * did not cause (an op that finds one pending fails with NVLM_ERR_BACKEND and leaves it). A
- * sticky CUDA error (illegal address, launch failure, device assert, ...) loses the device's
- * context for the process: every later call of every model on that device returns
- * NVLM_ERR_BACKEND "device N context lost ...; free and reload the model", and once the last
- * model on it is freed the device is reset, so a model loaded after that works. Setting the
- * environment variable NVLM_CUDA_SYNC=1 (read when a model is loaded) makes every op wait for
- * its work, so that an asynchronous failure is reported by the op that caused it (slow; for
- * debugging). See docs/cuda.md. */
+ * CUDA and the host application: every call restores the calling thread's current device as it
+ * found it (also around the token callback; except a device the process has no CUDA context on,
+ * such as the device 0 that a thread which never chose one reports: selecting it would create a
+ * context there, so the thread stays on the model's device), and the library never clears a CUDA
+ * error it did not cause (an op that finds one pending fails with NVLM_ERR_BACKEND and leaves it).
+ * A sticky CUDA error (illegal address, launch failure, device assert, ...) loses the device's
+ * context for the process: every later call of every model on that device returns NVLM_ERR_BACKEND
+ * "device N context lost ...; free and reload the model", and once the last model on it is freed
+ * the device is reset, so a model loaded after that works. Setting the environment variable
+ * NVLM_CUDA_SYNC=1 (read when a model is loaded) makes every op wait for its work, so that an
+ * asynchronous failure is reported by the op that caused it (slow; for debugging). See
+ * docs/cuda.md. */
 typedef enum nvlm_backend {
     NVLM_BACKEND_AUTO = 0, /* CUDA when the plugin loads and a device exists, else CPU. Chosen
                               when the context is created: a model that then does not fit the
@@ -437,7 +439,9 @@ typedef struct nvlm_model_info {
      * the query heads. A session adds workspace + activations + its KV cache; each device
      * keeps headroom free. */
     uint64_t cuda_workspace_bytes;      /* one session: cuBLASLt workspace, the bf16 copy of the
-                                           widest GEMM input, attention scratch */
+                                           widest GEMM input, attention scratch, the device
+                                           logits and sampler, FP8 matmul scratch (FP8
+                                           weights) */
     uint64_t cuda_activation_bytes;     /* one session: the activation arena of the largest
                                            pass (a 2048-token decoder chunk, or one image of
                                            max_dynamic_patch tiles + thumbnail) */

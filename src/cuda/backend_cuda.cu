@@ -47,10 +47,7 @@ static int cuda_thread_enter(nv_backend *be)
 static void cuda_thread_leave(nv_backend *be, int saved)
 {
     (void)be;
-    int cur = -1;
-    if (saved >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != saved) {
-        cudaSetDevice(saved);
-    }
+    cuda_restore_device(saved);
 }
 
 /* ---- weights ---------------------------------------------------------------------------- */
@@ -123,6 +120,7 @@ static void cuda_destroy(nv_backend *be)
     }
     cuda_backend *cb = cb_of(be);
     if (cb != NULL) {
+        bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
         int prev = -1;
         cudaGetDevice(&prev);
         cuda_upload_free(be);
@@ -132,10 +130,10 @@ static void cuda_destroy(nv_backend *be)
         if (cuda_fault_backend_destroyed(cb->device)) {
             cudaDeviceReset();
         }
-        cudaGetLastError();
-        if (prev >= 0 && prev != cb->device) {
-            cudaSetDevice(prev);
+        if (clean) {
+            cudaGetLastError();
         }
+        cuda_restore_device(prev);
         nv_free(be->ctx, cb);
     }
     nv_free(be->ctx, be);
@@ -151,6 +149,7 @@ static void cuda_exec_free(nv_exec *ex)
     nvlm_context *ctx = ctx_of(ex);
     cuda_exec *ce = cuda_ex(ex);
     if (ce != NULL) {
+        bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
         int prev = cuda_thread_enter(ex->be);
         cudaSetDevice(ce->cb->device);
         if (ce->stream != NULL) {
@@ -175,7 +174,9 @@ static void cuda_exec_free(nv_exec *ex)
         if (ce->stream != NULL) {
             cudaStreamDestroy(ce->stream);
         }
-        cudaGetLastError();
+        if (clean) {
+            cudaGetLastError();
+        }
         cuda_thread_leave(ex->be, prev);
         nv_free(ctx, ce);
     }
@@ -248,8 +249,9 @@ static void cuda_free_op(nv_exec *ex, void *ptr)
     if (ptr != NULL) {
         cudaSetDevice(cuda_ex(ex)->cb->device);
         /* cudaFree waits for the device, so in-flight kernels never see freed memory. */
-        cudaFree(ptr);
-        cudaGetLastError();
+        if (cudaFree(ptr) != cudaSuccess) {
+            cudaGetLastError();
+        }
     }
 }
 

@@ -89,6 +89,12 @@ nvlm_status cuda_alive(int device, void *err_handle);
  * threads; the public calls restore the application's device through the backend's
  * thread_enter/thread_leave). */
 nvlm_status cuda_enter(nv_exec *ex);
+/* Puts the calling thread back on device `saved` (what cudaGetDevice said when the library's
+ * call began; < 0: nothing). A device whose primary context is not active is not selected
+ * again: cudaGetDevice says 0 on a thread that never chose a device, and selecting it would
+ * create a context there (hundreds of MiB on a GPU the process does not use); the thread then
+ * stays on the library's device. */
+void cuda_restore_device(int saved);
 /* With NVLM_CUDA_SYNC set: synchronises the exec's stream after op `op`, so that an
  * asynchronous failure is reported by the op that caused it. NVLM_OK otherwise. */
 nvlm_status cuda_synced(nv_exec *ex, const char *op);

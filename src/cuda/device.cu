@@ -5,7 +5,11 @@
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/fault.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -15,6 +19,49 @@ __global__ void cuda_probe_kernel(int *p)
 {
     if (p != NULL) {
         *p = 1;
+    }
+}
+
+/* cuDevicePrimaryCtxGetState, from the driver through the runtime (the plugin links no
+ * libcuda); NULL when the driver does not offer it. */
+typedef int (*primary_state_fn)(int device, unsigned int *flags, int *active);
+static primary_state_fn g_primary_state;
+static pthread_once_t g_primary_once = PTHREAD_ONCE_INIT;
+
+static void primary_lookup(void)
+{
+    void *p = NULL;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuDevicePrimaryCtxGetState", &p, 12000,
+                                         cudaEnableDefault, &q) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    if (q == cudaDriverEntryPointSuccess && p != NULL) {
+        memcpy(&g_primary_state, &p, sizeof p);
+    }
+}
+
+/* Whether `device`'s primary context is active in this process (true when unknown). */
+static bool primary_active(int device)
+{
+    pthread_once(&g_primary_once, primary_lookup);
+    if (g_primary_state == NULL) {
+        return true;
+    }
+    unsigned int flags = 0;
+    int active = 1;
+    return g_primary_state(device, &flags, &active) != 0 || active != 0;
+}
+
+void cuda_restore_device(int saved)
+{
+    int cur = -1;
+    if (saved < 0 || (cudaGetDevice(&cur) == cudaSuccess && cur == saved)) {
+        return;
+    }
+    if (primary_active(saved)) {
+        cudaSetDevice(saved);
     }
 }
 
@@ -54,9 +101,7 @@ extern "C" bool nv_cuda_probe_reason(int device, char *buf, size_t n)
     if (e == cudaSuccess) {
         e = cudaFuncGetAttributes(&fa, cuda_probe_kernel);
     }
-    if (prev >= 0 && prev != device) {
-        cudaSetDevice(prev);
-    }
+    cuda_restore_device(prev);
     if (e != cudaSuccess) {
         snprintf(buf, n, "%s (sm_%d%d): no kernel image in this build (%s)", p.name, p.major,
                  p.minor, cudaGetErrorString(e));
@@ -99,10 +144,16 @@ nvlm_status cuda_alive(int device, void *err_handle)
                         "model", device);
     }
     /* An error pending on this thread is not ours (every error of ours is taken when it is
-     * met): leave it to the application rather than take it or blame an op for it. */
+     * met, and a sticky one marks its device dead): leave it to the application rather than
+     * take it or blame an op for it. A sticky one marks `device` dead only when the thread
+     * is on it (one context per device and process: the same context); met on another
+     * device, marking this one would reset a healthy context, with the application's own
+     * allocations on it, when its last model is freed. */
     cudaError_t pending = cudaPeekAtLastError();
     if (pending != cudaSuccess) {
-        if (cuda_fault_is_sticky((int)pending)) {
+        int cur = -1;
+        if (cuda_fault_is_sticky((int)pending) && cudaGetDevice(&cur) == cudaSuccess &&
+            cur == device) {
             cuda_fault_mark_dead(device);
         }
         return nv_error(err_handle, NVLM_ERR_BACKEND,
@@ -149,7 +200,7 @@ nvlm_status cuda_scratch(nv_exec *ex, void **buf, size_t *cap, size_t need, size
         return NVLM_OK;
     }
     size_t bytes;
-    size_t grow = need + need / 4;
+    size_t grow = NV_MEM_SCRATCH_CAP(need); /* what the memory estimator counts */
     if (!nv_mul_size(grow, elem, &bytes)) {
         return nv_error(ex->err_handle, NVLM_ERR_LIMIT, "%s scratch size overflows", what);
     }

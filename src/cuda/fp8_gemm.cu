@@ -8,14 +8,16 @@
  * weight widened to bf16 codes in blocks of rows, the bf16 GEMM, and the epilogue.
  */
 #include "cuda/cuda_internal.h"
+extern "C" {
+#include "memory_plan.h"
+}
 
 #include <cublasLt.h>
 #include <string.h>
 
-#define FP8_LT_WS ((size_t)8 << 20)
+/* The sizes the memory estimator counts (memory_plan.h). */
+#define FP8_LT_WS ((size_t)NV_MEM_FP8_WORKSPACE)
 #define FP8_LT_CACHE 16
-/* Elements of the bf16 weight block of the widening path (64 MiB). */
-#define FP8_DQ_ELEMS ((size_t)32 << 20)
 
 /* ---- per-exec state: scratch and the cuBLASLt E4M3 x E4M3 GEMM ------------------------ */
 
@@ -250,8 +252,7 @@ static nvlm_status fp8_gemm_dequant(nv_exec *ex, cuda_fp8 *f, float *y, const fl
     NVLM_TRY(cuda_scratch(ex, (void **)&ce->xbf, &ce->xbf_cap, n, sizeof(__nv_bfloat16),
                           "matmul input"));
     NVLM_TRY(cuda_status(eh, cuda_to_bf16(ce->stream, ce->xbf, x, n), "matmul input"));
-    size_t per = FP8_DQ_ELEMS / (size_t)K;
-    int nc = per >= (size_t)N ? N : (int)(per < 64 ? 64 : per / 64 * 64);
+    int nc = (int)nv_mem_fp8_block_rows(N, K);
     NVLM_TRY(cuda_scratch(ex, (void **)&f->wdq, &f->wdq_cap, (size_t)nc * (size_t)K,
                           sizeof(__nv_bfloat16), "FP8 weight block"));
     if (nc < N) {

@@ -505,6 +505,7 @@ void cuda_graphs_free(nvlm_context *ctx, cuda_exec *ce)
     if (g == NULL) {
         return;
     }
+    bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
     if (g->active && g->mode == NV_STEP_CAPTURE) {
         cudaGraph_t graph = NULL;
         cudaStreamEndCapture(ce->stream, &graph);
@@ -529,7 +530,9 @@ void cuda_graphs_free(nvlm_context *ctx, cuda_exec *ce)
     if (g->dev_blk != NULL) {
         cudaFree(g->dev_blk);
     }
-    cudaGetLastError();
+    if (clean) {
+        cudaGetLastError();
+    }
     nv_free(ctx, g);
     ce->graphs = NULL;
 }

@@ -30,6 +30,7 @@ void cuda_sample_free(nvlm_context *ctx, cuda_exec *ce)
     if (s == NULL) {
         return;
     }
+    bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
     cudaFree(s->usable);
     cudaFree(s->val);
     cudaFree(s->key);
@@ -37,7 +38,9 @@ void cuda_sample_free(nvlm_context *ctx, cuda_exec *ce)
     cudaFree(s->list);
     cudaFree(s->out);
     cudaFreeHost(s->host);
-    cudaGetLastError();
+    if (clean) {
+        cudaGetLastError();
+    }
     nv_free(ctx, s);
     ce->sampler = NULL;
 }

@@ -112,9 +112,7 @@ static int enter_dev(int device)
 
 static void leave_dev(int prev)
 {
-    if (prev >= 0) {
-        cudaSetDevice(prev);
-    }
+    cuda_restore_device(prev);
 }
 
 /* Aborts rank r's communicator (once). */

@@ -49,10 +49,10 @@ extern "C" nvlm_status nv_cuda_mem_info(int device, size_t *free_bytes, size_t *
                         cudaGetErrorString(e));
     }
     e = cudaMemGetInfo(free_bytes, total_bytes);
-    if (prev >= 0 && prev != device) {
-        cudaSetDevice(prev);
-    }
-    return cuda_status(err_handle, e, "memory info");
+    /* while `device` is current: a sticky error marks it, not the caller's */
+    nvlm_status st = cuda_status(err_handle, e, "memory info");
+    cuda_restore_device(prev);
+    return st;
 }
 
 static cuda_upload *up_of(nv_backend *be, void *eh, nvlm_status *st)
@@ -76,9 +76,16 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
     if (up->slab != NULL || bytes == 0) {
         return NVLM_OK;
     }
+    /* a lost context, or an error pending on this thread, is reported as such rather than as
+     * a failed allocation */
+    NVLM_TRY(cuda_alive(cb->device, err_handle));
+    /* made before the loader's thread_enter: the caller's device comes back here */
+    int prev = -1;
+    cudaGetDevice(&prev);
     NVLM_TRY(cuda_status(err_handle, cudaSetDevice(cb->device), "select device"));
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
+    cuda_restore_device(prev);
     if (e != cudaSuccess) {
         cudaGetLastError();
         char g[32];
@@ -94,6 +101,7 @@ extern "C" nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *e
 
 static void lanes_free(cuda_upload *up)
 {
+    bool clean = cudaPeekAtLastError() == cudaSuccess; /* else the application's: kept */
     for (int i = 0; i < up->n_lanes; i++) {
         up_lane *l = &up->lane[i];
         if (l->stream != NULL) {
@@ -113,7 +121,9 @@ static void lanes_free(cuda_upload *up)
         memset(l, 0, sizeof *l);
     }
     up->n_lanes = 0;
-    cudaGetLastError();
+    if (clean) {
+        cudaGetLastError();
+    }
 }
 
 extern "C" void nv_cuda_upload_end(nv_backend *be)
@@ -133,8 +143,7 @@ void cuda_upload_free(nv_backend *be)
     }
     cudaSetDevice(cb->device);
     lanes_free(cb->up);
-    if (cb->up->slab != NULL) {
-        cudaFree(cb->up->slab);
+    if (cb->up->slab != NULL && cudaFree(cb->up->slab) != cudaSuccess) {
         cudaGetLastError();
     }
     nv_free(be->ctx, cb->up);

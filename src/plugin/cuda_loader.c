@@ -9,8 +9,10 @@
 #include "tp/comm.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef NVLM_WITH_CUDA
 /* ---- services lent to the plugin ---- */
@@ -33,21 +35,34 @@ static const nv_cuda_host g_host = {
 /* ---- finding the plugin ---- */
 
 /* The directory of the object this function is linked into (libnvlm.so, or the executable
- * that linked libnvlm.a), with a trailing '/'; "" when unknown. */
+ * that linked libnvlm.a), with a trailing '/'; "" when unknown. For the executable the loader
+ * only knows argv[0] (a bare name when it was found through PATH, relative to a working
+ * directory that may have changed since): its path comes from /proc/self/exe instead. */
 static void core_dir(char *buf, size_t n)
 {
     Dl_info info;
+    struct link_map *map = NULL;
     buf[0] = '\0';
-    if (dladdr((void *)core_dir, &info) == 0 || info.dli_fname == NULL) {
+    if (dladdr1((void *)core_dir, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+        info.dli_fname == NULL) {
         return;
     }
-    const char *slash = strrchr(info.dli_fname, '/');
+    const char *file = info.dli_fname;
+    char exe[4096];
+    if (map == NULL || map->l_name == NULL || map->l_name[0] == '\0') {
+        ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (len > 0) {
+            exe[len] = '\0';
+            file = exe;
+        }
+    }
+    const char *slash = strrchr(file, '/');
     if (slash == NULL) {
         return;
     }
-    size_t len = (size_t)(slash - info.dli_fname) + 1;
+    size_t len = (size_t)(slash - file) + 1;
     if (len < n) {
-        memcpy(buf, info.dli_fname, len);
+        memcpy(buf, file, len);
         buf[len] = '\0';
     }
 }
@@ -72,6 +87,9 @@ static void *open_one(const char *path, char *why, size_t why_len, bool *exists)
 }
 
 #endif /* NVLM_WITH_CUDA */
+
+/* The plugin once opened: the same table for every context of the process. */
+static const nv_cuda_plugin *g_opened;
 
 const nv_cuda_plugin *nv_cuda_plugin_open(char *why, size_t why_len)
 {
@@ -130,6 +148,7 @@ const nv_cuda_plugin *nv_cuda_plugin_open(char *why, size_t why_len)
                  NVLM_VERSION_STRING, (unsigned)NV_CUDA_PLUGIN_ABI);
         return NULL;
     }
+    __atomic_store_n(&g_opened, p, __ATOMIC_RELEASE);
     return p;
 #endif
 }
@@ -184,10 +203,19 @@ bool nv_cuda_driver_has_device(char *why, size_t why_len)
 
 /* ---- cuda_api.h through the table ---- */
 
-/* The plugin of the context that made `be` (contexts open it when they resolve to CUDA). */
+/* The plugin that made `be`, NULL unless it is a CUDA backend. A CUDA backend may live in a
+ * context of another kind (nv_backend_cuda_create opens the plugin itself): the table is then
+ * the process's opened one. */
 static const nv_cuda_plugin *plugin_of(const nv_backend *be)
 {
-    return be != NULL && be->ctx != NULL ? be->ctx->cuda : NULL;
+    if (be == NULL || be->ops == NULL || be->ops->name == NULL ||
+        strcmp(be->ops->name, "cuda") != 0) {
+        return NULL;
+    }
+    if (be->ctx != NULL && be->ctx->cuda != NULL) {
+        return be->ctx->cuda;
+    }
+    return __atomic_load_n(&g_opened, __ATOMIC_ACQUIRE);
 }
 
 bool nv_cuda_probe_reason(int device, char *buf, size_t n)
@@ -252,10 +280,14 @@ nvlm_status nv_cuda_device_memory(nvlm_context *ctx, int device, size_t *free_by
 nvlm_status nv_tp_comm_nccl_create(nvlm_context *ctx, int size, const int *devices,
                                    void *const *streams, void *err_handle, tp_comm **out)
 {
-    if (ctx == NULL || ctx->cuda == NULL) {
+    /* the context's plugin, or the one that made CUDA backends in a context of another kind */
+    const nv_cuda_plugin *p = ctx != NULL && ctx->cuda != NULL
+                                  ? ctx->cuda
+                                  : __atomic_load_n(&g_opened, __ATOMIC_ACQUIRE);
+    if (ctx == NULL || p == NULL) {
         return nv_error(err_handle, NVLM_ERR_UNSUPPORTED, "NCCL needs the CUDA backend");
     }
-    return ctx->cuda->tp_comm_nccl_create(ctx, size, devices, streams, err_handle, out);
+    return p->tp_comm_nccl_create(ctx, size, devices, streams, err_handle, out);
 }
 
 nvlm_status nv_cuda_weight_slab(nv_backend *be, size_t bytes, void *err_handle)
