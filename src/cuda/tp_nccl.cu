@@ -28,7 +28,6 @@ typedef struct nccl_api {
     ncclResult_t (*GroupEnd)(void);
     ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *);
     ncclResult_t (*CommAbort)(ncclComm_t);
-    ncclResult_t (*CommDestroy)(ncclComm_t);
     ncclResult_t (*AllReduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t,
                               ncclComm_t, cudaStream_t);
     ncclResult_t (*AllGather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t,
@@ -56,7 +55,6 @@ static nvlm_status api_open(nccl_api *a, void *eh)
         {(void **)&a->GroupEnd, "ncclGroupEnd"},
         {(void **)&a->CommGetAsyncError, "ncclCommGetAsyncError"},
         {(void **)&a->CommAbort, "ncclCommAbort"},
-        {(void **)&a->CommDestroy, "ncclCommDestroy"},
         {(void **)&a->AllReduce, "ncclAllReduce"},
         {(void **)&a->AllGather, "ncclAllGather"},
         {(void **)&a->Broadcast, "ncclBroadcast"},
@@ -290,8 +288,12 @@ static void destroy(tp_comm *c)
     nvlm_context *ctx = n->ctx;
     for (int r = 0; r < c->size; r++) {
         int prev = enter_dev(n->dev[r]);
+        /* ncclCommAbort, not ncclCommDestroy: destroying finalizes, which waits for every
+         * rank of the clique, and one thread tearing the ranks down in turn would wait for
+         * itself; nothing is in flight here (every collective returned complete), and abort
+         * frees the same resources without waiting */
         if (n->comm[r] != NULL && n->api.lib != NULL) {
-            n->api.CommDestroy(n->comm[r]);
+            n->api.CommAbort(n->comm[r]);
         }
         if (n->one[r] != NULL) {
             cudaFree(n->one[r]);
