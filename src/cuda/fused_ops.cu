@@ -6,7 +6,6 @@
  */
 #include "cuda/cuda_internal.h"
 
-#include <math.h>
 
 static_assert(CUDA_ROPE_MAX_HALF * sizeof(float) <= sizeof(((cuda_exec *)0)->rope_host),
               "rope_host holds CUDA_ROPE_MAX_HALF frequencies");
@@ -22,13 +21,7 @@ nvlm_status cuda_rope_table(nv_exec *ex, int head_dim, double theta)
     if (ce->rope_half == half && ce->rope_theta == theta) {
         return NVLM_OK;
     }
-    /* Exactly the CPU op's table: base ** (2i / dim) in fp32, then 1 / that. */
-    float base = (float)theta;
-    for (int i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)head_dim;
-        float p = (float)pow((double)base, (double)e);
-        ce->rope_host[i] = 1.0f / p;
-    }
+    cuda_rope_inv_freq(theta, head_dim, ce->rope_host);
     if (ce->rope_dev == NULL) {
         cudaError_t e = cudaMalloc((void **)&ce->rope_dev, CUDA_ROPE_MAX_HALF * sizeof(float));
         if (e != cudaSuccess) {

@@ -263,12 +263,17 @@ static nvlm_status w_rope(nv_exec *ex, float *x, int ld, int rows, int n_heads, 
     if (skip(ex, v, NV_ARRAY_LEN(v))) {
         return NVLM_OK;
     }
-    float inv_freq[CUDA_ROPE_MAX_HALF];
-    cuda_rope_inv_freq(theta, head_dim, inv_freq);
-    NVLM_TRY(cuda_enter(ex));
+    /* the session's table when it is made (the prefill's rope made it); never an upload here */
     cuda_exec *ce = cuda_ex(ex);
+    float inv_freq[CUDA_ROPE_MAX_HALF];
+    const float *freq = ce->rope_host;
+    if (ce->rope_half != half || ce->rope_theta != theta) {
+        cuda_rope_inv_freq(theta, head_dim, inv_freq);
+        freq = inv_freq;
+    }
+    NVLM_TRY(cuda_enter(ex));
     return launched(ex, cuda_rope_step(ce->stream, x, ld, rows, n_heads, head_dim,
-                                       &ce->graphs->dev_blk->pos0[0], g->blk.n_tokens, inv_freq),
+                                       &ce->graphs->dev_blk->pos0[0], g->blk.n_tokens, freq),
                     "rope");
 }
 
