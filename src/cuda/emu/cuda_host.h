@@ -80,6 +80,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The library's own f16/bf16 conversions (tensor.c): the emulated device types round exactly
+ * as the CPU backend does. */
+extern "C" {
+#include "tensor.h"
+}
+
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -654,61 +660,29 @@ static inline unsigned __brev(unsigned x)
 /* ---- bf16 and f16 (cuda_bf16.h, cuda_fp16.h) ----------------------------------------------- */
 
 namespace nvemu {
-static inline uint16_t f32_to_bf16_rn(float f)
+/* As the device's conversions: round to nearest even, and a NaN becomes the canonical 0x7fff
+ * (the library's own conversions keep the NaN's payload instead). */
+static inline bool is_nan_bits(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return 0x7fffu;
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    return (u & 0x7fffffffu) > 0x7f800000u;
+}
+static inline uint16_t f32_to_bf16_rn(float f)
+{
+    return is_nan_bits(f) ? (uint16_t)0x7fffu : nv_f32_to_bf16(f);
 }
 static inline float bf16_to_f32(uint16_t h)
 {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return nv_bf16_to_f32(h);
 }
 static inline float f16_to_f32(uint16_t h)
 {
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu;
-    uint32_t m = h & 0x3ffu;
-    uint32_t u;
-    if (e == 0) {
-        float v = (float)m * 5.9604644775390625e-8f; /* m * 2^-24, exact */
-        return s ? -v : v;
-    } else if (e == 31) {
-        u = s | 0x7f800000u | (m << 13);
-    } else {
-        u = s | ((e + 112u) << 23) | (m << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return nv_f16_to_f32(h);
 }
 static inline uint16_t f32_to_f16_rn(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    x &= 0x7fffffffu;
-    if (x > 0x7f800000u) {
-        return 0x7fffu;
-    }
-    if (x >= 0x477ff000u) {
-        return sign | 0x7c00u; /* rounds to infinity (or is infinite) */
-    }
-    if (x < 0x38800000u) {   /* below 2^-14: subnormal, m * 2^-24 */
-        float a;
-        memcpy(&a, &x, 4);
-        float m = nearbyintf(a * 16777216.0f); /* exact scaling, round to nearest even */
-        return sign | (uint16_t)m;
-    }
-    x += 0xfffu + ((x >> 13) & 1u);
-    return sign | (uint16_t)((x - (112u << 23)) >> 13);
+    return is_nan_bits(f) ? (uint16_t)0x7fffu : nv_f32_to_f16(f);
 }
 } /* namespace nvemu */
 
