@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,15 +39,16 @@ nvlm_status cli_context(const char *what, const nvlm_context_params *cp, nvlm_co
     if (st == NVLM_OK) {
         return st;
     }
+    /* the first rank whose device cannot run, with the library's reason (ranks and their
+     * devices as nvlm_context_params documents them) */
     char why[512] = "";
     if (st == NVLM_ERR_NO_DEVICE && cp != NULL) {
-        int32_t dev = cp->n_devices > 0 && cp->devices != NULL ? cp->devices[0] : cp->device;
-        for (int32_t r = 0; r < (cp->n_devices > 0 ? cp->n_devices : 1); r++) {
-            if (cp->n_devices > 0 && cp->devices != NULL) {
-                dev = cp->devices[r];
-            }
-            if (nvlm_backend_probe(cp->backend, dev, why, sizeof why) != NVLM_OK) {
-                break;
+        bool listed = cp->n_devices > 0 && cp->devices != NULL;
+        int32_t n = listed ? cp->n_devices : cp->tp_size > 1 ? cp->tp_size : 1;
+        for (int32_t r = 0; r < n && why[0] == '\0'; r++) {
+            int32_t dev = listed ? cp->devices[r] : n == 1 ? cp->device : r;
+            if (nvlm_backend_probe(cp->backend, dev, why, sizeof why) == NVLM_OK) {
+                why[0] = '\0';
             }
         }
     }
