@@ -202,7 +202,7 @@ static void job_run(void *arg, int i, int n)
 #define STACK_SCRATCH (8 * 1024)
 
 void mm_run(nv_pool *pool, const mm_args *a, mm_kernel kern, size_t scratch, int align_n,
-            int align_m, int min_n, int min_m)
+            int align_m, int min_n, int min_m, int block_n)
 {
     if (a->M <= 0 || a->N <= 0) {
         return;
@@ -222,7 +222,12 @@ void mm_run(nv_pool *pool, const mm_args *a, mm_kernel kern, size_t scratch, int
          * (each re-packs its weights); up to 4 per thread so that a thread the OS delays
          * costs little. N first: it keeps each weight read by one thread only. */
         int by_n = a->N / min_n, by_m = a->M / min_m;
-        if (by_n >= nt || by_n >= by_m) {
+        if ((by_n >= nt || by_n >= by_m) && block_n > 0) {
+            /* Packed kernels: chunks of about one weight block (block_n columns), so that
+             * each activation block is packed once per block; a whole number per thread. */
+            int c = (a->N + block_n - 1) / block_n;
+            job.n_chunks = NV_MAX(1, NV_MIN((c + nt - 1) / nt * nt, by_n));
+        } else if (by_n >= nt || by_n >= by_m) {
             job.n_chunks = NV_MAX(1, NV_MIN(4 * nt, by_n));
         } else {
             job.split_m = 1;
@@ -262,12 +267,12 @@ void mm_matmul_path(nv_pool *pool, const mm_args *a, mm_simd path)
     mm_form form = a->M < MM_SMALL_M ? MM_FORM_SMALL : MM_FORM_BIG;
     mm_kernel k = mm_simd_supported(path) ? mm_x86_kernel(path, form) : NULL;
     if (k == NULL) {
-        mm_run(pool, a, mm_nt_portable, 0, 16, 4, 16, 16);
+        mm_run(pool, a, mm_nt_portable, 0, 16, 4, 16, 16, 0);
     } else if (form == MM_FORM_SMALL) {
-        mm_run(pool, a, k, 0, 16, 4, 16, INT_MAX);
+        mm_run(pool, a, k, 0, 16, 4, 16, INT_MAX, 0);
     } else {
         /* Column chunks of whole register tiles; row chunks of whole 12-row tiles. */
-        mm_run(pool, a, k, mm_x86_scratch(path, form, a->M), 64, 12, 256, 96);
+        mm_run(pool, a, k, mm_x86_scratch(path, form, a->M), 64, 12, 256, 96, MM_BLOCK_N);
     }
 }
 
@@ -280,9 +285,9 @@ void mm_nn_f32_path(nv_pool *pool, const mm_args *a, mm_simd path)
 {
     mm_kernel k = mm_simd_supported(path) ? mm_x86_kernel(path, MM_FORM_NN) : NULL;
     if (k == NULL) {
-        mm_run(pool, a, mm_nn_portable, 0, 16, 4, 16, 16);
+        mm_run(pool, a, mm_nn_portable, 0, 16, 4, 16, 16, 0);
     } else {
-        mm_run(pool, a, k, mm_x86_scratch(path, MM_FORM_NN, a->M), 64, 12, 64, 48);
+        mm_run(pool, a, k, mm_x86_scratch(path, MM_FORM_NN, a->M), 64, 12, 64, 48, 0);
     }
 }
 
@@ -329,9 +334,9 @@ bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_
         return true;
     }
     if (form == MM_FORM_SMALL) {
-        mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX);
+        mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX, 0);
     } else {
-        mm_run(pool, &a, k, need, 64, 12, 256, 96);
+        mm_run(pool, &a, k, need, 64, 12, 256, 96, MM_BLOCK_N);
     }
     return true;
 }

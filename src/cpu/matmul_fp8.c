@@ -425,13 +425,13 @@ void mm_matmul_fp8_path(nv_pool *pool, float *y, const float *x, const uint8_t *
     }
     f8_args f = {{y, N, x, K, q, K, NV_F8_E4M3, bias, 1.0f, M, N, K}, scale, path};
     if (path == MM_PORTABLE) {
-        mm_run(pool, &f.a, f8_portable, 0, 16, 4, 16, 16);
+        mm_run(pool, &f.a, f8_portable, 0, 16, 4, 16, 16, 0);
     } else if (M < MM_SMALL_M) {
-        mm_run(pool, &f.a, f8_small_kernel(path), 0, 16, 4, 16, INT_MAX);
+        mm_run(pool, &f.a, f8_small_kernel(path), 0, 16, 4, 16, INT_MAX, 0);
     } else {
         /* scratch 0: with a pool each thread gets its pool scratch; without one f8_big
          * allocates (mm_run would fall back to a kernel that does not read codes) */
-        mm_run(pool, &f.a, f8_big, 0, 64, 12, 256, 96);
+        mm_run(pool, &f.a, f8_big, 0, 64, 12, 256, 96, MM_BLOCK_N);
     }
 }
 

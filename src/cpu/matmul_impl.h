@@ -69,12 +69,17 @@ void mm_matmul_path(nv_pool *pool, const mm_args *a, mm_simd path);
 void mm_nt_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 void mm_nn_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 
+/* Columns of one packed weight block of the BIG kernels (their NC). */
+#define MM_BLOCK_N 512
+
 /* Split [0, M) x [0, N) into chunks of whole columns or whole rows (aligned to align_n /
  * align_m, at least min_n columns / min_m rows where possible) claimed by the pool's threads,
  * and call kern on each with that thread's scratch (`scratch` bytes needed; NULL pool: stack or
- * heap). The split never changes an element's arithmetic. */
+ * heap). Column chunks: block_n > 0 (the packed kernels) makes them about block_n wide, a whole
+ * number per thread; 0 makes up to 4 per thread. The split never changes an element's
+ * arithmetic. */
 void mm_run(nv_pool *pool, const mm_args *a, mm_kernel kern, size_t scratch, int align_n,
-            int align_m, int min_n, int min_m);
+            int align_m, int min_n, int min_m, int block_n);
 
 /* cpu_matmul_fp8 (kernels.h) on an explicit path (matmul_fp8.c). */
 void mm_matmul_fp8_path(nv_pool *pool, float *y, const float *x, const uint8_t *q,

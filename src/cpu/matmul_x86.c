@@ -26,7 +26,7 @@
 #define KC 128
 #endif
 #ifndef NC
-#define NC 512
+#define NC MM_BLOCK_N
 #endif
 #ifndef MC
 #define MC 240
@@ -355,6 +355,42 @@ T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, flo
     }
 }
 
+/* Software prefetch into L2 of the rows a later pack reads (the next weight block, the next
+ * activation block), spread over the micro-kernel calls of the current block, so that reading
+ * them from memory or L3 overlaps the arithmetic instead of stalling the packing. */
+typedef struct pf_rows {
+    const char *row;  /* the row being prefetched */
+    size_t stride;    /* bytes between rows */
+    int lines;        /* cache lines per row slice */
+    int rows_left;    /* rows not finished; 0: nothing left */
+    int line;         /* next line within the row */
+    int per_call;     /* lines per micro-kernel call */
+} pf_rows;
+
+/* rows rows of kc elements of es bytes from p, stride bytes apart, over `calls` calls. */
+INL void pf_rows_init(pf_rows *f, const void *p, size_t stride, size_t es, int rows, int kc,
+                      int calls)
+{
+    f->row = p;
+    f->stride = stride;
+    f->lines = (int)(((size_t)kc * es + 63u) / 64u) + 1;
+    f->rows_left = rows > 0 && kc > 0 ? rows : 0;
+    f->line = 0;
+    f->per_call = (f->rows_left * f->lines + calls - 1) / NV_MAX(calls, 1);
+}
+
+INL void pf_rows_step(pf_rows *f)
+{
+    for (int j = 0; j < f->per_call && f->rows_left > 0; j++) {
+        _mm_prefetch(f->row + (size_t)f->line * 64u, _MM_HINT_T1);
+        if (++f->line == f->lines) {
+            f->line = 0;
+            f->row += f->stride;
+            f->rows_left--;
+        }
+    }
+}
+
 /* Many rows: for each NC-wide column block and KC-deep slice, pack the weights once, then run
  * every MR-row block of activations over them. nn: w is (K, N) f32, read in place. */
 T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch, int nn)
@@ -362,23 +398,49 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
     float *ap = scratch;                          /* MC x KC, MR5-row micro-panels */
     float *bp = ap + (size_t)KC * MC;             /* KC x NC (NT only) */
     const int K = a->K;
-    for (int nc0 = n0; nc0 < n1; nc0 += NC) {
-        const int ncw = NV_MIN(NC, n1 - nc0);
+    const size_t wes = a->wt == NV_F32 ? 4u : 2u, wst = (size_t)a->ldw * wes;
+    const size_t xst = (size_t)a->ldx * sizeof(float);
+    /* Row blocks of near-equal size (whole tiles, at most MC rows). */
+    const int n_mc = (m1 - m0 + MC - 1) / MC;
+    const int mcb = ((m1 - m0 + n_mc - 1) / n_mc + MR5 - 1) / MR5 * MR5;
+    /* Column blocks of near-equal size (whole panels, at most NC columns). */
+    const int n_nc = (n1 - n0 + NC - 1) / NC;
+    const int ncb = ((n1 - n0 + n_nc - 1) / n_nc + NR5 - 1) / NR5 * NR5;
+    for (int nc0 = n0; nc0 < n1; nc0 += ncb) {
+        const int ncw = NV_MIN(ncb, n1 - nc0);
+        const int panels = (ncw + NR5 - 1) / NR5;
         for (int k0 = 0; k0 < K; k0 += KC) {
             const int kc = NV_MIN(KC, K - k0);
             const int first = k0 == 0, last = k0 + kc == K;
+            /* The weight block packed next: the next k slice, or the next column block. */
+            const int wn = last ? nc0 + ncw : nc0, wk = last ? 0 : k0 + kc;
+            const int wrows = nn ? 0 : NV_MIN(ncb, n1 - wn);
+            pf_rows pfw;
+            pf_rows_init(&pfw,
+                         wrows > 0 ? (const char *)a->w +
+                                         ((size_t)wn * (size_t)a->ldw + (size_t)wk) * wes
+                                   : NULL,
+                         wst, wes, wrows, NV_MIN(KC, K - wk), ((m1 - m0 + MR5 - 1) / MR5) * panels);
             if (!nn) {
                 for (int p = 0; p * NR5 < ncw; p++) {
                     pack_b_nt512(bp + (size_t)p * KC * NR5, a, nc0 + p * NR5,
                                  NV_MIN(NR5, ncw - p * NR5), k0, kc);
                 }
             }
-            for (int mc0 = m0; mc0 < m1; mc0 += MC) {
-                const int mcw = NV_MIN(MC, m1 - mc0);
+            for (int mc0 = m0; mc0 < m1; mc0 += mcb) {
+                const int mcw = NV_MIN(mcb, m1 - mc0);
                 for (int i = 0; i * MR5 < mcw; i++) {
                     pack_a512(ap + (size_t)i * KC * MR5, a, mc0 + i * MR5,
                               NV_MIN(MR5, mcw - i * MR5), k0, kc);
                 }
+                /* The activation block packed next: the next rows, else the first rows of the
+                 * next k slice (or of the next column block). */
+                const int xm = mc0 + mcw < m1 ? mc0 + mcw : m0;
+                const int xk = mc0 + mcw < m1 ? k0 : last ? 0 : k0 + kc;
+                pf_rows pfx;
+                pf_rows_init(&pfx, a->x + (size_t)xm * (size_t)a->ldx + (size_t)xk, xst,
+                             sizeof(float), NV_MIN(mcb, m1 - xm), NV_MIN(KC, K - xk),
+                             ((mcw + MR5 - 1) / MR5) * panels);
                 /* One weight micro-panel stays in L1 while the activation panels stream from L2. */
                 for (int p = 0; p * NR5 < ncw; p++) {
                     const int n = nc0 + p * NR5;
@@ -393,6 +455,22 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
                     }
                     for (int i = 0; i * MR5 < mcw; i++) {
                         const int m = mc0 + i * MR5;
+                        pf_rows_step(&pfw);
+                        pf_rows_step(&pfx);
+                        /* The partial sums the next tile reads back: the next rows, or the
+                         * first rows of the next panel. */
+                        const int more = (i + 1) * MR5 < mcw;
+                        if (!first && (more || (p + 1) * NR5 < ncw)) {
+                            const int mn = more ? m + MR5 : mc0;
+                            const char *cn = (const char *)(a->y + (size_t)mn * (size_t)a->ldy +
+                                                            (size_t)(more ? n : n + NR5));
+                            const int rows = NV_MIN(MR5, m1 - mn);
+                            for (int r = 0; r < rows; r++) {
+                                _mm_prefetch(cn + (size_t)r * (size_t)a->ldy * 4u, _MM_HINT_T0);
+                                _mm_prefetch(cn + (size_t)r * (size_t)a->ldy * 4u + 64u,
+                                             _MM_HINT_T0);
+                            }
+                        }
                         ukr512(kc, ap + (size_t)i * KC * MR5, b, bs,
                                a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
                                NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, ncw - p * NR5), first,
