@@ -281,6 +281,118 @@ size_t dec_arena_bytes(const dec_weights *w, int n, int n_logits)
     return total;
 }
 
+/* The activations of one pass of n rows (dec_arena_bytes' pieces). Plain weights: q, ctx, k,
+ * v, g, u pieces. Grouped: q|k|v rows of QKV (q, k, v are column blocks of it), ctx, gate|up
+ * rows of 2 I, then g from silu_mul_cat. */
+typedef struct dec_bufs {
+    float *h, *x, *a, *q, *ctx, *k, *v, *gu, *u, *g, *lg;
+} dec_bufs;
+
+static nvlm_status dec_take(nv_exec *ex, nv_arena *ar, const dec_weights *w, const dec_sizes *s,
+                            dec_bufs *b)
+{
+    int HQ = w->n_heads * w->head_dim;
+    int KV = w->n_kv_heads * w->head_dim;
+    b->h = nv_arena_floats(ar, s->h);
+    b->x = nv_arena_floats(ar, s->h);
+    b->a = nv_arena_floats(ar, s->h);
+    b->q = nv_arena_floats(ar, w->grouped ? s->q + 2 * s->kv : s->q);
+    b->ctx = nv_arena_floats(ar, s->q);
+    b->k = w->grouped ? b->q + HQ : nv_arena_floats(ar, s->kv);
+    b->v = w->grouped ? b->q + HQ + KV : nv_arena_floats(ar, s->kv);
+    b->gu = nv_arena_floats(ar, w->grouped ? 2 * s->mlp : s->mlp);
+    b->u = w->grouped ? NULL : nv_arena_floats(ar, s->mlp);
+    b->g = w->grouped ? nv_arena_floats(ar, s->mlp) : b->gu;
+    b->lg = nv_arena_floats(ar, s->logits);
+    if (b->h == NULL || b->x == NULL || b->a == NULL || b->q == NULL || b->ctx == NULL ||
+        b->k == NULL || b->v == NULL || b->g == NULL || b->gu == NULL ||
+        (b->u == NULL && !w->grouped) || b->lg == NULL) {
+        return nv_error(ex->err_handle, NVLM_ERR_INTERNAL, "decoder arena too small");
+    }
+    return NVLM_OK;
+}
+
+/* Decoder layer l on the n rows of b->h at positions pos0..: its K (after RoPE) and V are
+ * stored at rows pos0.. of the layer's cache, attention runs over cache rows 0 .. pos0 + n - 1.
+ * With add_rmsnorm (fuse), *pend (may be NULL) is the previous layer's MLP output, added to h
+ * by this layer's first norm; defer leaves this layer's MLP output in *pend instead of adding
+ * it (the next layer's first norm, or the caller, adds it). */
+static nvlm_status dec_layer_fwd(nv_exec *ex, const dec_weights *w, int l, dec_kv *kv,
+                                 int64_t pos0, int n, const dec_bufs *b, bool defer,
+                                 const float **pend)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    const dec_layer *L = &w->layers[l];
+    int D = w->D;
+    int hd = w->head_dim;
+    int HQ = w->n_heads * hd;
+    int KV = w->n_kv_heads * hd;
+    int ldq = L->grouped ? HQ + 2 * KV : HQ;
+    int ldkv = L->grouped ? HQ + 2 * KV : KV;
+    float scale = 1.0f / sqrtf((float)hd);
+    bool fuse = op->add_rmsnorm != NULL;
+    float *h = b->h;
+    float *x = b->x;
+    float *a = b->a;
+    if (fuse) {
+        NVLM_TRY(op->add_rmsnorm(ex, h, *pend, NULL, x, &L->in_norm, n, D, w->eps));
+        *pend = NULL;
+    } else {
+        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->in_norm, n, D, D, w->eps));
+    }
+    if (L->grouped) {
+        NVLM_TRY(op->matmul(ex, b->q, x, &L->qkv, &L->qkv_b, n));
+    } else {
+        NVLM_TRY(op->matmul(ex, b->q, x, &L->q, &L->q_b, n));
+        NVLM_TRY(op->matmul(ex, b->k, x, &L->k, &L->k_b, n));
+        NVLM_TRY(op->matmul(ex, b->v, x, &L->v, &L->v_b, n));
+    }
+    NVLM_TRY(op->rope(ex, b->q, ldq, n, w->n_heads, hd, pos0, w->theta));
+    if (op->rope_store != NULL) {
+        NVLM_TRY(op->rope_store(ex, kv->k[l], kv->type, pos0, b->k, ldkv, n, w->n_kv_heads, hd,
+                                w->theta));
+    } else {
+        NVLM_TRY(op->rope(ex, b->k, ldkv, n, w->n_kv_heads, hd, pos0, w->theta));
+        NVLM_TRY(op->store_rows(ex, kv->k[l], kv->type, pos0, b->k, ldkv, (size_t)n, KV));
+    }
+    NVLM_TRY(op->store_rows(ex, kv->v[l], kv->type, pos0, b->v, ldkv, (size_t)n, KV));
+    NVLM_TRY(op->attention(ex, b->ctx, HQ, b->q, ldq, kv->k[l], kv->v[l], KV, kv->type, 1, n,
+                           (int)(pos0 + n), w->n_heads, w->n_kv_heads, hd, scale, pos0,
+                           NV_TP_LLM_HEADS));
+    NVLM_TRY(op->matmul(ex, a, b->ctx, &L->o, NULL, n));
+    if (fuse) {
+        NVLM_TRY(op->add_rmsnorm(ex, h, a, NULL, x, &L->post_norm, n, D, w->eps));
+    } else {
+        NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
+        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->post_norm, n, D, D, w->eps));
+    }
+    size_t mlp = (size_t)n * (size_t)w->I;
+    if (L->grouped) {
+        NVLM_TRY(op->matmul(ex, b->gu, x, &L->gate_up, NULL, n));
+        NVLM_TRY(op->silu_mul_cat(ex, b->g, b->gu, n, w->I));
+    } else {
+        NVLM_TRY(op->matmul(ex, b->g, x, &L->gate, NULL, n));
+        NVLM_TRY(op->matmul(ex, b->u, x, &L->up, NULL, n));
+        NVLM_TRY(op->silu_mul(ex, b->g, b->g, b->u, mlp));
+    }
+    NVLM_TRY(op->matmul(ex, a, b->g, &L->down, NULL, n));
+    if (fuse && defer) {
+        *pend = a;
+    } else {
+        NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
+    }
+    return NVLM_OK;
+}
+
+/* The head on n rows of h: the final RMSNorm into x, lm_head into lg (n x vocab). */
+static nvlm_status dec_head(nv_exec *ex, const dec_weights *w, const dec_bufs *b,
+                            const float *h, int n)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    NVLM_TRY(op->rmsnorm(ex, b->x, w->D, h, w->D, &w->norm, n, w->D, w->D, w->eps));
+    return op->matmul(ex, b->lg, b->x, &w->lm_head, NULL, n);
+}
+
 nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv *kv,
                         const int32_t *ids, int n, const float *img, const int32_t *img_pos,
                         const int32_t *img_row, int n_img, int n_logits, float *logits,
@@ -303,27 +415,9 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
         }
     }
     int D = w->D;
-    int hd = w->head_dim;
-    int HQ = w->n_heads * hd;
-    int KV = w->n_kv_heads * hd;
-    int QKV = HQ + 2 * KV;
-    float *h = nv_arena_floats(ar, s.h);
-    float *x = nv_arena_floats(ar, s.h);
-    float *a = nv_arena_floats(ar, s.h);
-    /* Plain: q, ctx, k, v, g, u pieces. Grouped: q|k|v rows of QKV (q, k, v are column blocks
-     * of it), ctx, gate|up rows of 2 I, then g from silu_mul_cat. */
-    float *q = nv_arena_floats(ar, w->grouped ? s.q + 2 * s.kv : s.q);
-    float *ctx = nv_arena_floats(ar, s.q);
-    float *k = w->grouped ? q + HQ : nv_arena_floats(ar, s.kv);
-    float *v = w->grouped ? q + HQ + KV : nv_arena_floats(ar, s.kv);
-    float *gu = nv_arena_floats(ar, w->grouped ? 2 * s.mlp : s.mlp);
-    float *u = w->grouped ? NULL : nv_arena_floats(ar, s.mlp);
-    float *g = w->grouped ? nv_arena_floats(ar, s.mlp) : gu;
-    float *lg = nv_arena_floats(ar, s.logits);
-    if (h == NULL || x == NULL || a == NULL || q == NULL || ctx == NULL || k == NULL ||
-        v == NULL || g == NULL || gu == NULL || (u == NULL && !w->grouped) || lg == NULL) {
-        return nv_error(eh, NVLM_ERR_INTERNAL, "decoder arena too small");
-    }
+    dec_bufs b;
+    NVLM_TRY(dec_take(ex, ar, w, &s, &b));
+    float *h = b.h;
     NVLM_TRY(op->rows_copy(ex, h, NULL, w->embed.t.data, w->embed.t.dtype, ids, (size_t)n, D));
     if (n_img > 0) {
         NVLM_TRY(op->rows_copy(ex, h, img_pos, img, NV_F32, img_row, (size_t)n_img, D));
@@ -331,62 +425,12 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
     if (trace != NULL && trace->embeds != NULL) {
         NVLM_TRY(op->download(ex, trace->embeds, h, s.h * sizeof(float)));
     }
-    float scale = 1.0f / sqrtf((float)hd);
     /* With add_rmsnorm, a layer's MLP output is added to h by the next layer's first norm
      * (pend), unless the trace wants h after every layer. */
-    bool fuse = op->add_rmsnorm != NULL;
-    bool defer = fuse && (trace == NULL || trace->layers == NULL);
+    bool defer = trace == NULL || trace->layers == NULL;
     const float *pend = NULL;
     for (int l = 0; l < w->n_layers; l++) {
-        const dec_layer *L = &w->layers[l];
-        int ldq = L->grouped ? QKV : HQ;
-        int ldkv = L->grouped ? QKV : KV;
-        if (fuse) {
-            NVLM_TRY(op->add_rmsnorm(ex, h, pend, NULL, x, &L->in_norm, n, D, w->eps));
-            pend = NULL;
-        } else {
-            NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->in_norm, n, D, D, w->eps));
-        }
-        if (L->grouped) {
-            NVLM_TRY(op->matmul(ex, q, x, &L->qkv, &L->qkv_b, n));
-        } else {
-            NVLM_TRY(op->matmul(ex, q, x, &L->q, &L->q_b, n));
-            NVLM_TRY(op->matmul(ex, k, x, &L->k, &L->k_b, n));
-            NVLM_TRY(op->matmul(ex, v, x, &L->v, &L->v_b, n));
-        }
-        NVLM_TRY(op->rope(ex, q, ldq, n, w->n_heads, hd, pos0, w->theta));
-        if (op->rope_store != NULL) {
-            NVLM_TRY(op->rope_store(ex, kv->k[l], kv->type, pos0, k, ldkv, n, w->n_kv_heads, hd,
-                                    w->theta));
-        } else {
-            NVLM_TRY(op->rope(ex, k, ldkv, n, w->n_kv_heads, hd, pos0, w->theta));
-            NVLM_TRY(op->store_rows(ex, kv->k[l], kv->type, pos0, k, ldkv, (size_t)n, KV));
-        }
-        NVLM_TRY(op->store_rows(ex, kv->v[l], kv->type, pos0, v, ldkv, (size_t)n, KV));
-        NVLM_TRY(op->attention(ex, ctx, HQ, q, ldq, kv->k[l], kv->v[l], KV, kv->type, 1, n,
-                               (int)(pos0 + n), w->n_heads, w->n_kv_heads, hd, scale, pos0,
-                               NV_TP_LLM_HEADS));
-        NVLM_TRY(op->matmul(ex, a, ctx, &L->o, NULL, n));
-        if (fuse) {
-            NVLM_TRY(op->add_rmsnorm(ex, h, a, NULL, x, &L->post_norm, n, D, w->eps));
-        } else {
-            NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
-            NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->post_norm, n, D, D, w->eps));
-        }
-        if (L->grouped) {
-            NVLM_TRY(op->matmul(ex, gu, x, &L->gate_up, NULL, n));
-            NVLM_TRY(op->silu_mul_cat(ex, g, gu, n, w->I));
-        } else {
-            NVLM_TRY(op->matmul(ex, g, x, &L->gate, NULL, n));
-            NVLM_TRY(op->matmul(ex, u, x, &L->up, NULL, n));
-            NVLM_TRY(op->silu_mul(ex, g, g, u, s.mlp));
-        }
-        NVLM_TRY(op->matmul(ex, a, g, &L->down, NULL, n));
-        if (defer) {
-            pend = a;
-        } else {
-            NVLM_TRY(op->add_scaled(ex, h, a, NULL, n, D));
-        }
+        NVLM_TRY(dec_layer_fwd(ex, w, l, kv, pos0, n, &b, defer, &pend));
         if (trace != NULL && trace->layers != NULL) {
             NVLM_TRY(op->download(ex, trace->layers + (size_t)l * s.h, h, s.h * sizeof(float)));
         }
@@ -395,20 +439,46 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
         NVLM_TRY(op->add_scaled(ex, h, pend, NULL, n, D));
     }
     if (trace != NULL && trace->final_norm != NULL) {
-        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &w->norm, n, D, D, w->eps));
-        NVLM_TRY(op->download(ex, trace->final_norm, x, s.h * sizeof(float)));
+        NVLM_TRY(op->rmsnorm(ex, b.x, D, h, D, &w->norm, n, D, D, w->eps));
+        NVLM_TRY(op->download(ex, trace->final_norm, b.x, s.h * sizeof(float)));
     }
     if (n_logits > 0) {
-        size_t first = (size_t)(n - n_logits) * D;
-        NVLM_TRY(op->rmsnorm(ex, x, D, h + first, D, &w->norm, n_logits, D, D, w->eps));
-        NVLM_TRY(op->matmul(ex, lg, x, &w->lm_head, NULL, n_logits));
+        NVLM_TRY(dec_head(ex, w, &b, h + (size_t)(n - n_logits) * D, n_logits));
         if (trace != NULL && trace->logits_dev != NULL) {
-            NVLM_TRY(op->copy(ex, trace->logits_dev, lg, s.logits * sizeof(float)));
+            NVLM_TRY(op->copy(ex, trace->logits_dev, b.lg, s.logits * sizeof(float)));
         } else {
-            NVLM_TRY(op->download(ex, logits, lg, s.logits * sizeof(float)));
+            NVLM_TRY(op->download(ex, logits, b.lg, s.logits * sizeof(float)));
         }
     }
     NVLM_TRY(op->sync(ex));
     kv->n = pos0 + n;
     return NVLM_OK;
+}
+
+nvlm_status dec_stage(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv *kv, int layer,
+                      int64_t pos0, int n, const float *in, float *out)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    void *eh = ex->err_handle;
+    bool head = layer == w->n_layers;
+    dec_sizes s;
+    if (layer < 0 || layer > w->n_layers || !dec_sizes_of(w, n, head ? n : 0, &s)) {
+        return nv_error(eh, NVLM_ERR_INVALID_ARGUMENT, "bad decoder stage %d of %d rows", layer,
+                        n);
+    }
+    if (!head && (pos0 < 0 || pos0 + n > kv->cap)) {
+        return nv_error(eh, NVLM_ERR_INTERNAL, "KV cache not reserved");
+    }
+    dec_bufs b;
+    NVLM_TRY(dec_take(ex, ar, w, &s, &b));
+    NVLM_TRY(op->upload(ex, b.h, in, s.h * sizeof(float)));
+    if (head) {
+        NVLM_TRY(dec_head(ex, w, &b, b.h, n));
+        NVLM_TRY(op->download(ex, out, b.lg, s.logits * sizeof(float)));
+    } else {
+        const float *pend = NULL;
+        NVLM_TRY(dec_layer_fwd(ex, w, layer, kv, pos0, n, &b, false, &pend));
+        NVLM_TRY(op->download(ex, out, b.h, s.h * sizeof(float)));
+    }
+    return op->sync(ex);
 }

@@ -113,6 +113,12 @@ size_t vit_arena_bytes(const vit_weights *w, int n_tiles);
 nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const float *pix,
                         int n_tiles, float **out, float *hidden);
 
+/* One ViT layer alone, for the stage-wise tests: host rows `in` (n_tiles x (1 + n_patches) x D,
+ * CLS first in each tile) through layer `layer` with the ops vit_forward runs -> out (host, same
+ * shape, h after the layer). The arena must hold vit_arena_bytes(w, n_tiles). */
+nvlm_status vit_stage(nv_exec *ex, nv_arena *ar, const vit_weights *w, int layer, int n_tiles,
+                      const float *in, float *out);
+
 /* ---- projector (projector.c) ------------------------------------------------------------ */
 
 nvlm_status proj_init(nv_engine *e, const nvlm_model *m);
@@ -169,6 +175,15 @@ nvlm_status dec_forward(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv 
                         const int32_t *ids, int n, const float *img, const int32_t *img_pos,
                         const int32_t *img_row, int n_img, int n_logits, float *logits,
                         dec_trace *trace);
+
+/* One decoder stage alone, for the stage-wise tests: host rows `in` (n x D) at positions
+ * pos0.. go through decoder layer `layer` (< n_layers) with the ops dec_forward runs, its K and
+ * V stored at rows pos0.. of that layer's cache (reserved by the caller; rows 0 .. pos0 - 1 of
+ * it filled by earlier calls; kv->n is left alone), -> out (host, n x D, h after the layer);
+ * layer == n_layers: the head, the final RMSNorm and lm_head -> out (host, n x vocab). The
+ * arena must hold dec_arena_bytes(w, n, n). */
+nvlm_status dec_stage(nv_exec *ex, nv_arena *ar, const dec_weights *w, dec_kv *kv, int layer,
+                      int64_t pos0, int n, const float *in, float *out);
 
 /* dec_forward as a decode step (dec_step.c): a pass of one token without images, trace or more
  * than one logits row, on a backend with step ops, runs between step_begin and step_end (a

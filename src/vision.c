@@ -159,6 +159,65 @@ size_t vit_arena_bytes(const vit_weights *w, int n_tiles)
     return total;
 }
 
+/* The activations of the layers (vit_arena_bytes' pieces h .. mlp). */
+typedef struct vit_bufs {
+    float *h, *x, *qkv, *ctx, *a, *mlp;
+} vit_bufs;
+
+/* ViT layer l on the N = T * (P + 1) rows of b->h (T tiles attended separately). With
+ * add_rmsnorm (fuse), *pend / *pend_s (may be NULL) are the previous layer's MLP output and its
+ * ls2, added to h by this layer's first norm; defer leaves this layer's in *pend / *pend_s
+ * instead of adding them (the next layer's first norm, or the caller, adds them). b->ctx must
+ * have been zeroed when the dummy heads are skipped (their columns are never written). */
+static nvlm_status vit_layer_fwd(nv_exec *ex, const vit_weights *w, int l, int T,
+                                 const vit_bufs *b, bool defer, const float **pend,
+                                 const nv_bweight **pend_s)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    const vit_layer *L = &w->layers[l];
+    int NP1 = w->n_patches + 1;
+    int N = T * NP1;
+    int D = w->D;
+    int hd = w->head_dim;
+    int HP = w->n_heads_padded * hd;
+    int n_heads = w->skip_dummy ? w->n_heads : w->n_heads_padded;
+    float scale = 1.0f / sqrtf((float)hd);
+    bool fuse = op->add_rmsnorm != NULL;
+    float *h = b->h;
+    float *x = b->x;
+    float *qkv = b->qkv;
+    float *a = b->a;
+    if (fuse) {
+        NVLM_TRY(op->add_rmsnorm(ex, h, *pend, *pend_s, x, &L->norm1, N, D, w->eps));
+        *pend = NULL;
+        *pend_s = NULL;
+    } else {
+        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->norm1, N, D, D, w->eps));
+    }
+    NVLM_TRY(op->matmul(ex, qkv, x, &L->qkv, NULL, N));
+    NVLM_TRY(op->rmsnorm(ex, qkv, 3 * HP, qkv, 3 * HP, &L->q_norm, N, HP, D, w->eps));
+    NVLM_TRY(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, D, w->eps));
+    NVLM_TRY(op->attention(ex, b->ctx, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32,
+                           T, NP1, NP1, n_heads, n_heads, hd, scale, -1, NV_TP_VIT_HEADS));
+    NVLM_TRY(op->matmul(ex, a, b->ctx, &L->proj, &L->proj_b, N));
+    if (fuse) {
+        NVLM_TRY(op->add_rmsnorm(ex, h, a, &L->ls1, x, &L->norm2, N, D, w->eps));
+    } else {
+        NVLM_TRY(op->add_scaled(ex, h, a, &L->ls1, N, D));
+        NVLM_TRY(op->rmsnorm(ex, x, D, h, D, &L->norm2, N, D, D, w->eps));
+    }
+    NVLM_TRY(op->matmul(ex, b->mlp, x, &L->fc1, &L->fc1_b, N));
+    NVLM_TRY(op->gelu(ex, b->mlp, b->mlp, (size_t)N * (size_t)w->I));
+    NVLM_TRY(op->matmul(ex, a, b->mlp, &L->fc2, &L->fc2_b, N));
+    if (fuse && defer) {
+        *pend = a;
+        *pend_s = &L->ls2;
+    } else {
+        NVLM_TRY(op->add_scaled(ex, h, a, &L->ls2, N, D));
+    }
+    return NVLM_OK;
+}
+
 nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const float *pix,
                         int n_tiles, float **out, float *hidden)
 {
@@ -173,19 +232,19 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
     int NP1 = P + 1;
     int N = T * NP1;
     int D = w->D;
-    int hd = w->head_dim;
-    int HP = w->n_heads_padded * hd;
     float *o = nv_arena_floats(ar, s.out);
     float *cols = nv_arena_floats(ar, s.cols);
     float *pe = nv_arena_floats(ar, s.pe);
-    float *h = nv_arena_floats(ar, s.h);
-    float *x = nv_arena_floats(ar, s.h);
-    float *qkv = nv_arena_floats(ar, s.qkv);
-    float *ctx = nv_arena_floats(ar, s.ctx);
-    float *a = nv_arena_floats(ar, s.h);
-    float *mlp = nv_arena_floats(ar, s.mlp);
-    if (o == NULL || cols == NULL || pe == NULL || h == NULL || x == NULL || qkv == NULL ||
-        ctx == NULL || a == NULL || mlp == NULL) {
+    vit_bufs bf;
+    bf.h = nv_arena_floats(ar, s.h);
+    bf.x = nv_arena_floats(ar, s.h);
+    bf.qkv = nv_arena_floats(ar, s.qkv);
+    bf.ctx = nv_arena_floats(ar, s.ctx);
+    bf.a = nv_arena_floats(ar, s.h);
+    bf.mlp = nv_arena_floats(ar, s.mlp);
+    float *h = bf.h;
+    if (o == NULL || cols == NULL || pe == NULL || h == NULL || bf.x == NULL || bf.qkv == NULL ||
+        bf.ctx == NULL || bf.a == NULL || bf.mlp == NULL) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "vision arena too small");
     }
     /* Row maps: patch p of tile b sits at token b * (P + 1) + 1 + p; CLS at b * (P + 1). */
@@ -220,46 +279,16 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
     if (hidden != NULL && w->n_layers > 1) {
         VT(op->download(ex, hidden, h, s.h * sizeof(float)));
     }
-    int n_heads = w->skip_dummy ? w->n_heads : w->n_heads_padded;
-    float scale = 1.0f / sqrtf((float)hd);
     if (w->skip_dummy) {
-        VT(op->zero(ex, ctx, s.ctx * sizeof(float)));
+        VT(op->zero(ex, bf.ctx, s.ctx * sizeof(float)));
     }
     /* With add_rmsnorm, a layer's ls2-scaled MLP output is added to h by the next layer's first
      * norm (pend), unless `hidden` wants h after every layer. */
-    bool fuse = op->add_rmsnorm != NULL;
-    bool defer = fuse && hidden == NULL;
+    bool defer = hidden == NULL;
     const float *pend = NULL;
     const nv_bweight *pend_s = NULL;
     for (int l = 0; l < w->n_layers; l++) {
-        const vit_layer *L = &w->layers[l];
-        if (fuse) {
-            VT(op->add_rmsnorm(ex, h, pend, pend_s, x, &L->norm1, N, D, w->eps));
-            pend = NULL;
-        } else {
-            VT(op->rmsnorm(ex, x, D, h, D, &L->norm1, N, D, D, w->eps));
-        }
-        VT(op->matmul(ex, qkv, x, &L->qkv, NULL, N));
-        VT(op->rmsnorm(ex, qkv, 3 * HP, qkv, 3 * HP, &L->q_norm, N, HP, D, w->eps));
-        VT(op->rmsnorm(ex, qkv + HP, 3 * HP, qkv + HP, 3 * HP, &L->k_norm, N, HP, D, w->eps));
-        VT(op->attention(ex, ctx, HP, qkv, 3 * HP, qkv + HP, qkv + 2 * HP, 3 * HP, NV_F32, T,
-                         NP1, NP1, n_heads, n_heads, hd, scale, -1, NV_TP_VIT_HEADS));
-        VT(op->matmul(ex, a, ctx, &L->proj, &L->proj_b, N));
-        if (fuse) {
-            VT(op->add_rmsnorm(ex, h, a, &L->ls1, x, &L->norm2, N, D, w->eps));
-        } else {
-            VT(op->add_scaled(ex, h, a, &L->ls1, N, D));
-            VT(op->rmsnorm(ex, x, D, h, D, &L->norm2, N, D, D, w->eps));
-        }
-        VT(op->matmul(ex, mlp, x, &L->fc1, &L->fc1_b, N));
-        VT(op->gelu(ex, mlp, mlp, s.mlp));
-        VT(op->matmul(ex, a, mlp, &L->fc2, &L->fc2_b, N));
-        if (defer) {
-            pend = a;
-            pend_s = &L->ls2;
-        } else {
-            VT(op->add_scaled(ex, h, a, &L->ls2, N, D));
-        }
+        VT(vit_layer_fwd(ex, w, l, T, &bf, defer, &pend, &pend_s));
         if (hidden != NULL && l + 1 < w->n_layers) {
             VT(op->download(ex, hidden + (size_t)(l + 1) * s.h, h, s.h * sizeof(float)));
         }
@@ -274,4 +303,36 @@ done:
     nv_free(nctx, tok_idx);
     nv_free(nctx, cls_idx);
     return st;
+}
+
+nvlm_status vit_stage(nv_exec *ex, nv_arena *ar, const vit_weights *w, int layer, int n_tiles,
+                      const float *in, float *out)
+{
+    const nv_backend_ops *op = ex->be->ops;
+    void *eh = ex->err_handle;
+    vit_sizes s;
+    if (layer < 0 || layer >= w->n_layers || n_tiles <= 0 || !vit_sizes_of(w, n_tiles, &s)) {
+        return nv_error(eh, NVLM_ERR_INVALID_ARGUMENT, "bad vision stage %d of %d tiles", layer,
+                        n_tiles);
+    }
+    vit_bufs b;
+    b.h = nv_arena_floats(ar, s.h);
+    b.x = nv_arena_floats(ar, s.h);
+    b.qkv = nv_arena_floats(ar, s.qkv);
+    b.ctx = nv_arena_floats(ar, s.ctx);
+    b.a = nv_arena_floats(ar, s.h);
+    b.mlp = nv_arena_floats(ar, s.mlp);
+    if (b.h == NULL || b.x == NULL || b.qkv == NULL || b.ctx == NULL || b.a == NULL ||
+        b.mlp == NULL) {
+        return nv_error(eh, NVLM_ERR_INTERNAL, "vision arena too small");
+    }
+    NVLM_TRY(op->upload(ex, b.h, in, s.h * sizeof(float)));
+    if (w->skip_dummy) {
+        NVLM_TRY(op->zero(ex, b.ctx, s.ctx * sizeof(float)));
+    }
+    const float *pend = NULL;
+    const nv_bweight *pend_s = NULL;
+    NVLM_TRY(vit_layer_fwd(ex, w, layer, n_tiles, &b, false, &pend, &pend_s));
+    NVLM_TRY(op->download(ex, out, b.h, s.h * sizeof(float)));
+    return op->sync(ex);
 }
