@@ -6,7 +6,7 @@ bf16 (round to nearest even) - the ViT patch embedding, qkv, proj, fc1, fc2, the
 two linears, the decoder's q/k/v/o, gate/up/down and lm_head - and multiplied by the bf16
 weights as stored, products summed in float32; K (after RoPE) and V are rounded to bf16 as
 they enter the KV cache. Norms, softmax, RoPE, GELU/SiLU, the residual stream and attention
-math stay float32. The model follows /work/shared/spec/NVLM-D.md (InternViT with the padded
+math stay float32. The model follows the NVLM-D model description (InternViT with the padded
 heads and the QK-norm statistic over the first hidden_size features, pixel shuffle v2, mlp1,
 the Qwen2 decoder as tests/oracle/qwen2_long_logits.py) on the tiny checkpoint.
 
