@@ -70,7 +70,9 @@ void mm_nt_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 void mm_nn_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 
 /* Columns of one packed weight block of the BIG kernels (their NC). */
+#ifndef MM_BLOCK_N
 #define MM_BLOCK_N 512
+#endif
 
 /* Split [0, M) x [0, N) into chunks of whole columns or whole rows (aligned to align_n /
  * align_m, at least min_n columns / min_m rows where possible) claimed by the pool's threads,
