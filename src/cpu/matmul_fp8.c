@@ -82,10 +82,12 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline))
-/* Software prefetch distance of the GEMV's code rows, in bytes: at 1 byte per weight each row
- * stream advances half as fast as a bf16 one and the hardware prefetchers run behind; 2 KiB
- * ahead made the cold-cache GEMV 10-15% faster on the dev machine's EPYC. */
-#define F8_PF 2048
+/* Software prefetch distance of the GEMV's code rows, in bytes, one prefetch per 64-byte line
+ * of each row stream: at 1 byte per weight each row stream advances half as fast as a bf16 one
+ * and the hardware prefetchers run behind. On the dev machine's EPYC 2 KiB ahead made the
+ * cold-cache GEMV 10-15% faster than none; one prefetch per line instead of two and 3 KiB
+ * instead of 2 KiB added 2-5% (bench/nvlm_bench.c's decode GEMV row, 1 and 2 threads). */
+#define F8_PF 3072
 
 /* ---- AVX-512 ---------------------------------------------------------------------------- */
 
@@ -130,11 +132,28 @@ T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int
     }
     const int K = a->K;
     int k = 0;
+    /* 64 codes (a cache line) per row and step: one prefetch per line; the two 32-code halves
+     * go into the accumulators in the same order as the 32-code steps below */
+    for (; k + 64 <= K; k += 64) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            __m512 w0, w1, w2, w3;
+            _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
+            f8x32(w[j] + k, &w0, &w1);
+            f8x32(w[j] + k + 32, &w2, &w3);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i][j]);
+                acc1[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 16), w1, acc1[i][j]);
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 32), w2, acc0[i][j]);
+                acc1[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 48), w3, acc1[i][j]);
+            }
+        }
+    }
     for (; k + 32 <= K; k += 32) {
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             __m512 w0, w1;
-            _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
             f8x32(w[j] + k, &w0, &w1);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
