@@ -5,8 +5,9 @@
  * under f16's), then vcvtph2ps; the portable path uses a 256-entry table of the same values. So
  * y[n] = (scale[n] * 256) * sum_k x[k] h(q[n,k]) + bias[n]: every product is exact in f32 and the
  * power-of-two factor is exact. Few rows of x (decode) stream each code row once as dot products
- * (one row of x: 4 row streams per thread, as for bf16); many rows (prefill) widen a block of
- * columns to f16 and run the bf16/f16 register-tile kernel of matmul_x86.c over it.
+ * (4 row streams per thread, as bf16's one-row GEMV; 2-7 rows of x take each group of 4 code
+ * rows 2 rows of x at a time); many rows (prefill) widen a block of columns to f16 and run the
+ * bf16/f16 register-tile kernel of matmul_x86.c over it.
  */
 #include "cpu/matmul_impl.h"
 #include "fp8.h"
@@ -200,18 +201,20 @@ T512 static void f8_small512(const mm_args *a, int m0, int m1, int n0, int n1, v
 {
     (void)scratch;
     const f8_args *f = f8_of(a);
-    if (m1 - m0 == 1) {
-        /* one row of x (decode): the columns in 4 quarters read side by side */
-        const int q = (n1 - n0) / 4;
-        for (int i = 0; i < q; i++) {
-            f8_tile512(f, m0, n0 + i, 1, 4, q);
+    /* The columns in 4 quarters read side by side (4 row streams per thread); each group of 4
+     * code rows is taken by 1 or 2 rows of x at a time (at most 16 accumulators), so with a few
+     * rows of x it is re-read from L1/L2, not from memory. Leftover columns: one at a time. */
+    const int q = (n1 - n0) / 4;
+    for (int i = 0; i < q; i++) {
+        for (int m = m0; m < m1; m += 2) {
+            if (m + 1 < m1) {
+                f8_tile512(f, m, n0 + i, 2, 4, q);
+            } else {
+                f8_tile512(f, m, n0 + i, 1, 4, q);
+            }
         }
-        for (int n = n0 + 4 * q; n < n1; n++) {
-            f8_tile512(f, m0, n, 1, 1, 1);
-        }
-        return;
     }
-    for (int n = n0; n < n1; n++) {
+    for (int n = n0 + 4 * q; n < n1; n++) {
         for (int m = m0; m < m1; m += 4) {
             switch (NV_MIN(4, m1 - m)) {
             case 4: f8_tile512(f, m, n, 4, 1, 1); break;
