@@ -284,6 +284,9 @@ T256 INL void f8_tile256(const f8_args *f, int m, int n, const int MR, const int
         }
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
+            if ((k & 63) == 0) {
+                _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
+            }
             __m256 wv = f8x8(w[j] + k, cnt);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
