@@ -87,7 +87,8 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
  * of each row stream: at 1 byte per weight each row stream advances half as fast as a bf16 one
  * and the hardware prefetchers run behind. On the dev machine's EPYC 2 KiB ahead made the
  * cold-cache GEMV 10-15% faster than none; one prefetch per line instead of two and 3 KiB
- * instead of 2 KiB added 2-5% (bench/nvlm_bench.c's decode GEMV row, 1 and 2 threads). */
+ * instead of 2 KiB added 2-5% (bf16 and FP8 GEMV passes alternating over 4 copies of a
+ * layer, as in bench/nvlm_bench.c; 1 and 2 threads). */
 #define F8_PF 3072
 
 /* ---- AVX-512 ---------------------------------------------------------------------------- */
