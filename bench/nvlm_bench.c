@@ -2,19 +2,22 @@
  * nvlm_bench.c - CPU engine benchmark (`make bench` -> bin/nvlm-bench). Everything in memory:
  * kernel-level GEMMs at the layer shapes of a Qwen2-1.5B-like decoder and an InternViT-300M-like
  * encoder with random bf16 weights, next to in-run reference probes (memory bandwidth: STREAM
- * copy, memcpy, 1- and 4-stream reads; OpenBLAS sgemm on an f32 copy of the same weights), then the end-to-end engine on a synthetic
- * model (src/synthetic.c): prefill, decode tokens/s and ViT milliseconds per tile, at both
- * precisions, then again with the LLM's projections in FP8 (decode and prefill against bf16 in
- * the same run). Last,
+ * copy, memcpy, 1- and 4-stream reads; OpenBLAS sgemm on an f32 copy of the same weights), and
+ * the decode GEMV (M = 1) over bf16 and FP8 copies of the decoder's layers, alternating; then
+ * the end-to-end engine on a synthetic model (src/synthetic.c): prefill, decode tokens/s and ViT
+ * milliseconds per tile, at both precisions, then again with the LLM's projections in FP8
+ * (decode and prefill against bf16 in the same run), then FP8 against bf16 decode with the
+ * steps interleaved (two engines, one session each). Last,
  * tensor parallelism over CPU ranks: the cost of one all-reduce of a hidden row between rank
  * threads (and so per decoded token), decode at TP 2 against TP 1 on the same threads, and the
  * weight bytes per rank for NVLM-D-72B.
  *
  *   nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] [--no-e2e] [--no-tp] [--quick]
- *              [--decode-only] [--exact-only]
+ *              [--decode-only] [--exact-only] [--fp8-ab]
  *
  * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs);
- * --exact-only skips the fast precision (NVLM_PRECISION_FAST) runs. Compute ceilings come from
+ * --exact-only skips the fast precision (NVLM_PRECISION_FAST) runs; --fp8-ab runs, after the
+ * probes and the GEMV rows, only the interleaved FP8 vs bf16 decode. Compute ceilings come from
  * in-run probes too: AVX-512 FMA chains and AVX512-BF16 vdpbf16ps chains (the fast
  * precision's GEMM instruction); prefill and the ViT are given as a share of them.
  */
@@ -418,35 +421,69 @@ static const shape vit_shapes[] = {
 };
 
 /* Decode: M = 1 over `layers` distinct copies of the decoder layer weights (so the stream is
- * far bigger than the caches), as a decode step does; returns GB/s of weights read. */
-static double bench_decode_gemv(nv_pool *pool, int layers, int reps, double *ms_per_layer)
+ * far bigger than the caches), as a decode step does: bf16 and FP8 (E4M3 codes + one f32 scale
+ * per row) copies of the same layers, the two passes alternating rep by rep so that both meet
+ * the same share of a shared machine. Fills GB/s of weights read (best pass of each) and ms per
+ * layer. */
+typedef struct gemv_result {
+    double bf16_gbs, fp8_gbs, bf16_ms, fp8_ms;
+} gemv_result;
+
+static gemv_result bench_decode_gemv(nv_pool *pool, int layers, int reps)
 {
-    size_t per_layer = 0;
+    size_t per_layer = 0, rows = 0;
     for (size_t s = 0; s < NV_ARRAY_LEN(dec_shapes); s++) {
         per_layer += (size_t)dec_shapes[s].N * (size_t)dec_shapes[s].K;
+        rows += (size_t)dec_shapes[s].N;
     }
     uint16_t *w = xmalloc(per_layer * 2 * (size_t)layers);
+    uint8_t *q = xmalloc(per_layer * (size_t)layers);
+    float *sc = xmalloc(rows * (size_t)layers * sizeof(float));
     fill_bf16(w, per_layer * (size_t)layers, 0.025f);
+    for (size_t i = 0; i < per_layer * (size_t)layers; i++) {
+        uint8_t c = (uint8_t)next64();
+        q[i] = (c & 0x7fu) == 0x7fu ? (uint8_t)(c - 1u) : c; /* no NaN codes */
+    }
+    for (size_t i = 0; i < rows * (size_t)layers; i++) {
+        sc[i] = 1.0f / 4096.0f;
+    }
     float *x = xmalloc(8960 * 4);
     float *y = xmalloc(8960 * 4);
     fill_f32(x, 8960);
-    double best = 1e30;
+    double best[2] = {1e30, 1e30};
     for (int r = 0; r < reps; r++) {
-        double t0 = nv_time_ms();
-        const uint16_t *p = w;
-        for (int l = 0; l < layers; l++) {
-            for (size_t s = 0; s < NV_ARRAY_LEN(dec_shapes); s++) {
-                cpu_matmul(pool, y, x, p, NV_BF16, NULL, 1, dec_shapes[s].N, dec_shapes[s].K);
-                p += (size_t)dec_shapes[s].N * (size_t)dec_shapes[s].K;
+        for (int f = 0; f < 2; f++) {
+            double t0 = nv_time_ms();
+            const uint16_t *p = w;
+            const uint8_t *pq = q;
+            const float *ps = sc;
+            for (int l = 0; l < layers; l++) {
+                for (size_t s = 0; s < NV_ARRAY_LEN(dec_shapes); s++) {
+                    const int N = dec_shapes[s].N, K = dec_shapes[s].K;
+                    if (f == 0) {
+                        cpu_matmul(pool, y, x, p, NV_BF16, NULL, 1, N, K);
+                    } else {
+                        cpu_matmul_fp8(pool, y, x, pq, ps, NULL, 1, N, K);
+                    }
+                    p += (size_t)N * (size_t)K;
+                    pq += (size_t)N * (size_t)K;
+                    ps += N;
+                }
             }
+            best[f] = NV_MIN(best[f], nv_time_ms() - t0);
         }
-        best = NV_MIN(best, nv_time_ms() - t0);
     }
     free(w);
+    free(q);
+    free(sc);
     free(x);
     free(y);
-    *ms_per_layer = best / layers;
-    return (double)per_layer * 2.0 * layers / (best * 1e6);
+    gemv_result res;
+    res.bf16_ms = best[0] / layers;
+    res.fp8_ms = best[1] / layers;
+    res.bf16_gbs = (double)per_layer * 2.0 * layers / (best[0] * 1e6);
+    res.fp8_gbs = ((double)per_layer + 4.0 * (double)rows) * layers / (best[1] * 1e6);
+    return res;
 }
 
 typedef struct gemm_result {
@@ -526,6 +563,7 @@ typedef struct opts {
     int quick;
     int decode_only;
     int exact_only;
+    int fp8_ab_only;
     int tp;
 } opts;
 
@@ -541,6 +579,7 @@ static int parse(opts *o, int argc, char **argv)
     o->quick = 0;
     o->decode_only = 0;
     o->exact_only = 0;
+    o->fp8_ab_only = 0;
     o->tp = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0 && i + 1 < argc) {
@@ -565,11 +604,16 @@ static int parse(opts *o, int argc, char **argv)
             o->decode_only = 1;
         } else if (strcmp(argv[i], "--exact-only") == 0) {
             o->exact_only = 1;
+        } else if (strcmp(argv[i], "--fp8-ab") == 0) {
+            o->fp8_ab_only = 1;
+            o->decode_only = 1;
+            o->exact_only = 1;
         } else if (strcmp(argv[i], "--no-tp") == 0) {
             o->tp = 0;
         } else {
             fprintf(stderr, "usage: nvlm-bench [-t 1,2] [--layers N] [--prompt N] [--gen N] "
-                            "[--no-e2e] [--no-tp] [--quick] [--decode-only] [--exact-only]\n");
+                            "[--no-e2e] [--no-tp] [--quick] [--decode-only] [--exact-only] "
+                            "[--fp8-ab]\n");
             return 1;
         }
     }
@@ -909,6 +953,79 @@ static void bench_ab(nvlm_model *m, const opts *o, int threads)
     free(ids);
 }
 
+/* FP8 against bf16 decode interleaved (exact precision): the model's engine is built twice,
+ * FP8 and bf16, and a session of each (created while its engine is the model's, so it keeps
+ * that engine) prefills the same prompt; then decode steps alternate, bf16 then FP8, so that
+ * both meet the same share of a shared machine. Prints the median step of each and their
+ * ratio, and returns the ratio (0 on failure). On return the model holds a bf16 engine. */
+static double bench_fp8_ab(nvlm_model *m, const opts *o)
+{
+    const int P = o->prompt, G = NV_MAX(o->gen, 1);
+    nv_engine *eng[2] = {NULL, NULL}; /* 0: bf16, 1: FP8 */
+    nvlm_session *s[2] = {NULL, NULL};
+    double *ms[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
+    double *smp[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
+    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
+    for (int i = 0; i < P; i++) {
+        ids[i] = (int32_t)(next64() % 150000u);
+    }
+    int done = 0;
+    bool ok = true;
+    for (int f = 1; f >= 0 && ok; f--) {
+        ok = set_fp8(m, f == 1) == NVLM_OK;
+        if (ok) {
+            set_precision(m, NVLM_PRECISION_EXACT);
+            ok = nvlm_session_create(m, NULL, &s[f]) == NVLM_OK &&
+                 nvlm_session_feed(s[f], ids, (size_t)P, NULL, 0) == NVLM_OK;
+        }
+        eng[f] = m->engine;
+        m->engine = NULL; /* kept for its session; set_fp8 builds the next one */
+    }
+    nvlm_sampler_params sp;
+    nvlm_sampler_default_params(&sp);
+    for (int i = 0; i < G && ok; i++) {
+        for (int f = 0; f < 2 && ok; f++) {
+            m->engine = eng[f];
+            int32_t tok = 0;
+            double t0 = nv_time_ms();
+            ok = nvlm_session_sample(s[f], &sp, &tok) == NVLM_OK;
+            double t1 = nv_time_ms();
+            ok = ok && nvlm_session_feed(s[f], &tok, 1, NULL, 0) == NVLM_OK;
+            ms[f][i] = nv_time_ms() - t0;
+            smp[f][i] = t1 - t0;
+        }
+        done += ok;
+    }
+    double ratio = 0;
+    if (done > 0) {
+        double d0 = median(ms[0], done), d1 = median(ms[1], done);
+        ratio = d0 / d1;
+        printf("FP8 vs bf16 decode interleaved (exact, steps alternating, median of %d each): "
+               "bf16 %.2f ms/token (%.2f tokens/s), FP8 %.2f ms/token (%.2f tokens/s) = "
+               "%.2fx\n", done, d0, 1000.0 / d0, d1, 1000.0 / d1, ratio);
+        printf("  of which sampling (greedy, median): bf16 %.3f ms, FP8 %.3f ms\n",
+               median(smp[0], done), median(smp[1], done));
+    }
+    for (int f = 0; f < 2; f++) {
+        m->engine = eng[f];
+        nvlm_session_free(s[f]);
+        if (f == 1) {
+            m->quantize_fp8 = true;
+            m->weight_type = NVLM_WEIGHTS_FP8;
+            nv_engine_free(m);
+        }
+    }
+    m->engine = eng[0];
+    m->quantize_fp8 = false;
+    m->weight_type = NVLM_WEIGHTS_BF16;
+    free(ms[0]);
+    free(ms[1]);
+    free(smp[0]);
+    free(smp[1]);
+    free(ids);
+    return m->engine != NULL ? ratio : 0;
+}
+
 /* Prefill, decode and the ViT at both precisions, exact first, on the same model and threads. */
 static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts *o,
                      int threads, probe_buf *pb, double fma_peak, double dp_peak)
@@ -922,6 +1039,9 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
     (void)ctx;
     m->h.ctx->n_threads = threads;
     e2e_result rb, rf;
+    if (o->fp8_ab_only) {
+        return bench_fp8_ab(m, o) > 0 ? 0 : -1;
+    }
     int rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_EXACT, fma_peak, &rb);
     if (rc == 0 && !o->exact_only) {
         rc = e2e_one(m, pool, o, threads, pb, NVLM_PRECISION_FAST, dp_peak, &rf);
@@ -940,9 +1060,14 @@ static int bench_e2e(nvlm_context *ctx, nvlm_model *m, nv_pool *pool, const opts
                    rb.prefill_gflops, rf.prefill_gflops / rb.prefill_gflops);
         }
     }
-    if (set_fp8(m, false) != NVLM_OK) {
-        fprintf(stderr, "nvlm-bench: engine: %s\n", nvlm_last_error(m));
-        return -1;
+    if (rc == 0) {
+        bench_fp8_ab(m, o);
+    }
+    if (m->engine == NULL || m->weight_type != NVLM_WEIGHTS_BF16) {
+        if (set_fp8(m, false) != NVLM_OK) {
+            fprintf(stderr, "nvlm-bench: engine: %s\n", nvlm_last_error(m));
+            return -1;
+        }
     }
     return rc;
 }
@@ -1137,15 +1262,21 @@ int main(int argc, char **argv)
                "flop/cycle x %.2f GHz (boost; with 2+ threads: the cores' FMA units shared)\n",
                fma_peak, fma_peak / t, dp_peak, dp_peak / t, mhz, mhz * 64.0 / 1000.0,
                fma_peak / 64.0);
-        double ms_layer = 0;
-        double gbs = bench_decode_gemv(pool, o.quick ? 2 : 4, o.quick ? 3 : 10, &ms_layer);
-        printf("decode GEMV (M = 1, the 7 bf16 matrices of a layer, %d layers cycled): %.2f GB/s "
-               "of weights, %.3f ms/layer =", o.quick ? 2 : 4, gbs, ms_layer);
+        gemv_result gv = bench_decode_gemv(pool, o.quick ? 2 : 4, o.quick ? 3 : 10);
+        printf("decode GEMV (M = 1, the 7 matrices of a layer, %d layers cycled, bf16 and FP8 "
+               "passes alternating, best of each): bf16 %.2f GB/s of weights, %.3f ms/layer =",
+               o.quick ? 2 : 4, gv.bf16_gbs, gv.bf16_ms);
         for (int k = 0; k < N_PROBES; k++) {
-            printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * gbs / probe_val(&pr, k),
+            printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * gv.bf16_gbs / probe_val(&pr, k),
                    probe_names[k]);
         }
-        printf("\n");
+        printf("\n  FP8 %.2f GB/s (codes + scales), %.3f ms/layer =", gv.fp8_gbs, gv.fp8_ms);
+        for (int k = 0; k < N_PROBES; k++) {
+            printf("%s %.0f%% of %s", k > 0 ? "," : "", 100.0 * gv.fp8_gbs / probe_val(&pr, k),
+                   probe_names[k]);
+        }
+        printf("; FP8 / bf16: %.2fx the bytes/s, %.2fx the layers/s\n", gv.fp8_gbs / gv.bf16_gbs,
+               gv.bf16_ms / gv.fp8_ms);
         int reps = o.quick ? 1 : 3;
         if (!o.decode_only) {
             gemm_table(pool, "Decoder prefill GEMMs", dec_shapes, NV_ARRAY_LEN(dec_shapes), 1024,

@@ -110,6 +110,61 @@ static void test_unit_padding(nvlm_context *ctx)
     smp_work_free(NULL, &w);
 }
 
+/* Plain greedy (no bias, no penalties) takes a one-pass path of its own: it must choose as
+ * the general path does (a zero bias forces that one), the lowest index among ties included. */
+static void test_unit_greedy_paths(nvlm_context *ctx)
+{
+    tu_section("sampler: plain greedy chooses as the general path (ties, NaN, Inf, padding)");
+    enum { V = 4099 };
+    smp_work w;
+    CHECK_OK(smp_work_init(NULL, &w, V));
+    smp_rng rng;
+    smp_seed(&rng, 5);
+    float *l = malloc(V * sizeof(float));
+    CHECK(l != NULL, "malloc");
+    if (l == NULL) {
+        smp_work_free(NULL, &w);
+        return;
+    }
+    nvlm_sampler_params p, pb;
+    nvlm_sampler_default_params(&p);
+    pb = p;
+    nvlm_logit_bias zero = {0, 0.0f};
+    pb.logit_bias = &zero;
+    pb.n_logit_bias = 1;
+    uint64_t x = 99;
+    int mismatch = 0, not_first = 0;
+    for (int trial = 0; trial < 200; trial++) {
+        for (int i = 0; i < V; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned r = (unsigned)(x >> 33);
+            /* few distinct values: many ties for the largest */
+            l[i] = (float)(r % 7u) - 3.0f;
+            l[i] = r % 97u == 0 ? NAN : r % 89u == 0 ? INFINITY : r % 83u == 0 ? -INFINITY : l[i];
+            w.usable[i] = (uint8_t)(r % 31u != 0);
+        }
+        zero.token = 0;
+        while (!w.usable[zero.token]) {
+            zero.token++;
+        }
+        int32_t a = -1, b = -1;
+        CHECK_OK(draw(ctx, &p, l, &w, &rng, &a));
+        CHECK_OK(draw(ctx, &pb, l, &w, &rng, &b));
+        mismatch += a != b;
+        int first = -1;
+        for (int i = 0; i < V; i++) {
+            if (w.usable[i] && isfinite(l[i]) && (first < 0 || l[i] > l[first])) {
+                first = i;
+            }
+        }
+        not_first += a != first;
+    }
+    CHECK_EQ_INT(mismatch, 0, "plain greedy and the general path choose the same token");
+    CHECK_EQ_INT(not_first, 0, "greedy: the lowest index of the largest usable finite logit");
+    free(l);
+    smp_work_free(NULL, &w);
+}
+
 static void test_unit_nonfinite(nvlm_context *ctx)
 {
     tu_section("sampler: NaN, +Inf and -Inf logits are never chosen");
@@ -827,6 +882,7 @@ int main(void)
     if (m != NULL && img != NULL && tmp) {
         test_unit_padding(ctx);
         test_unit_nonfinite(ctx);
+        test_unit_greedy_paths(ctx);
         test_padding_rows(ctx, m);
         test_nonfinite_models(ctx, m, img);
         test_max_new_tokens(ctx, m);

@@ -5,8 +5,9 @@
  * under f16's), then vcvtph2ps; the portable path uses a 256-entry table of the same values. So
  * y[n] = (scale[n] * 256) * sum_k x[k] h(q[n,k]) + bias[n]: every product is exact in f32 and the
  * power-of-two factor is exact. Few rows of x (decode) stream each code row once as dot products
- * (one row of x: 4 row streams per thread, as for bf16); many rows (prefill) widen a block of
- * columns to f16 and run the bf16/f16 register-tile kernel of matmul_x86.c over it.
+ * (4 row streams per thread, as bf16's one-row GEMV; 2-7 rows of x take each group of 4 code
+ * rows 2 rows of x at a time); many rows (prefill) widen a block of columns to f16 and run the
+ * bf16/f16 register-tile kernel of matmul_x86.c over it.
  */
 #include "cpu/matmul_impl.h"
 #include "fp8.h"
@@ -82,10 +83,13 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline))
-/* Software prefetch distance of the GEMV's code rows, in bytes: at 1 byte per weight each row
- * stream advances half as fast as a bf16 one and the hardware prefetchers run behind; 2 KiB
- * ahead made the cold-cache GEMV 10-15% faster on the dev machine's EPYC. */
-#define F8_PF 2048
+/* Software prefetch distance of the GEMV's code rows, in bytes, one prefetch per 64-byte line
+ * of each row stream: at 1 byte per weight each row stream advances half as fast as a bf16 one
+ * and the hardware prefetchers run behind. On the dev machine's EPYC 2 KiB ahead made the
+ * cold-cache GEMV 10-15% faster than none; one prefetch per line instead of two and 3 KiB
+ * instead of 2 KiB added 2-5% (bf16 and FP8 GEMV passes alternating over 4 copies of a
+ * layer, as in bench/nvlm_bench.c; 1 and 2 threads). */
+#define F8_PF 3072
 
 /* ---- AVX-512 ---------------------------------------------------------------------------- */
 
@@ -130,11 +134,28 @@ T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int
     }
     const int K = a->K;
     int k = 0;
+    /* 64 codes (a cache line) per row and step: one prefetch per line; the two 32-code halves
+     * go into the accumulators in the same order as the 32-code steps below */
+    for (; k + 64 <= K; k += 64) {
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            __m512 w0, w1, w2, w3;
+            _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
+            f8x32(w[j] + k, &w0, &w1);
+            f8x32(w[j] + k + 32, &w2, &w3);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i][j]);
+                acc1[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 16), w1, acc1[i][j]);
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 32), w2, acc0[i][j]);
+                acc1[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 48), w3, acc1[i][j]);
+            }
+        }
+    }
     for (; k + 32 <= K; k += 32) {
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             __m512 w0, w1;
-            _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
             f8x32(w[j] + k, &w0, &w1);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
@@ -181,18 +202,20 @@ T512 static void f8_small512(const mm_args *a, int m0, int m1, int n0, int n1, v
 {
     (void)scratch;
     const f8_args *f = f8_of(a);
-    if (m1 - m0 == 1) {
-        /* one row of x (decode): the columns in 4 quarters read side by side */
-        const int q = (n1 - n0) / 4;
-        for (int i = 0; i < q; i++) {
-            f8_tile512(f, m0, n0 + i, 1, 4, q);
+    /* The columns in 4 quarters read side by side (4 row streams per thread); each group of 4
+     * code rows is taken by 1 or 2 rows of x at a time (at most 16 accumulators), so with a few
+     * rows of x it is re-read from L1/L2, not from memory. Leftover columns: one at a time. */
+    const int q = (n1 - n0) / 4;
+    for (int i = 0; i < q; i++) {
+        for (int m = m0; m < m1; m += 2) {
+            if (m + 1 < m1) {
+                f8_tile512(f, m, n0 + i, 2, 4, q);
+            } else {
+                f8_tile512(f, m, n0 + i, 1, 4, q);
+            }
         }
-        for (int n = n0 + 4 * q; n < n1; n++) {
-            f8_tile512(f, m0, n, 1, 1, 1);
-        }
-        return;
     }
-    for (int n = n0; n < n1; n++) {
+    for (int n = n0 + 4 * q; n < n1; n++) {
         for (int m = m0; m < m1; m += 4) {
             switch (NV_MIN(4, m1 - m)) {
             case 4: f8_tile512(f, m, n, 4, 1, 1); break;
@@ -262,6 +285,9 @@ T256 INL void f8_tile256(const f8_args *f, int m, int n, const int MR, const int
         }
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
+            if ((k & 63) == 0) {
+                _mm_prefetch((const char *)(w[j] + k) + F8_PF, _MM_HINT_T0);
+            }
             __m256 wv = f8x8(w[j] + k, cnt);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
