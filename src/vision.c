@@ -164,6 +164,20 @@ typedef struct vit_bufs {
     float *h, *x, *qkv, *ctx, *a, *mlp;
 } vit_bufs;
 
+/* Takes the layers' activations from the arena in vit_arena_bytes' order; false when it is too
+ * small. */
+static bool vit_take(nv_arena *ar, const vit_sizes *s, vit_bufs *b)
+{
+    b->h = nv_arena_floats(ar, s->h);
+    b->x = nv_arena_floats(ar, s->h);
+    b->qkv = nv_arena_floats(ar, s->qkv);
+    b->ctx = nv_arena_floats(ar, s->ctx);
+    b->a = nv_arena_floats(ar, s->h);
+    b->mlp = nv_arena_floats(ar, s->mlp);
+    return b->h != NULL && b->x != NULL && b->qkv != NULL && b->ctx != NULL && b->a != NULL &&
+           b->mlp != NULL;
+}
+
 /* ViT layer l on the N = T * (P + 1) rows of b->h (T tiles attended separately). With
  * add_rmsnorm (fuse), *pend / *pend_s (may be NULL) are the previous layer's MLP output and its
  * ls2, added to h by this layer's first norm; defer leaves this layer's in *pend / *pend_s
@@ -236,15 +250,9 @@ nvlm_status vit_forward(nv_exec *ex, nv_arena *ar, const vit_weights *w, const f
     float *cols = nv_arena_floats(ar, s.cols);
     float *pe = nv_arena_floats(ar, s.pe);
     vit_bufs bf;
-    bf.h = nv_arena_floats(ar, s.h);
-    bf.x = nv_arena_floats(ar, s.h);
-    bf.qkv = nv_arena_floats(ar, s.qkv);
-    bf.ctx = nv_arena_floats(ar, s.ctx);
-    bf.a = nv_arena_floats(ar, s.h);
-    bf.mlp = nv_arena_floats(ar, s.mlp);
+    bool took = vit_take(ar, &s, &bf);
     float *h = bf.h;
-    if (o == NULL || cols == NULL || pe == NULL || h == NULL || bf.x == NULL || bf.qkv == NULL ||
-        bf.ctx == NULL || bf.a == NULL || bf.mlp == NULL) {
+    if (o == NULL || cols == NULL || pe == NULL || !took) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "vision arena too small");
     }
     /* Row maps: patch p of tile b sits at token b * (P + 1) + 1 + p; CLS at b * (P + 1). */
@@ -316,14 +324,7 @@ nvlm_status vit_stage(nv_exec *ex, nv_arena *ar, const vit_weights *w, int layer
                         n_tiles);
     }
     vit_bufs b;
-    b.h = nv_arena_floats(ar, s.h);
-    b.x = nv_arena_floats(ar, s.h);
-    b.qkv = nv_arena_floats(ar, s.qkv);
-    b.ctx = nv_arena_floats(ar, s.ctx);
-    b.a = nv_arena_floats(ar, s.h);
-    b.mlp = nv_arena_floats(ar, s.mlp);
-    if (b.h == NULL || b.x == NULL || b.qkv == NULL || b.ctx == NULL || b.a == NULL ||
-        b.mlp == NULL) {
+    if (!vit_take(ar, &s, &b)) {
         return nv_error(eh, NVLM_ERR_INTERNAL, "vision arena too small");
     }
     NVLM_TRY(op->upload(ex, b.h, in, s.h * sizeof(float)));
