@@ -27,9 +27,7 @@ void nv_pool_run(nv_pool *pool, void (*fn)(void *arg, int i, int n), void *arg);
 /* Per-thread scratch memory owned by the pool (NV_POOL_SCRATCH bytes, 64-byte aligned, made at
  * nv_pool_create): during a run, thread i may use nv_pool_scratch(pool, i) freely. NULL for a
  * NULL pool or i out of range. The GEMMs pack weight panels there. */
-#ifndef NV_POOL_SCRATCH
 #define NV_POOL_SCRATCH (512 * 1024)
-#endif
 void *nv_pool_scratch(nv_pool *pool, int i);
 
 /* y[M][N] = x[M][K] . W[N][K]^T (+ bias[N] when bias != NULL).

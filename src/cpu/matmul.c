@@ -222,13 +222,11 @@ void mm_run(nv_pool *pool, const mm_args *a, mm_kernel kern, size_t scratch, int
          * (each re-packs its weights); up to 4 per thread so that a thread the OS delays
          * costs little. N first: it keeps each weight read by one thread only. */
         int by_n = a->N / min_n, by_m = a->M / min_m;
-        if ((by_n >= nt || by_n >= by_m) && block_n > 0) {
-            /* Packed kernels: chunks of about one weight block (block_n columns), so that
-             * each activation block is packed once per block; a whole number per thread. */
-            int c = (a->N + block_n - 1) / block_n;
+        if (by_n >= nt || by_n >= by_m) {
+            /* Packed kernels (block_n > 0): chunks of about one weight block, so that each
+             * activation block is packed once per block; a whole number per thread. */
+            int c = block_n > 0 ? (a->N + block_n - 1) / block_n : 4 * nt;
             job.n_chunks = NV_MAX(1, NV_MIN((c + nt - 1) / nt * nt, by_n));
-        } else if (by_n >= nt || by_n >= by_m) {
-            job.n_chunks = NV_MAX(1, NV_MIN(4 * nt, by_n));
         } else {
             job.split_m = 1;
             job.align = align_m;

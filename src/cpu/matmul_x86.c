@@ -36,6 +36,7 @@
 #define MR2 6
 #define NR2 16
 
+_Static_assert(MC % MR5 == 0 && NC % NR5 == 0, "even blocks stay within MC x NC");
 _Static_assert((size_t)KC * NC * 4 + (size_t)KC * MC * 4 + 256 <= NV_POOL_SCRATCH,
                "GEMM panels must fit the pool scratch");
 
@@ -391,6 +392,14 @@ INL void pf_rows_step(pf_rows *f)
     }
 }
 
+/* The size of blocks of near-equal size that split len: whole units, at most max (a multiple
+ * of unit), as few blocks as that allows. */
+static int even_block(int len, int max, int unit)
+{
+    const int n = (len + max - 1) / max;
+    return ((len + n - 1) / n + unit - 1) / unit * unit;
+}
+
 /* Many rows: for each NC-wide column block and KC-deep slice, pack the weights once, then run
  * every MR-row block of activations over them. nn: w is (K, N) f32, read in place. */
 T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch, int nn)
@@ -400,12 +409,7 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
     const int K = a->K;
     const size_t wes = a->wt == NV_F32 ? 4u : 2u, wst = (size_t)a->ldw * wes;
     const size_t xst = (size_t)a->ldx * sizeof(float);
-    /* Row blocks of near-equal size (whole tiles, at most MC rows). */
-    const int n_mc = (m1 - m0 + MC - 1) / MC;
-    const int mcb = ((m1 - m0 + n_mc - 1) / n_mc + MR5 - 1) / MR5 * MR5;
-    /* Column blocks of near-equal size (whole panels, at most NC columns). */
-    const int n_nc = (n1 - n0 + NC - 1) / NC;
-    const int ncb = ((n1 - n0 + n_nc - 1) / n_nc + NR5 - 1) / NR5 * NR5;
+    const int mcb = even_block(m1 - m0, MC, MR5), ncb = even_block(n1 - n0, NC, NR5);
     for (int nc0 = n0; nc0 < n1; nc0 += ncb) {
         const int ncw = NV_MIN(ncb, n1 - nc0);
         const int panels = (ncw + NR5 - 1) / NR5;
