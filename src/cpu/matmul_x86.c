@@ -303,16 +303,18 @@ T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k
 }
 
 
-/* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart.
+/* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart;
+ * rows of Ap are MR5 floats apart, of which the first R (>= mr; a constant) are computed.
  * first: start from 0, else continue from C; last: scale by alpha, add bias, as the portable
- * kernel does. Every element is one sequential f32 FMA chain over k. */
-T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, float *c, size_t ldc,
-                        int mr, int nr, int first, int last, float alpha, const float *bias)
+ * kernel does. Every element is one sequential f32 FMA chain over k, the same for any R. */
+T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, float *c,
+                          size_t ldc, int mr, int nr, int first, int last, float alpha,
+                          const float *bias, const int R)
 {
     const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
-    for (int r = 0; r < MR5; r++) {
+    for (int r = 0; r < R; r++) {
         if (first || r >= mr) {
             c0[r] = _mm512_setzero_ps();
             c1[r] = _mm512_setzero_ps();
@@ -326,7 +328,7 @@ T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, flo
         const __m512 b1 = _mm512_maskz_loadu_ps(mk1, bp + (size_t)k * bs + 16);
         const float *ak = ap + (size_t)k * MR5;
 #pragma GCC unroll 12
-        for (int r = 0; r < MR5; r++) {
+        for (int r = 0; r < R; r++) {
             const __m512 av = _mm512_set1_ps(ak[r]);
             c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
@@ -339,7 +341,7 @@ T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, flo
         vb1 = _mm512_maskz_loadu_ps(mk1, bias + 16);
     }
 #pragma GCC unroll 12
-    for (int r = 0; r < MR5; r++) {
+    for (int r = 0; r < R; r++) {
         if (r < mr) {
             __m512 v0 = c0[r], v1 = c1[r];
             if (last) {
@@ -353,6 +355,20 @@ T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, flo
             _mm512_mask_storeu_ps(c + (size_t)r * ldc, mk0, v0);
             _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, mk1, v1);
         }
+    }
+}
+
+/* A tile of mr rows: the full 12-row kernel, or (the last rows of a block) one that computes
+ * only 8 or 4 rows, so that a thin remainder costs about its share of the arithmetic. */
+T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, float *c, size_t ldc,
+                        int mr, int nr, int first, int last, float alpha, const float *bias)
+{
+    if (mr > 8) {
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, MR5);
+    } else if (mr > 4) {
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 8);
+    } else {
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 4);
     }
 }
 
@@ -575,14 +591,15 @@ TBF static void pack_b_bf16(uint32_t *dst, const mm_args *a, int n, int nr, int 
 }
 
 /* C tile (mr x nr) (+)= Ap . Bp over kcp bf16 pairs: 24 accumulators, 2 weight loads and 12
- * broadcasts per 24 vdpbf16ps (768 multiply-adds). first / last as in ukr512 (alpha is 1). */
-TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
-                         int mr, int nr, int first, int last, const float *bias)
+ * broadcasts per 24 vdpbf16ps (768 multiply-adds); R rows computed as in ukr512_rows.
+ * first / last as in ukr512 (alpha is 1). */
+TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
+                           int mr, int nr, int first, int last, const float *bias, const int R)
 {
     const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
-    for (int r = 0; r < MR5; r++) {
+    for (int r = 0; r < R; r++) {
         if (first || r >= mr) {
             c0[r] = _mm512_setzero_ps();
             c1[r] = _mm512_setzero_ps();
@@ -596,7 +613,7 @@ TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float 
         const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + (size_t)k * NR5 + 16);
         const uint32_t *ak = ap + (size_t)k * MR5;
 #pragma GCC unroll 12
-        for (int r = 0; r < MR5; r++) {
+        for (int r = 0; r < R; r++) {
             const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[r]);
             c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
             c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
@@ -608,7 +625,7 @@ TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float 
         vb1 = _mm512_maskz_loadu_ps(mk1, bias + 16);
     }
 #pragma GCC unroll 12
-    for (int r = 0; r < MR5; r++) {
+    for (int r = 0; r < R; r++) {
         if (r < mr) {
             __m512 v0 = c0[r], v1 = c1[r];
             if (last && bias != NULL) {
@@ -618,6 +635,18 @@ TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float 
             _mm512_mask_storeu_ps(c + (size_t)r * ldc, mk0, v0);
             _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, mk1, v1);
         }
+    }
+}
+
+TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
+                         int mr, int nr, int first, int last, const float *bias)
+{
+    if (mr > 8) {
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, MR5);
+    } else if (mr > 4) {
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 8);
+    } else {
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 4);
     }
 }
 
