@@ -12,6 +12,9 @@
 #include "fp8.h"
 
 #include <sys/wait.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define FP8_GOLDEN "tests/data/fp8/fp8_logits.safetensors"
 
@@ -169,6 +172,52 @@ static void gemm_case(nv_pool *pool, int M, int N, int K, bool with_bias)
     free(b);
     free(ref);
     free(tol);
+}
+
+/* The AVX-512 decode GEMV turns codes into f32 with integer operations (values times 2^-120,
+ * E4M3 subnormals as f32 subnormals), unless the calling thread has MXCSR.DAZ set, which would
+ * read those subnormals as zero; then it uses vcvtph2ps, which ignores DAZ. The two routes must
+ * give the same bits, and DAZ must not change a result. */
+static void test_daz(void)
+{
+#if defined(__x86_64__)
+    if (!mm_simd_supported(MM_AVX512)) {
+        printf("SKIP fp8 DAZ: no AVX-512 on this CPU\n");
+        return;
+    }
+    enum { N = 37, K = 300, M = 3 };
+    uint8_t *q = malloc((size_t)N * K);
+    float *x = malloc((size_t)M * K * sizeof(float));
+    float s[N], y[2][M * N];
+    int subnormal = 0;
+    for (int i = 0; i < N * K; i++) {
+        /* every code but NaN; every fourth one subnormal (exponent field 0) */
+        uint8_t c = i % 4 == 0 ? (uint8_t)((rnd() & 0x80) | (1 + rnd() % 7)) : (uint8_t)rnd();
+        q[i] = (c & 0x7f) == 0x7f ? 0x7e : c;
+        subnormal += (q[i] & 0x78) == 0 && (q[i] & 0x07) != 0;
+    }
+    for (int i = 0; i < M * K; i++) {
+        x[i] = frand();
+    }
+    for (int n = 0; n < N; n++) {
+        s[n] = 1.0f + frand() * 0.5f;
+    }
+    const unsigned csr = _mm_getcsr();
+    int bad = 0;
+    for (int m = 1; m <= M; m += 2) {
+        for (int d = 0; d < 2; d++) {
+            _mm_setcsr(d ? csr | 0x0040u : csr & ~0x0040u);
+            mm_matmul_fp8_path(NULL, y[d], x, q, s, NULL, m, N, K, MM_AVX512);
+            _mm_setcsr(csr);
+        }
+        bad += memcmp(y[0], y[1], (size_t)m * N * sizeof(float)) != 0;
+    }
+    CHECK(subnormal > 0 && bad == 0, "fp8 GEMV: the integer route (DAZ off) and the vcvtph2ps "
+          "route (DAZ on) give the same bits, %d subnormal codes read right (%d bad)", subnormal,
+          bad);
+    free(q);
+    free(x);
+#endif
 }
 
 static void test_gemm(void)
@@ -819,6 +868,7 @@ int main(void)
     test_scalar();
     test_quantize();
     test_gemm();
+    test_daz();
     test_params();
     test_info();
     test_model();
