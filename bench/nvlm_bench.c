@@ -18,9 +18,9 @@
  * --decode-only skips the GEMM tables, the sgemm reference and the ViT (decode A/B runs);
  * --exact-only skips the fast precision (NVLM_PRECISION_FAST) runs; --fp8-ab runs, after the
  * probes and the GEMV rows, only the interleaved FP8 vs bf16 decode; --prefill-ab only the
- * prefill, exact and fast feeds alternating (with --exact-only: exact alone). Compute ceilings come from
- * in-run probes too: AVX-512 FMA chains and AVX512-BF16 vdpbf16ps chains (the fast
- * precision's GEMM instruction); prefill and the ViT are given as a share of them.
+ * prefill, exact and fast feeds alternating (with --exact-only: exact alone). Compute
+ * ceilings come from in-run probes too: AVX-512 FMA chains and AVX512-BF16 vdpbf16ps chains
+ * (the fast precision's GEMM instruction); prefill and the ViT are given as a share of them.
  */
 #include "cpu/kernels.h"
 #include "cpu/matmul_impl.h"

@@ -88,8 +88,8 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
  * and the hardware prefetchers run behind. On the dev machine's EPYC 2 KiB ahead made the
  * cold-cache GEMV 10-15% faster than none; one prefetch per line instead of two and 3 KiB
  * instead of 2 KiB added 2-5% (bf16 and FP8 GEMV passes alternating over 4 copies of a
- * layer, as in bench/nvlm_bench.c; 1 and 2 threads). 6 KiB was 3% slower on 1 thread, and
- * on 2 threads faster by 3% in the GEMV alone but slower in decode steps. */
+ * layer, as in bench/nvlm_bench.c; 1 and 2 threads). 6 KiB was 3% slower on 1 thread and 3.5%
+ * faster on 2 in the GEMV alone, with no better decode. */
 #define F8_PF 3072
 
 /* ---- AVX-512 ---------------------------------------------------------------------------- */
