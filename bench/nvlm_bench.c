@@ -765,7 +765,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
     double t0 = nv_time_ms();
     nvlm_status st = nvlm_session_feed(s, ids, (size_t)P, NULL, 0);
     const double t_first = nv_time_ms() - t0;
-    double runs[3];
+    double runs[3] = {0, 0, 0};
     const int n_runs = o->quick ? 1 : 3;
     for (int r = 0; r < n_runs && st == NVLM_OK; r++) {
         st = nvlm_session_reset(s);

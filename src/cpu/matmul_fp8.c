@@ -32,9 +32,11 @@ static inline uint16_t f8_to_h(uint8_t c)
     return (uint16_t)((uint16_t)((int16_t)(int8_t)c * 128) & 0xBF80u);
 }
 
-static inline float f8_out(const f8_args *f, int n, float s)
+/* Output n from its sum s: s * (scale[n] * post) + bias[n], where post undoes the route's power
+ * of two (256 for codes widened to e4m3 * 2^-8; 2^56 for the integer route). */
+static inline float f8_out(const f8_args *f, int n, float s, float post)
 {
-    float v = s * (f->scale[n] * 256.0f);
+    float v = s * (f->scale[n] * post);
     return f->a.bias != NULL ? v + f->a.bias[n] : v;
 }
 
@@ -72,7 +74,7 @@ static void f8_portable(const mm_args *a, int m0, int m1, int n0, int n1, void *
             }
             float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) +
                       ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-            y[n] = f8_out(f, n, s);
+            y[n] = f8_out(f, n, s, 256.0f);
         }
     }
 }
@@ -212,9 +214,8 @@ T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i][j], acc1[i][j]));
-            float v = s * (f->scale[n + j * rs] * post);
             a->y[(size_t)(m + i) * (size_t)a->ldy + (size_t)(n + j * rs)] =
-                a->bias != NULL ? v + a->bias[n + j * rs] : v;
+                f8_out(f, n + j * rs, s, post);
         }
     }
 }
@@ -334,7 +335,7 @@ T256 INL void f8_tile256(const f8_args *f, int m, int n, const int MR, const int
 #pragma GCC unroll 4
         for (int j = 0; j < R; j++) {
             a->y[(size_t)(m + i) * (size_t)a->ldy + (size_t)(n + j * rs)] =
-                f8_out(f, n + j * rs, f8_hsum8(acc[i][j]));
+                f8_out(f, n + j * rs, f8_hsum8(acc[i][j]), 256.0f);
         }
     }
 }
@@ -456,7 +457,7 @@ static void f8_big(const mm_args *a, int m0, int m1, int n0, int n1, void *scrat
         for (int m = m0; m < m1; m++) {
             float *y = a->y + (size_t)m * (size_t)a->ldy;
             for (int n = c0; n < c0 + cw; n++) {
-                y[n] = f8_out(f, n, y[n]);
+                y[n] = f8_out(f, n, y[n], 256.0f);
             }
         }
     }
