@@ -128,7 +128,7 @@ T512 INL void f8x32(const uint8_t *p, __m512 *lo, __m512 *hi)
 }
 
 /* MR rows of x (m..) against R code rows n + j * rs: two accumulators per output alternate
- * 16-wide k steps (as dot_row512), so every output gets the same arithmetic for any MR, R.
+ * 16-wide k steps (as dot_tile512), so every output gets the same arithmetic for any MR, R.
  * ir: the integer route (f8x16_i), with x scaled by 2^64 so that the products are those of the
  * f16 route times 2^-48 exactly; every sum is then the f16 route's times 2^-48 (the same
  * roundings) unless |x| >= 2^64 or a partial sum falls below 2^-78, and the result is scaled by

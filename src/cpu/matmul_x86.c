@@ -70,128 +70,102 @@ T512 INL __m512 w16(const void *w, nv_dtype wt, size_t idx, __mmask16 mask)
     return _mm512_maskz_loadu_ps(mask, (const float *)w + idx);
 }
 
-/* Small M: one weight row against MR rows of x (M = 1 goes through dot_4rows512 below, which
- * reads 4 weight rows far apart per x load); two accumulators per output (alternating 16-wide
- * k steps) hide the FMA latency. Every output gets the same arithmetic whatever MR is. */
-T512 INL void dot_row512(const mm_args *a, int m, int n, const int MR)
+/* Small M: MR rows of x against R weight rows n + j * rs. With R = 4 rows far apart the core
+ * reads 4 sequential streams instead of one (on the 2-core EPYC VM one streaming core reads
+ * about 14 GB/s from a single stream but 28 GB/s from 4 streams 64 KB apart: each stream gets
+ * its own hardware prefetch), and each x load serves the R rows. Two accumulators per output
+ * (alternating 16-wide k steps) hide the FMA latency; every output gets the same arithmetic
+ * whatever MR and R are. */
+T512 INL void dot_tile512(const mm_args *a, int m, int n, const int MR, const int R, int rs)
 {
-    __m512 acc0[4], acc1[4];
+    __m512 acc0[4][4], acc1[4][4];
     const float *x[4];
+    size_t row[4];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++) {
         x[i] = a->x + (size_t)(m + i) * (size_t)a->ldx;
-        acc0[i] = _mm512_setzero_ps();
-        acc1[i] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            acc0[i][j] = _mm512_setzero_ps();
+            acc1[i][j] = _mm512_setzero_ps();
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < R; j++) {
+        row[j] = (size_t)(n + j * rs) * (size_t)a->ldw;
     }
     const int K = a->K;
-    const size_t row = (size_t)n * (size_t)a->ldw;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        const __m512 w0 = w16(a->w, a->wt, row + (size_t)k, 0xffff);
-        const __m512 w1 = w16(a->w, a->wt, row + (size_t)k + 16, 0xffff);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            acc0[i] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i]);
-            acc1[i] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 16), w1, acc1[i]);
+        for (int j = 0; j < R; j++) {
+            const __m512 w0 = w16(a->w, a->wt, row[j] + (size_t)k, 0xffff);
+            const __m512 w1 = w16(a->w, a->wt, row[j] + (size_t)k + 16, 0xffff);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i][j]);
+                acc1[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k + 16), w1, acc1[i][j]);
+            }
         }
     }
     if (k + 16 <= K) {
-        const __m512 w0 = w16(a->w, a->wt, row + (size_t)k, 0xffff);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            acc0[i] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i]);
+        for (int j = 0; j < R; j++) {
+            const __m512 w0 = w16(a->w, a->wt, row[j] + (size_t)k, 0xffff);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc0[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + k), w0, acc0[i][j]);
+            }
         }
         k += 16;
     }
     if (k < K) {
         const __mmask16 mask = (__mmask16)((1u << (K - k)) - 1u);
-        const __m512 w1 = w16(a->w, a->wt, row + (size_t)k, mask);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            acc1[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x[i] + k), w1, acc1[i]);
+        for (int j = 0; j < R; j++) {
+            const __m512 w1 = w16(a->w, a->wt, row[j] + (size_t)k, mask);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                acc1[i][j] =
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x[i] + k), w1, acc1[i][j]);
+            }
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++) {
-        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i])) * a->alpha;
-        a->y[(size_t)(m + i) * (size_t)a->ldy + (size_t)n] =
-            a->bias != NULL ? s + a->bias[n] : s;
+#pragma GCC unroll 4
+        for (int j = 0; j < R; j++) {
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i][j], acc1[i][j])) * a->alpha;
+            a->y[(size_t)(m + i) * (size_t)a->ldy + (size_t)(n + j * rs)] =
+                a->bias != NULL ? s + a->bias[n + j * rs] : s;
+        }
     }
 }
 
-/* One row of x against 4 weight rows at once, rows n + j * rs (j < 4): each x load serves 4
- * rows, and with rows far apart the core reads 4 sequential streams instead of one. On the
- * 2-core EPYC VM one streaming core reads about 14 GB/s from a single stream but 28 GB/s from
- * 4 streams 64 KB apart (each stream gets its own hardware prefetch); decode's GEMV is such a
- * read. Per output, the same arithmetic as dot_row512(MR = 1). */
-T512 INL void dot_4rows512(const mm_args *a, int m, int n, int rs)
-{
-    __m512 acc0[4], acc1[4];
-    size_t row[4];
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        acc0[j] = _mm512_setzero_ps();
-        acc1[j] = _mm512_setzero_ps();
-        row[j] = (size_t)(n + j * rs) * (size_t)a->ldw;
-    }
-    const float *x = a->x + (size_t)m * (size_t)a->ldx;
-    const int K = a->K;
-    int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            acc0[j] = _mm512_fmadd_ps(x0, w16(a->w, a->wt, row[j] + (size_t)k, 0xffff), acc0[j]);
-            acc1[j] = _mm512_fmadd_ps(x1, w16(a->w, a->wt, row[j] + (size_t)k + 16, 0xffff),
-                                      acc1[j]);
-        }
-    }
-    if (k + 16 <= K) {
-        const __m512 x0 = _mm512_loadu_ps(x + k);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            acc0[j] = _mm512_fmadd_ps(x0, w16(a->w, a->wt, row[j] + (size_t)k, 0xffff), acc0[j]);
-        }
-        k += 16;
-    }
-    if (k < K) {
-        const __mmask16 mask = (__mmask16)((1u << (K - k)) - 1u);
-        const __m512 x1 = _mm512_maskz_loadu_ps(mask, x + k);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            acc1[j] = _mm512_fmadd_ps(x1, w16(a->w, a->wt, row[j] + (size_t)k, mask), acc1[j]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j])) * a->alpha;
-        a->y[(size_t)m * (size_t)a->ldy + (size_t)(n + j * rs)] =
-            a->bias != NULL ? s + a->bias[n + j * rs] : s;
-    }
-}
-
+/* The columns in 4 quarters read side by side (4 weight-row streams per thread); each group of
+ * 4 weight rows is taken by 1 or 2 rows of x at a time (at most 16 accumulators), so with a few
+ * rows of x it is re-read from L1/L2, not from memory. Leftover columns: one at a time. */
 T512 static void small_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     (void)scratch;
-    if (m1 - m0 == 1) {
-        /* One row of x (decode): the columns in 4 quarters read side by side. */
-        const int q = (n1 - n0) / 4;
-        for (int i = 0; i < q; i++) {
-            dot_4rows512(a, m0, n0 + i, q);
+    const int q = (n1 - n0) / 4;
+    for (int i = 0; i < q; i++) {
+        for (int m = m0; m < m1; m += 2) {
+            if (m + 1 < m1) {
+                dot_tile512(a, m, n0 + i, 2, 4, q);
+            } else {
+                dot_tile512(a, m, n0 + i, 1, 4, q);
+            }
         }
-        for (int n = n0 + 4 * q; n < n1; n++) {
-            dot_row512(a, m0, n, 1);
-        }
-        return;
     }
-    for (int n = n0; n < n1; n++) {
+    for (int n = n0 + 4 * q; n < n1; n++) {
         for (int m = m0; m < m1; m += 4) {
             /* Constant MR lets the compiler keep the tile in registers. */
             switch (NV_MIN(4, m1 - m)) {
-            case 4: dot_row512(a, m, n, 4); break;
-            case 3: dot_row512(a, m, n, 3); break;
-            case 2: dot_row512(a, m, n, 2); break;
-            default: dot_row512(a, m, n, 1); break;
+            case 4: dot_tile512(a, m, n, 4, 1, 1); break;
+            case 3: dot_tile512(a, m, n, 3, 1, 1); break;
+            case 2: dot_tile512(a, m, n, 2, 1, 1); break;
+            default: dot_tile512(a, m, n, 1, 1, 1); break;
             }
         }
     }
@@ -831,7 +805,7 @@ T256 INL float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* MR rows of x against R weight rows n + j * rs (see dot_4rows512 for rs > 1). */
+/* MR rows of x against R weight rows n + j * rs (see dot_tile512 for rs > 1). */
 T256 INL void dot_tile256(const mm_args *a, int m, int n, const int R, const int MR, int rs)
 {
     __m256 acc[4][4];
