@@ -20,6 +20,7 @@ typedef struct f8_args {
     mm_args a;       /* w: the codes (uint8_t, ldw = K); wt unused; bias applied here */
     const float *scale;
     mm_simd path;
+    bool x_fits;     /* every |x| < 2^64: the AVX-512 GEMV may scale x by 2^64 */
 } f8_args;
 
 static const f8_args *f8_of(const mm_args *a)
@@ -131,8 +132,8 @@ T512 INL void f8x32(const uint8_t *p, __m512 *lo, __m512 *hi)
  * 16-wide k steps (as dot_tile512), so every output gets the same arithmetic for any MR, R.
  * ir: the integer route (f8x16_i), with x scaled by 2^64 so that the products are those of the
  * f16 route times 2^-48 exactly; every sum is then the f16 route's times 2^-48 (the same
- * roundings) unless |x| >= 2^64 or a partial sum falls below 2^-78, and the result is scaled by
- * scale[n] * 2^56 instead of scale[n] * 2^8. */
+ * roundings) unless a partial sum falls below 2^-78, and the result is scaled by
+ * scale[n] * 2^56 instead of scale[n] * 2^8 (callers keep |x| < 2^64). */
 T512 INL void f8_tile512(const f8_args *f, int m, int n, const int MR, const int R, int rs,
                          const int ir)
 {
@@ -247,15 +248,31 @@ T512 INL void f8_small512_route(const f8_args *f, int m0, int m1, int n0, int n1
     }
 }
 
+/* Whether every |x| of the M x K activations is below 2^64 (no Inf, no NaN), so that x * 2^64
+ * stays finite. One pass over x before the GEMV (next to its N x K codes). */
+T512 static bool f8_x_fits512(const float *x, int M, int K)
+{
+    const __m512 lim = _mm512_set1_ps(0x1p64f);
+    __mmask16 hit = 0;
+    for (int m = 0; m < M; m++) {
+        for (int k = 0; k < K; k += 16) {
+            const __mmask16 mask = (__mmask16)(K - k >= 16 ? 0xffffu : (1u << (K - k)) - 1u);
+            const __m512 v = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, x + (size_t)m * K + k));
+            hit |= _mm512_mask_cmp_ps_mask(mask, v, lim, _CMP_NLT_UQ);
+        }
+    }
+    return hit == 0;
+}
+
 /* The integer route unless the calling thread treats subnormal inputs as zero (MXCSR.DAZ,
- * which some applications set): that would zero the integer route's subnormal weights, while
- * vcvtph2ps ignores it. */
+ * which some applications set: it would zero the integer route's subnormal weights, while
+ * vcvtph2ps ignores it) or x holds values too large to scale by 2^64 (!x_fits). */
 #define NV_MXCSR_DAZ 0x0040u
 T512 static void f8_small512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     (void)scratch;
     const f8_args *f = f8_of(a);
-    if ((_mm_getcsr() & NV_MXCSR_DAZ) != 0) {
+    if ((_mm_getcsr() & NV_MXCSR_DAZ) != 0 || !f->x_fits) {
         f8_small512_route(f, m0, m1, n0, n1, 0);
     } else {
         f8_small512_route(f, m0, m1, n0, n1, 1);
@@ -371,6 +388,11 @@ static mm_kernel f8_small_kernel(mm_simd path)
     return path == MM_AVX512 ? f8_small512 : path == MM_AVX2 ? f8_small256 : NULL;
 }
 
+static bool f8_x_fits(mm_simd path, const float *x, int M, int K)
+{
+    return path == MM_AVX512 && f8_x_fits512(x, M, K);
+}
+
 /* n codes -> f16 (the prefill panels), 16 at a time. */
 T256 static void f8_widen256(uint16_t *h, const uint8_t *q, size_t n)
 {
@@ -411,6 +433,15 @@ static mm_kernel f8_small_kernel(mm_simd path)
 {
     (void)path;
     return NULL;
+}
+
+static bool f8_x_fits(mm_simd path, const float *x, int M, int K)
+{
+    (void)path;
+    (void)x;
+    (void)M;
+    (void)K;
+    return false;
 }
 
 #endif
@@ -484,10 +515,11 @@ void mm_matmul_fp8_path(nv_pool *pool, float *y, const float *x, const uint8_t *
     if (!mm_simd_supported(path)) {
         path = MM_PORTABLE;
     }
-    f8_args f = {{y, N, x, K, q, K, NV_F8_E4M3, bias, 1.0f, M, N, K}, scale, path};
+    f8_args f = {{y, N, x, K, q, K, NV_F8_E4M3, bias, 1.0f, M, N, K}, scale, path, false};
     if (path == MM_PORTABLE) {
         mm_run(pool, &f.a, f8_portable, 0, 16, 4, 16, 16, 0);
     } else if (M < MM_SMALL_M) {
+        f.x_fits = f8_x_fits(path, x, M, K);
         mm_run(pool, &f.a, f8_small_kernel(path), 0, 16, 4, 16, INT_MAX, 0);
     } else {
         /* scratch 0: with a pool each thread gets its pool scratch; without one f8_big
