@@ -75,6 +75,16 @@ static void *xmalloc(size_t n)
     return p;
 }
 
+/* n random token ids below 150000 (malloc'd; the caller frees them). */
+static int32_t *random_ids(int n)
+{
+    int32_t *ids = xmalloc((size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t)(next64() % 150000u);
+    }
+    return ids;
+}
+
 static const char *cpu_model(char *buf, size_t cap)
 {
     snprintf(buf, cap, "unknown CPU");
@@ -755,10 +765,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
         return -1;
     }
     int P = o->prompt;
-    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
-    for (int i = 0; i < P; i++) {
-        ids[i] = (int32_t)(next64() % 150000u);
-    }
+    int32_t *ids = random_ids(P);
     /* The first feed of a session also allocates and first-touches its buffers (activations,
      * KV cache), so it is timed apart; the prefill figure is the median of the feeds after it
      * (each after a reset; the last one's cache goes on to decode), as llama-bench warms up. */
@@ -902,10 +909,7 @@ static int e2e_one(nvlm_model *m, nv_pool *pool, const opts *o, int threads, pro
 static void bench_ab(nvlm_model *m, const opts *o, int threads)
 {
     const int P = o->prompt, G = NV_MAX(o->gen, 1);
-    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
-    for (int i = 0; i < P; i++) {
-        ids[i] = (int32_t)(next64() % 150000u);
-    }
+    int32_t *ids = random_ids(P);
     double pre[2] = {1e30, 1e30}, vit[2] = {1e30, 1e30};
     nvlm_session *s[2] = {NULL, NULL};
     for (int r = 0; r < 3; r++) {
@@ -985,10 +989,7 @@ static double bench_fp8_ab(nvlm_model *m, const opts *o)
     nvlm_session *s[2] = {NULL, NULL};
     double *ms[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
     double *smp[2] = {xmalloc((size_t)G * sizeof(double)), xmalloc((size_t)G * sizeof(double))};
-    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
-    for (int i = 0; i < P; i++) {
-        ids[i] = (int32_t)(next64() % 150000u);
-    }
+    int32_t *ids = random_ids(P);
     int done = 0;
     bool ok = true;
     for (int f = 1; f >= 0 && ok; f--) {
@@ -1053,10 +1054,7 @@ static void bench_prefill_ab(nvlm_model *m, const opts *o, double fma_peak, doub
 {
     enum { RUNS = 5 };
     const int P = o->prompt;
-    int32_t *ids = xmalloc((size_t)P * sizeof(int32_t));
-    for (int i = 0; i < P; i++) {
-        ids[i] = (int32_t)(next64() % 150000u);
-    }
+    int32_t *ids = random_ids(P);
     const int n_prec = o->exact_only ? 1 : 2;
     nvlm_session *s[2] = {NULL, NULL};
     double ms[2][RUNS];
