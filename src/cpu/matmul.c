@@ -270,7 +270,8 @@ void mm_matmul_path(nv_pool *pool, const mm_args *a, mm_simd path)
         mm_run(pool, a, k, 0, 16, 4, 16, INT_MAX, 0);
     } else {
         /* Column chunks of whole register tiles; row chunks of whole 12-row tiles. */
-        mm_run(pool, a, k, mm_x86_scratch(path, form, a->M), 64, 12, 256, 96, MM_BLOCK_N);
+        mm_run(pool, a, k, mm_x86_scratch(path, form, a->M), 64, 12, 256, 96,
+               mm_x86_block_n(path, a->M));
     }
 }
 

@@ -3,8 +3,9 @@
  * attributes and chosen at run time by matmul.c (the library still runs on plain x86-64).
  * Two shapes of work: few activation rows (decode: M < MM_SMALL_M) stream each weight row once
  * as dot products along K (one row of x: 4 interleaved weight streams per thread); many rows
- * (prefill, ViT) convert a KC x 32 panel of the weights to f32 once into the thread's scratch
- * and reuse it across all of M in a 12 x 32 (AVX-512) or 6 x 16 (AVX2) register tile. Weights
+ * (prefill, ViT) convert a k slice x 32 panel of the weights to f32 once into the thread's
+ * scratch and reuse it across a block of rows (up to 264 on AVX-512, all of M on AVX2) in a
+ * 12 x 32 (AVX-512) or 6 x 16 (AVX2) register tile. Weights
  * stay bf16/f16 in memory and are widened exactly (bf16: shift left 16); every product is
  * f32 x f32. The fast precision (opt-in, NVLM_PRECISION_FAST) has its own AVX512-BF16 kernels
  * at the end of the AVX-512 part: activations rounded to bf16, vdpbf16ps on bf16 pairs.
@@ -39,6 +40,22 @@
 _Static_assert(MC % MR5 == 0 && NC % NR5 == 0, "even blocks stay within MC x NC");
 _Static_assert((size_t)KC * NC * 4 + (size_t)KC * MC * 4 + 256 <= NV_POOL_SCRATCH,
                "GEMM panels must fit the pool scratch");
+
+/* The AVX-512 f32 kernels block on their own. NT form (the linear layers): activation blocks of
+ * MC5 rows, KCJ-deep k slices, column chunks of MM_JIT_N. NN form (attention): KC5-deep
+ * slices, column blocks of NC5. Deeper slices mean fewer passes over the partial sums in C;
+ * KCJ = 384 is the deepest whose activation block and two weight micro-panels fit the pool
+ * scratch, and measured fastest (prefill of 256 tokens, 2 threads: 4% faster than 192). */
+#define KC5 192
+#define MC5 264
+#define NC5 384
+#define KCJ 384
+#define MM_JIT_N 1024
+_Static_assert(MC5 % MR5 == 0 && NC5 % NR5 == 0, "even blocks stay within MC5 x NC5");
+_Static_assert((size_t)KC5 * MC5 * 4 <= NV_POOL_SCRATCH,
+               "AVX-512 NN activation panels must fit the pool scratch");
+_Static_assert((size_t)KCJ * MC5 * 4 + (size_t)KCJ * NR5 * 4 * 2 <= NV_POOL_SCRATCH,
+               "AVX-512 GEMM panels (one activation block) must fit the pool scratch");
 
 /* ======================================================================================== */
 /* AVX-512                                                                                   */
@@ -190,8 +207,6 @@ T512 static void small_m512(const mm_args *a, int m0, int m1, int n0, int n1, vo
     }
 }
 
-/* Pack weights n..n+nr-1, k0..k0+kc-1 of an (N, K) matrix as dst[k][NR5] f32 (lanes >= nr
- * are never read: the kernel masks them). */
 /* In-register transpose of a 16 x 16 f32 block: r[i] lane j -> r[j] lane i. */
 T512 INL void transpose16(__m512 r[16])
 {
@@ -258,13 +273,36 @@ T512 static void pack_a512(float *dst, const mm_args *a, int m, int mr, int k0, 
 }
 
 /* Pack weights n..n+nr-1, k0..k0+kc-1 of an (N, K) matrix as dst[k][NR5] f32 (lanes >= nr
- * are never read: the kernel masks them). Full 16-row, 16-k blocks go through registers. */
+ * are never read: the kernel masks them). Full 16-row blocks go through registers: bf16 ones
+ * 32 k at a time, transposed as 32-bit pairs of adjacent k and split after the transpose (the
+ * high half of a pair is the f32 of k + 1 with its low bits cleared, the low half shifted up is
+ * the f32 of k): half the shuffles of widening first. Others 16 k at a time, widened first. */
 T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k0, int kc)
 {
     const size_t ldw = (size_t)a->ldw;
-    int kv = nr == NR5 ? kc & ~15 : 0;
-    for (int jb = 0; jb < NR5 && kv > 0; jb += 16) {
-        for (int k = 0; k < kv; k += 16) {
+    const int kp = nr == NR5 && a->wt == NV_BF16 ? kc & ~31 : 0;
+    const int kv = nr == NR5 ? kc & ~15 : 0;
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+    for (int jb = 0; jb < NR5 && kp > 0; jb += 16) {
+        for (int k = 0; k < kp; k += 32) {
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                r[j] = _mm512_castsi512_ps(_mm512_loadu_si512(
+                    (const uint16_t *)a->w + (size_t)(n + jb + j) * ldw + (size_t)(k0 + k)));
+            }
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; t++) {
+                const __m512i v = _mm512_castps_si512(r[t]);
+                float *d = dst + (size_t)(k + 2 * t) * NR5 + (size_t)jb;
+                _mm512_storeu_ps(d, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+                _mm512_storeu_ps(d + NR5, _mm512_castsi512_ps(_mm512_and_si512(v, high)));
+            }
+        }
+    }
+    for (int jb = 0; jb < NR5 && kv > kp; jb += 16) {
+        for (int k = kp; k < kv; k += 16) {
             __m512 r[16];
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++) {
@@ -296,27 +334,69 @@ T512 static void pack_b_nt512(float *dst, const mm_args *a, int n, int nr, int k
 }
 
 
+/* Software prefetch into L2 of the rows a later pack reads (the next weight panel or block, the
+ * next activation block), issued from inside the micro-kernel's k loop (one line per PF_K k
+ * steps and stream), so that reading them from memory or L3 overlaps the arithmetic instead of
+ * stalling the packing, and costs no loop of its own between tiles. */
+#define PF_K 8
+typedef struct pf_rows {
+    const char *row;  /* the row being prefetched */
+    size_t stride;    /* bytes between rows */
+    int lines;        /* cache lines per row slice */
+    int rows_left;    /* rows not finished; 0: nothing left */
+    int line;         /* next line within the row */
+} pf_rows;
+
+/* rows rows of kc elements of es bytes from p, stride bytes apart. */
+INL void pf_rows_init(pf_rows *f, const void *p, size_t stride, size_t es, int rows, int kc)
+{
+    f->row = p;
+    f->stride = stride;
+    f->lines = (int)(((size_t)kc * es + 63u) / 64u) + 1;
+    f->rows_left = rows > 0 && kc > 0 ? rows : 0;
+    f->line = 0;
+}
+
+/* One line of the stream (the micro-kernel issues one per PF_K k steps). */
+INL void pf_rows_one(pf_rows *f)
+{
+    if (f->rows_left > 0) {
+        _mm_prefetch(f->row + (size_t)f->line * 64u, _MM_HINT_T1);
+        if (++f->line == f->lines) {
+            f->line = 0;
+            f->row += f->stride;
+            f->rows_left--;
+        }
+    }
+}
+
 /* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart;
  * rows of Ap are MR5 floats apart, of which the first R (>= mr; a constant) are computed.
- * first: start from 0, else continue from C; last: scale by alpha, add bias, as the portable
- * kernel does. Every element is one sequential f32 FMA chain over k, the same for any R. */
+ * The slice's products are summed from 0 (one sequential f32 FMA chain over its k, the same
+ * for any R); first: stored as they are, else added to C; last: then scaled by alpha and the
+ * bias added, as the portable kernel does. C is read only after the k loop and its lines are
+ * prefetched before it, so the partial sums never stall the start of the arithmetic. pw, px:
+ * prefetch streams advanced one line each per PF_K k steps. */
 T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, float *c,
                           size_t ldc, int mr, int nr, int first, int last, float alpha,
-                          const float *bias, const int R)
+                          const float *bias, const int R, pf_rows *pw, pf_rows *px)
 {
     const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) {
-        if (first || r >= mr) {
-            c0[r] = _mm512_setzero_ps();
-            c1[r] = _mm512_setzero_ps();
-        } else {
-            c0[r] = _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc);
-            c1[r] = _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16);
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+        if (!first && r < mr) {
+            _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + (size_t)r * ldc) + 64, _MM_HINT_T0);
         }
     }
     for (int k = 0; k < kc; k++) {
+        if (k % PF_K == 0) {
+            pf_rows_one(pw);
+            pf_rows_one(px);
+        }
         const __m512 b0 = _mm512_maskz_loadu_ps(mk0, bp + (size_t)k * bs);
         const __m512 b1 = _mm512_maskz_loadu_ps(mk1, bp + (size_t)k * bs + 16);
         const float *ak = ap + (size_t)k * MR5;
@@ -337,6 +417,10 @@ T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, f
     for (int r = 0; r < R; r++) {
         if (r < mr) {
             __m512 v0 = c0[r], v1 = c1[r];
+            if (!first) {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16));
+            }
             if (last) {
                 v0 = _mm512_mul_ps(v0, va);
                 v1 = _mm512_mul_ps(v1, va);
@@ -354,50 +438,15 @@ T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, f
 /* A tile of mr rows: the full 12-row kernel, or (the last rows of a block) one that computes
  * only 8 or 4 rows, so that a thin remainder costs about its share of the arithmetic. */
 T512 static void ukr512(int kc, const float *ap, const float *bp, size_t bs, float *c, size_t ldc,
-                        int mr, int nr, int first, int last, float alpha, const float *bias)
+                        int mr, int nr, int first, int last, float alpha, const float *bias,
+                        pf_rows *pw, pf_rows *px)
 {
     if (mr > 8) {
-        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, MR5);
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, MR5, pw, px);
     } else if (mr > 4) {
-        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 8);
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 8, pw, px);
     } else {
-        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 4);
-    }
-}
-
-/* Software prefetch into L2 of the rows a later pack reads (the next weight block, the next
- * activation block), spread over the micro-kernel calls of the current block, so that reading
- * them from memory or L3 overlaps the arithmetic instead of stalling the packing. */
-typedef struct pf_rows {
-    const char *row;  /* the row being prefetched */
-    size_t stride;    /* bytes between rows */
-    int lines;        /* cache lines per row slice */
-    int rows_left;    /* rows not finished; 0: nothing left */
-    int line;         /* next line within the row */
-    int per_call;     /* lines per micro-kernel call */
-} pf_rows;
-
-/* rows rows of kc elements of es bytes from p, stride bytes apart, over `calls` calls. */
-INL void pf_rows_init(pf_rows *f, const void *p, size_t stride, size_t es, int rows, int kc,
-                      int calls)
-{
-    f->row = p;
-    f->stride = stride;
-    f->lines = (int)(((size_t)kc * es + 63u) / 64u) + 1;
-    f->rows_left = rows > 0 && kc > 0 ? rows : 0;
-    f->line = 0;
-    f->per_call = (f->rows_left * f->lines + calls - 1) / NV_MAX(calls, 1);
-}
-
-INL void pf_rows_step(pf_rows *f)
-{
-    for (int j = 0; j < f->per_call && f->rows_left > 0; j++) {
-        _mm_prefetch(f->row + (size_t)f->line * 64u, _MM_HINT_T1);
-        if (++f->line == f->lines) {
-            f->line = 0;
-            f->row += f->stride;
-            f->rows_left--;
-        }
+        ukr512_rows(kc, ap, bp, bs, c, ldc, mr, nr, first, last, alpha, bias, 4, pw, px);
     }
 }
 
@@ -409,41 +458,26 @@ static int even_block(int len, int max, int unit)
     return ((len + n - 1) / n + unit - 1) / unit * unit;
 }
 
-/* Many rows: for each NC-wide column block and KC-deep slice, pack the weights once, then run
- * every MR-row block of activations over them. nn: w is (K, N) f32, read in place. */
-T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch, int nn)
+/* Many rows, NN form (w is (K, N) f32, read in place: the attention's P V): for each NC5-wide
+ * column block and KC5-deep slice, every MR-row block of activations is packed once and run over
+ * the column block's micro-panels. */
+T512 static void big_nn512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
-    float *ap = scratch;                          /* MC x KC, MR5-row micro-panels */
-    float *bp = ap + (size_t)KC * MC;             /* KC x NC (NT only) */
+    float *ap = scratch; /* MC5 x KC5, MR5-row micro-panels */
     const int K = a->K;
-    const size_t wes = a->wt == NV_F32 ? 4u : 2u, wst = (size_t)a->ldw * wes;
     const size_t xst = (size_t)a->ldx * sizeof(float);
-    const int mcb = even_block(m1 - m0, MC, MR5), ncb = even_block(n1 - n0, NC, NR5);
+    const int mcb = even_block(m1 - m0, MC5, MR5), ncb = even_block(n1 - n0, NC5, NR5);
+    pf_rows pfw;
+    pf_rows_init(&pfw, NULL, 0, 0, 0, 0);
     for (int nc0 = n0; nc0 < n1; nc0 += ncb) {
         const int ncw = NV_MIN(ncb, n1 - nc0);
-        const int panels = (ncw + NR5 - 1) / NR5;
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            const int kc = NV_MIN(KC, K - k0);
+        for (int k0 = 0; k0 < K; k0 += KC5) {
+            const int kc = NV_MIN(KC5, K - k0);
             const int first = k0 == 0, last = k0 + kc == K;
-            /* The weight block packed next: the next k slice, or the next column block. */
-            const int wn = last ? nc0 + ncw : nc0, wk = last ? 0 : k0 + kc;
-            const int wrows = nn ? 0 : NV_MIN(ncb, n1 - wn);
-            pf_rows pfw;
-            pf_rows_init(&pfw,
-                         wrows > 0 ? (const char *)a->w +
-                                         ((size_t)wn * (size_t)a->ldw + (size_t)wk) * wes
-                                   : NULL,
-                         wst, wes, wrows, NV_MIN(KC, K - wk), ((m1 - m0 + MR5 - 1) / MR5) * panels);
-            if (!nn) {
-                for (int p = 0; p * NR5 < ncw; p++) {
-                    pack_b_nt512(bp + (size_t)p * KC * NR5, a, nc0 + p * NR5,
-                                 NV_MIN(NR5, ncw - p * NR5), k0, kc);
-                }
-            }
             for (int mc0 = m0; mc0 < m1; mc0 += mcb) {
                 const int mcw = NV_MIN(mcb, m1 - mc0);
                 for (int i = 0; i * MR5 < mcw; i++) {
-                    pack_a512(ap + (size_t)i * KC * MR5, a, mc0 + i * MR5,
+                    pack_a512(ap + (size_t)i * KC5 * MR5, a, mc0 + i * MR5,
                               NV_MIN(MR5, mcw - i * MR5), k0, kc);
                 }
                 /* The activation block packed next: the next rows, else the first rows of the
@@ -452,42 +486,16 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
                 const int xk = mc0 + mcw < m1 ? k0 : last ? 0 : k0 + kc;
                 pf_rows pfx;
                 pf_rows_init(&pfx, a->x + (size_t)xm * (size_t)a->ldx + (size_t)xk, xst,
-                             sizeof(float), NV_MIN(mcb, m1 - xm), NV_MIN(KC, K - xk),
-                             ((mcw + MR5 - 1) / MR5) * panels);
-                /* One weight micro-panel stays in L1 while the activation panels stream from L2. */
+                             sizeof(float), NV_MIN(mcb, m1 - xm), NV_MIN(KC5, K - xk));
                 for (int p = 0; p * NR5 < ncw; p++) {
                     const int n = nc0 + p * NR5;
-                    const float *b;
-                    size_t bs;
-                    if (nn) {
-                        b = (const float *)a->w + (size_t)k0 * (size_t)a->ldw + (size_t)n;
-                        bs = (size_t)a->ldw;
-                    } else {
-                        b = bp + (size_t)p * KC * NR5;
-                        bs = NR5;
-                    }
+                    const float *b = (const float *)a->w + (size_t)k0 * (size_t)a->ldw + (size_t)n;
                     for (int i = 0; i * MR5 < mcw; i++) {
                         const int m = mc0 + i * MR5;
-                        pf_rows_step(&pfw);
-                        pf_rows_step(&pfx);
-                        /* The partial sums the next tile reads back: the next rows, or the
-                         * first rows of the next panel. */
-                        const int more = (i + 1) * MR5 < mcw;
-                        if (!first && (more || (p + 1) * NR5 < ncw)) {
-                            const int mn = more ? m + MR5 : mc0;
-                            const char *cn = (const char *)(a->y + (size_t)mn * (size_t)a->ldy +
-                                                            (size_t)(more ? n : n + NR5));
-                            const int rows = NV_MIN(MR5, m1 - mn);
-                            for (int r = 0; r < rows; r++) {
-                                _mm_prefetch(cn + (size_t)r * (size_t)a->ldy * 4u, _MM_HINT_T0);
-                                _mm_prefetch(cn + (size_t)r * (size_t)a->ldy * 4u + 64u,
-                                             _MM_HINT_T0);
-                            }
-                        }
-                        ukr512(kc, ap + (size_t)i * KC * MR5, b, bs,
+                        ukr512(kc, ap + (size_t)i * KC5 * MR5, b, (size_t)a->ldw,
                                a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
                                NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, ncw - p * NR5), first,
-                               last, a->alpha, a->bias != NULL ? a->bias + n : NULL);
+                               last, a->alpha, a->bias != NULL ? a->bias + n : NULL, &pfw, &pfx);
                     }
                 }
             }
@@ -495,14 +503,65 @@ T512 INL void big_m512(const mm_args *a, int m0, int m1, int n0, int n1, void *s
     }
 }
 
-T512 static void big_nt512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+/* Many rows, NT form (weights (N, K) bf16/f16/f32, the linear layers): rows m0..m1-1 (at most
+ * MC5) against columns n0..n1-1. Per KCJ-deep k slice the activations are packed once; each
+ * weight micro-panel (KCJ x 32, widened) is packed just before the tiles that use it, into one
+ * of two buffers, while those tiles prefetch the next micro-panel's rows. So no weight block
+ * has to stay in L2, and the slices are deep: fewer passes over the partial sums in C. */
+T512 INL void big_jit512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
-    big_m512(a, m0, m1, n0, n1, scratch, 0);
+    float *ap = scratch;                          /* MC5 x KCJ, MR5-row micro-panels */
+    float *bbuf = ap + (size_t)KCJ * MC5;         /* 2 x KCJ x NR5 */
+    const int K = a->K, slices = (K + KCJ - 1) / KCJ;
+    const size_t wes = a->wt == NV_F32 ? 4u : 2u, wst = (size_t)a->ldw * wes;
+    const size_t xst = (size_t)a->ldx * sizeof(float);
+    const int mcw = m1 - m0, tiles = (mcw + MR5 - 1) / MR5;
+    const int panels = (n1 - n0 + NR5 - 1) / NR5;
+    /* Micro-panel number j = slice * panels + panel, in the order they are used. */
+    pack_b_nt512(bbuf, a, n0, NV_MIN(NR5, n1 - n0), 0, NV_MIN(KCJ, K));
+    for (int s = 0; s < slices; s++) {
+        const int k0 = s * KCJ, kc = NV_MIN(KCJ, K - k0);
+        const int first = s == 0, last = s + 1 == slices;
+        for (int i = 0; i < tiles; i++) {
+            pack_a512(ap + (size_t)i * KCJ * MR5, a, m0 + i * MR5, NV_MIN(MR5, mcw - i * MR5),
+                      k0, kc);
+        }
+        /* The next slice's activations, over this slice's tiles. */
+        pf_rows pfx;
+        pf_rows_init(&pfx, a->x + (size_t)m0 * (size_t)a->ldx + (size_t)(k0 + kc), xst,
+                     sizeof(float), last ? 0 : mcw, NV_MIN(KCJ, K - k0 - kc));
+        for (int p = 0; p < panels; p++) {
+            const int j = s * panels + p, n = n0 + p * NR5;
+            const float *b = bbuf + (size_t)(j & 1) * KCJ * NR5;
+            /* The next micro-panel: the next columns, else the first ones of the next slice. */
+            const int nn = p + 1 < panels ? n + NR5 : n0, nk = p + 1 < panels ? k0 : k0 + kc;
+            const int nrows = j + 1 < slices * panels ? NV_MIN(NR5, n1 - nn) : 0;
+            const int nkc = NV_MIN(KCJ, K - nk);
+            pf_rows pfw;
+            pf_rows_init(&pfw, (const char *)a->w + ((size_t)nn * (size_t)a->ldw + (size_t)nk) * wes,
+                         wst, wes, nrows, nkc);
+            for (int i = 0; i < tiles; i++) {
+                const int m = m0 + i * MR5;
+                ukr512(kc, ap + (size_t)i * KCJ * MR5, b, NR5,
+                       a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
+                       NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, n1 - n), first, last, a->alpha,
+                       a->bias != NULL ? a->bias + n : NULL, &pfw, &pfx);
+            }
+            if (nrows > 0) {
+                pack_b_nt512(bbuf + (size_t)((j + 1) & 1) * KCJ * NR5, a, nn, nrows, nk, nkc);
+            }
+        }
+    }
 }
 
-T512 static void big_nn512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+/* Row blocks of at most MC5 rows, each with its own pass over the weights (a prefill of up to
+ * MC5 tokens is one block). */
+T512 static void big_nt512(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
-    big_m512(a, m0, m1, n0, n1, scratch, 1);
+    const int mb = even_block(m1 - m0, MC5, MR5);
+    for (int m = m0; m < m1; m += mb) {
+        big_jit512(a, m, NV_MIN(m + mb, m1), n0, n1, scratch);
+    }
 }
 
 /* ======================================================================================== */
@@ -643,7 +702,8 @@ TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float 
     }
 }
 
-/* Many rows: big_m512's blocking over bf16 panels. */
+/* Many rows: per NC-wide column block and KCB-deep slice, the weight block packed once, then
+ * every MR-row block of activations packed and run over it. */
 TBF static void big_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
     uint32_t *ap = scratch;                          /* MC x KCB/2 pairs */
@@ -1041,8 +1101,8 @@ size_t mm_x86_scratch(mm_simd path, mm_form form, int M)
     }
     if (path == MM_AVX512 && form == MM_FORM_NN) {
         /* Only activation panels: B is read in place. */
-        size_t rows = (size_t)NV_MIN(MC, ((M + MR5 - 1) / MR5) * MR5);
-        return (size_t)KC * rows * sizeof(float);
+        size_t rows = (size_t)NV_MIN(MC5, ((M + MR5 - 1) / MR5) * MR5);
+        return (size_t)KC5 * rows * sizeof(float);
     }
     return NV_POOL_SCRATCH;
 }
@@ -1053,6 +1113,15 @@ size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
         return (size_t)M * (size_t)bf16_row_elems(K) * sizeof(uint16_t);
     }
     return (size_t)KCB / 2 * (NC + MC) * sizeof(uint32_t);
+}
+
+int mm_x86_block_n(mm_simd path, int M)
+{
+    if (path == MM_AVX512) {
+        (void)M;
+        return MM_JIT_N;
+    }
+    return MM_BLOCK_N;
 }
 
 mm_kernel mm_x86_bf16_kernel(mm_form form)
@@ -1086,6 +1155,13 @@ mm_kernel mm_x86_kernel(mm_simd path, mm_form form)
     (void)path;
     (void)form;
     return NULL;
+}
+
+int mm_x86_block_n(mm_simd path, int M)
+{
+    (void)path;
+    (void)M;
+    return MM_BLOCK_N;
 }
 
 size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
