@@ -378,6 +378,9 @@ int main(void)
         {33, 70, 95}, {64, 128, 64}, {70, 45, 260}, {129, 3, 40},  {100, 200, 31},
         /* across the SMALL/BIG boundary and the KC/MC/NC blocks of the panel kernels */
         {7, 600, 140}, {8, 600, 140}, {250, 530, 270}, {490, 1090, 270},
+        /* several deep k slices (partial sums added to C) with a k tail, one and several
+         * row blocks of the AVX-512 kernel, a part panel */
+        {264, 70, 1000}, {265, 40, 800}, {30, 1100, 800},
         /* M = 1 with x longer than L1 (the 4-weight-row GEMV): row and k tails */
         {1, 37, 6161}, {1, 64, 8960}, {2, 21, 6161},
     };

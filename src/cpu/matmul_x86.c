@@ -20,9 +20,10 @@
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline))
 
-/* Panel blocking (tuned on the dev machine's AMD EPYC, see docs/performance.md): a KC x NC f32
- * weight block (256 KiB, L2) and an MC x KC activation block (120 KiB) per thread; a KC x 32
- * weight micro-panel (16 KiB) stays in L1 while 12-row activation micro-panels stream past. */
+/* Panel blocking of the AVX2 kernels and of the fast precision's kernels (tuned on the dev
+ * machine's AMD EPYC, see docs/performance.md): a KC x NC weight block (L2) and an MC x KC
+ * activation block per thread; a KC x 32 weight micro-panel stays in L1 while 12-row
+ * activation micro-panels stream past. The AVX-512 f32 kernels block on their own (below). */
 #ifndef KC
 #define KC 128
 #endif
