@@ -1328,10 +1328,10 @@ int main(int argc, char **argv)
         double mhz = cpu_mhz();
         printf("compute probes: AVX-512 FMA %.1f GFLOP/s (%.1f per thread), vdpbf16ps %.1f "
                "GFLOP/s (%.1f per thread); derived: 64 flop/cycle per core (2 x 16-lane FMA "
-               "pipes) x the nominal %.0f MHz = %.1f GFLOP/s per core; the FMA probe = 64 "
-               "flop/cycle x %.2f GHz (boost; with 2+ threads: the cores' FMA units shared)\n",
+               "pipes) x the nominal %.0f MHz = %.1f GFLOP/s per core; the FMA probe per thread "
+               "= 64 flop/cycle x %.2f GHz (the clock the cores run at, boost included)\n",
                fma_peak, fma_peak / t, dp_peak, dp_peak / t, mhz, mhz * 64.0 / 1000.0,
-               fma_peak / 64.0);
+               fma_peak / t / 64.0);
         gemv_result gv = bench_decode_gemv(pool, o.quick ? 2 : 4, o.quick ? 3 : 10);
         printf("decode GEMV (M = 1, the 7 matrices of a layer, %d layers cycled, bf16 and FP8 "
                "passes alternating, best of each): bf16 %.2f GB/s of weights, %.3f ms/layer =",
