@@ -518,7 +518,8 @@ T512 INL void big_jit512(const mm_args *a, int m0, int m1, int n0, int n1, void 
     const size_t xst = (size_t)a->ldx * sizeof(float);
     const int mcw = m1 - m0, tiles = (mcw + MR5 - 1) / MR5;
     const int panels = (n1 - n0 + NR5 - 1) / NR5;
-    /* Micro-panel number j = slice * panels + panel, in the order they are used. */
+    /* Micro-panel j = slice * panels + panel (the order of use) lives in buffer j & 1; the
+     * first is packed here, each later one after the tiles of the one before it. */
     pack_b_nt512(bbuf, a, n0, NV_MIN(NR5, n1 - n0), 0, NV_MIN(KCJ, K));
     for (int s = 0; s < slices; s++) {
         const int k0 = s * KCJ, kc = NV_MIN(KCJ, K - k0);
@@ -538,9 +539,9 @@ T512 INL void big_jit512(const mm_args *a, int m0, int m1, int n0, int n1, void 
             const int nn = p + 1 < panels ? n + NR5 : n0, nk = p + 1 < panels ? k0 : k0 + kc;
             const int nrows = j + 1 < slices * panels ? NV_MIN(NR5, n1 - nn) : 0;
             const int nkc = NV_MIN(KCJ, K - nk);
+            const char *wn = (const char *)a->w + ((size_t)nn * (size_t)a->ldw + (size_t)nk) * wes;
             pf_rows pfw;
-            pf_rows_init(&pfw, (const char *)a->w + ((size_t)nn * (size_t)a->ldw + (size_t)nk) * wes,
-                         wst, wes, nrows, nkc);
+            pf_rows_init(&pfw, wn, wst, wes, nrows, nkc);
             for (int i = 0; i < tiles; i++) {
                 const int m = m0 + i * MR5;
                 ukr512(kc, ap + (size_t)i * KCJ * MR5, b, NR5,
