@@ -451,7 +451,9 @@ int main(void)
         static const int shapes[][3] = {{1, 64, 64},   {1, 37, 33},   {1, 130, 1000},
                                         {3, 70, 97},   {7, 33, 300},  {8, 64, 64},
                                         {13, 45, 31},  {40, 300, 513}, {100, 97, 1},
-                                        {250, 600, 260}};
+                                        {250, 600, 260},
+                                        /* several slices (odd K), several row blocks */
+                                        {20, 40, 1537}, {300, 70, 1700}};
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
             check_bf16(pools, shapes[i][0], shapes[i][1], shapes[i][2], (int)(i & 1));
         }

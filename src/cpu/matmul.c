@@ -335,7 +335,7 @@ bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_
     if (form == MM_FORM_SMALL) {
         mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX, 0);
     } else {
-        mm_run(pool, &a, k, need, 64, 12, 256, 96, MM_BLOCK_N);
+        mm_run(pool, &a, k, need, 64, 12, 256, 96, mm_x86_block_n(MM_AVX512, M));
     }
     return true;
 }

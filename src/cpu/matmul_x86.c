@@ -20,10 +20,10 @@
 #define T256 __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline))
 
-/* Panel blocking of the AVX2 kernels and of the fast precision's kernels (tuned on the dev
- * machine's AMD EPYC, see docs/performance.md): a KC x NC weight block (L2) and an MC x KC
- * activation block per thread; a KC x 32 weight micro-panel stays in L1 while 12-row
- * activation micro-panels stream past. The AVX-512 f32 kernels block on their own (below). */
+/* Panel blocking of the AVX2 kernels (tuned on the dev machine's AMD EPYC, see
+ * docs/performance.md): a KC x NC weight block (L2) and an MC x KC activation block per thread;
+ * a KC x 16 weight micro-panel stays in L1 while 6-row activation micro-panels stream past.
+ * The AVX-512 kernels block on their own (below). */
 #ifndef KC
 #define KC 128
 #endif
@@ -38,7 +38,7 @@
 #define MR2 6
 #define NR2 16
 
-_Static_assert(MC % MR5 == 0 && NC % NR5 == 0, "even blocks stay within MC x NC");
+_Static_assert(MC % MR2 == 0 && NC % NR2 == 0, "whole AVX2 tiles per block");
 _Static_assert((size_t)KC * NC * 4 + (size_t)KC * MC * 4 + 256 <= NV_POOL_SCRATCH,
                "GEMM panels must fit the pool scratch");
 
@@ -575,11 +575,12 @@ T512 static void big_nt512(const mm_args *a, int m0, int m1, int n0, int n1, voi
  * k (one 32-bit lane holds k and k + 1 of a row, so a weight panel is a 32-bit transpose of
  * the checkpoint rows with no widening). An odd K pads its last pair with zero. */
 #define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-/* k depth of a bf16 block: as many bytes per panel as KC f32. */
-#define KCB (2 * KC)
+/* k per slice of the bf16 kernel (pairs: KCB / 2), blocked as the f32 NT kernel: row blocks of
+ * MC5, weight micro-panels packed just before use into one of two buffers. */
+#define KCB 768
 
 _Static_assert(KCB % 32 == 0, "bf16 blocks hold whole 32-k register loads");
-_Static_assert((size_t)KCB / 2 * NC * 4 + (size_t)KCB / 2 * MC * 4 <= NV_POOL_SCRATCH,
+_Static_assert((size_t)KCB / 2 * MC5 * 4 + (size_t)KCB / 2 * NR5 * 4 * 2 <= NV_POOL_SCRATCH,
                "bf16 GEMM panels must fit the pool scratch");
 
 /* The first cnt (may be <= 0 or >= 32) lanes of a 32-lane mask. */
@@ -646,23 +647,28 @@ TBF static void pack_b_bf16(uint32_t *dst, const mm_args *a, int n, int nr, int 
 
 /* C tile (mr x nr) (+)= Ap . Bp over kcp bf16 pairs: 24 accumulators, 2 weight loads and 12
  * broadcasts per 24 vdpbf16ps (768 multiply-adds); R rows computed as in ukr512_rows.
- * first / last as in ukr512 (alpha is 1). */
+ * first / last, the slice sums added to C after the loop and the prefetch streams as in
+ * ukr512_rows (alpha is 1; a pair is 2 k steps). */
 TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
-                           int mr, int nr, int first, int last, const float *bias, const int R)
+                           int mr, int nr, int first, int last, const float *bias, const int R,
+                           pf_rows *pw, pf_rows *px)
 {
     const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) {
-        if (first || r >= mr) {
-            c0[r] = _mm512_setzero_ps();
-            c1[r] = _mm512_setzero_ps();
-        } else {
-            c0[r] = _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc);
-            c1[r] = _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16);
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+        if (!first && r < mr) {
+            _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + (size_t)r * ldc) + 64, _MM_HINT_T0);
         }
     }
     for (int k = 0; k < kcp; k++) {
+        if (k % (PF_K / 2) == 0) {
+            pf_rows_one(pw);
+            pf_rows_one(px);
+        }
         const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + (size_t)k * NR5);
         const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + (size_t)k * NR5 + 16);
         const uint32_t *ak = ap + (size_t)k * MR5;
@@ -682,6 +688,10 @@ TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, floa
     for (int r = 0; r < R; r++) {
         if (r < mr) {
             __m512 v0 = c0[r], v1 = c1[r];
+            if (!first) {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16));
+            }
             if (last && bias != NULL) {
                 v0 = _mm512_add_ps(v0, vb0);
                 v1 = _mm512_add_ps(v1, vb1);
@@ -693,52 +703,70 @@ TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, floa
 }
 
 TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
-                         int mr, int nr, int first, int last, const float *bias)
+                         int mr, int nr, int first, int last, const float *bias, pf_rows *pw,
+                         pf_rows *px)
 {
     if (mr > 8) {
-        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, MR5);
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, MR5, pw, px);
     } else if (mr > 4) {
-        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 8);
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 8, pw, px);
     } else {
-        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 4);
+        ukr_bf16_rows(kcp, ap, bp, c, ldc, mr, nr, first, last, bias, 4, pw, px);
     }
 }
 
-/* Many rows: per NC-wide column block and KCB-deep slice, the weight block packed once, then
- * every MR-row block of activations packed and run over it. */
-TBF static void big_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+/* Rows m0..m1-1 (at most MC5) against columns n0..n1-1, as big_jit512: per KCB-deep slice the
+ * activations rounded and packed once, each weight micro-panel packed just before its tiles. */
+TBF INL void big_jit_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
 {
-    uint32_t *ap = scratch;                          /* MC x KCB/2 pairs */
-    uint32_t *bp = ap + (size_t)KCB / 2 * MC;        /* KCB/2 x NC pairs */
-    const int K = a->K;
-    for (int nc0 = n0; nc0 < n1; nc0 += NC) {
-        const int ncw = NV_MIN(NC, n1 - nc0);
-        for (int k0 = 0; k0 < K; k0 += KCB) {
-            const int kc = NV_MIN(KCB, K - k0), kcp = (kc + 1) / 2;
-            const int first = k0 == 0, last = k0 + kc == K;
-            for (int p = 0; p * NR5 < ncw; p++) {
-                pack_b_bf16(bp + (size_t)p * (KCB / 2) * NR5, a, nc0 + p * NR5,
-                            NV_MIN(NR5, ncw - p * NR5), k0, kc);
+    uint32_t *ap = scratch;                          /* MC5 x KCB/2 pairs */
+    uint32_t *bbuf = ap + (size_t)KCB / 2 * MC5;     /* 2 x KCB/2 x NR5 pairs */
+    const int K = a->K, slices = (K + KCB - 1) / KCB;
+    const size_t wst = (size_t)a->ldw * 2u, xst = (size_t)a->ldx * sizeof(float);
+    const int mcw = m1 - m0, tiles = (mcw + MR5 - 1) / MR5;
+    const int panels = (n1 - n0 + NR5 - 1) / NR5;
+    /* Micro-panel j = slice * panels + panel lives in buffer j & 1, as in big_jit512. */
+    pack_b_bf16(bbuf, a, n0, NV_MIN(NR5, n1 - n0), 0, NV_MIN(KCB, K));
+    for (int s = 0; s < slices; s++) {
+        const int k0 = s * KCB, kc = NV_MIN(KCB, K - k0), kcp = (kc + 1) / 2;
+        const int first = s == 0, last = s + 1 == slices;
+        for (int i = 0; i < tiles; i++) {
+            pack_a_bf16(ap + (size_t)i * (KCB / 2) * MR5, a, m0 + i * MR5,
+                        NV_MIN(MR5, mcw - i * MR5), k0, kc);
+        }
+        pf_rows pfx;
+        pf_rows_init(&pfx, a->x + (size_t)m0 * (size_t)a->ldx + (size_t)(k0 + kc), xst,
+                     sizeof(float), last ? 0 : mcw, NV_MIN(KCB, K - k0 - kc));
+        for (int p = 0; p < panels; p++) {
+            const int j = s * panels + p, n = n0 + p * NR5;
+            const uint32_t *b = bbuf + (size_t)(j & 1) * (KCB / 2) * NR5;
+            const int nn = p + 1 < panels ? n + NR5 : n0, nk = p + 1 < panels ? k0 : k0 + kc;
+            const int nrows = j + 1 < slices * panels ? NV_MIN(NR5, n1 - nn) : 0;
+            const int nkc = NV_MIN(KCB, K - nk);
+            const char *wn = (const char *)a->w + ((size_t)nn * (size_t)a->ldw + (size_t)nk) * 2u;
+            pf_rows pfw;
+            pf_rows_init(&pfw, wn, wst, 2u, nrows, nkc);
+            for (int i = 0; i < tiles; i++) {
+                const int m = m0 + i * MR5;
+                ukr_bf16(kcp, ap + (size_t)i * (KCB / 2) * MR5, b,
+                         a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
+                         NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, n1 - n), first, last,
+                         a->bias != NULL ? a->bias + n : NULL, &pfw, &pfx);
             }
-            for (int mc0 = m0; mc0 < m1; mc0 += MC) {
-                const int mcw = NV_MIN(MC, m1 - mc0);
-                for (int i = 0; i * MR5 < mcw; i++) {
-                    pack_a_bf16(ap + (size_t)i * (KCB / 2) * MR5, a, mc0 + i * MR5,
-                                NV_MIN(MR5, mcw - i * MR5), k0, kc);
-                }
-                for (int p = 0; p * NR5 < ncw; p++) {
-                    const int n = nc0 + p * NR5;
-                    for (int i = 0; i * MR5 < mcw; i++) {
-                        const int m = mc0 + i * MR5;
-                        ukr_bf16(kcp, ap + (size_t)i * (KCB / 2) * MR5,
-                                 bp + (size_t)p * (KCB / 2) * NR5,
-                                 a->y + (size_t)m * (size_t)a->ldy + (size_t)n, (size_t)a->ldy,
-                                 NV_MIN(MR5, mcw - i * MR5), NV_MIN(NR5, ncw - p * NR5), first,
-                                 last, a->bias != NULL ? a->bias + n : NULL);
-                    }
-                }
+            if (nrows > 0) {
+                pack_b_bf16(bbuf + (size_t)((j + 1) & 1) * (KCB / 2) * NR5, a, nn, nrows, nk,
+                            nkc);
             }
         }
+    }
+}
+
+/* Many rows: row blocks of at most MC5 rows, as big_nt512. */
+TBF static void big_bf16(const mm_args *a, int m0, int m1, int n0, int n1, void *scratch)
+{
+    const int mb = even_block(m1 - m0, MC5, MR5);
+    for (int m = m0; m < m1; m += mb) {
+        big_jit_bf16(a, m, NV_MIN(m + mb, m1), n0, n1, scratch);
     }
 }
 
@@ -1114,7 +1142,7 @@ size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
     if (form == MM_FORM_SMALL) {
         return (size_t)M * (size_t)bf16_row_elems(K) * sizeof(uint16_t);
     }
-    return (size_t)KCB / 2 * (NC + MC) * sizeof(uint32_t);
+    return (size_t)KCB / 2 * (MC5 + 2 * NR5) * sizeof(uint32_t);
 }
 
 int mm_x86_block_n(mm_simd path, int M)
