@@ -271,7 +271,7 @@ void mm_matmul_path(nv_pool *pool, const mm_args *a, mm_simd path)
     } else {
         /* Column chunks of whole register tiles; row chunks of whole 12-row tiles. */
         mm_run(pool, a, k, mm_x86_scratch(path, form, a->M), 64, 12, 256, 96,
-               mm_x86_block_n(path, a->M));
+               mm_x86_block_n(path));
     }
 }
 
@@ -335,7 +335,7 @@ bool cpu_matmul_bf16(nv_pool *pool, float *y, const float *x, const void *w, nv_
     if (form == MM_FORM_SMALL) {
         mm_run(pool, &a, k, need, 16, 4, 16, INT_MAX, 0);
     } else {
-        mm_run(pool, &a, k, need, 64, 12, 256, 96, mm_x86_block_n(MM_AVX512, M));
+        mm_run(pool, &a, k, need, 64, 12, 256, 96, mm_x86_block_n(MM_AVX512));
     }
     return true;
 }

@@ -73,9 +73,9 @@ void mm_nn_f32_path(nv_pool *pool, const mm_args *a, mm_simd path);
 #ifndef MM_BLOCK_N
 #define MM_BLOCK_N 512
 #endif
-/* The column chunk width the BIG kernel of `path` wants for M rows (a whole number of its
- * weight blocks: MM_BLOCK_N, or the AVX-512 kernel's own). */
-int mm_x86_block_n(mm_simd path, int M);
+/* The column chunk width the BIG kernels of `path` want per thread (MM_BLOCK_N, or the
+ * AVX-512 kernels' own). */
+int mm_x86_block_n(mm_simd path);
 
 /* Split [0, M) x [0, N) into chunks of whole columns or whole rows (aligned to align_n /
  * align_m, at least min_n columns / min_m rows where possible) claimed by the pool's threads,

@@ -1145,13 +1145,9 @@ size_t mm_x86_bf16_scratch(mm_form form, int M, int K)
     return (size_t)KCB / 2 * (MC5 + 2 * NR5) * sizeof(uint32_t);
 }
 
-int mm_x86_block_n(mm_simd path, int M)
+int mm_x86_block_n(mm_simd path)
 {
-    if (path == MM_AVX512) {
-        (void)M;
-        return MM_JIT_N;
-    }
-    return MM_BLOCK_N;
+    return path == MM_AVX512 ? MM_JIT_N : MM_BLOCK_N;
 }
 
 mm_kernel mm_x86_bf16_kernel(mm_form form)
@@ -1187,10 +1183,9 @@ mm_kernel mm_x86_kernel(mm_simd path, mm_form form)
     return NULL;
 }
 
-int mm_x86_block_n(mm_simd path, int M)
+int mm_x86_block_n(mm_simd path)
 {
     (void)path;
-    (void)M;
     return MM_BLOCK_N;
 }
 
