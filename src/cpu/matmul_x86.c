@@ -371,19 +371,12 @@ INL void pf_rows_one(pf_rows *f)
     }
 }
 
-/* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart;
- * rows of Ap are MR5 floats apart, of which the first R (>= mr; a constant) are computed.
- * The slice's products are summed from 0 (one sequential f32 FMA chain over its k, the same
- * for any R); first: stored as they are, else added to C; last: then scaled by alpha and the
- * bias added, as the portable kernel does. C is read only after the k loop and its lines are
- * prefetched before it, so the partial sums never stall the start of the arithmetic. pw, px:
- * prefetch streams advanced one line each per PF_K k steps. */
-T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, float *c,
-                          size_t ldc, int mr, int nr, int first, int last, float alpha,
-                          const float *bias, const int R, pf_rows *pw, pf_rows *px)
+/* The start of a register tile's k slice (shared by the f32 and bf16 micro-kernels): R rows of
+ * accumulators zeroed, and unless this is the first slice the tile's C lines prefetched, to be
+ * read after the k loop. */
+T512 INL void tile_begin(__m512 *c0, __m512 *c1, const float *c, size_t ldc, int mr, int first,
+                         const int R)
 {
-    const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
-    __m512 c0[MR5], c1[MR5];
 #pragma GCC unroll 12
     for (int r = 0; r < R; r++) {
         c0[r] = _mm512_setzero_ps();
@@ -393,22 +386,15 @@ T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, f
             _mm_prefetch((const char *)(c + (size_t)r * ldc) + 64, _MM_HINT_T0);
         }
     }
-    for (int k = 0; k < kc; k++) {
-        if (k % PF_K == 0) {
-            pf_rows_one(pw);
-            pf_rows_one(px);
-        }
-        const __m512 b0 = _mm512_maskz_loadu_ps(mk0, bp + (size_t)k * bs);
-        const __m512 b1 = _mm512_maskz_loadu_ps(mk1, bp + (size_t)k * bs + 16);
-        const float *ak = ap + (size_t)k * MR5;
-#pragma GCC unroll 12
-        for (int r = 0; r < R; r++) {
-            const __m512 av = _mm512_set1_ps(ak[r]);
-            c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
-            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
-        }
-    }
-    __m512 va = _mm512_set1_ps(alpha);
+}
+
+/* The end of a slice: the first mr rows stored, added to C unless first; after the last slice
+ * scaled by alpha and the bias added (as the portable kernel does; alpha 1 changes nothing). */
+T512 INL void tile_end(const __m512 *c0, const __m512 *c1, float *c, size_t ldc, int mr,
+                       __mmask16 mk0, __mmask16 mk1, int first, int last, float alpha,
+                       const float *bias, const int R)
+{
+    const __m512 va = _mm512_set1_ps(alpha);
     __m512 vb0 = _mm512_setzero_ps(), vb1 = _mm512_setzero_ps();
     if (last && bias != NULL) {
         vb0 = _mm512_maskz_loadu_ps(mk0, bias);
@@ -434,6 +420,38 @@ T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, f
             _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, mk1, v1);
         }
     }
+}
+
+/* C tile (mr x nr, at c with stride ldc) (+)= Ap . Bp over kc steps; b rows `bs` floats apart;
+ * rows of Ap are MR5 floats apart, of which the first R (>= mr; a constant) are computed.
+ * The slice's products are summed from 0 (one sequential f32 FMA chain over its k, the same
+ * for any R); first: stored as they are, else added to C; last: then scaled by alpha and the
+ * bias added, as the portable kernel does. C is read only after the k loop and its lines are
+ * prefetched before it, so the partial sums never stall the start of the arithmetic. pw, px:
+ * prefetch streams advanced one line each per PF_K k steps. */
+T512 INL void ukr512_rows(int kc, const float *ap, const float *bp, size_t bs, float *c,
+                          size_t ldc, int mr, int nr, int first, int last, float alpha,
+                          const float *bias, const int R, pf_rows *pw, pf_rows *px)
+{
+    const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
+    __m512 c0[MR5], c1[MR5];
+    tile_begin(c0, c1, c, ldc, mr, first, R);
+    for (int k = 0; k < kc; k++) {
+        if (k % PF_K == 0) {
+            pf_rows_one(pw);
+            pf_rows_one(px);
+        }
+        const __m512 b0 = _mm512_maskz_loadu_ps(mk0, bp + (size_t)k * bs);
+        const __m512 b1 = _mm512_maskz_loadu_ps(mk1, bp + (size_t)k * bs + 16);
+        const float *ak = ap + (size_t)k * MR5;
+#pragma GCC unroll 12
+        for (int r = 0; r < R; r++) {
+            const __m512 av = _mm512_set1_ps(ak[r]);
+            c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+    tile_end(c0, c1, c, ldc, mr, mk0, mk1, first, last, alpha, bias, R);
 }
 
 /* A tile of mr rows: the full 12-row kernel, or (the last rows of a block) one that computes
@@ -655,15 +673,7 @@ TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, floa
 {
     const __mmask16 mk0 = mask16(nr), mk1 = mask16(nr - 16);
     __m512 c0[MR5], c1[MR5];
-#pragma GCC unroll 12
-    for (int r = 0; r < R; r++) {
-        c0[r] = _mm512_setzero_ps();
-        c1[r] = _mm512_setzero_ps();
-        if (!first && r < mr) {
-            _mm_prefetch((const char *)(c + (size_t)r * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char *)(c + (size_t)r * ldc) + 64, _MM_HINT_T0);
-        }
-    }
+    tile_begin(c0, c1, c, ldc, mr, first, R);
     for (int k = 0; k < kcp; k++) {
         if (k % (PF_K / 2) == 0) {
             pf_rows_one(pw);
@@ -679,27 +689,7 @@ TBF INL void ukr_bf16_rows(int kcp, const uint32_t *ap, const uint32_t *bp, floa
             c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
         }
     }
-    __m512 vb0 = _mm512_setzero_ps(), vb1 = _mm512_setzero_ps();
-    if (last && bias != NULL) {
-        vb0 = _mm512_maskz_loadu_ps(mk0, bias);
-        vb1 = _mm512_maskz_loadu_ps(mk1, bias + 16);
-    }
-#pragma GCC unroll 12
-    for (int r = 0; r < R; r++) {
-        if (r < mr) {
-            __m512 v0 = c0[r], v1 = c1[r];
-            if (!first) {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mk0, c + (size_t)r * ldc));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mk1, c + (size_t)r * ldc + 16));
-            }
-            if (last && bias != NULL) {
-                v0 = _mm512_add_ps(v0, vb0);
-                v1 = _mm512_add_ps(v1, vb1);
-            }
-            _mm512_mask_storeu_ps(c + (size_t)r * ldc, mk0, v0);
-            _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, mk1, v1);
-        }
-    }
+    tile_end(c0, c1, c, ldc, mr, mk0, mk1, first, last, 1.0f, bias, R);
 }
 
 TBF static void ukr_bf16(int kcp, const uint32_t *ap, const uint32_t *bp, float *c, size_t ldc,
